@@ -1,0 +1,3 @@
+from tirgrpo.cli import main
+
+raise SystemExit(main())
