@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("tirgrpo.data.commands", "build other data sets (gsm8k-verify: an easy CPU-sized version of the task)"),
     "score": ("tirgrpo.score", "score completions with a reward set and write the components"),
     "schedule": ("tirgrpo.schedule", "print (and plot) the curriculum weights over training"),
+    "sft": ("tirgrpo.sft", "supervised warm start on example completions (before GRPO)"),
     "train": ("tirgrpo.train", "GRPO training from a TOML config (resumable)"),
     "plot": ("tirgrpo.plot", "write PNG plots of a run's metrics"),
 }

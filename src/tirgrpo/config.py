@@ -94,7 +94,9 @@ class RewardConfig:
     """Mix length/formatting/correctness with the curriculum schedule; else use `weights`."""
     weights: dict[str, float] = field(default_factory=dict)
     """Fixed weights by reward name when `curriculum` is false, e.g. {correctness = 1.0};
-    a name may be `my_module:my_function` for a user's own reward."""
+    a name may be `my_module:my_function` for a user's own reward. With `curriculum` on,
+    only names other than length/formatting/correctness may appear here (they are added at
+    their fixed weight next to the schedule's three; see docs/rewards.md)."""
     submit_correct: float = 1.0
     submit_wrong: float = -1.0
     decline: float = 0.0
@@ -152,6 +154,8 @@ class RunConfig:
     """Evaluate every N optimizer steps (0 = only before and after training)."""
     eval_samples: int = 1
     """Completions sampled per eval example."""
+    eval_temperature: float = 0.0
+    """Sampling temperature at evaluation (0 = greedy, the same answer every time)."""
     eval_max_examples: int = 0
     """Evaluate on at most this many examples (0 = all)."""
     save_every: int = 50

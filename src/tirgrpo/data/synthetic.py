@@ -1,0 +1,54 @@
+"""A synthetic verify task small enough for a tiny model on a CPU, for tests.
+
+Each prompt shows an expected value and a code output (single digits); the right
+decision is to submit `\\boxed{output}` when they agree and to decline (start a new
+code block) when they differ. It has the shape of the real task (a judgement on a code
+output, submit or decline) with the arithmetic removed, so a 2-layer model can learn it
+in a minute: the learning test uses it to show that GRPO moves the decision.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tirgrpo.data.records import Example
+
+PROMPT = (
+    "<｜User｜>Is the output right?\nexpected {expected}\n```output\n{output}\n```"
+    "<｜Assistant｜><think>\n"
+)
+SUBMIT = "yes</think>\\boxed{{{output}}}"
+DECLINE = "no</think>\n```python"
+
+
+def compare_examples(n: int, seed: int, tokenizer, target: str = "label") -> list[Example]:
+    """`n` examples, half correct (output == expected) and half wrong.
+
+    tokenizer: counts `prompt_tokens` (with bos) and `completion_tokens`.
+    target: what the `completion` field teaches an SFT warm start: `label` (the right
+    decision) or `random` (a coin flip, so SFT teaches the format but not the decision).
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        expected = rng.randrange(10)
+        if i % 2 == 0:
+            output = expected
+        else:
+            output = rng.choice([d for d in range(10) if d != expected])
+        label = "correct" if output == expected else "wrong"
+        submit = (label == "correct") if target == "label" else rng.random() < 0.5
+        completion = SUBMIT.format(output=output) if submit else DECLINE
+        prompt = PROMPT.format(expected=expected, output=output)
+        out.append(Example(
+            question=f"compare {expected} {output}",
+            prompt=prompt,
+            completion=completion,
+            correct_answer=str(expected),
+            eventual_answer=str(output),
+            label=label,
+            prompt_tokens=len(tokenizer(prompt)["input_ids"]),
+            completion_tokens=len(tokenizer(completion, add_special_tokens=False)["input_ids"]),
+            source="synthetic-compare",
+        ))
+    return out

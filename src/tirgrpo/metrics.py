@@ -1,0 +1,65 @@
+"""Run logging: metrics.jsonl (one row per rollout), TensorBoard scalars, kept samples."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All rows of a JSONL file (empty list when missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep them visible as strings
+    return v
+
+
+class RunLog:
+    """Appends metric rows and samples to a run folder; mirrors scalars to TensorBoard.
+
+    On resume, rows after the checkpoint's step are dropped first, so the log of a resumed
+    run reads as if it had never stopped.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+        self.run_dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.samples_path = run_dir / "samples.jsonl"
+        if resume_step is not None:
+            for path in (self.metrics_path, self.samples_path):
+                rows = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
+                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but a user may have removed it
+                self.tb = None
+
+    def log(self, row: dict) -> None:
+        """Append one metrics row (must hold `step`)."""
+        row = {k: _clean(v) for k, v in row.items()}
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+            self.tb.flush()
+
+    def samples(self, step: int, samples: list[dict]) -> None:
+        with self.samples_path.open("a", encoding="utf-8") as f:
+            for s in samples:
+                f.write(json.dumps({"step": step, **s}, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

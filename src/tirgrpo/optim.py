@@ -1,0 +1,100 @@
+"""AdamW that keeps small updates when the model computes in bf16, and the LR schedule.
+
+Why not `torch.optim.AdamW` on bf16 parameters: bf16 has 8 bits of mantissa, so an
+update smaller than about 1/256 of a weight rounds away to nothing; with lr 3e-5 most
+updates are that small and full bf16 training silently stops learning. Two remedies:
+
+* `master_fp32=True`: an fp32 copy of each trainable weight plus fp32 moments; the bf16
+  weight is refreshed from the copy after each step (16 bytes per trainable parameter:
+  2 bf16 weight + 2 bf16 grad + 4 master + 8 moments).
+* `master_fp32=False`: bf16 weights, bf16 moments and a bf16 Kahan compensation buffer
+  that carries the rounding error of each update into the next (10 bytes per parameter),
+  as torchdistx's AnyPrecisionAdamW does.
+
+fp32 parameters (CPU runs, LoRA adapters kept in fp32) need neither and are updated in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `min_ratio` at `total_steps`.
+
+    `step` counts optimizer steps already taken (0 for the first update).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class AdamW:
+    """AdamW (decoupled weight decay) over the trainable parameters of a model."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.99), eps: float = 1e-8, weight_decay: float = 0.0,
+                 master_fp32: bool = True):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.master_fp32 = master_fp32
+        self.steps = 0
+        self.state: list[dict[str, torch.Tensor]] = [self._init_state(p) for p in self.params]
+
+    def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        if p.dtype == torch.float32:
+            return {"m": torch.zeros_like(p), "v": torch.zeros_like(p)}
+        if self.master_fp32:
+            f32 = dict(dtype=torch.float32)
+            return {"master": p.detach().float().clone(), "m": torch.zeros_like(p, **f32), "v": torch.zeros_like(p, **f32)}
+        return {"m": torch.zeros_like(p), "v": torch.zeros_like(p), "comp": torch.zeros_like(p)}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One AdamW update from the parameters' `.grad`; parameters without a grad are skipped."""
+        self.steps += 1
+        b1, b2 = self.betas
+        bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
+        for p, st in zip(self.params, self.state):
+            if p.grad is None:
+                continue
+            g = p.grad.float()
+            m = st["m"].float().mul_(b1).add_(g, alpha=1 - b1)
+            v = st["v"].float().mul_(b2).addcmul_(g, g, value=1 - b2)
+            st["m"].copy_(m)
+            st["v"].copy_(v)
+            weight = st["master"] if "master" in st else p.float()
+            delta = (m / bc1) / ((v / bc2).sqrt_().add_(self.eps))
+            delta.add_(weight, alpha=self.weight_decay).mul_(-self.lr)
+            if "master" in st:
+                st["master"].add_(delta)
+                p.copy_(st["master"])
+            elif "comp" in st:
+                # Kahan: add last step's rounding error, round, remember the new error.
+                delta.add_(st["comp"].float())
+                new = (weight + delta).to(p.dtype)
+                st["comp"].copy_(delta - (new.float() - weight))
+                p.copy_(new)
+            else:
+                p.add_(delta)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "lr": self.lr, "state": self.state}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if len(sd["state"]) != len(self.params):
+            raise ValueError(f"optimizer state has {len(sd['state'])} tensors, model has {len(self.params)}")
+        self.steps, self.lr = sd["steps"], sd["lr"]
+        for mine, theirs in zip(self.state, sd["state"]):
+            for k, t in theirs.items():
+                mine[k].copy_(t)
+        for p, st in zip(self.params, self.state):
+            if "master" in st:
+                p.data.copy_(st["master"])

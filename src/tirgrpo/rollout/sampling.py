@@ -1,0 +1,48 @@
+"""Sampling one token per row from next-token logits: temperature, top-k, top-p."""
+
+from __future__ import annotations
+
+import torch
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) to -inf. logits: [B, V] float."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass;
+        # the most likely token is always kept.
+        above = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = above >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample tokens [B] from logits [B, V]; also return their log-probs [B] (nats).
+
+    The log-prob is taken under the temperature-scaled distribution *before* top-k/top-p
+    filtering, which is the distribution the trainer recomputes (TRL does the same).
+    temperature == 0 picks the argmax, with the log-prob of the unscaled softmax.
+    """
+    logits = logits.float()
+    if temperature <= 0:
+        tokens = logits.argmax(dim=-1)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
+        return tokens, logp
+    scaled = logits / temperature
+    filtered = filter_logits(scaled, top_k, top_p)
+    probs = torch.softmax(filtered, dim=-1)
+    tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None])[:, 0]
+    return tokens, logp

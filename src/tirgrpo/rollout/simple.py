@@ -1,0 +1,134 @@
+"""A plain, correct generation loop over a `transformers` model's KV cache.
+
+Each prompt is repeated G times, the batch is left-padded and prefilled, then decoded
+one token per step with sampling on the device. A finished row keeps being fed padding
+until the whole batch is done (the fast engine stops paying for finished rows).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tirgrpo.rollout.sampling import sample_next
+from tirgrpo.rollout.stops import StopMatcher
+from tirgrpo.rollout.types import Completion, SamplingParams
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Token ids that end a completion: the tokenizer's eos and the model's generation eos."""
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(i) for i in source)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.eos_token_id is not None:
+        e = gen.eos_token_id
+        ids.update([e] if isinstance(e, int) else e)
+    return ids
+
+
+class SimpleEngine:
+    """Rollout engine: `generate(prompt_ids, group_size, params, generator)`.
+
+    It holds a reference to the policy itself, so weight updates reach it without a copy.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.eos = eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos) if self.eos else 0
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        group_size: int,
+        params: SamplingParams,
+        generator: torch.Generator | None = None,
+    ) -> list[list[Completion]]:
+        """Sample `group_size` completions for each prompt (token ids, bos included).
+
+        Returns one list of `group_size` completions per prompt, in prompt order.
+        """
+        rows = [p for p in prompt_ids for _ in range(group_size)]
+        out: list[Completion] = []
+        # Whole groups per batch, so a group's samples share one batch.
+        per_batch = max(group_size, (self.batch_size // group_size) * group_size)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(rows), per_batch):
+                out.extend(self._generate_batch(rows[start : start + per_batch], params, generator))
+        finally:
+            self.model.train(was_training)
+        return [out[i : i + group_size] for i in range(0, len(out), group_size)]
+
+    def _generate_batch(self, rows, params: SamplingParams, generator) -> list[Completion]:
+        device = next(self.model.parameters()).device
+        B = len(rows)
+        T = max(len(r) for r in rows)
+        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((B, T), dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding: every row's last prompt token is at T-1
+            input_ids[i, T - len(r) :] = torch.tensor(r)
+            attention[i, T - len(r) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+
+        matcher = StopMatcher(self.tokenizer, params.stop)
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        logps: list[list[float]] = [[] for _ in range(B)]
+        finish: list[str | None] = [None] * B
+        stop_hit: list[str | None] = [None] * B
+
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=True, logits_to_keep=1
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+        next_pos = position_ids[:, -1:] + 1
+        eos_list = sorted(self.eos)
+        for step in range(params.max_new_tokens):
+            if step < params.min_new_tokens and eos_list:
+                logits = logits.clone()
+                logits[:, eos_list] = float("-inf")
+            new, logp = sample_next(logits, params.temperature, params.top_p, params.top_k, generator)
+            new_list, logp_list = new.tolist(), logp.tolist()
+            for i in range(B):
+                if finish[i] is not None:
+                    continue
+                tokens[i].append(new_list[i])
+                logps[i].append(logp_list[i])
+                if new_list[i] in self.eos:
+                    finish[i] = "eos"
+                elif step + 1 >= params.min_new_tokens and (s := matcher.hit(tokens[i])) is not None:
+                    finish[i], stop_hit[i] = "stop", s
+                elif len(tokens[i]) >= params.max_new_tokens:
+                    finish[i] = "length"
+            if all(f is not None for f in finish):
+                break
+            feed = torch.tensor(
+                [t[-1] if f is None else self.pad_id for t, f in zip(tokens, finish)], device=device
+            )[:, None]
+            attention = torch.cat([attention, torch.ones((B, 1), dtype=attention.dtype, device=device)], dim=1)
+            out = self.model(
+                input_ids=feed, attention_mask=attention, position_ids=next_pos, past_key_values=cache, use_cache=True
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+
+        results = []
+        for i in range(B):
+            ids = tokens[i]
+            body = ids[:-1] if finish[i] == "eos" else ids
+            text = self.tokenizer.decode(body, skip_special_tokens=False)
+            if finish[i] == "stop":
+                text, _ = matcher.cut(text)
+            results.append(Completion(text, ids, logps[i], finish[i] or "length", stop_hit[i]))
+        return results
