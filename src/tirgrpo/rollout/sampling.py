@@ -43,6 +43,10 @@ def sample_next(
     scaled = logits / temperature
     filtered = filter_logits(scaled, top_k, top_p)
     probs = torch.softmax(filtered, dim=-1)
-    tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    # Inverse-CDF sampling: one uniform per row and a binary search. torch.multinomial
+    # (and drawing V random numbers per row) is ~20x slower on CPU at V = 151,936.
+    cdf = probs.cumsum(dim=-1)
+    u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)  # (0, 1]
+    tokens = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=probs.shape[-1] - 1)[:, 0]
     logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None])[:, 0]
     return tokens, logp

@@ -1,0 +1,367 @@
+"""`tirgrpo prepare`: turn TIR transcripts (seed-style CSV or transcript JSONL) into examples.
+
+Steps, in order: read every input (all checked before anything is written), cut transcripts
+into segments (prompt up to and including a code-output bridge, completion up to the next
+```python), tokenize, drop segments over the token limits, keep one correct and one wrong
+segment per question (unless --no-pairing), split train/eval by question, and write
+OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json in one atomic step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from tirgrpo.data.records import (
+    Example,
+    Segment,
+    Transcript,
+    read_seed_csv,
+    read_transcripts,
+    write_examples,
+)
+from tirgrpo.errors import TirgrpoError
+from tirgrpo.templates import CODE_BLOCK_START, bridge
+
+DEFAULT_TOKENIZER = "r1-distill-qwen"
+PERCENTILES = (50, 90, 99)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def extract_segments(t: Transcript, source: str, where: str) -> list[Segment]:
+    """Every training-eligible segment of one transcript (see docs/data-format.md).
+
+    After each turn whose code output was shown, the prompt is the whole transcript up to
+    and including that bridge, and the completion is the next turn's text up to (not
+    including) its first "```python", or all of it. Empty completions are skipped. A
+    transcript without `correct_answer` gives no segments (its label is unknown).
+    """
+    if t.correct_answer is None:
+        return []
+    segments = []
+    context = t.prompt
+    for k, turn in enumerate(t.turns):
+        context += turn.text
+        if turn.output is None:
+            break
+        context += bridge(turn.output, t.bridge)
+        if k + 1 < len(t.turns):
+            completion = t.turns[k + 1].text.split(CODE_BLOCK_START, 1)[0]
+            if completion.strip():
+                segments.append(
+                    Segment(
+                        question=t.question,
+                        prompt=context,
+                        completion=completion,
+                        correct_answer=t.correct_answer,
+                        eventual_answer=t.eventual_answer,
+                        source=source,
+                        where=f"{where}, segment after turn {k}",
+                    )
+                )
+    return segments
+
+
+def read_inputs(paths: Sequence[str | Path]) -> tuple[list[Segment], dict[str, int]]:
+    """Read all inputs into segments. Returns (segments, counts of what was read and skipped)."""
+    from tirgrpo.bundled import bundled_path
+
+    segments: list[Segment] = []
+    counts = Counter()
+    for spec in paths:
+        path = bundled_path(str(spec))
+        if not path.is_file():
+            raise TirgrpoError(f"input {path}: no such file")
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            rows = read_seed_csv(path)
+            counts["csv_rows"] += len(rows)
+            segments.extend(rows)
+        elif suffix == ".jsonl":
+            transcripts = read_transcripts(path)
+            counts["transcripts"] += len(transcripts)
+            for i, t in enumerate(transcripts, start=1):
+                found = extract_segments(t, path.name, f"{path}, transcript {i}")
+                if t.correct_answer is None:
+                    counts["transcripts_without_correct_answer"] += 1
+                counts["transcript_segments"] += len(found)
+                segments.extend(found)
+        else:
+            raise TirgrpoError(
+                f"input {path}: unknown type {suffix!r}; expected a seed-style .csv or a transcript .jsonl"
+            )
+    return segments, dict(counts)
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def tokenize(segments: Sequence[Segment], tokenizer, progress: bool = True, batch: int = 64) -> list[Example]:
+    """Count tokens and build examples: prompt_tokens with the tokenizer's bos, completion without."""
+    from tqdm import tqdm
+
+    examples = []
+    with tqdm(total=len(segments), desc="tokenizing", unit="ex", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(segments), batch):
+            chunk = segments[start : start + batch]
+            prompts = tokenizer([s.prompt for s in chunk], add_special_tokens=True)["input_ids"]
+            completions = tokenizer([s.completion for s in chunk], add_special_tokens=False)["input_ids"]
+            for s, p, c in zip(chunk, prompts, completions):
+                examples.append(
+                    Example(
+                        question=s.question,
+                        prompt=s.prompt,
+                        completion=s.completion,
+                        correct_answer=s.correct_answer,
+                        eventual_answer=s.eventual_answer,
+                        label=s.label,
+                        prompt_tokens=len(p),
+                        completion_tokens=len(c),
+                        source=s.source,
+                    )
+                )
+            bar.update(len(chunk))
+    return examples
+
+
+def within_limits(examples: Sequence[Example], max_prompt: int, max_completion: int) -> tuple[list[Example], list[Example]]:
+    """(examples with prompt_tokens <= max_prompt, then those also with completion_tokens <= max_completion).
+
+    A limit of 0 means no limit. The two lists let the caller report each filter's effect.
+    """
+    after_prompt = [e for e in examples if max_prompt <= 0 or e.prompt_tokens <= max_prompt]
+    after_completion = [e for e in after_prompt if max_completion <= 0 or e.completion_tokens <= max_completion]
+    return after_prompt, after_completion
+
+
+def _questions_in_order(examples: Sequence[Example]) -> list[str]:
+    return list(dict.fromkeys(e.question for e in examples))
+
+
+def pair_by_question(examples: Sequence[Example], seed: int) -> list[Example]:
+    """Per question, one `correct` and one `wrong` example (in that order); other questions are dropped.
+
+    The choice within a question depends only on the seed and the question's text, so adding
+    or removing other questions does not change it. Questions keep their first-seen order.
+    """
+    by_question: dict[str, dict[str, list[Example]]] = {}
+    for e in examples:
+        by_question.setdefault(e.question, {"correct": [], "wrong": []})[e.label].append(e)
+    paired = []
+    for question, groups in by_question.items():
+        if groups["correct"] and groups["wrong"]:
+            rng = random.Random(f"{seed}\0{question}")
+            paired += [rng.choice(groups["correct"]), rng.choice(groups["wrong"])]
+    return paired
+
+
+def eval_question_count(n_questions: int, eval_fraction: float) -> int:
+    """How many questions go to eval: round(fraction * n), at least 1 and at most n - 1.
+
+    With fewer than 2 questions, or a fraction of 0, everything is train.
+    """
+    if eval_fraction <= 0 or n_questions < 2:
+        return 0
+    return min(n_questions - 1, max(1, round(eval_fraction * n_questions)))
+
+
+def split_by_question(examples: Sequence[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, eval): whole questions go to one side, never both; reproducible by seed."""
+    questions = sorted(_questions_in_order(examples))
+    random.Random(seed).shuffle(questions)
+    eval_questions = set(questions[: eval_question_count(len(questions), eval_fraction)])
+    train = [e for e in examples if e.question not in eval_questions]
+    held = [e for e in examples if e.question in eval_questions]
+    return train, held
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[int], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation, as numpy's default."""
+    if not values:
+        return 0.0
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _step(name: str, examples: Sequence[Example]) -> dict[str, Any]:
+    labels = Counter(e.label for e in examples)
+    return {
+        "step": name,
+        "rows": len(examples),
+        "questions": len(_questions_in_order(examples)),
+        "correct": labels["correct"],
+        "wrong": labels["wrong"],
+    }
+
+
+def _lengths(values: Sequence[int]) -> dict[str, float]:
+    out = {"min": min(values, default=0), "max": max(values, default=0)}
+    out["mean"] = round(sum(values) / len(values), 1) if values else 0.0
+    out.update({f"p{q}": round(percentile(values, q), 1) for q in PERCENTILES})
+    return out
+
+
+def format_table(stats: dict[str, Any]) -> str:
+    """The summary printed by `prepare`: one line per step, then token-length percentiles."""
+    rows = [("step", "rows", "questions", "correct", "wrong")]
+    rows += [(s["step"], s["rows"], s["questions"], s["correct"], s["wrong"]) for s in stats["steps"]]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    lines = [
+        "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    keys = ["min", *[f"p{q}" for q in PERCENTILES], "max", "mean"]
+    lines.append("tokens      " + "".join(k.rjust(9) for k in keys))
+    for name in ("prompt", "completion"):
+        lens = stats["tokens"][name]
+        lines.append(f"{name:<12}" + "".join(f"{lens[k]:>9g}" for k in keys))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def prepare(
+    segments: Sequence[Segment],
+    tokenizer,
+    max_prompt_tokens: int = 3000,
+    max_completion_tokens: int = 1000,
+    pairing: bool = True,
+    eval_fraction: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """Run tokenize -> token limits -> pairing -> split. Returns (train, eval, stats)."""
+    examples = tokenize(segments, tokenizer, progress=progress)
+    after_prompt, after_completion = within_limits(examples, max_prompt_tokens, max_completion_tokens)
+    steps = [
+        _step("segments read", examples),
+        _step(f"prompt <= {max_prompt_tokens} tokens" if max_prompt_tokens > 0 else "prompt: no limit", after_prompt),
+        _step(
+            f"completion <= {max_completion_tokens} tokens" if max_completion_tokens > 0 else "completion: no limit",
+            after_completion,
+        ),
+    ]
+    kept = after_completion
+    if pairing:
+        kept = pair_by_question(kept, seed)
+        steps.append(_step("paired (1 correct + 1 wrong)", kept))
+    train, held = split_by_question(kept, eval_fraction, seed)
+    steps += [_step("train", train), _step("eval", held)]
+    stats = {
+        "steps": steps,
+        "tokens": {
+            "prompt": _lengths([e.prompt_tokens for e in kept]),
+            "completion": _lengths([e.completion_tokens for e in kept]),
+        },
+    }
+    return train, held, stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Turn TIR transcripts into train/eval examples. Reads seed-style CSVs (columns prompt, "
+        "completion, question, correct_answer, eventual_answer) and transcript JSONL files "
+        "(docs/data-format.md), cuts transcripts into (prompt up to a code-output bridge, "
+        "completion) segments, counts tokens, filters, pairs and splits by question, and writes "
+        "OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json. Nothing is written on error."
+    )
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="seed-style .csv or transcript .jsonl files (or bundled:NAME)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder; replaced as a whole if it holds an earlier prepare output")
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, metavar="T",
+                        help="r1-distill-qwen (built offline, the default), smollm2-135m-instruct, "
+                             "a .gguf file, or a local tokenizer folder / cached Hugging Face id")
+    parser.add_argument("--max-prompt-tokens", type=_non_negative, default=3000, metavar="N",
+                        help="drop segments whose prompt (with bos) is longer; 0 = no limit (default 3000)")
+    parser.add_argument("--max-completion-tokens", type=_non_negative, default=1000, metavar="N",
+                        help="drop segments whose completion is longer; 0 = no limit (default 1000)")
+    parser.add_argument("--no-pairing", dest="pairing", action="store_false",
+                        help="keep every segment instead of one correct + one wrong per question")
+    parser.add_argument("--eval-fraction", type=_fraction, default=0.1, metavar="F",
+                        help="share of questions (not rows) held out for eval, at least one question "
+                             "when there are two or more (default 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for pairing choices and the split (default 0)")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _check_out(out: Path) -> None:
+    # The output folder is replaced as a whole; refuse to do that to a folder that is not ours.
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "stats.json").is_file())):
+        raise TirgrpoError(f"--out {out} exists and is not an earlier prepare output; choose a new folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tirgrpo.files import atomic_dir
+    from tirgrpo.tokenizer import load_tokenizer
+
+    out = Path(args.out)
+    _check_out(out)
+    segments, read_counts = read_inputs(args.input)
+    if not segments:
+        raise TirgrpoError(f"no segments found in {args.input}")
+    tokenizer = load_tokenizer(args.tokenizer)
+    train, held, stats = prepare(
+        segments,
+        tokenizer,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_completion_tokens=args.max_completion_tokens,
+        pairing=args.pairing,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    stats = {
+        "inputs": [str(p) for p in args.input],
+        "input_counts": read_counts,
+        "settings": {
+            "tokenizer": args.tokenizer,
+            "max_prompt_tokens": args.max_prompt_tokens,
+            "max_completion_tokens": args.max_completion_tokens,
+            "pairing": args.pairing,
+            "eval_fraction": args.eval_fraction,
+            "seed": args.seed,
+        },
+        **stats,
+    }
+    if not train and not held:
+        # An empty data set would only fail later, in training; say here where the rows went.
+        print(format_table(stats), file=sys.stderr)
+        hint = " (no question has both a correct and a wrong segment: try --no-pairing)" if args.pairing else ""
+        raise TirgrpoError(f"no example left after filtering{hint}; nothing written to {out}")
+    with atomic_dir(out) as tmp:
+        write_examples(tmp / "train.jsonl", train)
+        write_examples(tmp / "eval.jsonl", held)
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_table(stats))
+    print(f"\nwrote {len(train)} train + {len(held)} eval examples to {out}/")
+    return 0
