@@ -21,21 +21,22 @@ SUBMIT = "yes</think>\\boxed{{{output}}}"
 DECLINE = "no</think>\n```python"
 
 
-def compare_examples(n: int, seed: int, tokenizer, target: str = "label") -> list[Example]:
+def compare_examples(n: int, seed: int, tokenizer, target: str = "label", digits: int = 10) -> list[Example]:
     """`n` examples, half correct (output == expected) and half wrong.
 
     tokenizer: counts `prompt_tokens` (with bos) and `completion_tokens`.
+    digits: values are drawn from 0 .. digits-1 (fewer values: an easier task).
     target: what the `completion` field teaches an SFT warm start: `label` (the right
     decision) or `random` (a coin flip, so SFT teaches the format but not the decision).
     """
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        expected = rng.randrange(10)
+        expected = rng.randrange(digits)
         if i % 2 == 0:
             output = expected
         else:
-            output = rng.choice([d for d in range(10) if d != expected])
+            output = rng.choice([d for d in range(digits) if d != expected])
         label = "correct" if output == expected else "wrong"
         submit = (label == "correct") if target == "label" else rng.random() < 0.5
         completion = SUBMIT.format(output=output) if submit else DECLINE
