@@ -139,7 +139,11 @@ class OptimConfig:
     logprob_chunk_tokens: int = 1024
     """Tokens per LM-head chunk when computing log-probs (never the full [B, T, V] logits)."""
     master_weights_fp32: bool = True
-    """With bf16 compute, keep fp32 master weights and AdamW states so small updates are not lost."""
+    """With bf16 compute, keep fp32 master weights and AdamW states so small updates are not lost
+    (16 bytes per trainable parameter). False: bf16 weights and states with `bf16_update`."""
+    bf16_update: str = "kahan"
+    """Without fp32 master weights: `kahan` (a bf16 compensation buffer, 10 bytes/param) or
+    `stochastic` (unbiased stochastic rounding, 8 bytes/param, as much as plain bf16 AdamW)."""
 
 
 @dataclass

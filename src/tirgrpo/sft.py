@@ -94,7 +94,8 @@ def sft(cfg: SFTConfig) -> dict:
         raise TirgrpoError(f"{cfg.data.train}: every completion is empty; nothing to learn")
     model = load_policy(cfg.model, device, dtype, cfg.run.seed)
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                      weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32)
+                      weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
+                      bf16_update=cfg.optim.bf16_update, seed=cfg.run.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     log = RunLog(run_dir, cfg.run.tensorboard)
     K = cfg.optim.total_steps

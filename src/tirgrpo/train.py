@@ -176,7 +176,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         ref_model.requires_grad_(False).eval()
     trainable, total = count_parameters(model)
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                      weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32)
+                      weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
+                      bf16_update=cfg.optim.bf16_update, seed=cfg.run.seed)
     engine = SimpleEngine(model, tokenizer, batch_size=cfg.rollout.batch_size)
     pad_id = engine.pad_id
     params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,

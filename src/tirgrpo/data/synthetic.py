@@ -5,6 +5,12 @@ decision is to submit `\\boxed{output}` when they agree and to decline (start a 
 code block) when they differ. It has the shape of the real task (a judgement on a code
 output, submit or decline) with the arithmetic removed, so a 2-layer model can learn it
 in a minute: the learning test uses it to show that GRPO moves the decision.
+
+The true answer (`correct_answer`) of a wrong example is a number shown nowhere in the
+prompt (digits .. 2*digits-1), so the only way to earn reward is the decision: were it
+`expected`, a policy could score +1 on every example by boxing `expected` instead of the
+output (a reward hack seen in the learning test, which scored above the 0.5 a perfect
+judge gets).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ def compare_examples(n: int, seed: int, tokenizer, target: str = "label", digits
         else:
             output = rng.choice([d for d in range(digits) if d != expected])
         label = "correct" if output == expected else "wrong"
+        answer = expected if label == "correct" else digits + rng.randrange(digits)
         submit = (label == "correct") if target == "label" else rng.random() < 0.5
         completion = SUBMIT.format(output=output) if submit else DECLINE
         prompt = PROMPT.format(expected=expected, output=output)
@@ -45,7 +52,7 @@ def compare_examples(n: int, seed: int, tokenizer, target: str = "label", digits
             question=f"compare {expected} {output}",
             prompt=prompt,
             completion=completion,
-            correct_answer=str(expected),
+            correct_answer=str(answer),
             eventual_answer=str(output),
             label=label,
             prompt_tokens=len(tokenizer(prompt)["input_ids"]),

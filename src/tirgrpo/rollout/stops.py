@@ -7,14 +7,14 @@ class StopMatcher:
     """Finds the first stop string in a growing sequence of tokens.
 
     Only the last few tokens are decoded at each step (enough to hold the longest stop
-    string even when every token is one character, plus a margin for byte-level tokens
-    that are half a character), so the cost per step does not grow with the length.
+    string even when every token is one byte, as byte-level tokens of a multi-byte
+    character are, plus a margin), so the cost per step does not grow with the length.
     """
 
     def __init__(self, tokenizer, stops: list[str], margin_tokens: int = 4):
         self.tokenizer = tokenizer
         self.stops = [s for s in stops if s]
-        self.window = max((len(s) for s in self.stops), default=0) + margin_tokens
+        self.window = max((len(s.encode("utf-8")) for s in self.stops), default=0) + margin_tokens
 
     def hit(self, token_ids: list[int]) -> str | None:
         """The stop string that the tail of `token_ids` contains, if any."""

@@ -1,0 +1,140 @@
+"""Train-phase benchmark: time and peak memory of one GRPO update on a 1.5B-shape model.
+
+Random-init DeepSeek-R1-Distill-Qwen-1.5B shape, bf16, sdpa, 3072-token prompts + 1024-token
+completions, reference model loaded (beta 0.1), two updates per rollout (old log-probs
+recorded). For each case it reports, as medians over `--repeats` steps after one warm-up,
+timed with CUDA events:
+  fwd_bwd_opt  policy forward + backward over all micro-batches + clipping + AdamW step
+               (the part TRL 1.16.0's train step measures)
+  phase        old log-probs + reference log-probs + fwd_bwd_opt
+and the peak of torch.cuda.max_memory_allocated over the whole case.
+
+    python benchmarks/train_phase.py --cases g4,g16 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+
+import torch
+
+from tirgrpo.batching import pack_by_tokens, right_pad
+from tirgrpo.config import GRPOConfig
+from tirgrpo.logprobs import token_logprobs
+from tirgrpo.loss import grpo_loss
+from tirgrpo.model import build_random_model
+from tirgrpo.optim import AdamW
+
+CASES = {
+    # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget)
+    "g4": (2, 4, True, "stochastic", 16384),
+    "g4-master": (2, 4, True, "master", 16384),
+    "g4-kahan": (2, 4, True, "kahan", 16384),
+    "g4-nockpt": (2, 4, False, "stochastic", 16384),
+    "g16": (1, 16, True, "stochastic", 16384),
+    "g16-master": (1, 16, True, "master", 16384),
+    "g16-mb8k": (1, 16, True, "stochastic", 8192),
+    "g4-mb32k": (2, 4, True, "stochastic", 32768),
+}
+
+
+def events():
+    return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+
+def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: float = 0.1) -> dict:
+    prompts, G, ckpt, mode, budget = CASES[name]
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    dev = torch.device("cuda")
+    model = build_random_model("r1-distill-qwen-1.5b", torch.bfloat16, "sdpa", seed=0, device=dev)
+    model.config.use_cache = False
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref = build_random_model("r1-distill-qwen-1.5b", torch.bfloat16, "sdpa", seed=0, device=dev).eval()
+    ref.requires_grad_(False)
+    opt = AdamW(model.parameters(), lr=3e-5, master_fp32=(mode == "master"),
+                bf16_update="kahan" if mode == "kahan" else "stochastic")
+    cfg = GRPOConfig(beta=beta, num_iterations=2, loss_type="dapo")
+    g = torch.Generator().manual_seed(0)
+    prompt_ids = [torch.randint(0, 151643, (prompt_len,), generator=g).tolist() for _ in range(prompts)]
+    rows_p = [p for p in prompt_ids for _ in range(G)]
+    rows_c = [torch.randint(0, 151643, (comp_len,), generator=g).tolist() for _ in rows_p]
+    micro = pack_by_tokens([prompt_len + comp_len] * len(rows_p), budget)
+    batches = [right_pad([rows_p[i] for i in mb], [rows_c[i] for i in mb], 151643, dev) for mb in micro]
+    advs = [torch.randn(len(mb), generator=g).to(dev) for mb in micro]
+    n_seq, n_tok = len(rows_p), len(rows_p) * comp_len
+    times = {"old_logp": [], "ref_logp": [], "fwd_bwd_opt": [], "opt": [], "phase": []}
+    model.train()
+    for step in range(repeats + 1):
+        e0, e1 = events(); e2, e3 = events(); e4, _ = events()
+        e0.record()
+        with torch.no_grad():
+            old = [token_logprobs(model, *b)[0] for b in batches]
+        e1.record()
+        with torch.no_grad():
+            refs = [token_logprobs(ref, *b)[0] for b in batches]
+        e2.record()
+        for b, a, o, r in zip(batches, advs, old, refs):
+            logp, _ = token_logprobs(model, *b)
+            loss, _ = grpo_loss(logp, o, r, a, b[2], cfg, comp_len, n_seq, n_tok)
+            loss.backward()
+        e4.record()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        e3.record()
+        torch.cuda.synchronize()
+        if step > 0:
+            times["old_logp"].append(e0.elapsed_time(e1) / 1e3)
+            times["ref_logp"].append(e1.elapsed_time(e2) / 1e3)
+            times["fwd_bwd_opt"].append(e2.elapsed_time(e3) / 1e3)
+            times["opt"].append(e4.elapsed_time(e3) / 1e3)
+            times["phase"].append(e0.elapsed_time(e3) / 1e3)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    out = {"case": name, "sequences": n_seq, "tokens": n_seq * (prompt_len + comp_len), "checkpointing": ckpt,
+           "optimizer": mode, "micro_batch_tokens": budget, "micro_batches": len(batches),
+           "peak_gib": round(peak, 2), "peak_gb": round(peak * 2**30 / 1e9, 2)}
+    for k, v in times.items():
+        out[f"{k}_s"] = round(statistics.median(v), 3)
+    out["fwd_bwd_opt_tokens_per_s"] = round(out["tokens"] / out["fwd_bwd_opt_s"])
+    del model, ref, opt, batches, old, refs
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="g4,g16")
+    ap.add_argument("--prompt-len", type=int, default=3072)
+    ap.add_argument("--comp-len", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+    rows = []
+    for name in args.cases.split(","):
+        try:
+            rows.append(run_case(name, args.prompt_len, args.comp_len, args.repeats))
+        except torch.cuda.OutOfMemoryError:
+            rows.append({"case": name, "error": "out of memory"})
+            gc.collect(); torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(f"{'case':<12}{'seqs':>5}{'tokens':>8}{'opt':>11}{'mb':>4}{'peak GB':>9}{'fwd+bwd+opt s':>15}{'tok/s':>9}{'clip+opt s':>11}{'phase s':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['case']:<12} {r['error']}")
+            continue
+        print(f"{r['case']:<12}{r['sequences']:>5}{r['tokens']:>8}{r['optimizer']:>11}{r['micro_batches']:>4}"
+              f"{r['peak_gb']:>9.2f}{r['fwd_bwd_opt_s']:>15.3f}{r['fwd_bwd_opt_tokens_per_s']:>9}{r['opt_s']:>11.3f}{r['phase_s']:>9.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

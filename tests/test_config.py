@@ -1,0 +1,175 @@
+"""Typed TOML configs with `--set` overrides: types checked, unknown keys named, round trips."""
+
+from pathlib import Path
+
+import pytest
+
+from tirgrpo.config import TrainConfig, apply_overrides, from_dict, load_config, to_toml
+from tirgrpo.errors import TirgrpoError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text, name="c.toml"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_load_toml_sets_fields_and_keeps_defaults(tmp_path):
+    p = write(tmp_path, """
+[model]
+name_or_path = "random:tiny-qwen2"
+lora = true
+
+[optim]
+lr = 2e-4
+total_steps = 12
+betas = [0.9, 0.95]
+
+[rewards]
+curriculum = false
+weights = {correctness = 1.0, length = 0.5}
+""")
+    cfg = load_config(TrainConfig, p)
+    assert cfg.model.name_or_path == "random:tiny-qwen2" and cfg.model.lora is True
+    assert cfg.optim.lr == 2e-4 and cfg.optim.total_steps == 12 and cfg.optim.betas == [0.9, 0.95]
+    assert cfg.rewards.weights == {"correctness": 1.0, "length": 0.5}
+    # untouched fields keep their defaults
+    assert cfg.optim.warmup_steps == TrainConfig().optim.warmup_steps
+    assert cfg.rollout == TrainConfig().rollout
+
+
+def test_no_file_gives_defaults():
+    assert load_config(TrainConfig) == TrainConfig()
+
+
+def test_set_overrides(tmp_path):
+    p = write(tmp_path, "[optim]\nlr = 2e-4\n")
+    cfg = load_config(TrainConfig, p, [
+        "optim.lr=1e-5",                       # overrides the file
+        "rollout.stop=[\"```python\", \"STOP\"]",  # a TOML list
+        "model.lora=true",                      # a TOML bool
+        "run.out_dir=runs/x y",                 # not TOML: a plain string
+        "model.name_or_path = random:tiny-qwen2",  # spaces around '=' are trimmed
+    ])
+    assert cfg.optim.lr == 1e-5
+    assert cfg.rollout.stop == ["```python", "STOP"]
+    assert cfg.model.lora is True
+    assert cfg.run.out_dir == "runs/x y"
+    assert cfg.model.name_or_path == "random:tiny-qwen2"
+
+
+def test_int_for_float_is_accepted_as_float():
+    cfg = load_config(TrainConfig, None, ["optim.lr=1", "grpo.beta=0", "optim.betas=[1, 0.5]"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.grpo.beta == 0.0 and isinstance(cfg.grpo.beta, float)
+    assert cfg.optim.betas == [1.0, 0.5] and isinstance(cfg.optim.betas[0], float)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("optim.total_steps=abc", "optim.total_steps"),   # a string for an int
+    ("optim.total_steps=1.5", "optim.total_steps"),   # a float for an int
+    ("optim.total_steps=true", "optim.total_steps"),  # a bool is not an int
+    ("model.lora=1", "model.lora"),                   # an int is not a bool
+    ("optim.lr=fast", "optim.lr"),                    # a string for a float
+    ("rollout.stop=STOP", "rollout.stop"),            # a string for a list
+    ("optim.betas=[0.9, \"x\"]", "optim.betas[1]"),   # a bad list item names its index
+    ("rewards.weights={a = \"x\"}", "rewards.weights.a"),
+])
+def test_wrong_types_name_the_key(override, key):
+    with pytest.raises(TirgrpoError) as e:
+        load_config(TrainConfig, None, [override])
+    assert key in str(e.value)
+
+
+def test_unknown_keys_are_errors_naming_them(tmp_path):
+    with pytest.raises(TirgrpoError, match="unknown key.*'lrr'"):
+        load_config(TrainConfig, None, ["optim.lrr=1e-5"])
+    with pytest.raises(TirgrpoError, match="unknown key.*'optimizer'"):
+        load_config(TrainConfig, write(tmp_path, "[optimizer]\nlr = 1e-5\n"))
+    with pytest.raises(TirgrpoError) as e:
+        load_config(TrainConfig, write(tmp_path, "[grpo]\nbeta = 0.1\nepsilon_hi = 0.3\n", "d.toml"))
+    assert "epsilon_hi" in str(e.value) and "epsilon_high" in str(e.value)  # the known keys are listed
+
+
+def test_bad_overrides_and_files(tmp_path):
+    with pytest.raises(TirgrpoError, match="KEY=VALUE"):
+        load_config(TrainConfig, None, ["optim.lr"])
+    with pytest.raises(TirgrpoError, match="must be a table"):
+        load_config(TrainConfig, None, ["optim=3"])
+    with pytest.raises(TirgrpoError, match="not found"):
+        load_config(TrainConfig, tmp_path / "missing.toml")
+    bad = write(tmp_path, "[optim\nlr = 1\n", "bad.toml")
+    with pytest.raises(TirgrpoError, match="bad.toml"):
+        load_config(TrainConfig, bad)
+
+
+def test_apply_overrides_nested_dict():
+    data = {"optim": {"lr": 1.0}}
+    assert apply_overrides(data, ["optim.lr=2.5", "run.seed=7"]) == {"optim": {"lr": 2.5}, "run": {"seed": 7}}
+
+
+def test_to_toml_round_trip(tmp_path):
+    cfg = load_config(TrainConfig, None, [
+        "model.name_or_path=C:\\path with \"quotes\"",  # not a TOML literal: taken as a plain string
+        "model.lora=true",
+        "optim.lr=3e-05",
+        "optim.betas=[0.9, 0.95]",
+        "grpo.beta=0.0",
+        "rollout.stop=[\"```python\", \"é\\n\"]",
+        "rewards.curriculum=false",
+        "rewards.weights={correctness = 1.0, \"my_mod:fn\" = 0.25}",
+        "run.seed=42",
+    ])
+    assert cfg.model.name_or_path == 'C:\\path with "quotes"'
+    assert cfg.rollout.stop == ["```python", "é\n"]
+    text = to_toml(cfg)
+    p = write(tmp_path, text, "saved.toml")
+    again = load_config(TrainConfig, p)
+    assert again == cfg
+    assert to_toml(again) == text
+    assert cfg != TrainConfig()  # the round trip carried real changes
+
+
+def test_to_toml_of_defaults_round_trips(tmp_path):
+    text = to_toml(TrainConfig())
+    assert load_config(TrainConfig, write(tmp_path, text)) == TrainConfig()
+    for section in ("model", "data", "rollout", "rewards", "grpo", "optim", "run"):
+        assert f"[{section}]" in text
+
+
+def test_sft_config_round_trip(tmp_path):
+    from tirgrpo.sft import SFTConfig
+
+    cfg = load_config(SFTConfig, None, ["batch_size=3", "optim.lr=1e-3", "append_eos=false"])
+    assert cfg.batch_size == 3 and cfg.append_eos is False
+    text = to_toml(cfg)
+    assert text.startswith("batch_size = 3")  # top-level keys come before the first [section]
+    assert load_config(SFTConfig, write(tmp_path, text)) == cfg
+
+
+def test_from_dict_rejects_non_table():
+    with pytest.raises(TirgrpoError, match="must be a table"):
+        from_dict(TrainConfig, [1, 2])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_repo_configs_load(path, tmp_path):
+    from tirgrpo.sft import SFTConfig
+
+    cls = SFTConfig if "sft" in path.stem else TrainConfig
+    cfg = load_config(cls, path)
+    assert load_config(cls, write(tmp_path, to_toml(cfg))) == cfg
+
+
+def test_repo_configs_exist_and_seed_config_matches_the_issue():
+    names = {p.name for p in (REPO / "configs").glob("*.toml")}
+    assert {"seed-r1-distill-1.5b.toml", "demo-cpu.toml"} <= names
+    cfg = load_config(TrainConfig, REPO / "configs" / "seed-r1-distill-1.5b.toml")
+    # issue 4: G = 4, prompt <= 3072, completion <= 1024, lr 3e-5, 32 warm-up steps, beta 0.1,
+    # epsilon_high 0.28, no std scaling, 2 iterations per rollout, temperature 1.0, stop at ```python
+    assert cfg.rollout.group_size == 4 and cfg.data.max_prompt_tokens == 3072 and cfg.rollout.max_new_tokens == 1024
+    assert cfg.optim.lr == 3e-5 and cfg.optim.warmup_steps == 32
+    assert cfg.grpo.beta == 0.1 and cfg.grpo.epsilon_high == 0.28 and cfg.grpo.scale_rewards is False
+    assert cfg.grpo.num_iterations == 2 and cfg.rollout.temperature == 1.0 and cfg.rollout.stop == ["```python"]
