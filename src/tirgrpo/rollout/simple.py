@@ -1,8 +1,10 @@
 """A plain, correct generation loop over a `transformers` model's KV cache.
 
-Each prompt is repeated G times, the batch is left-padded and prefilled, then decoded
-one token per step with sampling on the device. A finished row keeps being fed padding
-until the whole batch is done (the fast engine stops paying for finished rows).
+The distinct prompts of a batch are left-padded and prefilled once; the cache is then
+repeated G times (one copy per sample of the group), so a 3k-token prompt costs one
+prefill, not G. Decoding goes one token per step with sampling on the device. A finished
+row keeps being fed padding until the whole batch is done (the fast engine stops paying
+for finished rows).
 """
 
 from __future__ import annotations
@@ -55,30 +57,30 @@ class SimpleEngine:
 
         Returns one list of `group_size` completions per prompt, in prompt order.
         """
-        rows = [p for p in prompt_ids for _ in range(group_size)]
         out: list[Completion] = []
-        # Whole groups per batch, so a group's samples share one batch.
-        per_batch = max(group_size, (self.batch_size // group_size) * group_size)
+        # Whole groups per batch, so a group's samples share one batch and one prefill.
+        prompts_per_batch = max(1, self.batch_size // group_size)
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(rows), per_batch):
-                out.extend(self._generate_batch(rows[start : start + per_batch], params, generator))
+            for start in range(0, len(prompt_ids), prompts_per_batch):
+                chunk = prompt_ids[start : start + prompts_per_batch]
+                out.extend(self._generate_batch(chunk, group_size, params, generator))
         finally:
             self.model.train(was_training)
         return [out[i : i + group_size] for i in range(0, len(out), group_size)]
 
-    def _generate_batch(self, rows, params: SamplingParams, generator) -> list[Completion]:
+    def _generate_batch(self, prompts, group_size: int, params: SamplingParams, generator) -> list[Completion]:
         device = next(self.model.parameters()).device
-        B = len(rows)
-        T = max(len(r) for r in rows)
-        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((B, T), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: every row's last prompt token is at T-1
+        T = max(len(r) for r in prompts)
+        input_ids = torch.full((len(prompts), T), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), T), dtype=torch.long)
+        for i, r in enumerate(prompts):  # left padding: every row's last prompt token is at T-1
             input_ids[i, T - len(r) :] = torch.tensor(r)
             attention[i, T - len(r) :] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        B = len(prompts) * group_size
 
         matcher = StopMatcher(self.tokenizer, params.stop)
         tokens: list[list[int]] = [[] for _ in range(B)]
@@ -89,9 +91,12 @@ class SimpleEngine:
         out = self.model(
             input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=True, logits_to_keep=1
         )
+        # One prefill per prompt, then G rows that share it (prompt i -> rows i*G .. i*G+G-1).
         cache = out.past_key_values
-        logits = out.logits[:, -1]
-        next_pos = position_ids[:, -1:] + 1
+        cache.batch_repeat_interleave(group_size)
+        logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)
+        attention = attention.repeat_interleave(group_size, dim=0)
+        next_pos = position_ids[:, -1:].repeat_interleave(group_size, dim=0) + 1
         eos_list = sorted(self.eos)
         for step in range(params.max_new_tokens):
             if step < params.min_new_tokens and eos_list:
