@@ -1,5 +1,8 @@
 """Model loading through `transformers`, LoRA wrapping, and the saved HF folder."""
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -160,3 +163,15 @@ def test_smollm2_gguf_answers_a_chat_prompt():
     (c,), = SimpleEngine(model, tok).generate([ids], 1, SamplingParams(max_new_tokens=24, temperature=0.0))
     assert "5" in c.text, c.text  # seen: '2 + 3 = 5'
     assert c.finish_reason == "eos"  # the chat model ends its turn (<|im_end|>) within 24 tokens
+    # A GGUF-loaded model is dequantised; saving it (with merged LoRA) must give a plain
+    # HF folder. transformers refuses save_pretrained while the GGUF quantizer is attached.
+    from transformers import AutoModelForCausalLM
+
+    from tirgrpo.model import add_lora
+
+    lora = add_lora(model, ModelConfig(lora=True))
+    out = Path(tempfile.mkdtemp()) / "final"
+    save_hf_folder(lora, tok, out)
+    back = AutoModelForCausalLM.from_pretrained(out)
+    x = torch.tensor([ids])
+    assert torch.allclose(back(input_ids=x).logits, lora(input_ids=x).logits, atol=1e-5)

@@ -236,3 +236,79 @@ def test_adamw_bias_correction_hand_numbers():
     # step 2: m = 0.5*1 + 0.5*(-1) = 0 -> no move
     assert float(w.detach()) == pytest.approx(0.9)
     assert not math.isnan(float(w.detach()))
+
+
+# --------------------------------------------------------------------------- sliced updates, stochastic rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sliced_update_equals_whole_tensor_update(monkeypatch, dtype):
+    """Large tensors are updated in slices of optim.CHUNK elements; with a slice size that
+    does not divide the tensor (7 into 15), the result equals the unsliced update."""
+    import tirgrpo.optim as optim
+
+    torch.manual_seed(0)
+    w0 = torch.randn(5, 3).to(dtype)
+    grads = [g.to(dtype) for g in _grads((5, 3), 4, seed=5)]
+
+    def run(chunk):
+        monkeypatch.setattr(optim, "CHUNK", chunk)
+        w = w0.clone().requires_grad_(True)
+        opt = AdamW([w], lr=1e-2, weight_decay=0.1)
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        return w.detach(), opt.state[0]
+
+    (ws, ss), (wf, sf) = run(7), run(1 << 24)
+    assert torch.equal(ws, wf)
+    for k in sf:
+        assert torch.equal(ss[k], sf[k]), k
+    if dtype == torch.float32:  # and both equal torch's AdamW
+        ref = w0.clone().requires_grad_(True)
+        ropt = torch.optim.AdamW([ref], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
+        for g in grads:
+            ref.grad = g.clone()
+            ropt.step()
+        torch.testing.assert_close(ws, ref.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_stochastic_rounding_accumulates_in_expectation():
+    # 4096 weights of 1.0, the same 400 updates of ~1e-5: each weight ends at 1.0 or one or
+    # two bf16 steps below, but the mean follows the exact sum (~4e-3 of progress; the bf16
+    # moments stall as in the Kahan case, so allow +-20%). Rounding noise of the mean:
+    # per weight ~ sqrt(400 * p(1-p)) * 2^-8 ~ 4e-3 with p = 1e-5 / 2^-8, over 4096 weights ~ 6e-5.
+    def run(seed):
+        p = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+        opt = AdamW([p], lr=LR, master_fp32=False, bf16_update="stochastic", seed=seed)
+        assert set(opt.state[0]) == {"m", "v"}  # no master, no compensation buffer
+        for _ in range(STEPS):
+            p.grad = torch.ones(4096, dtype=torch.bfloat16)
+            opt.step()
+        return p.detach()
+
+    a = run(0)
+    progress = 1.0 - a.float().mean().item()
+    assert 0.8 * STEPS * LR < progress < 1.2 * STEPS * LR, progress
+    assert len(torch.unique(a)) > 1  # individual weights rounded differently
+    assert torch.equal(run(0), a)  # seeded: reproducible (resume needs this)
+    assert not torch.equal(run(1), a)
+
+
+def test_stochastic_round_bf16_is_unbiased_and_exact_on_bf16_values():
+    from tirgrpo.optim import stochastic_round_bf16
+
+    # bf16 values pass through unchanged
+    exact = torch.tensor([1.0, -2.5, 0.0, 1 - 2**-8, 3.0 * 2**-20])
+    assert torch.equal(stochastic_round_bf16(exact).float(), exact)
+    # above 1.0 the bf16 spacing is 2^-7, so 1 + 2^-9 lies 1/4 of the way from 1.0 to
+    # 1 + 2^-7: P(round up) = 0.25. The mean of 100,000 draws has a std of
+    # 2^-7 * sqrt(0.25 * 0.75) / sqrt(100000) = 1.1e-5; allow 5e-5.
+    x = torch.full((100_000,), 1 + 2**-9)
+    r = stochastic_round_bf16(x, torch.Generator().manual_seed(0)).float()
+    assert set(r.unique().tolist()) == {1.0, 1 + 2**-7}
+    assert (r == 1 + 2**-7).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert r.mean().item() == pytest.approx(1 + 2**-9, abs=5e-5)
+    # negative values: same magnitude rule, mirrored
+    rn = stochastic_round_bf16(-x, torch.Generator().manual_seed(1)).float()
+    assert rn.mean().item() == pytest.approx(-(1 + 2**-9), abs=5e-5)

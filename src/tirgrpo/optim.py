@@ -7,7 +7,8 @@ updates are that small and full bf16 training silently stops learning. Two remed
 * `master_fp32=True`: an fp32 copy of each trainable weight plus fp32 moments; the bf16
   weight is refreshed from the copy after each step (16 bytes per trainable parameter:
   2 bf16 weight + 2 bf16 grad + 4 master + 8 moments).
-* `master_fp32=False, bf16_update="kahan"`: bf16 weights, bf16 moments and a bf16 Kahan
+* `master_fp32=False, bf16_update="kahan"`: bf16 weights, bf16 moments (stochastically
+  rounded, see below) and a bf16 Kahan
   compensation buffer that carries the rounding error of each update into the next
   (10 bytes per parameter), as torchdistx's AnyPrecisionAdamW does.
 * `master_fp32=False, bf16_update="stochastic"`: bf16 weights and moments, and each new
@@ -102,8 +103,16 @@ class AdamW:
         g = grad.float()
         m = st["m"].float().mul_(b1).add_(g, alpha=1 - b1)
         v = st["v"].float().mul_(b2).addcmul_(g, g, value=1 - b2)
-        st["m"].copy_(m)
-        st["v"].copy_(v)
+        gen = None
+        if st["m"].dtype == torch.bfloat16:
+            # bf16 moments stall when (1 - beta) * g^2 is below half an ulp of v; rounding
+            # them stochastically keeps their expectation exact.
+            gen = torch.Generator(device=p.device).manual_seed(seed)
+            st["m"].copy_(stochastic_round_bf16(m, gen))
+            st["v"].copy_(stochastic_round_bf16(v, gen))
+        else:
+            st["m"].copy_(m)
+            st["v"].copy_(v)
         weight = st["master"] if "master" in st else p.float()
         delta = (m / bc1) / ((v / bc2).sqrt_().add_(self.eps))
         delta.add_(weight, alpha=self.weight_decay).mul_(-self.lr)
@@ -117,7 +126,6 @@ class AdamW:
             st["comp"].copy_(delta - (new.float() - weight))
             p.copy_(new)
         elif p.dtype == torch.bfloat16:
-            gen = torch.Generator(device=p.device).manual_seed(seed)
             p.copy_(stochastic_round_bf16(weight + delta, gen))
         else:
             p.add_(delta)

@@ -25,6 +25,16 @@ CPU = torch.device("cpu")
 # --------------------------------------------------------------------------- scripted model
 
 
+class ScriptedCache:
+    """Stands in for a transformers KV cache: which script each row follows, and the step."""
+
+    def __init__(self, keys: list[int], prompt_len: int):
+        self.keys, self.T, self.step = keys, prompt_len, 0
+
+    def batch_repeat_interleave(self, repeats: int) -> None:  # as transformers' DynamicCache
+        self.keys = [k for k in self.keys for _ in range(repeats)]
+
+
 class ScriptedLM(torch.nn.Module):
     """Emits `scripts[last prompt token]` one token per step (logit 10, all others 0),
     then `filler` forever. Records what the engine feeds it back."""
@@ -40,20 +50,19 @@ class ScriptedLM(torch.nn.Module):
     def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True,
                 logits_to_keep=None):
         if past_key_values is None:  # prefill: left padded, so the last prompt token is at -1
-            state = {"keys": input_ids[:, -1].tolist(), "step": 0}
             assert attention_mask[:, -1].all()
+            cache = ScriptedCache(input_ids[:, -1].tolist(), input_ids.shape[1])
         else:
-            state = past_key_values
-            state["step"] += 1
+            cache = past_key_values
+            cache.step += 1
             self.fed.append(input_ids[:, 0].tolist())
-            assert attention_mask.shape[1] == state["T"] + state["step"]
-        state.setdefault("T", input_ids.shape[1])
+            assert attention_mask.shape == (len(cache.keys), cache.T + cache.step)
         logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
-        for i, key in enumerate(state["keys"]):
+        for i, key in enumerate(cache.keys):
             script = self.scripts[key]
-            tok = script[state["step"]] if state["step"] < len(script) else self.filler
+            tok = script[cache.step] if cache.step < len(script) else self.filler
             logits[i, 0, tok] = 10.0
-        return SimpleNamespace(logits=logits, past_key_values=state)
+        return SimpleNamespace(logits=logits, past_key_values=cache)
 
 
 # log p of the scripted token under softmax of (10, 0 x 261): 10 - log(e^10 + 261) = -0.011784
