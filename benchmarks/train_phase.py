@@ -107,6 +107,15 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
     return out
 
 
+def profile_case(name: str, prompt_len: int, comp_len: int) -> None:
+    """torch.profiler over the timed steps of one case: where the GPU time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run_case(name, prompt_len, comp_len, repeats=1)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="g4,g16")
@@ -114,7 +123,10 @@ def main() -> None:
     ap.add_argument("--comp-len", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--profile", help="profile one fwd+bwd+opt step of this case and print the top kernels")
     args = ap.parse_args()
+    if args.profile:
+        profile_case(args.profile, args.prompt_len, args.comp_len)
     rows = []
     for name in args.cases.split(","):
         try:

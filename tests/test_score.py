@@ -12,6 +12,8 @@ import tirgrpo.tokenizer
 from tirgrpo.cli import main
 
 SAMPLE_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tir" / "r1_distill_7b_tir_sample.csv"
+if not SAMPLE_CSV.is_file():  # no shared/ beside this clone: the copy in tests/fixtures
+    SAMPLE_CSV = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "r1_distill_7b_tir_sample.csv"
 STOP = "```python"
 
 

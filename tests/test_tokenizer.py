@@ -14,6 +14,8 @@ from tirgrpo.errors import TirgrpoError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CSV = REPO.parent / "shared" / "data" / "tir" / "r1_distill_7b_tir_sample.csv"
+if not SAMPLE_CSV.is_file():  # no shared/ beside this clone: the copy in tests/fixtures
+    SAMPLE_CSV = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "r1_distill_7b_tir_sample.csv"
 
 TEXTS = [
     "Hello world",

@@ -23,6 +23,8 @@ from tirgrpo.templates import SEED_BRIDGE, bridge, code_prompt
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_CSV = REPO.parent / "shared" / "data" / "tir" / "r1_distill_7b_tir_sample.csv"
+if not SAMPLE_CSV.is_file():  # no shared/ beside this clone: the copy in tests/fixtures
+    SAMPLE_CSV = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "r1_distill_7b_tir_sample.csv"
 HEADER = ["prompt", "completion", "question", "correct_answer", "eventual_answer"]
 
 

@@ -25,22 +25,33 @@ PROMPT = (
 )
 SUBMIT = "yes</think>\\boxed{{{output}}}"
 DECLINE = "no</think>\n```python"
+ERROR = "Error"
 
 
-def compare_examples(n: int, seed: int, tokenizer, target: str = "label", digits: int = 10) -> list[Example]:
+def compare_examples(n: int, seed: int, tokenizer, target: str = "label", digits: int = 10,
+                     wrong: str = "digit") -> list[Example]:
     """`n` examples, half correct (output == expected) and half wrong.
 
     tokenizer: counts `prompt_tokens` (with bos) and `completion_tokens`.
     digits: values are drawn from 0 .. digits-1 (fewer values: an easier task).
     target: what the `completion` field teaches an SFT warm start: `label` (the right
     decision) or `random` (a coin flip, so SFT teaches the format but not the decision).
+    wrong: what a wrong output is: `digit` (another digit, so the decision needs a
+    comparison of two tokens -- a 2-layer model groks it only after ~200 supervised
+    steps, too slow for GRPO in a CI budget) or `error` (the code failed: the output block
+    shows `Error`, so the decision can be read off one token, as a verifier should decline
+    a crashed program; GRPO learns it in a minute).
     """
+    if wrong not in ("digit", "error"):
+        raise ValueError(f"wrong must be 'digit' or 'error', got {wrong!r}")
     rng = random.Random(seed)
     out = []
     for i in range(n):
         expected = rng.randrange(digits)
         if i % 2 == 0:
             output = expected
+        elif wrong == "error":
+            output = ERROR
         else:
             output = rng.choice([d for d in range(digits) if d != expected])
         label = "correct" if output == expected else "wrong"
