@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("tirgrpo.sft", "supervised warm start on example completions (before GRPO)"),
     "train": ("tirgrpo.train", "GRPO training from a TOML config (resumable)"),
     "plot": ("tirgrpo.plot", "write PNG plots of a run's metrics"),
+    "bench": ("tirgrpo.bench", "speed benchmarks (bench rollout: generation tokens/s and ms per step)"),
 }
 
 

@@ -1,0 +1,129 @@
+"""FastEngine (static cache, own decode step) against transformers and the simple engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from tirgrpo.logprobs import token_logprobs
+from tirgrpo.rollout import SamplingParams
+from tirgrpo.rollout.engine import FastEngine
+from tirgrpo.rollout.simple import SimpleEngine
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir, byte_tokenizer):
+    """A tiny Qwen2 (biases on q/k/v, untied head) and a tiny Llama (no biases, tied head)."""
+    qwen = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    torch.manual_seed(1)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(byte_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        bos_token_id=byte_tokenizer.bos_token_id, eos_token_id=byte_tokenizer.eos_token_id)).eval()
+    return {"qwen2": qwen, "llama": llama}
+
+
+def prompts(tok):
+    return [tok(t)["input_ids"] for t in ("hello", "a much longer prompt than the others", "x")]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_greedy_equals_transformers_generate(models, byte_tokenizer, arch):
+    model = models[arch]
+    engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64, 128))
+    ps = prompts(byte_tokenizer)
+    groups = engine.generate(ps, 2, SamplingParams(max_new_tokens=24, temperature=0.0))
+    for p, group in zip(ps, groups):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+        for c in group:
+            assert c.token_ids == ref[: len(c.token_ids)]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_sampled_logprobs_equal_trainer_logprobs(models, byte_tokenizer, arch):
+    model = models[arch]
+    engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64,))
+    ps = prompts(byte_tokenizer)
+    groups = engine.generate(ps, 2, SamplingParams(max_new_tokens=16, temperature=0.7),
+                             torch.Generator().manual_seed(3))
+    for p, group in zip(ps, groups):
+        for c in group:
+            ids = torch.tensor([p + c.token_ids])
+            target = torch.zeros_like(ids, dtype=torch.bool)
+            target[0, len(p):] = True
+            logp, _ = token_logprobs(model, ids, torch.ones_like(ids), target, temperature=0.7)
+            assert torch.allclose(logp[0, len(p):], torch.tensor(c.logprobs), atol=1e-5)
+
+
+def test_shared_prefill_gives_the_same_samples_as_unshared(models, byte_tokenizer):
+    engine = FastEngine(models["qwen2"], byte_tokenizer, max_batch=16, length_buckets=(64,))
+    ps = prompts(byte_tokenizer)
+    params = SamplingParams(max_new_tokens=16, temperature=1.0)
+    shared = engine.generate(ps, 4, params, torch.Generator().manual_seed(0))
+    unshared = engine.generate(ps, 4, params, torch.Generator().manual_seed(0), share_prefill=False)
+    assert [[c.token_ids for c in g] for g in shared] == [[c.token_ids for c in g] for g in unshared]
+    # and the 4 samples of a group differ: the cache rows are independent copies
+    assert len({tuple(c.token_ids) for c in shared[1]}) > 1
+
+
+def test_rows_that_finish_early_are_compacted_and_still_right(models, byte_tokenizer):
+    """Make a token that greedy decoding emits at different steps per prompt the eos: rows
+    finish at different times, the engine drops to smaller batch buckets, and every row's
+    tokens still equal the simple engine's (which never compacts)."""
+    model = models["qwen2"]
+    ps = prompts(byte_tokenizer) + [byte_tokenizer("another prompt")["input_ids"]]
+    params = SamplingParams(max_new_tokens=30, temperature=0.0)
+    free = SimpleEngine(model, byte_tokenizer).generate(ps, 1, params)
+    # a token that appears in some completions (early) but not in all
+    first = [g[0].token_ids for g in free]
+    candidates = [t for t in first[0][:10] if any(t not in f for f in first[1:])]
+    assert candidates, first
+    eos = candidates[0]
+    simple = SimpleEngine(model, byte_tokenizer)
+    fast = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64,))
+    simple.eos = fast.eos = {eos}
+    a = simple.generate(ps, 2, params)
+    b = fast.generate(ps, 2, params)
+    assert [[(c.token_ids, c.finish_reason) for c in g] for g in a] == [[(c.token_ids, c.finish_reason) for c in g] for g in b]
+    reasons = {c.finish_reason for g in b for c in g}
+    assert reasons == {"eos", "length"}
+
+
+def test_stop_string_and_length(models, byte_tokenizer):
+    model = models["qwen2"]
+    ps = prompts(byte_tokenizer)
+    free = FastEngine(model, byte_tokenizer, length_buckets=(64,)).generate(ps, 1, SamplingParams(20, 0.0))
+    text = byte_tokenizer.decode(free[0][0].token_ids)
+    stop = text[3:5]  # two characters the greedy continuation of prompt 0 contains
+    engine = FastEngine(model, byte_tokenizer, length_buckets=(64,))
+    (c,), *_ = engine.generate(ps, 1, SamplingParams(20, 0.0, stop=[stop]))
+    assert c.finish_reason == "stop" and c.stop == stop
+    assert c.text == text[: text.index(stop)]
+    assert byte_tokenizer.decode(c.token_ids).endswith(stop)  # the stop's tokens are kept for training
+    (c,), *_ = engine.generate(ps, 1, SamplingParams(5, 0.0))
+    assert c.finish_reason == "length" and len(c.token_ids) == 5
+
+
+def test_weight_updates_reach_the_engine_without_a_copy(models, byte_tokenizer):
+    model = AutoModelForCausalLM.from_config(models["qwen2"].config)
+    model.load_state_dict(models["qwen2"].state_dict())
+    engine = FastEngine(model, byte_tokenizer, length_buckets=(64,))
+    ps = prompts(byte_tokenizer)[:1]
+    before = engine.generate(ps, 1, SamplingParams(10, 0.0))[0][0].token_ids
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # an in-place "optimizer step"
+    after = engine.generate(ps, 1, SamplingParams(10, 0.0))[0][0].token_ids
+    ref = model.generate(torch.tensor(ps), max_new_tokens=10, do_sample=False)[0, len(ps[0]):].tolist()
+    assert after != before and after == ref[: len(after)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_decode_equals_eager(models, byte_tokenizer):
+    model = models["qwen2"].cuda()
+    ps = prompts(byte_tokenizer)
+    params = SamplingParams(20, 0.0)
+    eager = FastEngine(model, byte_tokenizer, use_cuda_graphs=False, length_buckets=(64,)).generate(ps, 2, params)
+    graphed = FastEngine(model, byte_tokenizer, use_cuda_graphs=True, length_buckets=(64,)).generate(ps, 2, params)
+    assert [[c.token_ids for c in g] for g in eager] == [[c.token_ids for c in g] for g in graphed]
