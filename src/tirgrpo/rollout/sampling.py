@@ -43,10 +43,16 @@ def sample_next(
     scaled = logits / temperature
     filtered = filter_logits(scaled, top_k, top_p)
     probs = torch.softmax(filtered, dim=-1)
-    # Inverse-CDF sampling: one uniform per row and a binary search. torch.multinomial
-    # (and drawing V random numbers per row) is ~20x slower on CPU at V = 151,936.
-    cdf = probs.cumsum(dim=-1)
-    u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)  # (0, 1]
-    tokens = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=probs.shape[-1] - 1)[:, 0]
+    if probs.is_cuda:
+        # The exponential race: argmax(p / E), E ~ Exponential(1), is a sample from p. One
+        # elementwise pass; a cumsum over 151,936 entries takes ~0.2 ms on an H100.
+        race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+        tokens = (probs / race).argmax(dim=-1)
+    else:
+        # Inverse-CDF sampling: one uniform per row and a binary search. On a CPU this is
+        # ~20x faster than torch.multinomial or drawing V random numbers per row.
+        cdf = probs.cumsum(dim=-1)
+        u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)  # (0, 1]
+        tokens = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=probs.shape[-1] - 1)[:, 0]
     logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None])[:, 0]
     return tokens, logp
