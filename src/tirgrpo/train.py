@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,19 @@ def reference_logprobs(model, ref_model, batch, chunk_tokens: int, temperature: 
         return sequence_logprobs(model, batch, chunk_tokens, temperature, grad=False)[0]
 
 
+def make_engine(name: str, model, tokenizer, batch_size: int):
+    """The rollout engine named by `rollout.engine`; both hold the policy itself, not a copy."""
+    if name == "fast":
+        from tirgrpo.rollout.engine import FastEngine
+
+        return FastEngine(model, tokenizer, max_batch=batch_size)
+    if name == "simple":
+        from tirgrpo.rollout.simple import SimpleEngine
+
+        return SimpleEngine(model, tokenizer, batch_size=batch_size)
+    raise TirgrpoError(f"rollout.engine must be 'fast' or 'simple', got {name!r}")
+
+
 def peak_memory_gb(device: torch.device) -> float:
     """Peak allocated accelerator memory (GB) since the last reset; CPU: peak RSS of the process."""
     if device.type == "cuda":
@@ -126,7 +140,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     from tirgrpo.batching import pack_by_tokens, right_pad
     from tirgrpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from tirgrpo.evaluate import evaluate_policy
+    from tirgrpo.evaluate import eval_rewards, evaluate_examples, overall_of
     from tirgrpo.loss import group_advantages, grpo_loss
     from tirgrpo.metrics import RunLog
     from tirgrpo.model import (count_parameters, load_base_model, load_policy, resolve_device, resolve_dtype,
@@ -134,7 +148,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     from tirgrpo.optim import AdamW, lr_multiplier
     from tirgrpo.rewards import score_records
     from tirgrpo.rollout import SamplingParams
-    from tirgrpo.rollout.simple import SimpleEngine
     from tirgrpo.tokenizer import load_tokenizer
 
     run_dir = Path(cfg.run.out_dir)
@@ -162,6 +175,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     torch.manual_seed(cfg.run.seed)
     device = resolve_device(cfg.run.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
+    # Memory (issue #7): before any weights load, the estimate picks the micro-batch token
+    # budget and refuses a configuration that cannot fit (CUDA); on other devices it only warns.
+    from tirgrpo.memory import check_train_config
+
+    cfg.optim.micro_batch_tokens = check_train_config(cfg, device)
 
     tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
     train_prompts = load_prompts(cfg.data.train, tokenizer, cfg.data.max_prompt_tokens)
@@ -178,7 +196,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                       weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
                       bf16_update=cfg.optim.bf16_update, seed=cfg.run.seed)
-    engine = SimpleEngine(model, tokenizer, batch_size=cfg.rollout.batch_size)
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size)
     pad_id = engine.pad_id
     params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
                             cfg.rollout.top_k, list(cfg.rollout.stop))
@@ -192,13 +210,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     log = RunLog(run_dir, cfg.run.tensorboard, resume_step=state["step"] if resume else None)
 
     def run_eval(tag: str) -> dict:
+        """Evaluate; write eval_{tag}.json (overall, baselines, per question, completions) and return it."""
         if not eval_prompts:
             return {}
         t = time.perf_counter()
-        m = evaluate_policy(engine, tokenizer, [p.example for p in eval_prompts], [p.ids for p in eval_prompts],
-                            eval_params, cfg.run.eval_samples, seed=cfg.run.seed + 7919)
+        m = evaluate_examples(engine, tokenizer, [p.example for p in eval_prompts], [p.ids for p in eval_prompts],
+                              eval_params, cfg.run.eval_samples, seed=cfg.run.seed + 7919,
+                              rewards=eval_rewards(cfg.rewards))
         m["seconds"] = time.perf_counter() - t
-        atomic_write_text(run_dir / f"eval_{tag}.json", json.dumps(m, indent=1))
+        atomic_write_text(run_dir / f"eval_{tag}.json", json.dumps(m, indent=1, ensure_ascii=False))
         return m
 
     eval_before = (json.loads((run_dir / "eval_before.json").read_text())
@@ -326,7 +346,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                                f"Lower optim.lr or check the data.")
         if cfg.run.eval_every and state["step"] // cfg.run.eval_every > k0 // cfg.run.eval_every and state["step"] < K:
             m = run_eval(f"step_{state['step']:06d}")
-            log.log({"step": state["step"], **{f"eval/{k}": v for k, v in m.items()}})
+            log.log({"step": state["step"], **{f"eval/{k}": v for k, v in overall_of(m).items()}})
         if cfg.run.save_every and state["step"] - last_save >= cfg.run.save_every and state["step"] < K:
             save_checkpoint(run_dir, state["step"], model, optimizer, state, config_toml)
             last_save = state["step"]
@@ -338,28 +358,41 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     save_hf_folder(model, tokenizer, run_dir / "final")
     eval_after = run_eval("after")
     if eval_after:
-        log.log({"step": state["step"], **{f"eval/{k}": v for k, v in eval_after.items()}})
+        log.log({"step": state["step"], **{f"eval/{k}": v for k, v in overall_of(eval_after).items()}})
     log.close()
     from tirgrpo.plot import plot_run
 
     plots = plot_run(run_dir)
+
+    def brief(m: dict) -> dict:  # the summary keeps the numbers, not the completions
+        return {"overall": overall_of(m), **({"baselines": m["baselines"]} if "baselines" in m else {})} if m else {}
+
     summary = {"run_dir": str(run_dir), "steps": state["step"], "trainable_params": trainable,
-               "total_params": total, "eval_before": eval_before, "eval_after": eval_after,
+               "total_params": total, "eval_before": brief(eval_before), "eval_after": brief(eval_after),
                "plots": [str(p) for p in plots], "final_model": str(run_dir / "final")}
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    # The report is derived from the files above; if it fails, the run is still complete.
+    from tirgrpo.report import build_report
+
+    try:
+        summary["report"] = str(build_report(run_dir, device=str(device)))
+    except Exception as e:  # noqa: BLE001
+        print(f"tirgrpo train: the report failed ({type(e).__name__}: {e}); "
+              f"retry with: tirgrpo report {run_dir}", file=sys.stderr)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
 def print_summary(summary: dict) -> None:
-    """Eval before/after as a table, then where the plots and the model are."""
+    """Eval before/after next to the baselines, then where the report, plots and model are."""
+    from tirgrpo.evaluate import before_after_table
+
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     if before or after:
-        keys = [k for k in ("correctness", "decision_accuracy", "submit", "decline", "invalid",
-                            "submit_rate_on_correct", "submit_rate_on_wrong", "completion_tokens", "n") if k in (after or before)]
-        print(f"\n{'eval metric':<26}{'before':>10}{'after':>10}")
-        for k in keys:
-            print(f"{k:<26}{before.get(k, float('nan')):>10.3f}{after.get(k, float('nan')):>10.3f}")
-    print(f"\nrun folder: {summary['run_dir']}  ({summary['steps']} optimizer steps)")
+        print("\n" + before_after_table(before, after))
+    print(f"run folder: {summary['run_dir']}  ({summary['steps']} optimizer steps)")
     print(f"final model: {summary['final_model']}")
     for p in summary.get("plots", []):
         print(f"plot: {p}")
+    if summary.get("report"):
+        print(f"report: {summary['report']}")

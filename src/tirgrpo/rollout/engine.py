@@ -63,7 +63,7 @@ class FastEngine:
     uses the smallest bucket that holds its longest prompt plus max_new_tokens.
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 64, length_buckets=(1024, 2048, 4096, 8192, 16384),
+    def __init__(self, model, tokenizer, max_batch: int = 64, length_buckets=(128, 256, 512, 1024, 2048, 4096, 8192, 16384),
                  use_cuda_graphs: bool | None = None):
         self.model = model
         self.tokenizer = tokenizer
