@@ -81,3 +81,38 @@ def test_sft_run_lowers_the_loss(tmp_path, tiny_model_dir, byte_tokenizer):
     assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
     assert summary["final_loss"] == pytest.approx(losses[-1])
     assert (tmp_path / "sft" / "final" / "model.safetensors").is_file()
+
+
+def test_read_targets_checks_fields(tmp_path):
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.sft import read_targets
+
+    good = tmp_path / "t.jsonl"
+    good.write_text('{"prompt": "P1", "completion": "C1", "model": "big"}\n\n{"prompt": "P2", "completion": "C2"}\n')
+    assert read_targets(str(good)) == [("P1", "C1"), ("P2", "C2")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "P1", "completion": "C1"}\n{"prompt": "P2", "completion": " "}\n')
+    with pytest.raises(TirgrpoError, match=r"bad.jsonl, line 2, field 'completion'"):
+        read_targets(str(bad))
+    bad.write_text('["P", "C"]\n')
+    with pytest.raises(TirgrpoError, match="line 1: must be a JSON object"):
+        read_targets(str(bad))
+
+
+def test_sft_from_a_file_of_target_completions(tmp_path, tiny_model_dir, byte_tokenizer):
+    import json
+
+    # one fixed target after every prompt, as a larger model might have written
+    prompts = [ex.prompt for ex in compare_examples(8, 0, byte_tokenizer)]
+    targets = tmp_path / "targets.jsonl"
+    targets.write_text("".join(json.dumps({"prompt": p, "completion": "yes</think>\\boxed{7}"}) + "\n" for p in prompts))
+    cfg = SFTConfig(targets=str(targets), batch_size=4)
+    cfg.model.name_or_path = str(tiny_model_dir)
+    cfg.model.gradient_checkpointing = False
+    cfg.data.train = str(tmp_path / "absent.jsonl")  # never read when targets are given
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.total_steps = 1e-2, 0, 8
+    cfg.run.out_dir, cfg.run.device, cfg.run.tensorboard = str(tmp_path / "sft"), "cpu", False
+    sft(cfg)
+    losses = [r["sft/loss"] for r in read_jsonl(tmp_path / "sft" / "metrics.jsonl")]
+    # a random model starts near ln(262) = 5.57 nats; one repeated 21-token target is learnt fast
+    assert 4.5 < losses[0] < 7.0 and losses[-1] < 0.6 * losses[0], losses

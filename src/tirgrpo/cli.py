@@ -23,6 +23,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("tirgrpo.sft", "supervised warm start on example completions (before GRPO)"),
     "train": ("tirgrpo.train", "GRPO training from a TOML config (resumable)"),
     "plot": ("tirgrpo.plot", "write PNG plots of a run's metrics"),
+    "memory": ("tirgrpo.memory", "estimate (or --measure) the GPU memory of a training config, part by part"),
+    "generate": ("tirgrpo.generate", "generate TIR transcripts with an OpenAI-compatible server (code runs in the sandbox)"),
+    "sandbox": ("tirgrpo.sandbox", "run Python code in the sandbox (run FILE.py, selftest, modes)"),
+    "serve": ("tirgrpo.serve", "serve a model over an OpenAI-compatible /v1/completions API"),
+    "eval": ("tirgrpo.eval_cli", "decision quality of a verifier against baselines; gated answer selection"),
+    "report": ("tirgrpo.report", "one self-contained HTML report of a run (plots, eval, log-prob movement)"),
     "bench": ("tirgrpo.bench", "speed benchmarks (bench rollout: generation tokens/s and ms per step)"),
 }
 

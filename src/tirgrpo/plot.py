@@ -28,13 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    for path in plot_run(Path(args.run_dir)):
+    paths = plot_run(Path(args.run_dir))
+    if not paths:
+        raise TirgrpoError(f"{Path(args.run_dir) / 'metrics.jsonl'}: no training rows to plot")
+    for path in paths:
         print(path)
     return 0
 
 
 def plot_run(run_dir: Path) -> list[Path]:
-    """Write the PNGs for `run_dir` (atomically) and return their paths."""
+    """Write the PNGs for `run_dir` (atomically) and return their paths (none without training rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,8 +46,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     from tirgrpo.files import atomic_path
 
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "reward/total" in r]
-    if not rows:
-        raise TirgrpoError(f"{run_dir / 'metrics.jsonl'}: no training rows to plot")
+    if not rows:  # e.g. an eval-only run (optim.total_steps = 0)
+        return []
     written = []
     for name, keys in PANELS.items():
         keys = [k for k in keys if any(k in r for r in rows)]

@@ -35,6 +35,10 @@ class SFTConfig:
     """End each target with the tokenizer's eos, unless the completion opens a code block
     (a decline ends at the stop string, where generation would stop)."""
     code_stop: str = "```python"
+    targets: str = ""
+    """A JSONL file of target completions, one {"prompt": ..., "completion": ...} object a line
+    (other fields are ignored), e.g. written by a larger model; when set, SFT learns these
+    instead of the completions of `data.train`'s examples."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,10 +65,32 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, num_tokens: int) -> torch.T
 
 def target_ids(example, tokenizer, append_eos: bool, code_stop: str) -> list[int]:
     """Completion token ids to learn: the completion, plus eos when it ends a submission."""
-    ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
-    if append_eos and tokenizer.eos_token_id is not None and code_stop not in example.completion:
+    return completion_target_ids(example.completion, tokenizer, append_eos, code_stop)
+
+
+def completion_target_ids(completion: str, tokenizer, append_eos: bool, code_stop: str) -> list[int]:
+    """`target_ids` of a completion text."""
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if append_eos and tokenizer.eos_token_id is not None and code_stop not in completion:
         ids = ids + [tokenizer.eos_token_id]
     return ids
+
+
+def read_targets(path: str) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs of a target-completions JSONL file (see `SFTConfig.targets`)."""
+    from tirgrpo.data.records import iter_jsonl
+
+    pairs = []
+    for n, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise TirgrpoError(f"{path}, line {n}: must be a JSON object with 'prompt' and 'completion'")
+        for key in ("prompt", "completion"):
+            if not isinstance(obj.get(key), str) or not obj[key].strip():
+                raise TirgrpoError(f"{path}, line {n}, field {key!r}: must be a non-empty string")
+        pairs.append((obj["prompt"], obj["completion"]))
+    if not pairs:
+        raise TirgrpoError(f"{path}: no target completions")
+    return pairs
 
 
 def sft(cfg: SFTConfig) -> dict:
@@ -88,10 +114,21 @@ def sft(cfg: SFTConfig) -> dict:
     device = resolve_device(cfg.run.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
     tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
-    data = load_prompts(cfg.data.train, tokenizer, cfg.data.max_prompt_tokens)
-    targets = [target_ids(p.example, tokenizer, cfg.append_eos, cfg.code_stop) for p in data]
+    if cfg.targets:  # (prompt, completion) pairs, e.g. from a larger model
+        limit = cfg.data.max_prompt_tokens
+        pairs = [(tokenizer(p)["input_ids"], c) for p, c in read_targets(cfg.targets)]
+        pairs = [(ids, c) for ids, c in pairs if limit <= 0 or len(ids) <= limit]
+        if not pairs:
+            raise TirgrpoError(f"{cfg.targets}: no prompt within {limit} tokens")
+        source = cfg.targets
+    else:
+        pairs = [(p.ids, p.example.completion)
+                 for p in load_prompts(cfg.data.train, tokenizer, cfg.data.max_prompt_tokens)]
+        source = cfg.data.train
+    data = [ids for ids, _ in pairs]
+    targets = [completion_target_ids(c, tokenizer, cfg.append_eos, cfg.code_stop) for _, c in pairs]
     if not any(targets):
-        raise TirgrpoError(f"{cfg.data.train}: every completion is empty; nothing to learn")
+        raise TirgrpoError(f"{source}: every completion is empty; nothing to learn")
     model = load_policy(cfg.model, device, dtype, cfg.run.seed)
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                       weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
@@ -104,7 +141,7 @@ def sft(cfg: SFTConfig) -> dict:
     for step in tqdm(range(K), desc="SFT steps", unit="step", dynamic_ncols=True):
         t0 = time.perf_counter()
         idx = prompts_for_rollout(len(data), step * cfg.batch_size, cfg.batch_size, cfg.run.seed, cfg.data.shuffle)
-        prompts = [data[i].ids for i in idx]
+        prompts = [data[i] for i in idx]
         comps = [targets[i] for i in idx]
         n_tok = sum(len(c) for c in comps)
         lengths = [len(p) + len(c) for p, c in zip(prompts, comps)]

@@ -64,7 +64,7 @@ def compare_examples(n: int, seed: int, tokenizer, target: str = "label", digits
             prompt=prompt,
             completion=completion,
             correct_answer=str(answer),
-            eventual_answer=str(output),
+            eventual_answer=None if output == ERROR else str(output),
             label=label,
             prompt_tokens=len(tokenizer(prompt)["input_ids"]),
             completion_tokens=len(tokenizer(completion, add_special_tokens=False)["input_ids"]),
