@@ -29,7 +29,7 @@ import torch
 
 from tirgrpo.rollout.sampling import sample_next
 from tirgrpo.rollout.simple import eos_ids
-from tirgrpo.rollout.stops import StopMatcher
+from tirgrpo.rollout.tracker import SequenceTracker
 from tirgrpo.rollout.types import Completion, SamplingParams
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -239,35 +239,17 @@ class FastEngine:
         logits = self._prefill(prompts, group_size, share, k_all, v_all)
         pos = torch.tensor([len(p) for p in prompts for _ in range(group_size)], device=self.device)
 
-        matcher = StopMatcher(self.tokenizer, params.stop)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        logps: list[list[float]] = [[] for _ in range(n)]
-        finish: list[str | None] = [None] * n
-        stop_hit: list[str | None] = [None] * n
+        track = SequenceTracker(n, self.tokenizer, params, self.eos)
         width = B
         row_seq: list[int | None] = list(range(n)) + [None] * (B - n)  # which sequence each cache row holds
         pos = torch.cat([pos, pos.new_zeros(B - n)])  # padding rows write at position 0 of spare rows
         logits = torch.cat([logits, logits.new_zeros((B - n, logits.shape[1]))])
-        eos_list = sorted(self.eos)
         step_fn = self._step_fn(width, S)
         for step in range(params.max_new_tokens):
-            if step < params.min_new_tokens and eos_list:
-                logits = logits.clone()
-                logits[:, eos_list] = float("-inf")
+            logits = track.forbid_eos(logits, step)
             new, logp = sample_next(logits, params.temperature, params.top_p, params.top_k, generator)
-            new_list, logp_list = new.tolist(), logp.tolist()
-            for r, seq in enumerate(row_seq):
-                if seq is None or finish[seq] is not None:
-                    continue
-                tokens[seq].append(new_list[r])
-                logps[seq].append(logp_list[r])
-                if new_list[r] in self.eos:
-                    finish[seq] = "eos"
-                elif step + 1 >= params.min_new_tokens and (s := matcher.hit(tokens[seq])) is not None:
-                    finish[seq], stop_hit[seq] = "stop", s
-                elif len(tokens[seq]) >= params.max_new_tokens:
-                    finish[seq] = "length"
-            alive = [r for r, seq in enumerate(row_seq) if seq is not None and finish[seq] is None]
+            track.record(step, row_seq, new.tolist(), logp.tolist())
+            alive = [r for r, seq in enumerate(row_seq) if track.live(seq)]
             if not alive:
                 break
             smaller = _bucket(len(alive), BATCH_BUCKETS)
@@ -286,12 +268,4 @@ class FastEngine:
             logits = step_fn(new, pos)
             pos = pos + torch.tensor([r is not None for r in row_seq], device=self.device, dtype=pos.dtype)
 
-        results = []
-        for i in range(n):
-            ids = tokens[i]
-            body = ids[:-1] if finish[i] == "eos" else ids
-            text = self.tokenizer.decode(body, skip_special_tokens=False)
-            if finish[i] == "stop":
-                text, _ = matcher.cut(text)
-            results.append(Completion(text, ids, logps[i], finish[i] or "length", stop_hit[i]))
-        return results
+        return track.completions()

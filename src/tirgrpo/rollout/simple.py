@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from tirgrpo.rollout.sampling import sample_next
-from tirgrpo.rollout.stops import StopMatcher
+from tirgrpo.rollout.tracker import SequenceTracker
 from tirgrpo.rollout.types import Completion, SamplingParams
 
 
@@ -82,11 +82,7 @@ class SimpleEngine:
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
         B = len(prompts) * group_size
 
-        matcher = StopMatcher(self.tokenizer, params.stop)
-        tokens: list[list[int]] = [[] for _ in range(B)]
-        logps: list[list[float]] = [[] for _ in range(B)]
-        finish: list[str | None] = [None] * B
-        stop_hit: list[str | None] = [None] * B
+        track = SequenceTracker(B, self.tokenizer, params, self.eos)
 
         out = self.model(
             input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=True, logits_to_keep=1
@@ -97,28 +93,14 @@ class SimpleEngine:
         logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)
         attention = attention.repeat_interleave(group_size, dim=0)
         next_pos = position_ids[:, -1:].repeat_interleave(group_size, dim=0) + 1
-        eos_list = sorted(self.eos)
         for step in range(params.max_new_tokens):
-            if step < params.min_new_tokens and eos_list:
-                logits = logits.clone()
-                logits[:, eos_list] = float("-inf")
+            logits = track.forbid_eos(logits, step)
             new, logp = sample_next(logits, params.temperature, params.top_p, params.top_k, generator)
-            new_list, logp_list = new.tolist(), logp.tolist()
-            for i in range(B):
-                if finish[i] is not None:
-                    continue
-                tokens[i].append(new_list[i])
-                logps[i].append(logp_list[i])
-                if new_list[i] in self.eos:
-                    finish[i] = "eos"
-                elif step + 1 >= params.min_new_tokens and (s := matcher.hit(tokens[i])) is not None:
-                    finish[i], stop_hit[i] = "stop", s
-                elif len(tokens[i]) >= params.max_new_tokens:
-                    finish[i] = "length"
-            if all(f is not None for f in finish):
+            track.record(step, list(range(B)), new.tolist(), logp.tolist())
+            if track.all_done():
                 break
             feed = torch.tensor(
-                [t[-1] if f is None else self.pad_id for t, f in zip(tokens, finish)], device=device
+                [t[-1] if f is None else self.pad_id for t, f in zip(track.tokens, track.finish)], device=device
             )[:, None]
             attention = torch.cat([attention, torch.ones((B, 1), dtype=attention.dtype, device=device)], dim=1)
             out = self.model(
@@ -128,12 +110,4 @@ class SimpleEngine:
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
 
-        results = []
-        for i in range(B):
-            ids = tokens[i]
-            body = ids[:-1] if finish[i] == "eos" else ids
-            text = self.tokenizer.decode(body, skip_special_tokens=False)
-            if finish[i] == "stop":
-                text, _ = matcher.cut(text)
-            results.append(Completion(text, ids, logps[i], finish[i] or "length", stop_hit[i]))
-        return results
+        return track.completions()
