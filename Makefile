@@ -16,24 +16,19 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
-	@# Headless Chromium for the report's browser test (tests/test_report.py skips without it).
-	@# Best effort: only when it is missing, apt-get exists and we are root; never fails the install.
-	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing chromium (headless browser for the report test)"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
-	  echo "note: could not install chromium; the report's browser test will be skipped"; \
-	fi
-	@# bubblewrap for the code sandbox's preferred mode (tirgrpo.sandbox falls back to its own
-	@# namespaces without it; the sandbox tests run in every mode that works). Best effort, as above.
-	@if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing bubblewrap (code sandbox)"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } || \
-	  echo "note: could not install bubblewrap; the sandbox uses its namespaces mode"; \
-	fi
+	@# Optional system tools, best effort (only when missing, apt-get exists and we are root;
+	@# never fails the install): chromium for the report's browser test (skipped without it),
+	@# bubblewrap for the code sandbox's preferred mode (it falls back to its own namespaces).
+	@for pair in chromium:chromium bwrap:bubblewrap; do \
+	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  if ! command -v $$cmd >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing $$pkg"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q $$pkg >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$pkg >/dev/null 2>&1; } || \
+	    echo "note: could not install $$pkg; the tests that need it are skipped or use a fallback"; \
+	  fi; \
+	done
 
 demo: install
 	$(VENV)/bin/tirgrpo train --config configs/demo-cpu.toml --overwrite
