@@ -21,15 +21,14 @@ import statistics
 
 import torch
 
-from tirgrpo.batching import pack_by_tokens, right_pad
 from tirgrpo.config import GRPOConfig
-from tirgrpo.logprobs import token_logprobs
 from tirgrpo.loss import grpo_loss
 from tirgrpo.model import build_random_model
 from tirgrpo.optim import AdamW
+from tirgrpo.train import build_micro_batches, sequence_logprobs
 
 CASES = {
-    # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget)
+    # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget[, shared prefix])
     "g4": (2, 4, True, "stochastic", 16384),
     "g4-master": (2, 4, True, "master", 16384),
     "g4-kahan": (2, 4, True, "kahan", 16384),
@@ -38,6 +37,12 @@ CASES = {
     "g16-master": (1, 16, True, "master", 16384),
     "g16-mb8k": (1, 16, True, "stochastic", 8192),
     "g4-mb32k": (2, 4, True, "stochastic", 32768),
+    # shared prefix (issue #6): each group packed as [prompt, completion_1..G]
+    "g16-shared": (1, 16, True, "stochastic", 32768, True),
+    "g16-unshared": (1, 16, True, "stochastic", 32768, False),
+    "g4-shared": (2, 4, True, "stochastic", 32768, True),
+    "g64-shared": (1, 64, True, "stochastic", 32768, True),
+    "g16-16k-shared": (1, 16, True, "stochastic", 32768, True),
 }
 
 
@@ -46,7 +51,10 @@ def events():
 
 
 def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: float = 0.1) -> dict:
-    prompts, G, ckpt, mode, budget = CASES[name]
+    prompts, G, ckpt, mode, budget, *rest = CASES[name]
+    shared = bool(rest and rest[0])
+    if "16k" in name:  # the long-context case: 12k prompt + 4k completion
+        prompt_len, comp_len = 12288, 4096
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     dev = torch.device("cuda")
@@ -63,9 +71,8 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
     prompt_ids = [torch.randint(0, 151643, (prompt_len,), generator=g).tolist() for _ in range(prompts)]
     rows_p = [p for p in prompt_ids for _ in range(G)]
     rows_c = [torch.randint(0, 151643, (comp_len,), generator=g).tolist() for _ in rows_p]
-    micro = pack_by_tokens([prompt_len + comp_len] * len(rows_p), budget)
-    batches = [right_pad([rows_p[i] for i in mb], [rows_c[i] for i in mb], 151643, dev) for mb in micro]
-    advs = [torch.randn(len(mb), generator=g).to(dev) for mb in micro]
+    batches = build_micro_batches(rows_p, rows_c, G, budget, shared, 151643, dev)
+    advs = [torch.randn(len(b.rows), generator=g).to(dev) for b in batches]
     n_seq, n_tok = len(rows_p), len(rows_p) * comp_len
     times = {"old_logp": [], "ref_logp": [], "fwd_bwd_opt": [], "opt": [], "phase": []}
     model.train()
@@ -73,14 +80,14 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
         e0, e1 = events(); e2, e3 = events(); e4, _ = events()
         e0.record()
         with torch.no_grad():
-            old = [token_logprobs(model, *b)[0] for b in batches]
+            old = [sequence_logprobs(model, b, 1024, 1.0, grad=False)[0] for b in batches]
         e1.record()
         with torch.no_grad():
-            refs = [token_logprobs(ref, *b)[0] for b in batches]
+            refs = [sequence_logprobs(ref, b, 1024, 1.0, grad=False)[0] for b in batches]
         e2.record()
         for b, a, o, r in zip(batches, advs, old, refs):
-            logp, _ = token_logprobs(model, *b)
-            loss, _ = grpo_loss(logp, o, r, a, b[2], cfg, comp_len, n_seq, n_tok)
+            logp, _ = sequence_logprobs(model, b, 1024, 1.0, grad=True)
+            loss, _ = grpo_loss(logp, o, r, a, b.mask, cfg, comp_len, n_seq, n_tok)
             loss.backward()
         e4.record()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -96,7 +103,8 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
             times["phase"].append(e0.elapsed_time(e3) / 1e3)
     peak = torch.cuda.max_memory_allocated() / 2**30
     out = {"case": name, "sequences": n_seq, "tokens": n_seq * (prompt_len + comp_len), "checkpointing": ckpt,
-           "optimizer": mode, "micro_batch_tokens": budget, "micro_batches": len(batches),
+           "optimizer": mode, "micro_batch_tokens": budget, "micro_batches": len(batches), "shared_prefix": shared,
+           "forward_tokens": sum(b.inputs.tokens if shared else b.inputs[0].numel() for b in batches),
            "peak_gib": round(peak, 2), "peak_gb": round(peak * 2**30 / 1e9, 2)}
     for k, v in times.items():
         out[f"{k}_s"] = round(statistics.median(v), 3)
@@ -136,12 +144,12 @@ def main() -> None:
             gc.collect(); torch.cuda.empty_cache()
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"{'case':<12}{'seqs':>5}{'tokens':>8}{'opt':>11}{'mb':>4}{'peak GB':>9}{'fwd+bwd+opt s':>15}{'tok/s':>9}{'clip+opt s':>11}{'phase s':>9}")
+    print(f"{'case':<15}{'seqs':>5}{'tokens':>8}{'fwd tok':>8}{'opt':>11}{'mb':>4}{'peak GB':>9}{'fwd+bwd+opt s':>15}{'tok/s':>9}{'clip+opt s':>11}{'phase s':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['case']:<12} {r['error']}")
+            print(f"{r['case']:<15} {r['error']}")
             continue
-        print(f"{r['case']:<12}{r['sequences']:>5}{r['tokens']:>8}{r['optimizer']:>11}{r['micro_batches']:>4}"
+        print(f"{r['case']:<15}{r['sequences']:>5}{r['tokens']:>8}{r['forward_tokens']:>8}{r['optimizer']:>11}{r['micro_batches']:>4}"
               f"{r['peak_gb']:>9.2f}{r['fwd_bwd_opt_s']:>15.3f}{r['fwd_bwd_opt_tokens_per_s']:>9}{r['opt_s']:>11.3f}{r['phase_s']:>9.3f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -139,6 +139,10 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     micro_batch_tokens: int = 16384
     """Token budget of one forward/backward micro-batch (padded tokens count); 0 = whole batch."""
+    shared_prefix: bool = True
+    """Train each group as one sequence [prompt, completion_1, ..., completion_G] with a mask
+    in which each completion sees the prompt and its own past (prefix.py): the same log-probs
+    and gradients with the prompt computed once instead of G times. Needs sdpa/eager attention."""
     logprob_chunk_tokens: int = 1024
     """Tokens per LM-head chunk when computing log-probs (never the full [B, T, V] logits)."""
     master_weights_fp32: bool = True

@@ -713,12 +713,11 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
     """
     import torch
 
-    from tirgrpo.batching import pack_by_tokens, right_pad
     from tirgrpo.config import GRPOConfig
     from tirgrpo.loss import grpo_loss
     from tirgrpo.rollout import SamplingParams
     from tirgrpo.rollout.simple import SimpleEngine
-    from tirgrpo.train import reference_logprobs, sequence_logprobs
+    from tirgrpo.train import build_micro_batches, reference_logprobs, sequence_logprobs
 
     G, C = wl.group_size, wl.completion_tokens
     dec = C if decode_tokens is None else decode_tokens
@@ -737,11 +736,9 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
         ids = list(c.token_ids)[:C]
         ids += torch.randint(0, min(1000, model.config.vocab_size - 1), (C - len(ids),), generator=rng).tolist()
         comps.append(ids[: C - 1] if j % G == G - 1 and C > 1 else ids)
-    lengths = [len(p) + len(c) for p, c in zip(prompts, comps)]
-    micro = pack_by_tokens(lengths, wl.micro_batch_tokens)
-    pad = engine.pad_id
-    batches = [right_pad([prompts[i] for i in mb], [comps[i] for i in mb], pad, device) for mb in micro]
-    advs = [torch.randn(len(mb), generator=rng).to(device) for mb in micro]
+    # The estimate models the unshared layout (padded rows), so that is what is measured.
+    batches = build_micro_batches(prompts, comps, G, wl.micro_batch_tokens, False, engine.pad_id, device)
+    advs = [torch.randn(len(b.rows), generator=rng).to(device) for b in batches]
     cfg = GRPOConfig(beta=0.1 if (ref_model is not None or wl.lora) else 0.0)
     chunk = wl.logprob_chunk_tokens
     n_seq, n_tok = len(comps), sum(len(c) for c in comps)
@@ -753,7 +750,7 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
             refs = [reference_logprobs(model, ref_model, bt, chunk, 1.0) for bt in batches]
         for bt, a, o, r in zip(batches, advs, old, refs):
             logp, _ = sequence_logprobs(model, bt, chunk, 1.0, grad=True)
-            loss, _ = grpo_loss(logp, o, r, a, bt[2], cfg, C, n_seq, n_tok)
+            loss, _ = grpo_loss(logp, o, r, a, bt.mask, cfg, C, n_seq, n_tok)
             loss.backward()
             del logp, loss
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)

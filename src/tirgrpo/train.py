@@ -92,21 +92,74 @@ def prompts_for_rollout(n_data: int, position: int, count: int, seed: int, shuff
 # --------------------------------------------------------------------------- the train phase
 
 
-def sequence_logprobs(model, batch, chunk_tokens: int, temperature: float, grad: bool):
-    """Per-token log-probs [B, T] and entropies [B, T] of a padded micro-batch's completion tokens."""
-    from tirgrpo.logprobs import token_logprobs
+@dataclass
+class MicroBatch:
+    """Completions trained together: `rows` index the rollout's completions; `inputs` is
+    either padded rows (input_ids, attention_mask, completion_mask), each [B, T], or one
+    `prefix.PackedGroup` (a prompt and some of its completions in one sequence)."""
 
-    ids, attn, comp = batch
+    rows: list[int]
+    inputs: object
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Where the completion tokens are, in the layout of this micro-batch's log-probs."""
+        from tirgrpo.prefix import PackedGroup
+
+        return self.inputs.completion_mask if isinstance(self.inputs, PackedGroup) else self.inputs[2]
+
+
+def build_micro_batches(prompt_ids: list[list[int]], comp_ids: list[list[int]], group_size: int, budget: int,
+                        shared_prefix: bool, pad_id: int, device) -> list[MicroBatch]:
+    """Split a rollout's completions into micro-batches of at most `budget` tokens.
+
+    Unshared: rows [prompt, completion] packed by padded size. Shared prefix: each group's
+    prompt once, followed by its completions (split when the group exceeds the budget).
+    """
+    from tirgrpo.batching import pack_by_tokens, right_pad
+    from tirgrpo.prefix import pack_group, split_group
+
+    if not shared_prefix:
+        lengths = [len(a) + len(b) for a, b in zip(prompt_ids, comp_ids)]
+        return [MicroBatch(mb, right_pad([prompt_ids[i] for i in mb], [comp_ids[i] for i in mb], pad_id, device))
+                for mb in pack_by_tokens(lengths, budget)]
+    out = []
+    for start in range(0, len(comp_ids), group_size):
+        group = list(range(start, start + group_size))
+        for part in split_group(len(prompt_ids[start]), [len(comp_ids[i]) for i in group], budget):
+            rows = [group[i] for i in part]
+            width = max(1, max(len(comp_ids[r]) for r in rows))
+            out.append(MicroBatch(rows, pack_group(prompt_ids[start], [comp_ids[r] for r in rows], width, device)))
+    return out
+
+
+def sequence_logprobs(model, mb: MicroBatch, chunk_tokens: int, temperature: float, grad: bool):
+    """Per-token log-probs and entropies of a micro-batch's completion tokens, in `mb.mask`'s layout."""
+    from tirgrpo.logprobs import token_logprobs
+    from tirgrpo.prefix import PackedGroup, packed_logprobs
+
     with torch.set_grad_enabled(grad):
+        if isinstance(mb.inputs, PackedGroup):
+            return packed_logprobs(model, mb.inputs, chunk_tokens, temperature)
+        ids, attn, comp = mb.inputs
         return token_logprobs(model, ids, attn, comp, chunk_tokens=chunk_tokens, temperature=temperature)
 
 
-def reference_logprobs(model, ref_model, batch, chunk_tokens: int, temperature: float):
+def reference_logprobs(model, ref_model, mb: MicroBatch, chunk_tokens: int, temperature: float):
     """Reference log-probs: the frozen copy, or (LoRA) the policy with adapters disabled."""
     if ref_model is not None:
-        return sequence_logprobs(ref_model, batch, chunk_tokens, temperature, grad=False)[0]
+        return sequence_logprobs(ref_model, mb, chunk_tokens, temperature, grad=False)[0]
     with model.disable_adapter():
-        return sequence_logprobs(model, batch, chunk_tokens, temperature, grad=False)[0]
+        return sequence_logprobs(model, mb, chunk_tokens, temperature, grad=False)[0]
+
+
+def check_shared_prefix(model, shared_prefix: bool) -> None:
+    """Shared-prefix packing needs attention that takes a custom 4D mask (sdpa or eager)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if shared_prefix and impl not in ("sdpa", "eager"):
+        raise TirgrpoError(f"optim.shared_prefix needs model.attn_implementation 'sdpa' or 'eager' (a custom 4D "
+                           f"attention mask); this model uses {impl!r}. Set --set optim.shared_prefix=false "
+                           f"or --set model.attn_implementation=sdpa")
 
 
 def make_engine(name: str, model, tokenizer, batch_size: int):
@@ -138,7 +191,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     """Run GRPO as configured; returns a summary dict (eval before/after, paths)."""
     from tqdm import tqdm
 
-    from tirgrpo.batching import pack_by_tokens, right_pad
     from tirgrpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from tirgrpo.evaluate import eval_rewards, evaluate_examples, overall_of
     from tirgrpo.loss import group_advantages, grpo_loss
@@ -192,6 +244,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     if cfg.grpo.beta > 0 and not cfg.model.lora:
         ref_model = load_base_model(resolve_init(cfg.model), device, dtype, cfg.run.seed)
         ref_model.requires_grad_(False).eval()
+    check_shared_prefix(model, cfg.optim.shared_prefix)
     trainable, total = count_parameters(model)
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                       weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
@@ -251,9 +304,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         prompt_ids = [p.ids for p in owners]
         comp_ids = [c.token_ids for c in completions]
         lengths = [len(a) + len(b) for a, b in zip(prompt_ids, comp_ids)]
-        micro = pack_by_tokens(lengths, cfg.optim.micro_batch_tokens)
-        batches = [right_pad([prompt_ids[i] for i in mb], [comp_ids[i] for i in mb], pad_id, device) for mb in micro]
-        advs = [adv[mb].to(device) for mb in micro]
+        batches = build_micro_batches(prompt_ids, comp_ids, G, cfg.optim.micro_batch_tokens, cfg.optim.shared_prefix,
+                                      pad_id, device)
+        advs = [adv[b.rows].to(device) for b in batches]
         n_seq = len(completions)
         n_tok = sum(len(c) for c in comp_ids)
         chunk = cfg.optim.logprob_chunk_tokens
@@ -274,7 +327,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             finite = True
             for b, a, o, r in zip(batches, advs, old, refs):
                 logp, ent = sequence_logprobs(model, b, chunk, temperature, grad=True)
-                loss, st = grpo_loss(logp, o, r, a, b[2], cfg.grpo, cfg.rollout.max_new_tokens, n_seq, n_tok)
+                loss, st = grpo_loss(logp, o, r, a, b.mask, cfg.grpo, cfg.rollout.max_new_tokens, n_seq, n_tok)
                 if not torch.isfinite(loss):
                     finite = False
                     break
@@ -282,7 +335,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 total_loss += loss.item()
                 w = float(st["num_tokens"])
                 st = {**{k: float(v) for k, v in st.items() if k != "num_tokens"},
-                      "entropy": float((ent.detach() * b[2]).sum() / max(1.0, w))}
+                      "entropy": float((ent.detach() * b.mask).sum() / max(1.0, w))}
                 for key, v in st.items():
                     sums[key] = sums.get(key, 0.0) + v * w
                 sums["_w"] = sums.get("_w", 0.0) + w
@@ -325,6 +378,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2,
             "throughput/gen_tokens_per_s": n_tok / max(1e-9, t1 - t0),
             "throughput/train_tokens_per_s": sum(lengths) * iters / max(1e-9, t3 - t2),
+            # tokens the forward passes actually ran (fewer than sum(lengths) with shared prefix)
+            "train/forward_tokens": sum(b.inputs.tokens if hasattr(b.inputs, "tokens") else b.inputs[0].numel()
+                                        for b in batches),
             "memory/peak_gb": peak_memory_gb(device),
         })
         log.log(row)
