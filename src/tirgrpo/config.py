@@ -82,9 +82,9 @@ class RolloutConfig:
     from which the stop string was stripped."""
     batch_size: int = 64
     """Most sequences decoded at once."""
-    engine: str = "simple"
-    """`fast` (static KV cache, own decode step, CUDA graphs on GPU: rollout/engine.py) or
-    `simple` (the HF forward with its dynamic cache: rollout/simple.py)."""
+    engine: str = "fast"
+    """`fast` (static KV cache, own decode step, CUDA graphs on GPU, eager on CPU:
+    rollout/engine.py) or `simple` (the HF forward with its dynamic cache: rollout/simple.py)."""
 
 
 @dataclass
