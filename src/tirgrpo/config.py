@@ -255,6 +255,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def add_config_arguments(p, config_help: str = "TOML config (see configs/); defaults apply to missing keys",
+                         example: str = "optim.lr=1e-5") -> None:
+    """The `--config FILE` and repeatable `--set KEY=VALUE` options every training command takes."""
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one config field, e.g. --set {example} (repeatable)")
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
     """Load dataclass `cls` from a TOML file (optional) with `--set` overrides applied."""
     data: dict = {}

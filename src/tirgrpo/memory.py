@@ -836,9 +836,9 @@ def format_table(est: dict, measured: dict | None = None, gpu_bytes: int | None 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config (see configs/); defaults apply to missing keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config field, e.g. --set rollout.group_size=16 (repeatable)")
+    from tirgrpo.config import add_config_arguments
+
+    add_config_arguments(p, example="rollout.group_size=16")
     p.add_argument("--gpu-memory", default="80GB", help="GPU memory to fit (e.g. 80GB, 79.6GiB); default 80GB")
     p.add_argument("--device", default="cuda", help="device the estimate is for (cuda: bf16 under dtype=auto; cpu: fp32)")
     p.add_argument("--measure", action="store_true",

@@ -35,23 +35,15 @@ RANDOM_SHAPES: dict[str, dict] = {
         eos_token_id=151643,
         tokenizer="r1-distill-qwen",
     ),
-    # A small Qwen2 with the R1 tokenizer's vocabulary: CPU tests of the real code path.
-    "tiny-qwen2": dict(
-        model_type="qwen2",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        bos_token_id=151646,
-        eos_token_id=151643,
-        tokenizer="r1-distill-qwen",
-    ),
+}
+# A small Qwen2 with the R1 tokenizer's vocabulary: CPU tests of the real code path.
+RANDOM_SHAPES["tiny-qwen2"] = {
+    **RANDOM_SHAPES["r1-distill-qwen-1.5b"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 4096,
 }
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tirgrpo.config import DataConfig, ModelConfig, OptimConfig, RunConfig, load_config, to_toml
+from tirgrpo.config import DataConfig, ModelConfig, OptimConfig, RunConfig, add_config_arguments, load_config, to_toml
 from tirgrpo.errors import TirgrpoError
 
 
@@ -42,8 +42,7 @@ class SFTConfig:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config with [model] [data] [optim] [run] sections and batch_size")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (repeatable)")
+    add_config_arguments(p, "TOML config with [model] [data] [optim] [run] sections and batch_size")
 
 
 def run(args) -> int:

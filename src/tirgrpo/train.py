@@ -23,14 +23,12 @@ from pathlib import Path
 
 import torch
 
-from tirgrpo.config import TrainConfig, load_config, to_toml
+from tirgrpo.config import TrainConfig, add_config_arguments, load_config, to_toml
 from tirgrpo.errors import TirgrpoError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config (see configs/); defaults apply to missing keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config field, e.g. --set optim.lr=1e-5 (repeatable)")
+    add_config_arguments(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
 
