@@ -18,17 +18,21 @@ import argparse
 import gc
 import json
 import statistics
+import time
 
 import torch
 
 from tirgrpo.config import GRPOConfig
 from tirgrpo.loss import grpo_loss
-from tirgrpo.model import build_random_model
+from tirgrpo.model import build_random_model, compile_decoder_layers
 from tirgrpo.optim import AdamW
+from tirgrpo.prefix import use_prefix_attention
 from tirgrpo.train import build_micro_batches, sequence_logprobs
 
 CASES = {
-    # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget[, shared prefix])
+    # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget[, prefix mask[, compile]])
+    # prefix mask: "" unshared, "dense" or "block" shared prefix (issue #6: each group packed
+    # as [prompt, completion_1..G]); compile: torch.compile each decoder layer.
     "g4": (2, 4, True, "stochastic", 16384),
     "g4-master": (2, 4, True, "master", 16384),
     "g4-kahan": (2, 4, True, "kahan", 16384),
@@ -36,13 +40,26 @@ CASES = {
     "g16": (1, 16, True, "stochastic", 16384),
     "g16-master": (1, 16, True, "master", 16384),
     "g16-mb8k": (1, 16, True, "stochastic", 8192),
+    "g4-mb8k": (2, 4, True, "stochastic", 8192),
     "g4-mb32k": (2, 4, True, "stochastic", 32768),
-    # shared prefix (issue #6): each group packed as [prompt, completion_1..G]
-    "g16-shared": (1, 16, True, "stochastic", 32768, True),
-    "g16-unshared": (1, 16, True, "stochastic", 32768, False),
-    "g4-shared": (2, 4, True, "stochastic", 32768, True),
-    "g64-shared": (1, 64, True, "stochastic", 32768, True),
-    "g16-16k-shared": (1, 16, True, "stochastic", 32768, True),
+    "g4-compiled": (2, 4, True, "stochastic", 16384, "", True),
+    "g4-mb8k-compiled": (2, 4, True, "stochastic", 8192, "", True),
+    "g4-mb4k-compiled": (2, 4, True, "stochastic", 4096, "", True),
+    "g16-compiled": (1, 16, True, "stochastic", 16384, "", True),
+    "g16-unshared-compiled": (1, 16, True, "stochastic", 32768, "", True),
+    "g4-block-compiled": (2, 4, True, "stochastic", 32768, "block", True),
+    "g64-block-compiled": (1, 64, True, "stochastic", 32768, "block", True),
+    "g16-16k-block-compiled": (1, 16, True, "stochastic", 32768, "block", True),
+    "g16-dense": (1, 16, True, "stochastic", 32768, "dense"),
+    "g16-block": (1, 16, True, "stochastic", 32768, "block"),
+    "g16-block-compiled": (1, 16, True, "stochastic", 32768, "block", True),
+    "g16-unshared": (1, 16, True, "stochastic", 32768, ""),
+    "g4-dense": (2, 4, True, "stochastic", 32768, "dense"),
+    "g4-block": (2, 4, True, "stochastic", 32768, "block"),
+    "g64-dense": (1, 64, True, "stochastic", 32768, "dense"),
+    "g64-block": (1, 64, True, "stochastic", 32768, "block"),
+    "g16-16k-dense": (1, 16, True, "stochastic", 32768, "dense"),
+    "g16-16k-block": (1, 16, True, "stochastic", 32768, "block"),
 }
 
 
@@ -52,7 +69,8 @@ def events():
 
 def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: float = 0.1) -> dict:
     prompts, G, ckpt, mode, budget, *rest = CASES[name]
-    shared = bool(rest and rest[0])
+    prefix_mask = rest[0] if rest else ""
+    compiled = len(rest) > 1 and rest[1]
     if "16k" in name:  # the long-context case: 12k prompt + 4k completion
         prompt_len, comp_len = 12288, 4096
     torch.cuda.empty_cache()
@@ -64,6 +82,12 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = build_random_model("r1-distill-qwen-1.5b", torch.bfloat16, "sdpa", seed=0, device=dev).eval()
     ref.requires_grad_(False)
+    if prefix_mask == "block":
+        for m in (model, ref):
+            use_prefix_attention(m)
+    if compiled:
+        for m in (model, ref):
+            compile_decoder_layers(m, "on", dev)
     opt = AdamW(model.parameters(), lr=3e-5, master_fp32=(mode == "master"),
                 bf16_update="kahan" if mode == "kahan" else "stochastic")
     cfg = GRPOConfig(beta=beta, num_iterations=2, loss_type="dapo")
@@ -71,12 +95,14 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
     prompt_ids = [torch.randint(0, 151643, (prompt_len,), generator=g).tolist() for _ in range(prompts)]
     rows_p = [p for p in prompt_ids for _ in range(G)]
     rows_c = [torch.randint(0, 151643, (comp_len,), generator=g).tolist() for _ in rows_p]
-    batches = build_micro_batches(rows_p, rows_c, G, budget, shared, 151643, dev)
+    batches = build_micro_batches(rows_p, rows_c, G, budget, prefix_mask, 151643, dev)
     advs = [torch.randn(len(b.rows), generator=g).to(dev) for b in batches]
     n_seq, n_tok = len(rows_p), len(rows_p) * comp_len
     times = {"old_logp": [], "ref_logp": [], "fwd_bwd_opt": [], "opt": [], "phase": []}
     model.train()
+    warmup = 0.0
     for step in range(repeats + 1):
+        t_step = time.perf_counter()
         e0, e1 = events(); e2, e3 = events(); e4, _ = events()
         e0.record()
         with torch.no_grad():
@@ -95,6 +121,8 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
         opt.zero_grad()
         e3.record()
         torch.cuda.synchronize()
+        if step == 0:
+            warmup = time.perf_counter() - t_step  # includes compilation where there is one
         if step > 0:
             times["old_logp"].append(e0.elapsed_time(e1) / 1e3)
             times["ref_logp"].append(e1.elapsed_time(e2) / 1e3)
@@ -103,8 +131,9 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
             times["phase"].append(e0.elapsed_time(e3) / 1e3)
     peak = torch.cuda.max_memory_allocated() / 2**30
     out = {"case": name, "sequences": n_seq, "tokens": n_seq * (prompt_len + comp_len), "checkpointing": ckpt,
-           "optimizer": mode, "micro_batch_tokens": budget, "micro_batches": len(batches), "shared_prefix": shared,
-           "forward_tokens": sum(b.inputs.tokens if shared else b.inputs[0].numel() for b in batches),
+           "optimizer": mode, "micro_batch_tokens": budget, "micro_batches": len(batches), "prefix_mask": prefix_mask,
+           "compiled": bool(compiled), "warmup_s": round(warmup, 1),
+           "forward_tokens": sum(b.inputs.tokens if prefix_mask else b.inputs[0].numel() for b in batches),
            "peak_gib": round(peak, 2), "peak_gb": round(peak * 2**30 / 1e9, 2)}
     for k, v in times.items():
         out[f"{k}_s"] = round(statistics.median(v), 3)
@@ -142,15 +171,18 @@ def main() -> None:
         except torch.cuda.OutOfMemoryError:
             rows.append({"case": name, "error": "out of memory"})
             gc.collect(); torch.cuda.empty_cache()
+        except Exception as e:  # one failing variant must not lose the other rows
+            rows.append({"case": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            gc.collect(); torch.cuda.empty_cache()
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"{'case':<15}{'seqs':>5}{'tokens':>8}{'fwd tok':>8}{'opt':>11}{'mb':>4}{'peak GB':>9}{'fwd+bwd+opt s':>15}{'tok/s':>9}{'clip+opt s':>11}{'phase s':>9}")
+    print(f"{'case':<19}{'seqs':>5}{'tokens':>8}{'fwd tok':>8}{'opt':>11}{'mb':>4}{'peak GB':>9}{'fwd+bwd+opt s':>15}{'tok/s':>9}{'clip+opt s':>11}{'phase s':>9}{'warm s':>8}")
     for r in rows:
         if "error" in r:
-            print(f"{r['case']:<15} {r['error']}")
+            print(f"{r['case']:<19} {r['error']}")
             continue
-        print(f"{r['case']:<15}{r['sequences']:>5}{r['tokens']:>8}{r['forward_tokens']:>8}{r['optimizer']:>11}{r['micro_batches']:>4}"
-              f"{r['peak_gb']:>9.2f}{r['fwd_bwd_opt_s']:>15.3f}{r['fwd_bwd_opt_tokens_per_s']:>9}{r['opt_s']:>11.3f}{r['phase_s']:>9.3f}")
+        print(f"{r['case']:<19}{r['sequences']:>5}{r['tokens']:>8}{r['forward_tokens']:>8}{r['optimizer']:>11}{r['micro_batches']:>4}"
+              f"{r['peak_gb']:>9.2f}{r['fwd_bwd_opt_s']:>15.3f}{r['fwd_bwd_opt_tokens_per_s']:>9}{r['opt_s']:>11.3f}{r['phase_s']:>9.3f}{r['warmup_s']:>8.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tirgrpo.config import ModelConfig
 from tirgrpo.errors import TirgrpoError
@@ -175,3 +176,48 @@ def test_smollm2_gguf_answers_a_chat_prompt():
     back = AutoModelForCausalLM.from_pretrained(out)
     x = torch.tensor([ids])
     assert torch.allclose(back(input_ids=x).logits, lora(input_ids=x).logits, atol=1e-5)
+
+
+def test_compile_layers_setting(tiny_model_dir):
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.model import compile_decoder_layers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert compile_decoder_layers(model, "auto", "cpu") is False  # auto: CUDA only
+    assert compile_decoder_layers(model, "off", "cuda") is False
+    with pytest.raises(TirgrpoError, match="compile_layers"):
+        compile_decoder_layers(model, "yes", "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["", "block"])
+def test_compiled_layers_equal_eager_on_cuda(tiny_model_dir, kind):
+    """Compiled decoder layers (with checkpointing; unshared and FlexAttention block masks)
+    give the eager log-probs and gradients; under eager_layers() the model runs uncompiled."""
+    from tirgrpo.model import compile_decoder_layers, eager_layers
+    from tirgrpo.prefix import use_prefix_attention
+    from tirgrpo.train import build_micro_batches, sequence_logprobs
+
+    torch.manual_seed(0)
+    prompts = [torch.randint(0, 250, (40,)).tolist()] * 3
+    comps = [torch.randint(0, 250, (n,)).tolist() for n in (7, 30, 12)]
+    results = []
+    for compiled in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).cuda()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        if kind:
+            use_prefix_attention(model)
+        if compiled:
+            assert compile_decoder_layers(model, "on", "cuda")
+        (mb,) = build_micro_batches(prompts, comps, 3, 0, kind, 0, "cuda")
+        logp, _ = sequence_logprobs(model, mb, 64, 1.0, grad=True)
+        (logp * mb.mask).sum().backward()
+        with eager_layers():
+            again, _ = sequence_logprobs(model, mb, 64, 1.0, grad=False)
+        assert torch.allclose(again, logp.detach(), atol=1e-4)
+        results.append((logp.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-4)
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], atol=1e-4, rtol=1e-3), n

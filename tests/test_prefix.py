@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from tirgrpo.batching import right_pad
 from tirgrpo.logprobs import token_logprobs
-from tirgrpo.prefix import group_attention_mask, pack_group, packed_logprobs, split_group
+from tirgrpo.prefix import (BLOCK, group_attention_mask, group_block_mask, pack_group, packed_logprobs, split_group,
+                            use_prefix_attention)
 
 
 def test_group_attention_mask_by_hand():
@@ -40,14 +41,14 @@ def test_split_group_by_budget():
     assert split_group(10, [5, 5, 5, 20], 0) == [[0, 1, 2, 3]]
 
 
-def unshared(model, prompt, comps):
-    ids, attn, mask = right_pad([prompt] * len(comps), comps, 0)
+def unshared(model, prompt, comps, device="cpu"):
+    ids, attn, mask = right_pad([prompt] * len(comps), comps, 0, device)
     logp, ent = token_logprobs(model, ids, attn, mask)
     width = max(len(c) for c in comps)
-    out = torch.zeros(len(comps), width)
-    out_e = torch.zeros(len(comps), width)
+    out = torch.zeros(len(comps), width, device=device)
+    out_e = torch.zeros(len(comps), width, device=device)
     for i, c in enumerate(comps):
-        out = out.index_put((torch.full((len(c),), i), torch.arange(len(c))), logp[i, len(prompt): len(prompt) + len(c)])
+        out = out.index_put((torch.full((len(c),), i, device=device), torch.arange(len(c), device=device)), logp[i, len(prompt): len(prompt) + len(c)])
         out_e[i, : len(c)] = ent[i, len(prompt): len(prompt) + len(c)].detach()
     return out, out_e
 
@@ -56,10 +57,37 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_packed_equals_unshared_values_and_gradients(tiny_model_dir, lora):
+def test_block_mask_tiles_match_torch_create_block_mask():
+    """Our tile classification (full / partial / skipped) equals FlexAttention's own for a
+    group whose segment boundaries fall inside tiles and on tile edges."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg = torch.tensor([0] * 200 + [1] * 56 + [2] * 300 + [3] * 5 + [4] * 207)  # 768 = 6 tiles
+    ours = group_block_mask(seg, rows_per_pass=256)  # several passes
+
+    def mask_mod(b, h, q, kv):
+        return (q >= kv) & ((seg[kv] == 0) | (seg[q] == seg[kv]))
+
+    theirs = create_block_mask(mask_mod, None, None, 768, 768, device="cpu", _compile=False)
+    assert torch.equal(ours.to_dense(), theirs.to_dense())
+    assert torch.equal(ours.full_kv_num_blocks, theirs.full_kv_num_blocks)
+    assert torch.equal(ours.kv_num_blocks, theirs.kv_num_blocks)
+    # the dense mask of the block mask is the group mask itself
+    q, kv = torch.meshgrid(torch.arange(768), torch.arange(768), indexing="ij")
+    assert torch.equal(ours.mask_mod(0, 0, q, kv), group_attention_mask(seg))
+
+
+def test_block_pack_pads_to_tile_size():
+    g = pack_group([7, 8, 9], [[1, 2], [3]], width=4, mask="block", pad_id=5)
+    assert g.tokens == BLOCK and g.input_ids[0, 6:].eq(5).all()
+    assert g.source.tolist() == [2, 3, 2]  # padding is never read
+
+
+def _packed_vs_unshared(model_dir, lora, kind, device):
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
+    if kind == "block":  # FlexAttention for block masks, sdpa for anything else
+        use_prefix_attention(model)
     if lora:
         from peft import LoraConfig, get_peft_model
 
@@ -69,27 +97,42 @@ def test_packed_equals_unshared_values_and_gradients(tiny_model_dir, lora):
                 torch.nn.init.normal_(p, std=0.1)
     prompt = torch.randint(0, 250, (9,)).tolist()
     comps = [torch.randint(0, 250, (n,)).tolist() for n in (4, 1, 6)]  # different lengths: padding
-    weights = torch.randn(3, 6)  # an arbitrary loss of the log-probs, so gradients are compared
+    weights = torch.randn(3, 6, device=device)  # an arbitrary loss of the log-probs, so gradients are compared
 
-    ref, ref_e = unshared(model, prompt, comps)
+    ref, ref_e = unshared(model, prompt, comps, device)
     mask = ref != 0
     (ref * weights * mask).sum().backward()
     g_ref = grads(model)
     model.zero_grad()
 
-    group = pack_group(prompt, comps, width=6)
-    got, got_e = packed_logprobs(model, group)
+    group = pack_group(prompt, comps, width=6, device=device, mask=kind)
+    # FlexAttention has no CPU backward: on CPU the block mask is checked on values only.
+    with torch.set_grad_enabled(kind == "dense" or device != "cpu"):
+        got, got_e = packed_logprobs(model, group)
     assert torch.equal(group.completion_mask, mask)
-    (got * weights * mask).sum().backward()
-    g_got = grads(model)
-
     assert torch.allclose(got, ref, atol=1e-5)
     assert torch.allclose(got_e, ref_e, atol=1e-5)
+    # the packed forward ran 9 + 11 = 20 tokens where the unshared one ran 3 x (9 + 6) = 45
+    assert group.tokens == (20 if kind == "dense" else BLOCK)
+    if not got.requires_grad:
+        return
+    (got * weights * mask).sum().backward()
+    g_got = grads(model)
     assert g_ref.keys() == g_got.keys() and g_ref
     for n in g_ref:
         assert torch.allclose(g_got[n], g_ref[n], atol=1e-5, rtol=1e-4), n
-    # the packed forward ran 9 + 11 = 20 tokens where the unshared one ran 3 x (9 + 6) = 45
-    assert group.tokens == 20
+
+
+@pytest.mark.parametrize("lora,kind", [(False, "dense"), (True, "dense"), (False, "block"), (True, "block")])
+def test_packed_equals_unshared_values_and_gradients(tiny_model_dir, lora, kind):
+    _packed_vs_unshared(tiny_model_dir, lora, kind, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lora", [False, True])
+def test_block_mask_gradients_on_cuda(tiny_model_dir, lora):
+    """Compiled FlexAttention (forward and backward) against the unshared sdpa batch, float32."""
+    _packed_vs_unshared(tiny_model_dir, lora, "block", "cuda")
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -143,6 +143,13 @@ class OptimConfig:
     """Train each group as one sequence [prompt, completion_1, ..., completion_G] with a mask
     in which each completion sees the prompt and its own past (prefix.py): the same log-probs
     and gradients with the prompt computed once instead of G times. Needs sdpa/eager attention."""
+    prefix_mask: str = "auto"
+    """The shared-prefix mask: `block` (FlexAttention block mask, skips masked 128 x 128 tiles;
+    CUDA only), `dense` (a [T, T] boolean mask through sdpa) or `auto` (block on CUDA)."""
+    compile_layers: str = "auto"
+    """`auto` (on CUDA), `on` or `off`: torch.compile each decoder layer for the training
+    forward/backward, fusing the HF layer's small elementwise kernels (fp32 RMSNorm, rotary,
+    SwiGLU, casts) and FlexAttention into the layer; generation always runs them eagerly."""
     logprob_chunk_tokens: int = 1024
     """Tokens per LM-head chunk when computing log-probs (never the full [B, T, V] logits)."""
     master_weights_fp32: bool = True

@@ -737,7 +737,7 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
         ids += torch.randint(0, min(1000, model.config.vocab_size - 1), (C - len(ids),), generator=rng).tolist()
         comps.append(ids[: C - 1] if j % G == G - 1 and C > 1 else ids)
     # The estimate models the unshared layout (padded rows), so that is what is measured.
-    batches = build_micro_batches(prompts, comps, G, wl.micro_batch_tokens, False, engine.pad_id, device)
+    batches = build_micro_batches(prompts, comps, G, wl.micro_batch_tokens, "", engine.pad_id, device)
     advs = [torch.randn(len(b.rows), generator=rng).to(device) for b in batches]
     cfg = GRPOConfig(beta=0.1 if (ref_model is not None or wl.lora) else 0.0)
     chunk = wl.logprob_chunk_tokens

@@ -182,6 +182,33 @@ def load_policy(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed
     return model
 
 
+def compile_decoder_layers(model, setting: str, device) -> bool:
+    """torch.compile each decoder layer in place when `setting` ("auto" | "on" | "off") says so.
+
+    "auto" compiles on CUDA only (on a CPU inductor needs a C++ toolchain and gains little).
+    The compiled layers serve the training forward/backward (with checkpointing: the
+    recompute too); wrap generation in `eager_layers()`. Returns whether it compiled.
+    """
+    if setting not in ("auto", "on", "off"):
+        raise TirgrpoError(f"optim.compile_layers must be 'auto', 'on' or 'off', got {setting!r}")
+    if setting == "off" or (setting == "auto" and torch.device(device).type != "cuda"):
+        return False
+    # One layer code object serves all layers, but every combination of grad mode, train/eval,
+    # adapters on/off and mask type is a cache entry: torch's default limit of 8 is too few,
+    # and past it the layer would silently run eagerly (FlexAttention then materialises T^2 scores).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for layer in base.model.layers:
+        layer.compile()
+    return True
+
+
+def eager_layers():
+    """Context in which compiled layers run as plain eager code (generation: the rollout
+    engines feed KV caches and one-token steps that compiling would only recompile for)."""
+    return torch.compiler.set_stance("force_eager")
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -108,16 +108,17 @@ class MicroBatch:
 
 
 def build_micro_batches(prompt_ids: list[list[int]], comp_ids: list[list[int]], group_size: int, budget: int,
-                        shared_prefix: bool, pad_id: int, device) -> list[MicroBatch]:
+                        prefix_mask: str, pad_id: int, device) -> list[MicroBatch]:
     """Split a rollout's completions into micro-batches of at most `budget` tokens.
 
-    Unshared: rows [prompt, completion] packed by padded size. Shared prefix: each group's
-    prompt once, followed by its completions (split when the group exceeds the budget).
+    prefix_mask "": unshared, rows [prompt, completion] packed by padded size. "dense" or
+    "block": shared prefix, each group's prompt once, followed by its completions (split
+    when the group exceeds the budget), with that form of mask (prefix.py).
     """
     from tirgrpo.batching import pack_by_tokens, right_pad
     from tirgrpo.prefix import pack_group, split_group
 
-    if not shared_prefix:
+    if not prefix_mask:
         lengths = [len(a) + len(b) for a, b in zip(prompt_ids, comp_ids)]
         return [MicroBatch(mb, right_pad([prompt_ids[i] for i in mb], [comp_ids[i] for i in mb], pad_id, device))
                 for mb in pack_by_tokens(lengths, budget)]
@@ -127,7 +128,8 @@ def build_micro_batches(prompt_ids: list[list[int]], comp_ids: list[list[int]], 
         for part in split_group(len(prompt_ids[start]), [len(comp_ids[i]) for i in group], budget):
             rows = [group[i] for i in part]
             width = max(1, max(len(comp_ids[r]) for r in rows))
-            out.append(MicroBatch(rows, pack_group(prompt_ids[start], [comp_ids[r] for r in rows], width, device)))
+            out.append(MicroBatch(rows, pack_group(prompt_ids[start], [comp_ids[r] for r in rows], width, device,
+                                                   prefix_mask, pad_id)))
     return out
 
 
@@ -151,13 +153,30 @@ def reference_logprobs(model, ref_model, mb: MicroBatch, chunk_tokens: int, temp
         return sequence_logprobs(model, mb, chunk_tokens, temperature, grad=False)[0]
 
 
-def check_shared_prefix(model, shared_prefix: bool) -> None:
-    """Shared-prefix packing needs attention that takes a custom 4D mask (sdpa or eager)."""
+def setup_shared_prefix(model, ref_model, optim, device) -> str:
+    """The shared-prefix mask form of this run: "" (off), "dense" or "block" (prefix.py).
+
+    Block masks switch the models' attention to `PREFIX_ATTENTION` (FlexAttention for
+    packed groups, sdpa for everything else). Dense masks need sdpa or eager attention.
+    """
+    from tirgrpo.prefix import PREFIX_ATTENTION, mask_kind, use_prefix_attention
+
+    if not optim.shared_prefix:
+        return ""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if shared_prefix and impl not in ("sdpa", "eager"):
-        raise TirgrpoError(f"optim.shared_prefix needs model.attn_implementation 'sdpa' or 'eager' (a custom 4D "
+    if impl not in ("sdpa", "eager", PREFIX_ATTENTION):
+        raise TirgrpoError(f"optim.shared_prefix needs model.attn_implementation 'sdpa' or 'eager' (a custom "
                            f"attention mask); this model uses {impl!r}. Set --set optim.shared_prefix=false "
                            f"or --set model.attn_implementation=sdpa")
+    kind = mask_kind(optim.prefix_mask, device)
+    if kind == "block":
+        if torch.device(device).type != "cuda":
+            raise TirgrpoError("optim.prefix_mask = 'block' needs CUDA (FlexAttention has no CPU backward); "
+                               "use 'auto' or 'dense'")
+        for m in (model, ref_model):
+            if m is not None:
+                use_prefix_attention(m)
+    return kind
 
 
 def make_engine(name: str, model, tokenizer, batch_size: int):
@@ -193,8 +212,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     from tirgrpo.evaluate import eval_rewards, evaluate_examples, overall_of
     from tirgrpo.loss import group_advantages, grpo_loss
     from tirgrpo.metrics import RunLog
-    from tirgrpo.model import (count_parameters, load_base_model, load_policy, resolve_device, resolve_dtype,
-                               resolve_init, tokenizer_spec)
+    from tirgrpo.model import (compile_decoder_layers, count_parameters, eager_layers, load_base_model, load_policy,
+                               resolve_device, resolve_dtype, resolve_init, tokenizer_spec)
     from tirgrpo.optim import AdamW, lr_multiplier
     from tirgrpo.rewards import score_records
     from tirgrpo.rollout import SamplingParams
@@ -242,7 +261,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     if cfg.grpo.beta > 0 and not cfg.model.lora:
         ref_model = load_base_model(resolve_init(cfg.model), device, dtype, cfg.run.seed)
         ref_model.requires_grad_(False).eval()
-    check_shared_prefix(model, cfg.optim.shared_prefix)
+    prefix_mask = setup_shared_prefix(model, ref_model, cfg.optim, device)
+    for m in (model, ref_model):
+        if m is not None:
+            compile_decoder_layers(m, cfg.optim.compile_layers, device)
     trainable, total = count_parameters(model)
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                       weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
@@ -265,9 +287,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         if not eval_prompts:
             return {}
         t = time.perf_counter()
-        m = evaluate_examples(engine, tokenizer, [p.example for p in eval_prompts], [p.ids for p in eval_prompts],
-                              eval_params, cfg.run.eval_samples, seed=cfg.run.seed + 7919,
-                              rewards=eval_rewards(cfg.rewards))
+        with eager_layers():
+            m = evaluate_examples(engine, tokenizer, [p.example for p in eval_prompts],
+                                  [p.ids for p in eval_prompts], eval_params, cfg.run.eval_samples,
+                                  seed=cfg.run.seed + 7919, rewards=eval_rewards(cfg.rewards))
         m["seconds"] = time.perf_counter() - t
         atomic_write_text(run_dir / f"eval_{tag}.json", json.dumps(m, indent=1, ensure_ascii=False))
         return m
@@ -287,7 +310,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         idx = prompts_for_rollout(len(train_prompts), state["data_pos"], P, cfg.run.seed, cfg.data.shuffle)
         batch_prompts = [train_prompts[i] for i in idx]
         gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + state["rollout"])
-        groups = engine.generate([p.ids for p in batch_prompts], G, params, gen)
+        with eager_layers():
+            groups = engine.generate([p.ids for p in batch_prompts], G, params, gen)
         t1 = time.perf_counter()
         # ---- 2. score
         completions = [c for g in groups for c in g]
@@ -302,7 +326,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         prompt_ids = [p.ids for p in owners]
         comp_ids = [c.token_ids for c in completions]
         lengths = [len(a) + len(b) for a, b in zip(prompt_ids, comp_ids)]
-        batches = build_micro_batches(prompt_ids, comp_ids, G, cfg.optim.micro_batch_tokens, cfg.optim.shared_prefix,
+        batches = build_micro_batches(prompt_ids, comp_ids, G, cfg.optim.micro_batch_tokens, prefix_mask,
                                       pad_id, device)
         advs = [adv[b.rows].to(device) for b in batches]
         n_seq = len(completions)
