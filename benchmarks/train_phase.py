@@ -67,7 +67,7 @@ def events():
     return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
 
-def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: float = 0.1) -> dict:
+def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: float = 0.1, chunk: int = 256) -> dict:
     prompts, G, ckpt, mode, budget, *rest = CASES[name]
     prefix_mask = rest[0] if rest else ""
     compiled = len(rest) > 1 and rest[1]
@@ -106,13 +106,13 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
         e0, e1 = events(); e2, e3 = events(); e4, _ = events()
         e0.record()
         with torch.no_grad():
-            old = [sequence_logprobs(model, b, 1024, 1.0, grad=False)[0] for b in batches]
+            old = [sequence_logprobs(model, b, chunk, 1.0, grad=False)[0] for b in batches]
         e1.record()
         with torch.no_grad():
-            refs = [sequence_logprobs(ref, b, 1024, 1.0, grad=False)[0] for b in batches]
+            refs = [sequence_logprobs(ref, b, chunk, 1.0, grad=False)[0] for b in batches]
         e2.record()
         for b, a, o, r in zip(batches, advs, old, refs):
-            logp, _ = sequence_logprobs(model, b, 1024, 1.0, grad=True)
+            logp, _ = sequence_logprobs(model, b, chunk, 1.0, grad=True)
             loss, _ = grpo_loss(logp, o, r, a, b.mask, cfg, comp_len, n_seq, n_tok)
             loss.backward()
         e4.record()
@@ -132,6 +132,7 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
     peak = torch.cuda.max_memory_allocated() / 2**30
     out = {"case": name, "sequences": n_seq, "tokens": n_seq * (prompt_len + comp_len), "checkpointing": ckpt,
            "optimizer": mode, "micro_batch_tokens": budget, "micro_batches": len(batches), "prefix_mask": prefix_mask,
+           "logprob_chunk_tokens": chunk,
            "compiled": bool(compiled), "warmup_s": round(warmup, 1),
            "forward_tokens": sum(b.inputs.tokens if prefix_mask else b.inputs[0].numel() for b in batches),
            "peak_gib": round(peak, 2), "peak_gb": round(peak * 2**30 / 1e9, 2)}
@@ -159,15 +160,16 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=3072)
     ap.add_argument("--comp-len", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=256, help="LM-head chunk (optim.logprob_chunk_tokens)")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--profile", help="profile one fwd+bwd+opt step of this case and print the top kernels")
     args = ap.parse_args()
     if args.profile:
         profile_case(args.profile, args.prompt_len, args.comp_len)
     rows = []
-    for name in args.cases.split(","):
+    for name in filter(None, args.cases.split(",")):
         try:
-            rows.append(run_case(name, args.prompt_len, args.comp_len, args.repeats))
+            rows.append(run_case(name, args.prompt_len, args.comp_len, args.repeats, chunk=args.chunk))
         except torch.cuda.OutOfMemoryError:
             rows.append({"case": name, "error": "out of memory"})
             gc.collect(); torch.cuda.empty_cache()

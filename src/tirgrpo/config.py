@@ -85,6 +85,9 @@ class RolloutConfig:
     engine: str = "fast"
     """`fast` (static KV cache, own decode step, CUDA graphs on GPU, eager on CPU:
     rollout/engine.py) or `simple` (the HF forward with its dynamic cache: rollout/simple.py)."""
+    kernels: str = "auto"
+    """The fast engine's decode kernels: `auto` (Triton on CUDA when it imports, else torch),
+    `triton` or `torch` (rollout/kernels.py)."""
 
 
 @dataclass
@@ -150,8 +153,10 @@ class OptimConfig:
     """`auto` (on CUDA), `on` or `off`: torch.compile each decoder layer for the training
     forward/backward, fusing the HF layer's small elementwise kernels (fp32 RMSNorm, rotary,
     SwiGLU, casts) and FlexAttention into the layer; generation always runs them eagerly."""
-    logprob_chunk_tokens: int = 1024
-    """Tokens per LM-head chunk when computing log-probs (never the full [B, T, V] logits)."""
+    logprob_chunk_tokens: int = 256
+    """Tokens per LM-head chunk when computing log-probs (never the full [B, T, V] logits). Each
+    chunk holds [chunk, 151936] fp32 logits and their gradient: 256 keeps that at 0.3 GB at no
+    measurable speed cost on an H100 (1024: 1.2 GB; docs/benchmarks.md)."""
     master_weights_fp32: bool = True
     """With bf16 compute, keep fp32 master weights and AdamW states so small updates are not lost
     (16 bytes per trainable parameter). False: bf16 weights and states with `bf16_update`."""

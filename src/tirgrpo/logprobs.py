@@ -77,6 +77,59 @@ def _chunk_logits(
     return z
 
 
+# --------------------------------------------------------------------------- per-chunk softmax math
+
+
+def _on_cuda_compiled(fn):
+    """`fn` compiled on CUDA tensors, eager elsewhere.
+
+    Eagerly each line below is one pass over a [C, V] fp32 block (~0.6 GB at C = 1024) with a
+    temporary of that size; compiled, the reductions and elementwise steps fuse into a few
+    kernels that read the block two or three times (docs/benchmarks.md).
+    """
+    compiled = None
+
+    def call(z, *args):
+        nonlocal compiled
+        if not z.is_cuda:
+            return fn(z, *args)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=True)
+        return compiled(z, *args)
+
+    call.__doc__ = fn.__doc__
+    return call
+
+
+@_on_cuda_compiled
+def softmax_stats(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z [C, V] fp32 logits, targets [C] -> (logp [C], entropy [C], lse [C]), nats.
+
+    lse = logsumexp(z); logp = z_y - lse; entropy = lse - sum_v p_v z_v with p = softmax(z),
+    computed from z - max(z) so exp never overflows.
+    """
+    z_max = z.amax(dim=-1, keepdim=True)
+    shifted = z - z_max
+    q = shifted.exp()
+    total = q.sum(dim=-1)
+    log_total = total.log()
+    logp = shifted.gather(1, targets[:, None]).squeeze(1) - log_total
+    entropy = log_total - (q * shifted).sum(dim=-1) / total
+    return logp, entropy, z_max.squeeze(1) + log_total
+
+
+@_on_cuda_compiled
+def logit_grad(z: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, targets: torch.Tensor, tau: float,
+               dtype: torch.dtype) -> torch.Tensor:
+    """d(sum_n g_n logp_n)/dz for one chunk: g * (onehot(y) - softmax(z)) / tau, as `dtype`.
+
+    z [C, V] fp32 logits (already divided by tau), lse [C], g [C] upstream gradient, targets [C].
+    """
+    p = (z - lse[:, None]).exp()
+    hit = torch.arange(z.shape[1], device=z.device)[None, :] == targets[:, None]
+    return (g[:, None] * (hit.to(z.dtype) - p) / tau).to(dtype)
+
+
 # --------------------------------------------------------------------------- autograd function
 
 
@@ -98,17 +151,8 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
             for s in range(0, n, chunk_tokens):
                 e = min(s + chunk_tokens, n)
                 z = _chunk_logits(hidden[s:e].to(cd), w, bias, temperature)  # [C, V] fp32
-                # logsumexp by hand (torch.logsumexp is ~2.5x slower on a [1024, 151936] block):
-                # z <- z - max, q = exp(z), S = sum q  =>  lse = max + log S, p = q / S
-                z_max = z.amax(dim=-1, keepdim=True)  # [C, 1]
-                z.sub_(z_max)
-                q = z.exp()  # [C, V], the only other [C, V] tensor
-                log_s = q.sum(dim=-1).log()  # [C]
-                logp[s:e] = z.gather(1, targets[s:e, None]).squeeze(1) - log_s
-                # H = -sum p log p = log S - sum(q z) / S, the dot product batched (no temporaries)
-                entropy[s:e] = log_s - torch.bmm(q.unsqueeze(1), z.unsqueeze(2)).view(-1) / log_s.exp()
-                lse[s:e] = z_max.squeeze(1) + log_s
-                del z, q
+                logp[s:e], entropy[s:e], lse[s:e] = softmax_stats(z, targets[s:e])
+                del z
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk_tokens = chunk_tokens
         ctx.temperature = temperature
@@ -134,24 +178,21 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
             for s in range(0, n, ctx.chunk_tokens):
                 e = min(s + ctx.chunk_tokens, n)
                 h = hidden[s:e].to(cd)
-                g = g_all[s:e]
-                # dz = g * (onehot(y) - p) / tau, built in place in the logits buffer
-                dz = _chunk_logits(h, w, bias, tau)
-                dz.sub_(lse[s:e, None]).exp_()  # p
-                dz.mul_(-g[:, None])
-                rows = torch.arange(e - s, device=dz.device)
-                dz[rows, targets[s:e]] += g
-                if tau != 1.0:
-                    dz /= tau
-                if need_b:
-                    grad_b += dz.sum(dim=0)
-                dz_c = dz.to(cd)
-                del dz
+                # the logits are recomputed rather than kept: one [C, V] block at a time
+                z = _chunk_logits(h, w, bias, tau)
+                if need_b:  # the bias gradient is summed in fp32 before the cast
+                    dz32 = logit_grad(z, lse[s:e], g_all[s:e], targets[s:e], tau, torch.float32)
+                    grad_b += dz32.sum(dim=0)
+                    dz = dz32.to(cd)
+                    del dz32
+                else:
+                    dz = logit_grad(z, lse[s:e], g_all[s:e], targets[s:e], tau, cd)
+                del z
                 if need_h:
-                    grad_h[s:e] = _mm_f32(dz_c, w).to(hidden.dtype)  # [C, V] @ [V, H]
+                    grad_h[s:e] = _mm_f32(dz, w).to(hidden.dtype)  # [C, V] @ [V, H]
                 if need_w:
-                    _mm_f32(dz_c.t(), h, acc=grad_w)  # += [V, C] @ [C, H]
-                del dz_c
+                    _mm_f32(dz.t(), h, acc=grad_w)  # += [V, C] @ [C, H]
+                del dz
         if need_w:
             grad_w = grad_w.to(weight.dtype)
         if need_b:

@@ -186,7 +186,7 @@ class Workload:
     prompts_per_step: int = 4
     rollout_batch_size: int = 64
     micro_batch_tokens: int = 16384
-    logprob_chunk_tokens: int = 1024
+    logprob_chunk_tokens: int = 256
     dtype_bytes: int = 2
     """Compute dtype of weights and activations: 2 (bf16) or 4 (fp32)."""
     checkpointing: bool = True

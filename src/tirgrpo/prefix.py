@@ -195,19 +195,18 @@ def packed_logprobs(model, group: PackedGroup, chunk_tokens: int = 1024, tempera
 
 # --------------------------------------------------------------------------- attention dispatch
 
-_compiled_flex = None
+_flex = None  # FlexAttention as called by `prefix_attention`; set by `use_prefix_attention`
 
 
-def _flex_attention():
-    """FlexAttention, compiled on first use where it runs on CUDA (eager it is a slow reference)."""
-    global _compiled_flex
-    if _compiled_flex is None:
-        from torch.nn.attention.flex_attention import flex_attention
+def _make_flex():
+    """FlexAttention, compiled where it runs on CUDA (eager it is a slow reference that
+    materialises the T x T scores). Created outside any traced code: when the decoder layers
+    are compiled too, the layer's graph inlines this call."""
+    from torch.nn.attention.flex_attention import flex_attention
 
-        # dynamic=None: compiled for the first shape, recompiled once as dynamic when a
-        # second packed length shows up (every step has different completion lengths).
-        _compiled_flex = torch.compile(flex_attention, dynamic=None) if torch.cuda.is_available() else flex_attention
-    return _compiled_flex
+    # dynamic=None: compiled for the first shape, recompiled once as dynamic when a second
+    # packed length shows up (every step has different completion lengths).
+    return torch.compile(flex_attention, dynamic=None) if torch.cuda.is_available() else flex_attention
 
 
 def prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -224,8 +223,8 @@ def prefix_attention(module, query, key, value, attention_mask, dropout: float =
     if query.device.type != "cuda":
         # The CPU reference path casts nothing itself; float32 keeps it exact for the tests.
         query, key, value = query.float(), key.float(), value.float()
-    out = _flex_attention()(query, key, value, block_mask=attention_mask, scale=scaling,
-                            enable_gqa=query.shape[1] != key.shape[1])
+    flex = _flex if _flex is not None else _make_flex()
+    out = flex(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
     return out.to(value.dtype).transpose(1, 2).contiguous(), None
 
 
@@ -237,6 +236,9 @@ def use_prefix_attention(model) -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    global _flex
+    if _flex is None:
+        _flex = _make_flex()
     AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
     AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

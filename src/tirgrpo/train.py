@@ -179,12 +179,12 @@ def setup_shared_prefix(model, ref_model, optim, device) -> str:
     return kind
 
 
-def make_engine(name: str, model, tokenizer, batch_size: int):
+def make_engine(name: str, model, tokenizer, batch_size: int, kernels: str = "auto"):
     """The rollout engine named by `rollout.engine`; both hold the policy itself, not a copy."""
     if name == "fast":
         from tirgrpo.rollout.engine import FastEngine
 
-        return FastEngine(model, tokenizer, max_batch=batch_size)
+        return FastEngine(model, tokenizer, max_batch=batch_size, kernels=kernels)
     if name == "simple":
         from tirgrpo.rollout.simple import SimpleEngine
 
@@ -269,7 +269,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                       weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
                       bf16_update=cfg.optim.bf16_update, seed=cfg.run.seed)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size)
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, cfg.rollout.kernels)
     pad_id = engine.pad_id
     params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
                             cfg.rollout.top_k, list(cfg.rollout.stop))

@@ -120,10 +120,13 @@ def test_weight_updates_reach_the_engine_without_a_copy(models, byte_tokenizer):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_decode_equals_eager(models, byte_tokenizer):
+@pytest.mark.parametrize("kernels", ["torch", "auto"])  # auto: Triton where it is installed
+def test_cuda_graph_decode_equals_eager(models, byte_tokenizer, kernels):
     model = models["qwen2"].cuda()
     ps = prompts(byte_tokenizer)
     params = SamplingParams(20, 0.0)
-    eager = FastEngine(model, byte_tokenizer, use_cuda_graphs=False, length_buckets=(64,)).generate(ps, 2, params)
-    graphed = FastEngine(model, byte_tokenizer, use_cuda_graphs=True, length_buckets=(64,)).generate(ps, 2, params)
+    eager = FastEngine(model, byte_tokenizer, use_cuda_graphs=False, length_buckets=(64,),
+                       kernels=kernels).generate(ps, 2, params)
+    graphed = FastEngine(model, byte_tokenizer, use_cuda_graphs=True, length_buckets=(64,),
+                         kernels=kernels).generate(ps, 2, params)
     assert [[c.token_ids for c in g] for g in eager] == [[c.token_ids for c in g] for g in graphed]

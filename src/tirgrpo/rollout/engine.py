@@ -4,19 +4,26 @@ Why not `transformers.generate`: decoding a 1.5B model is bound by memory bandwi
 step reads ~3.1 GB of weights plus the KV cache, 1-3 ms on an H100), but the HF loop
 spends ~100 ms per step in Python and kernel launches. Here:
 
-* each prompt is prefilled once by the HF model itself, and its keys/values are copied
-  into the G cache rows of its group (the prompts are long, the completions short);
-* the cache is one preallocated tensor per layer, [batch, kv_heads, max_len, head_dim];
+* each prompt is prefilled once by the HF model itself, and its keys/values are stored once,
+  in a *prompt cache* slot, not copied into the G rows that sample from it;
+* each row's generated keys/values go to its own row of a *completion cache*:
+  prompt cache   [layers, prompt slots, kv_heads, P_cap, head_dim]
+  completion cache [layers, rows, kv_heads, N_cap, head_dim]
+  Row b reads keys 0..prefix_len[b]-1 of slot prefix_slot[b], then its own completion keys
+  0..comp_pos[b] (its token sits at absolute position prefix_len[b] + comp_pos[b]);
 * a decode step is our own forward over the *model's own modules* (so LoRA adapters,
-  biases and weight updates from the trainer are used as they are, without a copy):
-  RMSNorm -> q/k/v -> rotary -> write k/v at each row's position -> attention over the
-  cache with a length mask -> o_proj -> MLP; on CUDA it is captured once per
-  (batch bucket, length bucket) in a CUDA graph and replayed;
+  biases and weight updates from the trainer are used as they are, without a copy) plus a
+  few fused kernels (`kernels.py`): residual add + RMSNorm -> q/k/v projections -> rotary and
+  cache write -> split-K attention over each row's own length -> o_proj -> add + RMSNorm ->
+  gate/up projections -> SiLU * up -> down projection. The kernels are Triton on CUDA and
+  plain torch elsewhere (`kernels="torch"` forces the torch versions on CUDA too);
+* on CUDA a step is captured once per batch bucket (and cache capacity) in a CUDA graph
+  and replayed;
 * sampling (temperature, top-k, top-p) runs on the device; stop strings are matched on
   decoded text across token boundaries on the host, which needs the new token ids each
   step (a few bytes);
-* when finished rows leave the batch small enough for a smaller bucket, the live rows are
-  compacted into it, so finished sequences stop costing attention work.
+* when finished rows leave the batch small enough for a smaller bucket, the live rows'
+  completion caches are compacted into it (the prompt cache stays where it is).
 
 Supports decoder-only Llama/Qwen2-family models (`model.model.layers[i].self_attn.{q,k,v,o}_proj`,
 `mlp.{gate,up,down}_proj`, RMSNorms, rotary embeddings). Tested against transformers'
@@ -25,8 +32,12 @@ own logits and greedy `generate` (tests/rollout/test_engine.py).
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 
+from tirgrpo.rollout.kernels import select_kernels
 from tirgrpo.rollout.sampling import sample_next
 from tirgrpo.rollout.simple import eos_ids
 from tirgrpo.rollout.tracker import SequenceTracker
@@ -55,16 +66,35 @@ def _cache_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cache.key_cache[layer], cache.value_cache[layer]
 
 
+@dataclass
+class KVCache:
+    """The static cache: prompts once per slot, completions once per row.
+
+    k_prompt, v_prompt: [L, slots, Hkv, P_cap, D]; k_comp, v_comp: [L, rows, Hkv, N_cap, D].
+    """
+
+    k_prompt: torch.Tensor
+    v_prompt: torch.Tensor
+    k_comp: torch.Tensor
+    v_comp: torch.Tensor
+
+    @property
+    def capacity(self) -> tuple[int, int, int, int]:
+        """(slots, P_cap, rows, N_cap)."""
+        return (self.k_prompt.shape[1], self.k_prompt.shape[3], self.k_comp.shape[1], self.k_comp.shape[3])
+
+
 class FastEngine:
     """Rollout engine with the same interface as `SimpleEngine`.
 
     max_batch: most rows decoded at once (prompts per batch = max_batch // G).
-    length_buckets: cache lengths (prompt + new tokens) that get their own graph; a batch
-    uses the smallest bucket that holds its longest prompt plus max_new_tokens.
+    length_buckets: capacities of the prompt cache (longest prompt of a batch) and of the
+    completion cache (max_new_tokens), each rounded up to the smallest bucket that holds it.
+    kernels: "auto" (Triton on CUDA when triton imports, else torch), "torch" or "triton".
     """
 
     def __init__(self, model, tokenizer, max_batch: int = 64, length_buckets=(128, 256, 512, 1024, 2048, 4096, 8192, 16384),
-                 use_cuda_graphs: bool | None = None):
+                 use_cuda_graphs: bool | None = None, kernels: str = "auto"):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -80,108 +110,108 @@ class FastEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.device = next(model.parameters()).device
         self.dtype = next(self.decoder.parameters()).dtype
+        self.kernels = select_kernels(kernels, self.device)
+        norms = [self.decoder.norm] + [n for layer in self.decoder.layers
+                                       for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        if not all(hasattr(n, "variance_epsilon") and hasattr(n, "weight") for n in norms):
+            raise ValueError(f"FastEngine needs HF RMSNorms (weight, variance_epsilon), got {type(norms[0]).__name__}")
+        # SiLU(gate) * up is fused only where the MLP is known to be exactly that; other MLPs run as modules.
+        mlps = {type(layer.mlp).__name__ for layer in self.decoder.layers}
+        self.fused_mlp = getattr(cfg, "hidden_act", None) == "silu" and mlps <= {"Qwen2MLP", "LlamaMLP"}
         self.graphs_enabled = (self.device.type == "cuda") if use_cuda_graphs is None else use_cuda_graphs
-        self._step_impl = self._decode_step
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None  # k, v: [L, B, Hkv, S, D]
-        self._graphs: dict[tuple[int, int], tuple] = {}
+        self._cache: KVCache | None = None
+        self._graphs: dict[int, tuple] = {}  # batch bucket -> (graph, its input buffers, logits)
         self.graph_capture_s = 0.0
 
     # ------------------------------------------------------------------ the decode step
 
-    def _rotary(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, D] for positions [B] (HF's rotate-half convention)."""
-        rot = self.decoder.rotary_emb
-        freqs = pos[:, None].float() * rot.inv_freq.float()[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        scale = getattr(rot, "attention_scaling", 1.0)
-        return (emb.cos() * scale).to(self.dtype), (emb.sin() * scale).to(self.dtype)
+    def _mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_mlp:
+            return mlp.down_proj(self.kernels.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        return mlp(x)
 
-    @staticmethod
-    def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B, H, D], cos/sin [B, D]."""
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos[:, None, :] + rotated * sin[:, None, :]
+    def _decode_step(self, tokens: torch.Tensor, prefix_slot: torch.Tensor, prefix_len: torch.Tensor,
+                     comp_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per row; all inputs [B] long. Returns logits [B, V] fp32.
 
-    def _decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor):
-        """One token per row. tokens, pos: [B] long; caches [L, B, Hkv, S, D]. Returns logits [B, V] fp32.
-
-        Writes each row's new key/value at its position, then attends to positions <= pos.
+        Row b's token is at absolute position prefix_len[b] + comp_pos[b]; its key/value are
+        written at comp_pos[b] of completion row b, then it attends to prompt slot
+        prefix_slot[b] (keys 0..prefix_len[b]-1) and its completion keys 0..comp_pos[b].
         """
-        B, S = tokens.shape[0], k_cache.shape[3]
-        h = self.decoder.embed_tokens(tokens)  # [B, H]
-        cos, sin = self._rotary(pos)
-        rows = torch.arange(B, device=tokens.device)
-        # [B, 1, 1, S]: True where the key position is visible to the row's query.
-        visible = (torch.arange(S, device=tokens.device)[None, :] <= pos[:, None])[:, None, None, :]
-        group = self.n_heads // self.n_kv
+        ops = self.kernels
+        B = tokens.shape[0]
+        pos, comp_len = prefix_len + comp_pos, comp_pos + 1
+        rot = self.decoder.rotary_emb
+        inv_freq, scaling = rot.inv_freq.float(), float(getattr(rot, "attention_scaling", 1.0))
+        h, delta = self.decoder.embed_tokens(tokens), None  # residual stream [B, H], pending residual add
         for i, layer in enumerate(self.decoder.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
+            attn, norm = layer.self_attn, layer.input_layernorm
+            h, x = ops.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon)
             q = attn.q_proj(x).view(B, self.n_heads, self.head_dim)
             k = attn.k_proj(x).view(B, self.n_kv, self.head_dim)
             v = attn.v_proj(x).view(B, self.n_kv, self.head_dim)
-            q, k = self._apply_rotary(q, cos, sin), self._apply_rotary(k, cos, sin)
-            k_cache[i, rows, :, pos] = k
-            v_cache[i, rows, :, pos] = v
-            # Grouped-query attention without repeating the cache: [B, Hkv, group, D] x [B, Hkv, S, D].
-            # Two batched matmuls, not a flash kernel: with one query per row a flash kernel
-            # has too few blocks to fill the GPU (measured: 82 us a layer at batch 8).
-            qg = q.view(B, self.n_kv, group, self.head_dim)
-            scores = torch.matmul(qg, k_cache[i].transpose(-1, -2)).float() * self.head_dim**-0.5
-            probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1).to(v_cache.dtype)
-            out = torch.matmul(probs, v_cache[i])  # [B, Hkv, group, D]
-            h = h + attn.o_proj(out.reshape(B, self.n_heads * self.head_dim))
-            x = layer.post_attention_layernorm(h)
-            h = h + layer.mlp(x)
-        h = self.decoder.norm(h)
-        return self.lm_head(h).float()
+            ops.rotary_cache_write(q, k, v, cache.k_comp[i], cache.v_comp[i], pos, comp_pos, inv_freq, scaling)
+            out = ops.decode_attention(q, cache.k_prompt[i], cache.v_prompt[i], cache.k_comp[i], cache.v_comp[i],
+                                       prefix_slot, prefix_len, comp_len)
+            delta = attn.o_proj(out.view(B, self.n_heads * self.head_dim))
+            norm = layer.post_attention_layernorm
+            h, x = ops.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon)
+            delta = self._mlp(layer.mlp, x)
+        norm = self.decoder.norm
+        _, x = ops.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon)
+        return self.lm_head(x).float()
 
-    def _ensure_cache(self, batch: int, length: int) -> None:
-        """Allocate (or grow) the static cache to hold `batch` rows of `length` positions."""
-        if self._cache is not None and self._cache[0].shape[1] >= batch and self._cache[0].shape[3] >= length:
-            return
+    def _ensure_cache(self, slots: int, prompt_len: int, rows: int, new_len: int) -> None:
+        """Allocate (or grow) the cache to hold `slots` prompts of `prompt_len` and `rows` rows of `new_len`."""
+        want = (slots, prompt_len, rows, new_len)
         if self._cache is not None:
-            batch = max(batch, self._cache[0].shape[1])
-            length = max(length, self._cache[0].shape[3])
-        shape = (self.n_layers, batch, self.n_kv, length, self.head_dim)
+            have = self._cache.capacity
+            if all(h >= w for h, w in zip(have, want)):
+                return
+            want = tuple(max(h, w) for h, w in zip(have, want))
+        slots, prompt_len, rows, new_len = want
         self._cache = None
         self._graphs.clear()  # graphs hold pointers into the old cache
-        self._cache = (torch.zeros(shape, dtype=self.dtype, device=self.device),
-                       torch.zeros(shape, dtype=self.dtype, device=self.device))
 
-    def _step_fn(self, B: int, S: int):
-        """A callable (tokens [B], pos [B]) -> logits [B, V] for cache view [:, :B, :, :S]."""
-        k_all, v_all = self._cache
-        k, v = k_all[:, :B, :, :S], v_all[:, :B, :, :S]
+        def zeros(n, length):
+            return torch.zeros((self.n_layers, n, self.n_kv, length, self.head_dim), dtype=self.dtype,
+                               device=self.device)
+
+        self._cache = KVCache(zeros(slots, prompt_len), zeros(slots, prompt_len), zeros(rows, new_len),
+                              zeros(rows, new_len))
+
+    def _step_fn(self, B: int):
+        """A callable (tokens, prefix_slot, prefix_len, comp_pos: [B]) -> logits [B, V] over the current cache."""
+        cache = self._cache
         if not self.graphs_enabled:
-            return lambda tokens, pos: self._decode_step(tokens, pos, k, v)
-        key = (B, S)
-        if key not in self._graphs:
-            import time
-
+            return lambda *inputs: self._decode_step(*inputs, cache)
+        if B not in self._graphs:
             t0 = time.perf_counter()
-            tokens = torch.zeros(B, dtype=torch.long, device=self.device)
-            # Warm-up runs really write k/v at `pos`: use the last position, which no prompt
-            # occupies (S >= prompt + new tokens) and no query sees before it is rewritten.
-            pos = torch.full((B,), S - 1, dtype=torch.long, device=self.device)
+            # Warm-up runs really write k/v at comp_pos: use the completion cache's last
+            # position, which no row reads before writing it (comp_pos < max_new_tokens - 1).
+            # prefix_len 0 / slot 0 touch no prompt; the grid does not depend on these values.
+            _, _, _, new_cap = cache.capacity
+            inputs = tuple(torch.zeros(B, dtype=torch.long, device=self.device) for _ in range(3))
+            inputs += (torch.full((B,), new_cap - 1, dtype=torch.long, device=self.device),)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):  # warm-up outside the graph (allocator, cuBLAS handles)
+            # Warm-up outside the graph: allocator, cuBLAS handles, and Triton's compilation,
+            # which must not happen during capture.
+            with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self._step_impl(tokens, pos, k, v)
+                    self._decode_step(*inputs, cache)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                logits = self._step_impl(tokens, pos, k, v)
+                logits = self._decode_step(*inputs, cache)
             torch.cuda.synchronize()
             self.graph_capture_s += time.perf_counter() - t0
-            self._graphs[key] = (graph, tokens, pos, logits)
-        graph, tokens_buf, pos_buf, logits_buf = self._graphs[key]
+            self._graphs[B] = (graph, inputs, logits)
+        graph, buffers, logits_buf = self._graphs[B]
 
-        def run(tokens, pos):
-            tokens_buf.copy_(tokens)
-            pos_buf.copy_(pos)
+        def run(*inputs):
+            for buf, x in zip(buffers, inputs):
+                buf.copy_(x)
             graph.replay()
             return logits_buf
 
@@ -194,7 +224,8 @@ class FastEngine:
                  generator: torch.Generator | None = None, share_prefill: bool = True) -> list[list[Completion]]:
         """Sample `group_size` completions per prompt (token ids, bos included), in prompt order.
 
-        share_prefill=False prefills every row on its own (for tests: same tokens either way).
+        share_prefill=False prefills every row on its own, into its own prompt slot (for
+        tests: same tokens either way).
         """
         was_training = self.model.training
         self.model.eval()
@@ -208,43 +239,54 @@ class FastEngine:
             self.model.train(was_training)
         return [out[i : i + group_size] for i in range(0, len(out), group_size)]
 
-    def _prefill(self, prompts: list[list[int]], group_size: int, share: bool, k_all, v_all) -> torch.Tensor:
-        """Run the HF model over each prompt once, copy its keys/values into its G rows.
+    def _prefill(self, prompts: list[list[int]], group_size: int, share: bool) -> tuple[torch.Tensor, list[int]]:
+        """Run the HF model over each prompt once, store its keys/values in a prompt slot.
 
-        Returns the next-token logits [len(prompts) * G, V] (fp32).
+        Returns the next-token logits [len(prompts) * G, V] (fp32) and each row's slot: prompt
+        i's slot (shared), or one slot per row (not shared).
         """
-        logits = []
+        cache = self._cache
+        logits, row_slot = [], []
         for i, p in enumerate(prompts):
             copies = 1 if share else group_size
+            rows_per_copy = group_size // copies
             for c in range(copies):
-                ids = torch.tensor([p], device=self.device)
-                out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-                rows = slice(i * group_size, (i + 1) * group_size) if share else slice(i * group_size + c,
-                                                                                      i * group_size + c + 1)
+                slot = i * copies + c
+                out = self.model(input_ids=torch.tensor([p], device=self.device), use_cache=True, logits_to_keep=1)
                 for layer in range(self.n_layers):
                     k, v = _cache_kv(out.past_key_values, layer)  # [1, Hkv, T, D]
-                    k_all[layer, rows, :, : len(p)] = k[0]
-                    v_all[layer, rows, :, : len(p)] = v[0]
-                logits.append(out.logits[:, -1].float().expand(rows.stop - rows.start, -1))
-        return torch.cat(logits, dim=0)
+                    cache.k_prompt[layer, slot, :, : len(p)] = k[0]
+                    cache.v_prompt[layer, slot, :, : len(p)] = v[0]
+                logits.append(out.logits[:, -1].float().expand(rows_per_copy, -1))
+                row_slot += [slot] * rows_per_copy
+        return torch.cat(logits, dim=0), row_slot
+
+    def _capacity(self, n: int) -> int:
+        return _bucket(n, self.length_buckets) if n <= self.length_buckets[-1] else n
 
     def _generate_batch(self, prompts, group_size: int, params: SamplingParams, generator,
                         share: bool) -> list[Completion]:
         n = len(prompts) * group_size
-        need = max(len(p) for p in prompts) + params.max_new_tokens
-        S = _bucket(need, self.length_buckets) if need <= self.length_buckets[-1] else need
         B = _bucket(n, BATCH_BUCKETS)
-        self._ensure_cache(B, S)
-        k_all, v_all = self._cache
-        logits = self._prefill(prompts, group_size, share, k_all, v_all)
-        pos = torch.tensor([len(p) for p in prompts for _ in range(group_size)], device=self.device)
+        self._ensure_cache(len(prompts) if share else n, self._capacity(max(len(p) for p in prompts)), B,
+                           self._capacity(params.max_new_tokens))
+        cache = self._cache
+        logits, row_slot = self._prefill(prompts, group_size, share)
 
         track = SequenceTracker(n, self.tokenizer, params, self.eos)
         width = B
         row_seq: list[int | None] = list(range(n)) + [None] * (B - n)  # which sequence each cache row holds
-        pos = torch.cat([pos, pos.new_zeros(B - n)])  # padding rows write at position 0 of spare rows
+
+        def per_row(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=self.device)
+
+        # Padding rows read slot 0 with no prompt keys and write their own completion row.
+        prefix_slot = per_row(row_slot + [0] * (B - n))
+        prefix_len = per_row([len(p) for p in prompts for _ in range(group_size)] + [0] * (B - n))
+        comp_pos = per_row([0] * B)
+        advance = per_row([seq is not None for seq in row_seq])
         logits = torch.cat([logits, logits.new_zeros((B - n, logits.shape[1]))])
-        step_fn = self._step_fn(width, S)
+        step_fn = self._step_fn(width)
         for step in range(params.max_new_tokens):
             logits = track.forbid_eos(logits, step)
             new, logp = sample_next(logits, params.temperature, params.top_p, params.top_k, generator)
@@ -255,17 +297,20 @@ class FastEngine:
             smaller = _bucket(len(alive), BATCH_BUCKETS)
             if smaller < width:
                 # Finished rows would keep costing attention: move the live rows to the front
-                # and continue with the graph of the smaller bucket.
-                idx = torch.tensor(alive, device=self.device)
-                k_all[:, : len(alive)] = k_all[:, idx]
-                v_all[:, : len(alive)] = v_all[:, idx]
+                # and continue with the graph of the smaller bucket. Only completion rows
+                # move; the rows keep pointing at their prompt slots.
+                idx = per_row(alive)
+                cache.k_comp[:, : len(alive)] = cache.k_comp[:, idx]
+                cache.v_comp[:, : len(alive)] = cache.v_comp[:, idx]
                 pad = smaller - len(alive)
                 row_seq = [row_seq[r] for r in alive] + [None] * pad
                 new = torch.cat([new[idx], new.new_full((pad,), self.pad_id)])
-                pos = torch.cat([pos[idx], pos.new_zeros(pad)])
+                prefix_slot, prefix_len, comp_pos = (torch.cat([t[idx], t.new_zeros(pad)])
+                                                     for t in (prefix_slot, prefix_len, comp_pos))
+                advance = per_row([seq is not None for seq in row_seq])
                 width = smaller
-                step_fn = self._step_fn(width, S)
-            logits = step_fn(new, pos)
-            pos = pos + torch.tensor([r is not None for r in row_seq], device=self.device, dtype=pos.dtype)
+                step_fn = self._step_fn(width)
+            logits = step_fn(new, prefix_slot, prefix_len, comp_pos)
+            comp_pos = comp_pos + advance
 
         return track.completions()
