@@ -53,6 +53,8 @@ CASES = {
     "g16-dense": (1, 16, True, "stochastic", 32768, "dense"),
     "g16-block": (1, 16, True, "stochastic", 32768, "block"),
     "g16-block-compiled": (1, 16, True, "stochastic", 32768, "block", True),
+    "g16-split": (1, 16, True, "stochastic", 32768, "split"),
+    "g16-split-compiled": (1, 16, True, "stochastic", 32768, "split", True),
     "g16-unshared": (1, 16, True, "stochastic", 32768, ""),
     "g4-dense": (2, 4, True, "stochastic", 32768, "dense"),
     "g4-block": (2, 4, True, "stochastic", 32768, "block"),
@@ -82,7 +84,7 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = build_random_model("r1-distill-qwen-1.5b", torch.bfloat16, "sdpa", seed=0, device=dev).eval()
     ref.requires_grad_(False)
-    if prefix_mask == "block":
+    if prefix_mask in ("block", "split"):
         for m in (model, ref):
             use_prefix_attention(m)
     if compiled:

@@ -86,7 +86,7 @@ def test_block_pack_pads_to_tile_size():
 def _packed_vs_unshared(model_dir, lora, kind, device):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
-    if kind == "block":  # FlexAttention for block masks, sdpa for anything else
+    if kind in ("block", "split"):  # FlexAttention / split attention for packed groups, sdpa otherwise
         use_prefix_attention(model)
     if lora:
         from peft import LoraConfig, get_peft_model
@@ -107,13 +107,13 @@ def _packed_vs_unshared(model_dir, lora, kind, device):
 
     group = pack_group(prompt, comps, width=6, device=device, mask=kind)
     # FlexAttention has no CPU backward: on CPU the block mask is checked on values only.
-    with torch.set_grad_enabled(kind == "dense" or device != "cpu"):
+    with torch.set_grad_enabled(kind != "block" or device != "cpu"):
         got, got_e = packed_logprobs(model, group)
     assert torch.equal(group.completion_mask, mask)
     assert torch.allclose(got, ref, atol=1e-5)
     assert torch.allclose(got_e, ref_e, atol=1e-5)
     # the packed forward ran 9 + 11 = 20 tokens where the unshared one ran 3 x (9 + 6) = 45
-    assert group.tokens == (20 if kind == "dense" else BLOCK)
+    assert group.tokens == (BLOCK if kind == "block" else 20)
     if not got.requires_grad:
         return
     (got * weights * mask).sum().backward()
@@ -123,16 +123,25 @@ def _packed_vs_unshared(model_dir, lora, kind, device):
         assert torch.allclose(g_got[n], g_ref[n], atol=1e-5, rtol=1e-4), n
 
 
-@pytest.mark.parametrize("lora,kind", [(False, "dense"), (True, "dense"), (False, "block"), (True, "block")])
+@pytest.mark.parametrize("lora,kind", [(False, "dense"), (True, "dense"), (False, "block"), (True, "block"),
+                                       (False, "split"), (True, "split")])
 def test_packed_equals_unshared_values_and_gradients(tiny_model_dir, lora, kind):
     _packed_vs_unshared(tiny_model_dir, lora, kind, "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("lora", [False, True])
-def test_block_mask_gradients_on_cuda(tiny_model_dir, lora):
-    """Compiled FlexAttention (forward and backward) against the unshared sdpa batch, float32."""
-    _packed_vs_unshared(tiny_model_dir, lora, "block", "cuda")
+@pytest.mark.parametrize("lora,kind", [(False, "block"), (True, "block"), (False, "split")])
+def test_shared_prefix_gradients_on_cuda(tiny_model_dir, lora, kind):
+    """Compiled FlexAttention / split attention (forward and backward) against the unshared
+    sdpa batch, float32."""
+    _packed_vs_unshared(tiny_model_dir, lora, kind, "cuda")
+
+
+def test_split_index_by_hand():
+    from tirgrpo.prefix import split_index
+
+    # prompt 3, completions of 2, 0 and 3 tokens: T = 8, padding points at row 8
+    assert split_index(3, [2, 0, 3]).tolist() == [[[[3, 4, 8], [8, 8, 8], [5, 6, 7]]]]
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -150,28 +159,31 @@ def test_training_with_shared_prefix_equals_unshared(tmp_path, tiny_model_dir, b
 
     write_examples(tmp_path / "train.jsonl", compare_examples(8, 0, byte_tokenizer))
     results = {}
-    for shared in (False, True):
-        out = tmp_path / f"run-{shared}"
+    for shared in ("", "dense", "split"):  # "": unshared
+        out = tmp_path / f"run-{shared or 'unshared'}"
         cfg = load_config(TrainConfig, None, [
             f"model.name_or_path={tiny_model_dir}", f"model.lora={str(lora).lower()}", "model.lora_r=4",
             "model.gradient_checkpointing=true", f"data.train={tmp_path / 'train.jsonl'}", "data.eval=",
             "rollout.group_size=4", "rollout.prompts_per_step=2", "rollout.max_new_tokens=10",
             "grpo.beta=0.1", "grpo.num_iterations=2", "optim.lr=1e-2", "optim.warmup_steps=0",
-            "optim.total_steps=2", "optim.micro_batch_tokens=90", f"optim.shared_prefix={str(shared).lower()}",
+            "optim.total_steps=2", "optim.micro_batch_tokens=90", f"optim.shared_prefix={str(bool(shared)).lower()}",
+            f"optim.prefix_mask={shared or 'auto'}",
             f"run.out_dir={out}", "run.save_every=0", "run.tensorboard=false"])
         train(cfg)
         (row,) = [r for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
         ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
         results[shared] = (row, load_file(str(ckpt / "trainable.safetensors")))
-    (row_a, w_a), (row_b, w_b) = results[False], results[True]
-    assert row_b["train/forward_tokens"] < row_a["train/forward_tokens"]
-    for key in ("reward/total", "train/loss", "train/kl", "train/clip_low", "train/clip_high", "train/entropy",
-                "train/grad_norm", "train/ratio_mean"):
-        assert row_a[key] == pytest.approx(row_b[key], abs=1e-5), key
+    row_a, w_a = results[""]
     assert row_a["train/kl"] > 0  # the second update moved away from the reference
-    # Adam divides by sqrt(v): for weights whose gradient is ~0 (embedding rows of unused
-    # tokens) float rounding in the gradient moves the update by up to ~lr, so compare the
-    # weights at a fraction of one step (lr 1e-2) and, tightly, on average.
-    for name in w_a:
-        diff = (w_a[name] - w_b[name]).abs()
-        assert diff.max() < 2e-3 and diff.mean() < 1e-5, (name, diff.max(), diff.mean())
+    for kind in ("dense", "split"):
+        row_b, w_b = results[kind]
+        assert row_b["train/forward_tokens"] < row_a["train/forward_tokens"]
+        for key in ("reward/total", "train/loss", "train/kl", "train/clip_low", "train/clip_high", "train/entropy",
+                    "train/grad_norm", "train/ratio_mean"):
+            assert row_a[key] == pytest.approx(row_b[key], abs=1e-5), (kind, key)
+        # Adam divides by sqrt(v): for weights whose gradient is ~0 (embedding rows of unused
+        # tokens) float rounding in the gradient moves the update by up to ~lr, so compare the
+        # weights at a fraction of one step (lr 1e-2) and, tightly, on average.
+        for name in w_a:
+            diff = (w_a[name] - w_b[name]).abs()
+            assert diff.max() < 2e-3 and diff.mean() < 1e-5, (kind, name, diff.max(), diff.mean())

@@ -148,7 +148,8 @@ class OptimConfig:
     and gradients with the prompt computed once instead of G times. Needs sdpa/eager attention."""
     prefix_mask: str = "auto"
     """The shared-prefix mask: `block` (FlexAttention block mask, skips masked 128 x 128 tiles;
-    CUDA only), `dense` (a [T, T] boolean mask through sdpa) or `auto` (block on CUDA)."""
+    CUDA only), `split` (no mask: the prompt and the completions through two flash-attention
+    calls), `dense` (a [T, T] boolean mask through sdpa) or `auto` (block on CUDA, else dense)."""
     compile_layers: str = "auto"
     """`auto` (on CUDA), `on` or `off`: torch.compile each decoder layer for the training
     forward/backward, fusing the HF layer's small elementwise kernels (fp32 RMSNorm, rotary,

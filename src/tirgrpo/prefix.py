@@ -25,6 +25,11 @@ Two forms of the same mask:
   128 with tokens of their own segment (never read). The model's attention must be
   `PREFIX_ATTENTION` (see `use_prefix_attention`), which sends a `BlockMask` to FlexAttention
   and any other mask to sdpa, so the unshared path and generation are unchanged.
+* `split`: no mask at all. The prompt attends to itself through sdpa's causal kernel; the
+  completions are gathered into a [G, heads, N, dim] batch whose keys are [prompt, own
+  completion] and attend with a lower-right causal bias (query j of a completion sees the
+  prompt and its keys 0..j), again a flash kernel; the outputs are scattered back. The
+  mask travels as the [1, 1, G, N] tensor of packed positions (`split_index`).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class PackedGroup:
     row: torch.Tensor
     col: torch.Tensor
     completion_mask: torch.Tensor
+    prompt_len: int = 0
 
     @property
     def tokens(self) -> int:
@@ -81,8 +87,8 @@ def pack_group(prompt: list[int], completions: list[list[int]], width: int, devi
     """
     if not prompt:
         raise TirgrpoError("shared prefix: empty prompt")
-    if mask not in ("dense", "block"):
-        raise TirgrpoError(f"shared prefix: mask must be 'dense' or 'block', got {mask!r}")
+    if mask not in ("dense", "block", "split"):
+        raise TirgrpoError(f"shared prefix: mask must be 'dense', 'block' or 'split', got {mask!r}")
     P = len(prompt)
     ids, seg, pos = list(prompt), [0] * P, list(range(P))
     source, targets, row, col = [], [], [], []
@@ -109,13 +115,27 @@ def pack_group(prompt: list[int], completions: list[list[int]], width: int, devi
     return PackedGroup(
         input_ids=torch.tensor([ids], **as_long),
         position_ids=torch.tensor([pos], **as_long),
-        mask=group_attention_mask(seg_t)[None, None] if mask == "dense" else group_block_mask(seg_t),
+        mask=(group_attention_mask(seg_t)[None, None] if mask == "dense" else group_block_mask(seg_t)
+              if mask == "block" else split_index(P, [len(c) for c in completions], device)),
         source=torch.tensor(source, **as_long),
         targets=torch.tensor(targets, **as_long),
         row=torch.tensor(row, **as_long),
         col=torch.tensor(col, **as_long),
         completion_mask=cmask.to(device),
+        prompt_len=P,
     )
+
+
+def split_index(prompt_len: int, lengths: list[int], device=None) -> torch.Tensor:
+    """[1, 1, G, N] long: packed position of token j of completion i (N = longest completion);
+    positions past a completion's end hold T, the packed length (a scratch row)."""
+    T = prompt_len + sum(lengths)
+    index = torch.full((len(lengths), max(1, max(lengths, default=1))), T, dtype=torch.long)
+    start = prompt_len
+    for i, n in enumerate(lengths):
+        index[i, :n] = torch.arange(start, start + n)
+        start += n
+    return index[None, None].to(device)
 
 
 def group_block_mask(segment: torch.Tensor, rows_per_pass: int = 2048):
@@ -183,8 +203,10 @@ def packed_logprobs(model, group: PackedGroup, chunk_tokens: int = 1024, tempera
     from tirgrpo.logprobs import _decoder_and_head, chunked_token_logprobs
 
     decoder, head = _decoder_and_head(model)
+    # the split form needs the prompt length as a number (the mask tensor holds only positions)
+    extra = {"prefix_len": group.prompt_len} if is_split_index(group.mask) else {}
     hidden = decoder(input_ids=group.input_ids, attention_mask=group.mask, position_ids=group.position_ids,
-                     use_cache=False).last_hidden_state[0]
+                     use_cache=False, **extra).last_hidden_state[0]
     logp, ent = chunked_token_logprobs(hidden[group.source], head.weight, group.targets, chunk_tokens,
                                        temperature, getattr(head, "bias", None))
     shape = group.completion_mask.shape
@@ -209,14 +231,55 @@ def _make_flex():
     return torch.compile(flex_attention, dynamic=None) if torch.cuda.is_available() else flex_attention
 
 
+def is_split_index(mask) -> bool:
+    """Is this attention mask the `split` form (a long [1, 1, G, N] tensor of positions)?"""
+    return isinstance(mask, torch.Tensor) and mask.dtype == torch.long and mask.dim() == 4
+
+
+def split_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor,
+                    prompt_len: int, scaling: float | None) -> torch.Tensor:
+    """Attention of one packed group without a mask: two flash-kernel calls.
+
+    query [1, Hq, T, D], key/value [1, Hkv, T, D]; index [G, N] packed positions of the
+    completions' tokens (T past a completion's end). Returns [1, Hq, T, D].
+    """
+    from torch.nn.attention.bias import causal_lower_right
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    P, T = prompt_len, query.shape[2]
+    G, N = index.shape
+    take = index.clamp(max=T - 1).reshape(-1)  # padding reads any real row; its output is dropped
+
+    def completions(x):  # [1, H, T, D] -> [G, H, N, D]
+        return x[0][:, take].unflatten(1, (G, N)).transpose(0, 1)
+
+    def prompt_then_own(x):  # [1, Hkv, T, D] -> [G, Hkv, P + N, D]: the prompt's keys are copied G times
+        return torch.cat([x[:, :, :P].expand(G, -1, -1, -1), completions(x)], dim=2)
+
+    gqa = query.shape[1] != key.shape[1]
+    out_p = sdpa(query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True, scale=scaling, enable_gqa=gqa)
+    # lower right: query j of a completion sits at position P + j and sees keys 0..P + j
+    out_c = sdpa(completions(query), prompt_then_own(key), prompt_then_own(value),
+                 attn_mask=causal_lower_right(N, P + N), scale=scaling, enable_gqa=gqa)
+    H, D = query.shape[1], query.shape[3]
+    out = query.new_zeros(H, T + 1, D)  # row T collects the padding's outputs
+    out[:, :P] = out_p[0]
+    out[:, index.reshape(-1)] = out_c.transpose(0, 1).reshape(H, G * N, D)
+    return out[None, :, :T]
+
+
 def prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """transformers attention function: BlockMask -> FlexAttention, anything else -> sdpa.
+    """transformers attention function: BlockMask -> FlexAttention, a split index ->
+    `split_attention`, anything else -> sdpa.
 
     query [B, Hq, T, D], key/value [B, Hkv, T, D]; returns ([B, T, Hq, D], None) like sdpa.
     """
     from torch.nn.attention.flex_attention import BlockMask
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if is_split_index(attention_mask):
+        out = split_attention(query, key, value, attention_mask[0, 0], kwargs["prefix_len"], scaling)
+        return out.transpose(1, 2).contiguous(), None
     if not isinstance(attention_mask, BlockMask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -246,9 +309,9 @@ def use_prefix_attention(model) -> None:
 
 
 def mask_kind(setting: str, device) -> str:
-    """optim.prefix_mask ("auto" | "block" | "dense") -> the mask form used on `device`."""
-    if setting not in ("auto", "block", "dense"):
-        raise TirgrpoError(f"optim.prefix_mask must be 'auto', 'block' or 'dense', got {setting!r}")
+    """optim.prefix_mask ("auto" | "block" | "split" | "dense") -> the mask form used on `device`."""
+    if setting not in ("auto", "block", "split", "dense"):
+        raise TirgrpoError(f"optim.prefix_mask must be 'auto', 'block', 'split' or 'dense', got {setting!r}")
     if setting == "auto":
         return "block" if torch.device(device).type == "cuda" else "dense"
     return setting

@@ -111,9 +111,9 @@ def build_micro_batches(prompt_ids: list[list[int]], comp_ids: list[list[int]], 
                         prefix_mask: str, pad_id: int, device) -> list[MicroBatch]:
     """Split a rollout's completions into micro-batches of at most `budget` tokens.
 
-    prefix_mask "": unshared, rows [prompt, completion] packed by padded size. "dense" or
-    "block": shared prefix, each group's prompt once, followed by its completions (split
-    when the group exceeds the budget), with that form of mask (prefix.py).
+    prefix_mask "": unshared, rows [prompt, completion] packed by padded size. "dense",
+    "block" or "split": shared prefix, each group's prompt once, followed by its completions
+    (split when the group exceeds the budget), with that form of mask (prefix.py).
     """
     from tirgrpo.batching import pack_by_tokens, right_pad
     from tirgrpo.prefix import pack_group, split_group
@@ -154,10 +154,10 @@ def reference_logprobs(model, ref_model, mb: MicroBatch, chunk_tokens: int, temp
 
 
 def setup_shared_prefix(model, ref_model, optim, device) -> str:
-    """The shared-prefix mask form of this run: "" (off), "dense" or "block" (prefix.py).
+    """The shared-prefix mask form of this run: "" (off), "dense", "block" or "split" (prefix.py).
 
-    Block masks switch the models' attention to `PREFIX_ATTENTION` (FlexAttention for
-    packed groups, sdpa for everything else). Dense masks need sdpa or eager attention.
+    Block and split switch the models' attention to `PREFIX_ATTENTION` (FlexAttention or the
+    split kernels for packed groups, sdpa for everything else). Dense masks need sdpa or eager.
     """
     from tirgrpo.prefix import PREFIX_ATTENTION, mask_kind, use_prefix_attention
 
@@ -173,6 +173,7 @@ def setup_shared_prefix(model, ref_model, optim, device) -> str:
         if torch.device(device).type != "cuda":
             raise TirgrpoError("optim.prefix_mask = 'block' needs CUDA (FlexAttention has no CPU backward); "
                                "use 'auto' or 'dense'")
+    if kind in ("block", "split"):
         for m in (model, ref_model):
             if m is not None:
                 use_prefix_attention(m)
