@@ -141,7 +141,9 @@ class OptimConfig:
     """The cosine decays to lr * min_lr_ratio."""
     max_grad_norm: float = 1.0
     micro_batch_tokens: int = 16384
-    """Token budget of one forward/backward micro-batch (padded tokens count); 0 = whole batch."""
+    """Token budget of one forward/backward micro-batch (padded tokens count); 0 = whole batch.
+    With shared_prefix a micro-batch is one group; a group over the budget is split into parts
+    that each repeat the prompt (G = 16 at 3072 + 1024 packs 19,456 tokens: use 32768)."""
     shared_prefix: bool = True
     """Train each group as one sequence [prompt, completion_1, ..., completion_G] with a mask
     in which each completion sees the prompt and its own past (prefix.py): the same log-probs
