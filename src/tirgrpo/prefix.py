@@ -14,7 +14,7 @@ log-prob and its gradients are the same, for 3072 + 16 x 1024 = 19,456 tokens in
 16 x 4096 = 65,536. The first token of every completion is predicted from the last prompt
 position, so log-probs are read at an explicit source index, not at t - 1.
 
-Two forms of the same mask:
+Three forms of the same mask:
 
 * `dense`: a boolean [1, 1, T, T] tensor, which transformers' `sdpa` and `eager` attention
   take as a custom 4D mask. Simple and exact, but sdpa then runs its masked kernel over all
@@ -48,8 +48,8 @@ PREFIX_ATTENTION = "tirgrpo_prefix"  # transformers attention implementation reg
 class PackedGroup:
     """One packed sequence: a prompt and some of its completions.
 
-    input_ids, position_ids: [1, T]; mask: [1, 1, T, T] bool (True = may attend) or the
-    same as a FlexAttention BlockMask;
+    input_ids, position_ids: [1, T]; mask: [1, 1, T, T] bool (True = may attend), the
+    same as a FlexAttention BlockMask, or the split form's [1, 1, G, N] positions;
     source, targets, row, col: [N] long — completion token n is targets[n], predicted from
     the hidden state at source[n]; it belongs at (row[n], col[n]) of the [rows, width]
     completion layout. completion_mask: [rows, width] bool.
@@ -70,20 +70,27 @@ class PackedGroup:
         return self.input_ids.shape[1]
 
 
+def visible(segment: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """May query position q attend to key position kv? (broadcasting index tensors)
+
+    Causal, and a completion token sees the prompt (segment 0) and its own segment only.
+    """
+    return (q >= kv) & ((segment[kv] == 0) | (segment[q] == segment[kv]))
+
+
 def group_attention_mask(segment: torch.Tensor) -> torch.Tensor:
-    """[T] segment ids (0 = prompt, i = completion i) -> [T, T] bool: causal, and a
-    completion token sees the prompt and its own segment only."""
+    """[T] segment ids (0 = prompt, i = completion i) -> [T, T] bool, `visible` for every pair."""
     t = torch.arange(segment.numel(), device=segment.device)
-    causal = t[:, None] >= t[None, :]
-    return causal & ((segment[None, :] == 0) | (segment[:, None] == segment[None, :]))
+    return visible(segment, t[:, None], t[None, :])
 
 
 def pack_group(prompt: list[int], completions: list[list[int]], width: int, device=None,
                mask: str = "dense", pad_id: int = 0) -> PackedGroup:
     """Pack one prompt and its completions (token ids); width = columns of the completion layout.
 
-    mask: "dense" (bool tensor) or "block" (FlexAttention BlockMask; the sequence is padded
-    with `pad_id` to a multiple of BLOCK, the padding forming its own segment).
+    mask: "dense" (bool tensor), "block" (FlexAttention BlockMask; the sequence is padded
+    with `pad_id` to a multiple of BLOCK, the padding forming its own segment) or "split"
+    (the completions' packed positions, for `split_attention`).
     """
     if not prompt:
         raise TirgrpoError("shared prefix: empty prompt")
@@ -111,12 +118,17 @@ def pack_group(prompt: list[int], completions: list[list[int]], width: int, devi
     for i, comp in enumerate(completions):
         cmask[i, : len(comp)] = True
     seg_t = torch.tensor(seg, device=device)
+    if mask == "dense":
+        attention = group_attention_mask(seg_t)[None, None]
+    elif mask == "block":
+        attention = group_block_mask(seg_t)
+    else:
+        attention = split_index(P, [len(c) for c in completions], device)
     as_long = dict(dtype=torch.long, device=device)
     return PackedGroup(
         input_ids=torch.tensor([ids], **as_long),
         position_ids=torch.tensor([pos], **as_long),
-        mask=(group_attention_mask(seg_t)[None, None] if mask == "dense" else group_block_mask(seg_t)
-              if mask == "block" else split_index(P, [len(c) for c in completions], device)),
+        mask=attention,
         source=torch.tensor(source, **as_long),
         targets=torch.tensor(targets, **as_long),
         row=torch.tensor(row, **as_long),
@@ -155,8 +167,7 @@ def group_block_mask(segment: torch.Tensor, rows_per_pass: int = 2048):
     t = torch.arange(T, device=segment.device)
     full, partial = [], []
     for r0 in range(0, T, step):
-        q = t[r0 : r0 + step]
-        dense = (q[:, None] >= t[None, :]) & ((segment[None, :] == 0) | (segment[q][:, None] == segment[None, :]))
+        dense = visible(segment, t[r0 : r0 + step, None], t[None, :])
         tiles = dense.view(-1, BLOCK, n, BLOCK)
         every, some = tiles.all(dim=3).all(dim=1), tiles.any(dim=3).any(dim=1)
         full.append(every)
@@ -169,7 +180,7 @@ def group_block_mask(segment: torch.Tensor, rows_per_pass: int = 2048):
         return flags.sum(-1).to(torch.int32)[None, None], order.to(torch.int32)[None, None]
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & ((segment[kv_idx] == 0) | (segment[q_idx] == segment[kv_idx]))
+        return visible(segment, q_idx, kv_idx)
 
     kv_num, kv_idx = as_indices(partial_t)
     full_num, full_idx = as_indices(full_t)
