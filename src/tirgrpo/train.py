@@ -334,9 +334,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         n_tok = sum(len(c) for c in comp_ids)
         chunk = cfg.optim.logprob_chunk_tokens
         model.train()
+        # Log-probs of the policy that sampled, for the importance ratio of iterations >= 2:
+        # the first iteration's own log-probs (no update happens before all its micro-batches
+        # ran), so no separate forward pass; None = on-policy (ratio 1) in grpo_loss.
         old = [None] * len(batches)
-        if iters > 1:  # log-probs of the policy that sampled, for the importance ratio
-            old = [sequence_logprobs(model, b, chunk, temperature, grad=False)[0] for b in batches]
         refs = [None] * len(batches)
         if cfg.grpo.beta > 0:
             refs = [reference_logprobs(model, ref_model, b, chunk, temperature) for b in batches]
@@ -348,9 +349,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             optimizer.lr = cfg.optim.lr * lr_multiplier(state["step"], K, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
             total_loss = 0.0
             finite = True
-            for b, a, o, r in zip(batches, advs, old, refs):
+            for i, (b, a, r) in enumerate(zip(batches, advs, refs)):
                 logp, ent = sequence_logprobs(model, b, chunk, temperature, grad=True)
-                loss, st = grpo_loss(logp, o, r, a, b.mask, cfg.grpo, cfg.rollout.max_new_tokens, n_seq, n_tok)
+                if it == 0:
+                    old[i] = logp.detach()
+                loss, st = grpo_loss(logp, old[i], r, a, b.mask, cfg.grpo, cfg.rollout.max_new_tokens, n_seq, n_tok)
                 if not torch.isfinite(loss):
                     finite = False
                     break
