@@ -100,7 +100,8 @@ def sft(cfg: SFTConfig) -> dict:
     from tirgrpo.files import atomic_write_text
     from tirgrpo.logprobs import token_logprobs
     from tirgrpo.metrics import RunLog
-    from tirgrpo.model import load_policy, resolve_device, resolve_dtype, resolve_init, save_hf_folder, tokenizer_spec
+    from tirgrpo.model import (compile_decoder_layers, load_policy, resolve_device, resolve_dtype, resolve_init,
+                               save_hf_folder, tokenizer_spec)
     from tirgrpo.optim import AdamW, lr_multiplier
     from tirgrpo.tokenizer import load_tokenizer
     from tirgrpo.train import load_prompts, prompts_for_rollout
@@ -129,6 +130,7 @@ def sft(cfg: SFTConfig) -> dict:
     if not any(targets):
         raise TirgrpoError(f"{source}: every completion is empty; nothing to learn")
     model = load_policy(cfg.model, device, dtype, cfg.run.seed)
+    compile_decoder_layers(model, cfg.optim.compile_layers, device)  # CUDA by default, as in `train`
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                       weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
                       bf16_update=cfg.optim.bf16_update, seed=cfg.run.seed)
