@@ -744,13 +744,13 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
     n_seq, n_tok = len(comps), sum(len(c) for c in comps)
     model.train()
     with PeakMeter(device, resident) as m_train:
-        old = [sequence_logprobs(model, bt, chunk, 1.0, grad=False)[0] for bt in batches]
+        # as the trainer: the first update's own log-probs serve as the old ones (no extra pass)
         refs = [None] * len(batches)
         if cfg.beta > 0:
             refs = [reference_logprobs(model, ref_model, bt, chunk, 1.0) for bt in batches]
-        for bt, a, o, r in zip(batches, advs, old, refs):
+        for bt, a, r in zip(batches, advs, refs):
             logp, _ = sequence_logprobs(model, bt, chunk, 1.0, grad=True)
-            loss, _ = grpo_loss(logp, o, r, a, bt.mask, cfg, C, n_seq, n_tok)
+            loss, _ = grpo_loss(logp, None, r, a, bt.mask, cfg, C, n_seq, n_tok)
             loss.backward()
             del logp, loss
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)

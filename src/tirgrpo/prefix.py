@@ -297,8 +297,9 @@ def prefix_attention(module, query, key, value, attention_mask, dropout: float =
     if query.device.type != "cuda":
         # The CPU reference path casts nothing itself; float32 keeps it exact for the tests.
         query, key, value = query.float(), key.float(), value.float()
-    flex = _flex if _flex is not None else _make_flex()
-    out = flex(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    if _flex is None:
+        raise TirgrpoError("prefix_attention got a block mask before use_prefix_attention() set up FlexAttention")
+    out = _flex(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
     return out.to(value.dtype).transpose(1, 2).contiguous(), None
 
 
