@@ -137,11 +137,14 @@ def test_shared_prefix_gradients_on_cuda(tiny_model_dir, lora, kind):
     _packed_vs_unshared(tiny_model_dir, lora, kind, "cuda")
 
 
-def test_split_index_by_hand():
-    from tirgrpo.prefix import split_index
+def test_segment_bounds_by_hand():
+    from tirgrpo.prefix import segment_bounds
 
-    # prompt 3, completions of 2, 0 and 3 tokens: T = 8, padding points at row 8
-    assert split_index(3, [2, 0, 3]).tolist() == [[[[3, 4, 8], [8, 8, 8], [5, 6, 7]]]]
+    # prompt 3, completions of 2, 0 and 3 tokens: segments [0, 3), [3, 5), [5, 8); the empty one is dropped
+    bounds = segment_bounds(3, [2, 0, 3])
+    assert bounds.dtype == torch.int32 and bounds.tolist() == [[[[0, 3, 5, 8]]]]
+    g = pack_group([1, 2, 3], [[4, 5], [], [6, 7, 8]], width=3, mask="split")
+    assert torch.equal(g.mask, bounds) and g.longest_completion == 3
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -187,3 +190,15 @@ def test_training_with_shared_prefix_equals_unshared(tmp_path, tiny_model_dir, b
         for name in w_a:
             diff = (w_a[name] - w_b[name]).abs()
             assert diff.max() < 2e-3 and diff.mean() < 1e-5, (kind, name, diff.max(), diff.mean())
+
+
+def test_mask_kind_auto_and_errors():
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.prefix import mask_kind
+
+    assert mask_kind("auto", "cpu") == "dense"
+    assert mask_kind("auto", "cuda", torch.bfloat16) == "split"  # flash-attention / cuDNN kernels
+    assert mask_kind("auto", "cuda", torch.float32) == "block"  # those kernels take no fp32
+    assert mask_kind("split", "cpu") == "split"
+    with pytest.raises(TirgrpoError, match="prefix_mask"):
+        mask_kind("flex", "cpu")

@@ -149,9 +149,11 @@ class OptimConfig:
     in which each completion sees the prompt and its own past (prefix.py): the same log-probs
     and gradients with the prompt computed once instead of G times. Needs sdpa/eager attention."""
     prefix_mask: str = "auto"
-    """The shared-prefix mask: `block` (FlexAttention block mask, skips masked 128 x 128 tiles;
-    CUDA only), `split` (no mask: the prompt and the completions through two flash-attention
-    calls), `dense` (a [T, T] boolean mask through sdpa) or `auto` (block on CUDA, else dense)."""
+    """The shared-prefix mask: `split` (no mask: each segment causal through one flash-attention
+    varlen call, the completions against the prompt through one cuDNN call, merged by their
+    log-sum-exp; exact on CPU too, fast on CUDA in bf16/fp16), `block` (FlexAttention block
+    mask, skips masked 128 x 128 tiles; CUDA only), `dense` (a [T, T] boolean mask through
+    sdpa) or `auto` (split on CUDA in bf16/fp16, block on CUDA in fp32, dense on CPU)."""
     compile_layers: str = "auto"
     """`auto` (on CUDA), `on` or `off`: torch.compile each decoder layer for the training
     forward/backward, fusing the HF layer's small elementwise kernels (fp32 RMSNorm, rotary,

@@ -19,17 +19,18 @@ Three forms of the same mask:
 * `dense`: a boolean [1, 1, T, T] tensor, which transformers' `sdpa` and `eager` attention
   take as a custom 4D mask. Simple and exact, but sdpa then runs its masked kernel over all
   T^2 query-key pairs although ~80% are masked out (G = 16, 3072 + 16 x 1024).
-* `block` (the default on CUDA): a FlexAttention `BlockMask` over 128 x 128 tiles. Tiles
+* `block` (the default on CUDA for fp32 models): a FlexAttention `BlockMask` over 128 x 128 tiles. Tiles
   wholly masked are skipped, tiles wholly visible run without evaluating the mask, only
   tiles on a boundary evaluate `mask_mod`. The packed sequence is padded to a multiple of
   128 with tokens of their own segment (never read). The model's attention must be
   `PREFIX_ATTENTION` (see `use_prefix_attention`), which sends a `BlockMask` to FlexAttention
   and any other mask to sdpa, so the unshared path and generation are unchanged.
-* `split`: no mask at all. The prompt attends to itself through sdpa's causal kernel; the
-  completions are gathered into a [G, heads, N, dim] batch whose keys are [prompt, own
-  completion] and attend with a lower-right causal bias (query j of a completion sees the
-  prompt and its keys 0..j), again a flash kernel; the outputs are scattered back. The
-  mask travels as the [1, 1, G, N] tensor of packed positions (`split_index`).
+* `split` (the default on CUDA in bf16/fp16): no mask at all (`split_attention.py`). All
+  tokens against the prompt's keys (causal, aligned top-left) is one cuDNN call, each
+  completion against its own keys one variable-length flash-attention call; the two are
+  merged by their log-sum-exp. Only the visible pairs are computed, on torch's fastest kernels (cuDNN's
+  and flash-attention's on CUDA), with a plain-torch version of the same math on CPU. The
+  mask travels as the [1, 1, 1, S + 1] int32 tensor of segment starts (`segment_bounds`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class PackedGroup:
     """One packed sequence: a prompt and some of its completions.
 
     input_ids, position_ids: [1, T]; mask: [1, 1, T, T] bool (True = may attend), the
-    same as a FlexAttention BlockMask, or the split form's [1, 1, G, N] positions;
+    same as a FlexAttention BlockMask, or the split form's [1, 1, 1, S + 1] segment starts;
     source, targets, row, col: [N] long — completion token n is targets[n], predicted from
     the hidden state at source[n]; it belongs at (row[n], col[n]) of the [rows, width]
     completion layout. completion_mask: [rows, width] bool.
@@ -64,6 +65,7 @@ class PackedGroup:
     col: torch.Tensor
     completion_mask: torch.Tensor
     prompt_len: int = 0
+    longest_completion: int = 0  # the split form's kernels size their grid by it
 
     @property
     def tokens(self) -> int:
@@ -90,7 +92,7 @@ def pack_group(prompt: list[int], completions: list[list[int]], width: int, devi
 
     mask: "dense" (bool tensor), "block" (FlexAttention BlockMask; the sequence is padded
     with `pad_id` to a multiple of BLOCK, the padding forming its own segment) or "split"
-    (the completions' packed positions, for `split_attention`).
+    (the segments' starts, for `split_attention.split_prefix_attention`).
     """
     if not prompt:
         raise TirgrpoError("shared prefix: empty prompt")
@@ -123,7 +125,7 @@ def pack_group(prompt: list[int], completions: list[list[int]], width: int, devi
     elif mask == "block":
         attention = group_block_mask(seg_t)
     else:
-        attention = split_index(P, [len(c) for c in completions], device)
+        attention = segment_bounds(P, [len(c) for c in completions], device)
     as_long = dict(dtype=torch.long, device=device)
     return PackedGroup(
         input_ids=torch.tensor([ids], **as_long),
@@ -135,19 +137,18 @@ def pack_group(prompt: list[int], completions: list[list[int]], width: int, devi
         col=torch.tensor(col, **as_long),
         completion_mask=cmask.to(device),
         prompt_len=P,
+        longest_completion=max([len(c) for c in completions], default=0),
     )
 
 
-def split_index(prompt_len: int, lengths: list[int], device=None) -> torch.Tensor:
-    """[1, 1, G, N] long: packed position of token j of completion i (N = longest completion);
-    positions past a completion's end hold T, the packed length (a scratch row)."""
-    T = prompt_len + sum(lengths)
-    index = torch.full((len(lengths), max(1, max(lengths, default=1))), T, dtype=torch.long)
-    start = prompt_len
-    for i, n in enumerate(lengths):
-        index[i, :n] = torch.arange(start, start + n)
-        start += n
-    return index[None, None].to(device)
+def segment_bounds(prompt_len: int, lengths: list[int], device=None) -> torch.Tensor:
+    """[1, 1, 1, S + 1] int32: where each segment starts (the prompt, then each non-empty
+    completion), then the packed length T."""
+    starts = [0, prompt_len]
+    for n in lengths:
+        if n:
+            starts.append(starts[-1] + n)
+    return torch.tensor(starts, dtype=torch.int32, device=device)[None, None, None]
 
 
 def group_block_mask(segment: torch.Tensor, rows_per_pass: int = 2048):
@@ -214,8 +215,9 @@ def packed_logprobs(model, group: PackedGroup, chunk_tokens: int = 1024, tempera
     from tirgrpo.logprobs import _decoder_and_head, chunked_token_logprobs
 
     decoder, head = _decoder_and_head(model)
-    # the split form needs the prompt length as a number (the mask tensor holds only positions)
-    extra = {"prefix_len": group.prompt_len} if is_split_index(group.mask) else {}
+    # the split form needs these as numbers: reading them from the mask tensor would wait for the GPU
+    extra = ({"prefix_len": group.prompt_len, "prefix_longest": group.longest_completion}
+             if is_segment_bounds(group.mask) else {})
     hidden = decoder(input_ids=group.input_ids, attention_mask=group.mask, position_ids=group.position_ids,
                      use_cache=False, **extra).last_hidden_state[0]
     logp, ent = chunked_token_logprobs(hidden[group.source], head.weight, group.targets, chunk_tokens,
@@ -242,55 +244,29 @@ def _make_flex():
     return torch.compile(flex_attention, dynamic=None) if torch.cuda.is_available() else flex_attention
 
 
-def is_split_index(mask) -> bool:
-    """Is this attention mask the `split` form (a long [1, 1, G, N] tensor of positions)?"""
-    return isinstance(mask, torch.Tensor) and mask.dtype == torch.long and mask.dim() == 4
-
-
-def split_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor,
-                    prompt_len: int, scaling: float | None) -> torch.Tensor:
-    """Attention of one packed group without a mask: two flash-kernel calls.
-
-    query [1, Hq, T, D], key/value [1, Hkv, T, D]; index [G, N] packed positions of the
-    completions' tokens (T past a completion's end). Returns [1, Hq, T, D].
-    """
-    from torch.nn.attention.bias import causal_lower_right
-
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    P, T = prompt_len, query.shape[2]
-    G, N = index.shape
-    take = index.clamp(max=T - 1).reshape(-1)  # padding reads any real row; its output is dropped
-
-    def completions(x):  # [1, H, T, D] -> [G, H, N, D]
-        return x[0][:, take].unflatten(1, (G, N)).transpose(0, 1)
-
-    def prompt_then_own(x):  # [1, Hkv, T, D] -> [G, Hkv, P + N, D]: the prompt's keys are copied G times
-        return torch.cat([x[:, :, :P].expand(G, -1, -1, -1), completions(x)], dim=2)
-
-    gqa = query.shape[1] != key.shape[1]
-    out_p = sdpa(query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True, scale=scaling, enable_gqa=gqa)
-    # lower right: query j of a completion sits at position P + j and sees keys 0..P + j
-    out_c = sdpa(completions(query), prompt_then_own(key), prompt_then_own(value),
-                 attn_mask=causal_lower_right(N, P + N), scale=scaling, enable_gqa=gqa)
-    H, D = query.shape[1], query.shape[3]
-    out = query.new_zeros(H, T + 1, D)  # row T collects the padding's outputs
-    out[:, :P] = out_p[0]
-    out[:, index.reshape(-1)] = out_c.transpose(0, 1).reshape(H, G * N, D)
-    return out[None, :, :T]
+def is_segment_bounds(mask) -> bool:
+    """Is this attention mask the `split` form (an int32 [1, 1, 1, S + 1] tensor of segment starts)?"""
+    return isinstance(mask, torch.Tensor) and mask.dtype == torch.int32 and mask.dim() == 4
 
 
 def prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """transformers attention function: BlockMask -> FlexAttention, a split index ->
-    `split_attention`, anything else -> sdpa.
+    """transformers attention function: BlockMask -> FlexAttention, segment bounds ->
+    `split_prefix_attention`, anything else -> sdpa.
 
     query [B, Hq, T, D], key/value [B, Hkv, T, D]; returns ([B, T, Hq, D], None) like sdpa.
     """
     from torch.nn.attention.flex_attention import BlockMask
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if is_split_index(attention_mask):
-        out = split_attention(query, key, value, attention_mask[0, 0], kwargs["prefix_len"], scaling)
-        return out.transpose(1, 2).contiguous(), None
+    if is_segment_bounds(attention_mask):
+        from tirgrpo.split_attention import split_prefix_attention
+
+        if query.shape[0] != 1:
+            raise TirgrpoError(f"split attention takes one packed group per forward, got a batch of {query.shape[0]}")
+        q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, dim]
+        out = split_prefix_attention(q, k, v, attention_mask.view(-1), kwargs["prefix_len"], kwargs["prefix_longest"],
+                                     scaling)
+        return out[None], None
     if not isinstance(attention_mask, BlockMask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -320,10 +296,14 @@ def use_prefix_attention(model) -> None:
     base.set_attn_implementation(PREFIX_ATTENTION)
 
 
-def mask_kind(setting: str, device) -> str:
-    """optim.prefix_mask ("auto" | "block" | "split" | "dense") -> the mask form used on `device`."""
+def mask_kind(setting: str, device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """optim.prefix_mask ("auto" | "block" | "split" | "dense") -> the mask form used on `device`
+    for a model computing in `dtype`. auto: split on CUDA in bf16/fp16 (flash-attention and
+    cuDNN kernels take no other dtype), block on CUDA otherwise, dense on CPU."""
     if setting not in ("auto", "block", "split", "dense"):
         raise TirgrpoError(f"optim.prefix_mask must be 'auto', 'block', 'split' or 'dense', got {setting!r}")
     if setting == "auto":
-        return "block" if torch.device(device).type == "cuda" else "dense"
+        if torch.device(device).type != "cuda":
+            return "dense"
+        return "split" if dtype in (torch.bfloat16, torch.float16) else "block"
     return setting

@@ -168,7 +168,7 @@ def setup_shared_prefix(model, ref_model, optim, device) -> str:
         raise TirgrpoError(f"optim.shared_prefix needs model.attn_implementation 'sdpa' or 'eager' (a custom "
                            f"attention mask); this model uses {impl!r}. Set --set optim.shared_prefix=false "
                            f"or --set model.attn_implementation=sdpa")
-    kind = mask_kind(optim.prefix_mask, device)
+    kind = mask_kind(optim.prefix_mask, device, getattr(model, "dtype", torch.float32))
     if kind == "block":
         if torch.device(device).type != "cuda":
             raise TirgrpoError("optim.prefix_mask = 'block' needs CUDA (FlexAttention has no CPU backward); "
