@@ -3,8 +3,16 @@ the same code path as real ones (`tirgrpo.model.load_base_model`)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton decides when a kernel is defined (at import of tirgrpo.adamw_kernels and
+# tirgrpo.rollout.kernels) whether it runs in its CPU interpreter: set it before any test
+# module imports tirgrpo, so the kernels are tested on machines without CUDA too.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def byte_level_tokenizer():

@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from tirgrpo import adamw_kernels
+
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
     """Linear warm-up over `warmup_steps`, then cosine decay to `min_ratio` at `total_steps`.
@@ -51,45 +53,6 @@ def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator | None = N
     return rounded.view(torch.float32).to(torch.bfloat16)
 
 
-def _adamw_stochastic_(p, grad, m, v, hyper):
-    """Fused AdamW on bf16 slices with stochastic rounding of weights and moments (in place)."""
-    lr, b1, b2, bc1, bc2, eps, wd = hyper.unbind(0)
-    g = grad.float()
-    m32 = m.float() * b1 + g * (1 - b1)
-    v32 = v.float() * b2 + g * g * (1 - b2)
-    w = p.float()
-    new = w - lr * ((m32 / bc1) / ((v32 / bc2).sqrt() + eps) + wd * w)
-
-    def rnd(x):
-        bits = x.view(torch.int32)
-        return ((bits + torch.randint_like(bits, 0, 1 << 16)) & -65536).view(torch.float32).to(torch.bfloat16)
-
-    p.copy_(rnd(new))
-    m.copy_(rnd(m32))
-    v.copy_(rnd(v32))
-
-
-def _adamw_master_(p, grad, m, v, master, hyper):
-    """Fused AdamW on an fp32 master slice and fp32 moments; refreshes the bf16 weights."""
-    lr, b1, b2, bc1, bc2, eps, wd = hyper.unbind(0)
-    g = grad.float()
-    m.mul_(b1).add_(g * (1 - b1))
-    v.mul_(b2).add_(g * g * (1 - b2))
-    master.sub_(lr * ((m / bc1) / ((v / bc2).sqrt() + eps) + wd * master))
-    p.copy_(master)
-
-
-_COMPILED: dict[str, object] = {}
-
-
-def _compiled(mode: str):
-    """torch.compile'd update (compiled once, dynamic slice length)."""
-    if mode not in _COMPILED:
-        fn = _adamw_stochastic_ if mode == "stochastic" else _adamw_master_
-        _COMPILED[mode] = torch.compile(fn, dynamic=True)
-    return _COMPILED[mode]
-
-
 CHUNK = 1 << 24  # elements per slice of the update (64 MB of fp32 temporaries each)
 
 
@@ -104,11 +67,13 @@ class AdamW:
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
         self.master_fp32, self.bf16_update = master_fp32, bf16_update
         self.seed = seed
-        # On CUDA the master-fp32 and stochastic updates run as one compiled kernel per slice
-        # (the eager version is ~15 elementwise passes over memory: 0.1-0.2 s for 1.5B params).
-        # The compiled stochastic rounding draws from the global CUDA RNG, not from `seed`.
+        # On CUDA the master-fp32 and stochastic updates run as one Triton kernel per tensor
+        # (adamw_kernels.py); the eager version is ~15 elementwise passes over memory
+        # (0.1-0.2 s for 1.5B params). fused=True on CPU needs TRITON_INTERPRET=1 (tests).
         on_cuda = bool(self.params) and self.params[0].is_cuda
-        self.fused = on_cuda if fused is None else fused
+        self.fused = (on_cuda and adamw_kernels.available(self.params[0].device)) if fused is None else fused
+        if self.fused and self.params and not adamw_kernels.available(self.params[0].device):
+            raise ValueError("AdamW(fused=True) needs triton and CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
         self.steps = 0
         self.state: list[dict[str, torch.Tensor]] = [self._init_state(p) for p in self.params]
 
@@ -130,31 +95,37 @@ class AdamW:
         bf16 embedding matrix (233M values) would otherwise add several GB to the peak.
         """
         self.steps += 1
+        b1, b2 = self.betas
+        bias_corr = (1 - b1**self.steps, 1 - b2**self.steps)
         for i, (p, st) in enumerate(zip(self.params, self.state)):
             if p.grad is None:
                 continue
+            if self.fused and self._fused_kernel(p, st):
+                self._fused_update(p, st, bias_corr, self._seed(i, 0))
+                continue
             flat = {k: t.view(-1) for k, t in st.items()}
             w, g = p.data.view(-1), p.grad.reshape(-1)
-            fused = self._fused_kernel(p, st) if self.fused else None
-            if fused is not None:
-                b1, b2 = self.betas
-                hyper = torch.tensor([self.lr, b1, b2, 1 - b1**self.steps, 1 - b2**self.steps, self.eps,
-                                      self.weight_decay], dtype=torch.float32, device=p.device)
             for j, start in enumerate(range(0, w.numel(), CHUNK)):
                 sl = slice(start, start + CHUNK)
-                if fused is not None:
-                    fused(w[sl], g[sl], *(flat[k][sl] for k in ("m", "v", "master") if k in flat), hyper)
-                    continue
-                seed = self.seed * 1_000_003 + self.steps * 7919 + i * 131 + j
-                self._update(w[sl], g[sl], {k: t[sl] for k, t in flat.items()}, seed)
+                self._update(w[sl], g[sl], {k: t[sl] for k, t in flat.items()}, self._seed(i, j))
 
-    def _fused_kernel(self, p: torch.Tensor, st: dict):
-        """The compiled update for this parameter's mode, or None where eager is used."""
+    def _seed(self, i: int, j: int) -> int:
+        """Seed of the rounding noise of tensor i, slice j at this step (reproducible runs)."""
+        return (self.seed * 1_000_003 + self.steps * 7919 + i * 131 + j) % 2**31
+
+    def _fused_update(self, p: torch.Tensor, st: dict, bias_corr: tuple[float, float], seed: int) -> None:
+        grad = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
+        args = (self.lr, self.betas, bias_corr, self.eps, self.weight_decay)
         if "master" in st:
-            return _compiled("master")
-        if p.dtype == torch.bfloat16 and "comp" not in st:
-            return _compiled("stochastic")
-        return None
+            adamw_kernels.adamw_master_(p.data, grad, st["m"], st["v"], st["master"], *args)
+        else:
+            adamw_kernels.adamw_stochastic_(p.data, grad, st["m"], st["v"], *args, seed=seed)
+
+    @staticmethod
+    def _fused_kernel(p: torch.Tensor, st: dict) -> bool:
+        """Does this parameter's mode have a Triton kernel? (master fp32, or bf16 stochastic; not Kahan or fp32)"""
+        return "master" in st or (p.dtype == torch.bfloat16 and "comp" not in st and "m" in st
+                                  and st["m"].dtype == torch.bfloat16)
 
     def _update(self, p: torch.Tensor, grad: torch.Tensor, st: dict[str, torch.Tensor], seed: int) -> None:
         """AdamW on one flat slice: p (weights, updated in place), grad, st (state slices)."""
