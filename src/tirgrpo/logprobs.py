@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import torch
 
+from tirgrpo import logprob_kernels
+
+WEIGHT_GRAD_TOKENS = 1024  # tokens whose logit gradients go into one addmm of the LM-head weight gradient
+
 # --------------------------------------------------------------------------- matmul helpers
 
 
@@ -83,31 +87,36 @@ def _chunk_logits(
 def _on_cuda_compiled(fn):
     """`fn` compiled on CUDA tensors, eager elsewhere.
 
-    Eagerly each line below is one pass over a [C, V] fp32 block (~0.6 GB at C = 1024) with a
-    temporary of that size; compiled, the reductions and elementwise steps fuse into a few
-    kernels that read the block two or three times (docs/benchmarks.md).
+    Eagerly each line below is one pass over a [C, V] fp32 block (~0.16 GB at C = 256) with a
+    temporary of that size; compiled, the elementwise steps fuse into one kernel.
     """
     compiled = None
 
-    def call(z, *args):
+    def call(z, *args, **kwargs):
         nonlocal compiled
         if not z.is_cuda:
-            return fn(z, *args)
+            return fn(z, *args, **kwargs)
         if compiled is None:
             compiled = torch.compile(fn, dynamic=True)
-        return compiled(z, *args)
+        return compiled(z, *args, **kwargs)
 
     call.__doc__ = fn.__doc__
     return call
 
 
-@_on_cuda_compiled
 def softmax_stats(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """z [C, V] fp32 logits, targets [C] -> (logp [C], entropy [C], lse [C]), nats.
 
-    lse = logsumexp(z); logp = z_y - lse; entropy = lse - sum_v p_v z_v with p = softmax(z),
-    computed from z - max(z) so exp never overflows.
+    lse = logsumexp(z); logp = z_y - lse; entropy = lse - sum_v p_v z_v with p = softmax(z).
+    On CUDA a Triton kernel (logprob_kernels.py, one read of z), elsewhere `softmax_stats_torch`.
     """
+    if z.is_cuda and logprob_kernels.available(z.device):
+        return logprob_kernels.softmax_stats(z, targets)
+    return softmax_stats_torch(z, targets)
+
+
+def softmax_stats_torch(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`softmax_stats` in plain torch, computed from z - max(z) so exp never overflows."""
     z_max = z.amax(dim=-1, keepdim=True)
     shifted = z - z_max
     q = shifted.exp()
@@ -120,14 +129,16 @@ def softmax_stats(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
 
 @_on_cuda_compiled
 def logit_grad(z: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, targets: torch.Tensor, tau: float,
-               dtype: torch.dtype) -> torch.Tensor:
+               dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """d(sum_n g_n logp_n)/dz for one chunk: g * (onehot(y) - softmax(z)) / tau, as `dtype`.
 
-    z [C, V] fp32 logits (already divided by tau), lse [C], g [C] upstream gradient, targets [C].
+    z [C, V] fp32 logits (already divided by tau), lse [C], g [C] upstream gradient, targets [C];
+    out: a [C, V] `dtype` tensor to write into (compiled, no temporary), else a new one.
     """
     p = (z - lse[:, None]).exp()
     hit = torch.arange(z.shape[1], device=z.device)[None, :] == targets[:, None]
-    return (g[:, None] * (hit.to(z.dtype) - p) / tau).to(dtype)
+    grad = (g[:, None] * (hit.to(z.dtype) - p) / tau).to(dtype)
+    return grad if out is None else out.copy_(grad)
 
 
 # --------------------------------------------------------------------------- autograd function
@@ -173,26 +184,37 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         g_all = grad_logp.float()
+        chunk = ctx.chunk_tokens
+        # The weight gradient is a [V, H] fp32 accumulator (0.9 GB for 152K x 1536) that each
+        # addmm reads and writes whole: done per 256-token chunk on an H100 it is bound by
+        # that traffic (~0.9 ms each), so on CUDA the logit gradients of WEIGHT_GRAD_TOKENS
+        # tokens are gathered (in the compute dtype) and added in one matmul.
+        group = max(chunk, WEIGHT_GRAD_TOKENS // chunk * chunk) if need_w and weight.is_cuda else chunk
         with torch.no_grad(), torch.autocast(dev, enabled=False):
             w = weight.to(cd)
-            for s in range(0, n, ctx.chunk_tokens):
-                e = min(s + ctx.chunk_tokens, n)
-                h = hidden[s:e].to(cd)
-                # the logits are recomputed rather than kept: one [C, V] block at a time
-                z = _chunk_logits(h, w, bias, tau)
-                if need_b:  # the bias gradient is summed in fp32 before the cast
-                    dz32 = logit_grad(z, lse[s:e], g_all[s:e], targets[s:e], tau, torch.float32)
-                    grad_b += dz32.sum(dim=0)
-                    dz = dz32.to(cd)
-                    del dz32
-                else:
-                    dz = logit_grad(z, lse[s:e], g_all[s:e], targets[s:e], tau, cd)
-                del z
-                if need_h:
-                    grad_h[s:e] = _mm_f32(dz, w).to(hidden.dtype)  # [C, V] @ [V, H]
+            for gs in range(0, n, group):
+                ge = min(gs + group, n)
+                dz_group = torch.empty((ge - gs, w.shape[0]), dtype=cd, device=w.device) if need_w else None
+                for s in range(gs, ge, chunk):
+                    e = min(s + chunk, ge)
+                    h = hidden[s:e].to(cd)
+                    # the logits are recomputed rather than kept: one [C, V] block at a time
+                    z = _chunk_logits(h, w, bias, tau)
+                    slot = dz_group[s - gs:e - gs] if need_w else None  # written in place: no extra [C, V]
+                    if need_b:  # the bias gradient is summed in fp32 before the cast
+                        dz32 = logit_grad(z, lse[s:e], g_all[s:e], targets[s:e], tau, torch.float32)
+                        grad_b += dz32.sum(dim=0)
+                        dz = dz32.to(cd) if slot is None else slot.copy_(dz32)
+                        del dz32
+                    else:
+                        dz = logit_grad(z, lse[s:e], g_all[s:e], targets[s:e], tau, cd, out=slot)
+                    del z
+                    if need_h:
+                        grad_h[s:e] = _mm_f32(dz, w).to(hidden.dtype)  # [C, V] @ [V, H]
+                    del dz, slot
                 if need_w:
-                    _mm_f32(dz.t(), h, acc=grad_w)  # += [V, C] @ [C, H]
-                del dz
+                    _mm_f32(dz_group.t(), hidden[gs:ge].to(cd), acc=grad_w)  # += [V, G] @ [G, H]
+                del dz_group
         if need_w:
             grad_w = grad_w.to(weight.dtype)
         if need_b:
@@ -213,8 +235,9 @@ def chunked_token_logprobs(
     hidden [N, H], weight [V, H], targets [N] long, bias [V] or None.
     Returns (logp [N] float32, differentiable in hidden/weight/bias;
              entropy [N] float32, no gradient).
-    At most [chunk_tokens, V] logits exist at any time; the log-softmax is float32 even
-    when hidden/weight are bf16.
+    At most [chunk_tokens, V] logits exist at any time (on CUDA the backward also gathers the
+    logit gradients of WEIGHT_GRAD_TOKENS tokens, in the compute dtype, for the weight
+    gradient); the log-softmax is float32 even when hidden/weight are bf16.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden [N, H] and weight [V, H] expected, got {tuple(hidden.shape)}, {tuple(weight.shape)}")

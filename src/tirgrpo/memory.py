@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
+from tirgrpo.logprobs import WEIGHT_GRAD_TOKENS
 
 GiB = 2**30
 CHUNK = 1 << 24  # tirgrpo.optim.CHUNK: elements per optimizer-update slice (kept in sync by a test)
@@ -380,8 +381,10 @@ def train_phase(shape: ModelShape, wl: Workload) -> dict:
     head_fwd = 2 * 4 * C * V  # fp32 logits and exp(logits) of one chunk
     # backward: grad of the selected hidden states, fp32 dz and its compute-dtype copy, and for a
     # trained head the fp32 [V, H] weight-gradient accumulator (with its cast at the end)
+    # (and, for a trained head on CUDA, the logit gradients of WEIGHT_GRAD_TOKENS tokens gathered for one addmm)
     cast = b if b != 4 else 0
-    head_bwd = b * H * N + (4 * V * H if head_trained else 0) + max(
+    group = min(N, max(C, WEIGHT_GRAD_TOKENS // C * C)) if head_trained else 0
+    head_bwd = b * H * N + (4 * V * H + b * group * V if head_trained else 0) + max(
         4 * C * V + cast * C * V, cast * V * H if head_trained else 0)
     layer_bwd = (2 * b * shape.intermediate + 3 * b * H) * n  # gradients in flight in one layer's backward
     nograd = (2 * b * H + 8 * H + 3 * b * shape.intermediate) * n + (2 * b * shape.q_dim * n if masked else 0)
