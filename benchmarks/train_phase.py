@@ -6,7 +6,11 @@ recorded). For each case it reports, as medians over `--repeats` steps after one
 timed with CUDA events:
   fwd_bwd_opt  policy forward + backward over all micro-batches + clipping + AdamW step
                (the part TRL 1.16.0's train step measures)
-  phase        old log-probs + reference log-probs + fwd_bwd_opt
+  phase        reference log-probs + fwd_bwd_opt: what the trainer runs per update (it takes
+               the old log-probs from the first update's own forward, docs/algorithm.md)
+  phase_with_old_pass  phase + a separate no-grad forward for the old log-probs (the
+               issue #6 definition: log-probs recorded, reference, forward/backward, step)
+  opt          clipping + AdamW step + zero_grad
 and the peak of torch.cuda.max_memory_allocated over the whole case.
 
     python benchmarks/train_phase.py --cases g4,g16 --repeats 3
@@ -31,7 +35,7 @@ from tirgrpo.train import build_micro_batches, sequence_logprobs
 
 CASES = {
     # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget[, prefix mask[, compile]])
-    # prefix mask: "" unshared, "dense" or "block" shared prefix (issue #6: each group packed
+    # prefix mask: "" unshared, "dense", "block" or "split" shared prefix (issue #6: each group packed
     # as [prompt, completion_1..G]); compile: torch.compile each decoder layer.
     "g4": (2, 4, True, "stochastic", 16384),
     "g4-master": (2, 4, True, "master", 16384),
@@ -50,6 +54,9 @@ CASES = {
     "g4-block-compiled": (2, 4, True, "stochastic", 32768, "block", True),
     "g64-block-compiled": (1, 64, True, "stochastic", 32768, "block", True),
     "g16-16k-block-compiled": (1, 16, True, "stochastic", 32768, "block", True),
+    "g4-split-compiled": (2, 4, True, "stochastic", 32768, "split", True),
+    "g64-split-compiled": (1, 64, True, "stochastic", 32768, "split", True),
+    "g16-16k-split-compiled": (1, 16, True, "stochastic", 32768, "split", True),
     "g16-dense": (1, 16, True, "stochastic", 32768, "dense"),
     "g16-block": (1, 16, True, "stochastic", 32768, "block"),
     "g16-block-compiled": (1, 16, True, "stochastic", 32768, "block", True),
@@ -100,7 +107,7 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
     batches = build_micro_batches(rows_p, rows_c, G, budget, prefix_mask, 151643, dev)
     advs = [torch.randn(len(b.rows), generator=g).to(dev) for b in batches]
     n_seq, n_tok = len(rows_p), len(rows_p) * comp_len
-    times = {"old_logp": [], "ref_logp": [], "fwd_bwd_opt": [], "opt": [], "phase": []}
+    times = {"old_logp": [], "ref_logp": [], "fwd_bwd_opt": [], "opt": [], "phase": [], "phase_with_old_pass": []}
     model.train()
     warmup = 0.0
     for step in range(repeats + 1):
@@ -130,7 +137,8 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
             times["ref_logp"].append(e1.elapsed_time(e2) / 1e3)
             times["fwd_bwd_opt"].append(e2.elapsed_time(e3) / 1e3)
             times["opt"].append(e4.elapsed_time(e3) / 1e3)
-            times["phase"].append(e0.elapsed_time(e3) / 1e3)
+            times["phase"].append(e1.elapsed_time(e3) / 1e3)
+            times["phase_with_old_pass"].append(e0.elapsed_time(e3) / 1e3)
     peak = torch.cuda.max_memory_allocated() / 2**30
     out = {"case": name, "sequences": n_seq, "tokens": n_seq * (prompt_len + comp_len), "checkpointing": ckpt,
            "optimizer": mode, "micro_batch_tokens": budget, "micro_batches": len(batches), "prefix_mask": prefix_mask,
@@ -180,13 +188,13 @@ def main() -> None:
             gc.collect(); torch.cuda.empty_cache()
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"{'case':<19}{'seqs':>5}{'tokens':>8}{'fwd tok':>8}{'opt':>11}{'mb':>4}{'peak GB':>9}{'fwd+bwd+opt s':>15}{'tok/s':>9}{'clip+opt s':>11}{'phase s':>9}{'warm s':>8}")
+    print(f"{'case':<19}{'seqs':>5}{'tokens':>8}{'fwd tok':>8}{'opt':>11}{'mb':>4}{'peak GB':>9}{'fwd+bwd+opt s':>15}{'tok/s':>9}{'clip+opt s':>11}{'phase s':>9}{'+old pass':>10}{'warm s':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['case']:<19} {r['error']}")
             continue
         print(f"{r['case']:<19}{r['sequences']:>5}{r['tokens']:>8}{r['forward_tokens']:>8}{r['optimizer']:>11}{r['micro_batches']:>4}"
-              f"{r['peak_gb']:>9.2f}{r['fwd_bwd_opt_s']:>15.3f}{r['fwd_bwd_opt_tokens_per_s']:>9}{r['opt_s']:>11.3f}{r['phase_s']:>9.3f}{r['warmup_s']:>8.1f}")
+              f"{r['peak_gb']:>9.2f}{r['fwd_bwd_opt_s']:>15.3f}{r['fwd_bwd_opt_tokens_per_s']:>9}{r['opt_s']:>11.3f}{r['phase_s']:>9.3f}{r['phase_with_old_pass_s']:>10.3f}{r['warmup_s']:>8.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
