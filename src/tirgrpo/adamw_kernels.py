@@ -7,43 +7,18 @@ host time per call; a Triton launch costs a few microseconds. The plain-torch ve
 the same math is `optim.AdamW._update` (what runs on CPU); tests/test_adamw_kernels.py
 compares the two (on CPU in Triton's interpreter).
 
-Triton is optional: without it (CPU-only installs, CI) `available()` is False and optim.py
-runs its torch code. Set TRITON_INTERPRET=1 before this module is first imported to run the
-kernels on CPU tensors (tests/conftest.py does so on machines without CUDA).
+Triton is optional (triton_compat.py): without it `available()` is False and optim.py runs
+its torch code.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAVE_TRITON = True
-except ImportError:
-    HAVE_TRITON = False
-
-    class _NoTriton:
-        """Stands in for `triton`/`tl` so the kernel definitions below still parse."""
-
-        constexpr = None
-
-        @staticmethod
-        def jit(fn):
-            return fn
-
-    triton = tl = _NoTriton
+from tirgrpo.triton_compat import kernels_available as available  # noqa: F401 (the module's API)
+from tirgrpo.triton_compat import tl, triton
 
 BLOCK = 2048  # elements per program
-_INTERPRETED = HAVE_TRITON and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def available(device: torch.device) -> bool:
-    """Can the kernels run on tensors of `device`? (CUDA with triton, or CPU in the interpreter)"""
-    return HAVE_TRITON and (device.type == "cuda" or (_INTERPRETED and device.type == "cpu"))
 
 
 @triton.jit
@@ -59,15 +34,21 @@ def _stochastic_round(x, r):
 
 
 @triton.jit
+def _adamw_math(offs, mask, w_ptr, g_ptr, m_ptr, v_ptr, lr, b1, b2, bc1, bc2, eps, wd):
+    """AdamW in fp32 on one block -> (new weight, new m, new v); w, m, v stored as bf16 or fp32."""
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b1 + g * (1 - b1)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b2 + g * g * (1 - b2)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return w - lr * ((m / bc1) / (tl.sqrt(v / bc2) + eps) + wd * w), m, v
+
+
+@triton.jit
 def _adamw_stochastic_kernel(p_ptr, g_ptr, m_ptr, v_ptr, n, lr, b1, b2, bc1, bc2, eps, wd, seed,
                              BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b1 + g * (1 - b1)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b2 + g * g * (1 - b2)
-    w = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    new = w - lr * ((m / bc1) / (tl.sqrt(v / bc2) + eps) + wd * w)
+    new, m, v = _adamw_math(offs, mask, p_ptr, g_ptr, m_ptr, v_ptr, lr, b1, b2, bc1, bc2, eps, wd)
     r_w, r_m, r_v, _ = tl.randint4x(seed, offs)
     tl.store(p_ptr + offs, _stochastic_round(new, r_w), mask=mask)
     tl.store(m_ptr + offs, _stochastic_round(m, r_m), mask=mask)
@@ -79,11 +60,7 @@ def _adamw_master_kernel(p_ptr, g_ptr, m_ptr, v_ptr, w_ptr, n, lr, b1, b2, bc1, 
                          BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0) * b1 + g * (1 - b1)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0) * b2 + g * g * (1 - b2)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0)
-    w = w - lr * ((m / bc1) / (tl.sqrt(v / bc2) + eps) + wd * w)
+    w, m, v = _adamw_math(offs, mask, w_ptr, g_ptr, m_ptr, v_ptr, lr, b1, b2, bc1, bc2, eps, wd)
     tl.store(m_ptr + offs, m, mask=mask)
     tl.store(v_ptr + offs, v, mask=mask)
     tl.store(w_ptr + offs, w, mask=mask)

@@ -18,36 +18,12 @@ interpreter; tests/conftest.py sets TRITON_INTERPRET=1 there).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAVE_TRITON = True
-except ImportError:
-    HAVE_TRITON = False
-
-    class _NoTriton:
-        """Stands in for `triton`/`tl` so the kernel definitions below still parse."""
-
-        constexpr = None
-
-        @staticmethod
-        def jit(fn):
-            return fn
-
-    triton = tl = _NoTriton
+from tirgrpo.triton_compat import kernels_available as available  # noqa: F401 (the module's API)
+from tirgrpo.triton_compat import tl, triton
 
 SPLIT = 8192  # vocabulary entries per program (152K / 8192 = 19 programs per row)
-_INTERPRETED = HAVE_TRITON and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def available(device: torch.device) -> bool:
-    """Can the kernel run on tensors of `device`? (CUDA with triton, or CPU in the interpreter)"""
-    return HAVE_TRITON and (device.type == "cuda" or (_INTERPRETED and device.type == "cpu"))
 
 
 @triton.jit

@@ -18,33 +18,13 @@ imported to run the Triton kernels on CPU tensors (slowly; for tests).
 
 from __future__ import annotations
 
-import os
 from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from tirgrpo.errors import TirgrpoError
-
-try:
-    import triton
-    import triton.language as tl
-    from triton.language.extra import libdevice
-
-    HAVE_TRITON = True
-except ImportError:  # CPU-only installs (and CI) have no triton: only the torch versions run.
-    HAVE_TRITON = False
-
-    class _NoTriton:
-        """Stands in for `triton`/`tl` so the kernel definitions below still parse."""
-
-        constexpr = None
-
-        @staticmethod
-        def jit(fn):
-            return fn
-
-    triton = tl = libdevice = _NoTriton
+from tirgrpo.triton_compat import HAVE_TRITON, INTERPRETED, libdevice, tl, triton
 
 # Keys one attention program reads (a multiple of ATTN_BLOCK_N). Smaller means more programs
 # (more parallelism at small batch) but more partial results to combine.
@@ -52,13 +32,9 @@ KEYS_PER_SPLIT = 256
 ATTN_BLOCK_N = 64
 
 
-# Triton decides when a kernel is defined (here, at import) whether it runs interpreted.
-_INTERPRETED = HAVE_TRITON and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def triton_interpreting() -> bool:
     """True when the Triton kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return _INTERPRETED
+    return INTERPRETED
 
 
 # ---------------------------------------------------------------------------- residual add + RMSNorm
