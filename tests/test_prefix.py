@@ -137,6 +137,37 @@ def test_shared_prefix_gradients_on_cuda(tiny_model_dir, lora, kind):
     _packed_vs_unshared(tiny_model_dir, lora, kind, "cuda")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lora", [False, True])
+def test_split_bf16_kernels_on_cuda_match_unshared(tiny_model_dir, lora):
+    """The split form's CUDA kernels (cuDNN / flash-attention, bf16 only) in a whole model:
+    log-probs and gradients of the packed group against the unshared bf16 batch, to bf16
+    rounding (the float32 test above runs the same math through plain torch)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).to("cuda")
+    use_prefix_attention(model)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    prompt = torch.randint(0, 250, (40,)).tolist()
+    comps = [torch.randint(0, 250, (n,)).tolist() for n in (17, 3, 30, 30)]
+    weights = torch.randn(4, 30, device="cuda")
+    ref, _ = unshared(model, prompt, comps, "cuda")
+    mask = ref != 0
+    (ref * weights * mask).sum().backward()
+    g_ref = grads(model)
+    model.zero_grad()
+    got, _ = packed_logprobs(model, pack_group(prompt, comps, width=30, device="cuda", mask="split"))
+    (got * weights * mask).sum().backward()
+    g_got = grads(model)
+    assert (got - ref).abs().max().item() < 0.05
+    assert g_ref.keys() == g_got.keys() and g_ref
+    for n in g_ref:
+        err = (g_got[n].float() - g_ref[n].float()).norm() / g_ref[n].float().norm().clamp(min=1e-6)
+        assert err < 0.05, (n, err.item())
+
+
 def test_segment_bounds_by_hand():
     from tirgrpo.prefix import segment_bounds
 
