@@ -1,9 +1,9 @@
-"""Memory estimate vs measurement on one GPU (issue #7): `tirgrpo.memory` against
+"""Memory estimate vs measurement on one GPU (issue #7): `tirgrpo.perf.memory` against
 `torch.cuda.max_memory_allocated`, per phase, for configurations of the 1.5B shape.
 
 For each configuration it builds the random-init DeepSeek-R1-Distill-Qwen-1.5B shape in
 bf16 on CUDA (policy, reference copy unless LoRA, `optim.AdamW` with its states), then runs
-`tirgrpo.memory.measure_step`, which does what `train.py` does:
+`tirgrpo.perf.memory.measure_step`, which does what `train.py` does:
   rollout  SimpleEngine prefill + `--decode-tokens` decode steps (eos forbidden), G samples
            per prompt, peak measured over the whole `generate` call;
   train    old-policy log-probs, reference log-probs, forward + backward of every
@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 
-from tirgrpo.memory import GiB, Workload, estimate, rollout_phase, shape_from_spec, train_phase
+from tirgrpo.perf.memory import GiB, Workload, estimate, rollout_phase, shape_from_spec, train_phase
 
 SHAPE = "random:r1-distill-qwen-1.5b"
 # name: (prompts, G, prompt tokens, completion tokens, checkpointing, LoRA, optimizer)
@@ -85,9 +85,9 @@ def measure_row(row: dict, args) -> dict:
     """Build the model(s) on CUDA and measure both phases of `row` (fills meas_* and err_*)."""
     import torch
 
-    from tirgrpo.memory import measure_step, synthetic_batch
-    from tirgrpo.model import build_random_model
-    from tirgrpo.optim import AdamW
+    from tirgrpo.perf.memory import measure_step, synthetic_batch
+    from tirgrpo.train.loop.model import build_random_model
+    from tirgrpo.train.loop.optim import AdamW
 
     dev = torch.device("cuda")
     name = row["case"]
@@ -100,7 +100,7 @@ def measure_row(row: dict, args) -> dict:
     ref = None
     if lora:
         from tirgrpo.config import ModelConfig
-        from tirgrpo.model import add_lora
+        from tirgrpo.train.loop.model import add_lora
 
         model = add_lora(model, ModelConfig(lora=True, lora_r=16, lora_alpha=32))
     else:
@@ -133,7 +133,7 @@ def print_table(rows: list[dict]) -> None:
               f"{'on' if r['lora'] else 'off':>6}{'n/a':>7}{r['micro_batches']:>4}"
               f"{g(r['est_rollout'])}  {g(r.get('meas_rollout'))}{er}{g(r['est_train'])}   {g(r.get('meas_train'))}{et}"
               f"  {r.get('status', '')}")
-    print("(GiB = 2^30 bytes; est = tirgrpo.memory, meas = torch.cuda.max_memory_allocated; "
+    print("(GiB = 2^30 bytes; est = tirgrpo.perf.memory, meas = torch.cuda.max_memory_allocated; "
           "err = (est - meas) / meas)")
 
 

@@ -21,8 +21,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
-from tirgrpo import split_attention
-from tirgrpo.prefix import group_block_mask
+from tirgrpo.kernels import split_attention
+from tirgrpo.train.loop.prefix import group_block_mask
 
 DEV, BF = "cuda", torch.bfloat16
 HQ, HKV, D = 12, 2, 128

@@ -8,10 +8,10 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tirgrpo.model import build_random_model
+from tirgrpo.train.loop.model import build_random_model
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.rollout.engine import FastEngine
-from tirgrpo.tokenizer import load_tokenizer
+from tirgrpo.data.tokenizer import load_tokenizer
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--batch", type=int, default=8)

@@ -1,5 +1,5 @@
 """Shared fixtures: tiny models saved to temporary HF folders and loaded back through
-the same code path as real ones (`tirgrpo.model.load_base_model`)."""
+the same code path as real ones (`tirgrpo.train.model.load_base_model`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-# Triton decides when a kernel is defined (at import of tirgrpo.adamw_kernels and
-# tirgrpo.rollout.kernels) whether it runs in its CPU interpreter: set it before any test
+# Triton decides when a kernel is defined (at import of tirgrpo.kernels.adamw and
+# tirgrpo.kernels.decode) whether it runs in its CPU interpreter: set it before any test
 # module imports tirgrpo, so the kernels are tested on machines without CUDA too.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -53,7 +53,7 @@ def save_tiny_qwen2(path, tokenizer, hidden: int = 64, layers: int = 2, seed: in
 
 @pytest.fixture(scope="session")
 def r1_tokenizer():
-    from tirgrpo.tokenizer import load_tokenizer
+    from tirgrpo.data.tokenizer import load_tokenizer
 
     return load_tokenizer("r1-distill-qwen")
 

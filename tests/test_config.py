@@ -140,7 +140,7 @@ def test_to_toml_of_defaults_round_trips(tmp_path):
 
 
 def test_sft_config_round_trip(tmp_path):
-    from tirgrpo.sft import SFTConfig
+    from tirgrpo.train.sft import SFTConfig
 
     cfg = load_config(SFTConfig, None, ["batch_size=3", "optim.lr=1e-3", "append_eos=false"])
     assert cfg.batch_size == 3 and cfg.append_eos is False
@@ -156,7 +156,7 @@ def test_from_dict_rejects_non_table():
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_repo_configs_load(path, tmp_path):
-    from tirgrpo.sft import SFTConfig
+    from tirgrpo.train.sft import SFTConfig
 
     cls = SFTConfig if "sft" in path.stem else TrainConfig
     cfg = load_config(cls, path)

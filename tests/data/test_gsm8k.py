@@ -24,7 +24,7 @@ from tirgrpo.data.gsm8k import (
     read_gsm8k,
 )
 from tirgrpo.data.records import parse_int_answer, read_examples
-from tirgrpo.templates import CODE_BLOCK_START
+from tirgrpo.data.templates import CODE_BLOCK_START
 
 REPO = Path(__file__).resolve().parents[2]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
@@ -47,7 +47,7 @@ WENG_A = (
 
 @pytest.fixture(scope="session")
 def r1():
-    from tirgrpo.tokenizer import load_tokenizer
+    from tirgrpo.data.tokenizer import load_tokenizer
 
     return load_tokenizer("r1-distill-qwen")
 

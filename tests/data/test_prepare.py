@@ -19,7 +19,7 @@ from tirgrpo.data.prepare import (
     within_limits,
 )
 from tirgrpo.data.records import Example, Segment, Transcript, Turn, transcript_to_dict
-from tirgrpo.templates import SEED_BRIDGE, bridge, code_prompt
+from tirgrpo.data.templates import SEED_BRIDGE, bridge, code_prompt
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_CSV = REPO.parent / "shared" / "data" / "tir" / "r1_distill_7b_tir_sample.csv"

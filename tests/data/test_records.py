@@ -21,7 +21,7 @@ from tirgrpo.data.records import (
     write_examples,
 )
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.templates import SEED_BRIDGE, bridge, code_prompt
+from tirgrpo.data.templates import SEED_BRIDGE, bridge, code_prompt
 
 
 def example(**changes) -> Example:

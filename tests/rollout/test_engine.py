@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from tirgrpo.logprobs import token_logprobs
+from tirgrpo.train.logprobs import token_logprobs
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.rollout.engine import FastEngine
 from tirgrpo.rollout.simple import SimpleEngine

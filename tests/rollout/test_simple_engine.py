@@ -3,7 +3,7 @@ trainer's recomputation, finish reasons (eos / stop / length), group structure, 
 
 A scripted stand-in model (it emits a fixed token sequence per prompt) pins down the
 bookkeeping of eos, stop strings and length limits exactly; the tiny Qwen2 checks the
-numbers against `transformers` and `tirgrpo.logprobs`.
+numbers against `transformers` and `tirgrpo.train.logprobs`.
 """
 
 import math
@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tirgrpo.batching import right_pad
+from tirgrpo.train.batching import right_pad
 from tirgrpo.config import ModelConfig
-from tirgrpo.logprobs import token_logprobs
-from tirgrpo.model import load_base_model, load_policy
+from tirgrpo.train.logprobs import token_logprobs
+from tirgrpo.train.model import load_base_model, load_policy
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.rollout.simple import SimpleEngine, eos_ids
 

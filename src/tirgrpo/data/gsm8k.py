@@ -30,7 +30,7 @@ from typing import Sequence
 
 from tirgrpo.data.records import Example, iter_jsonl, parse_int_answer
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.templates import BRIDGE, CODE_BLOCK_START, GSM8K_CODE_PROMPT, fill
+from tirgrpo.data.templates import BRIDGE, CODE_BLOCK_START, GSM8K_CODE_PROMPT, fill
 
 SOURCE = "gsm8k-verify"
 MAX_PROMPT_TOKENS = 400

@@ -26,7 +26,7 @@ from tirgrpo.data.records import (
     write_examples,
 )
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.templates import CODE_BLOCK_START, bridge
+from tirgrpo.data.templates import CODE_BLOCK_START, bridge
 
 DEFAULT_TOKENIZER = "r1-distill-qwen"
 PERCENTILES = (50, 90, 99)
@@ -71,7 +71,7 @@ def extract_segments(t: Transcript, source: str, where: str) -> list[Segment]:
 
 def read_inputs(paths: Sequence[str | Path]) -> tuple[list[Segment], dict[str, int]]:
     """Read all inputs into segments. Returns (segments, counts of what was read and skipped)."""
-    from tirgrpo.bundled import bundled_path
+    from tirgrpo.data.bundled import bundled_path
 
     segments: list[Segment] = []
     counts = Counter()
@@ -322,7 +322,7 @@ def _check_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tirgrpo.files import atomic_dir
-    from tirgrpo.tokenizer import load_tokenizer
+    from tirgrpo.data.tokenizer import load_tokenizer
 
     out = Path(args.out)
     _check_out(out)

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_path
-from tirgrpo.templates import fields as template_fields
+from tirgrpo.data.templates import fields as template_fields
 
 # A text field over this size is refused: no real prompt is this long, and a huge field is far
 # more likely a broken quote in a CSV swallowing the rest of the file.
@@ -149,7 +149,7 @@ class Transcript:
 
     def text(self) -> str:
         """The whole transcript as the model saw and wrote it."""
-        from tirgrpo.templates import bridge
+        from tirgrpo.data.templates import bridge
 
         parts = [self.prompt]
         for turn in self.turns:

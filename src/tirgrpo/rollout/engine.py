@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tirgrpo.rollout.kernels import select_kernels
+from tirgrpo.kernels.decode import select_kernels
 from tirgrpo.rollout.sampling import sample_next
 from tirgrpo.rollout.simple import eos_ids
 from tirgrpo.rollout.tracker import SequenceTracker

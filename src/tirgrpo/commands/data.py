@@ -1,0 +1,70 @@
+"""`tirgrpo data ...`: build other data sets. Today one: `gsm8k-verify` (see tirgrpo.data.gsm8k)."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="DATASET", required=True)
+    p = sub.add_parser(
+        "gsm8k-verify",
+        help="easy short-context judging task from GSM8K (for CPU runs and sanity checks)",
+        description=(
+            "Build the gsm8k-verify task from a GSM8K JSONL file (fields question, answer). Each "
+            "solution's <<expr=value>> annotations become a short Python program whose output is "
+            "shown after the seed's code-output bridge; each question gives a correct example and "
+            "a wrong twin (one perturbed number or operator, a different integer output). Prompts "
+            "over --max-prompt-tokens are dropped. Writes examples (docs/data-format.md) as "
+            ".jsonl or .parquet."
+        ),
+    )
+    p.add_argument("--input", required=True, metavar="PATH", help="GSM8K JSONL, e.g. ../shared/data/gsm8k/train.jsonl")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .jsonl or .parquet (written atomically)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N usable questions (2N examples)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the question order and the perturbations (default 0)")
+    p.add_argument("--tokenizer", default="r1-distill-qwen", metavar="T",
+                   help="tokenizer for the token counts and the prompt limit (default r1-distill-qwen)")
+    p.add_argument("--max-prompt-tokens", type=int, default=400, metavar="N",
+                   help="drop questions whose prompt (with bos) is longer (default 400)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data_command == "gsm8k-verify":
+        return _gsm8k_verify(args)
+    raise AssertionError(args.data_command)  # argparse only lets known names through
+
+
+def _gsm8k_verify(args: argparse.Namespace) -> int:
+    from tirgrpo.data.gsm8k import build_examples, read_gsm8k
+    from tirgrpo.data.records import write_examples
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.data.tokenizer import load_tokenizer
+
+    if args.limit is not None and args.limit < 1:
+        raise TirgrpoError(f"--limit must be >= 1, got {args.limit}")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".jsonl", ".parquet"):
+        raise TirgrpoError(f"--out {out}: use a .jsonl or .parquet file name")
+    items = read_gsm8k(args.input)
+    tokenizer = load_tokenizer(args.tokenizer)
+    examples, counts = build_examples(
+        items, tokenizer, limit=args.limit, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens
+    )
+    if not examples:
+        raise TirgrpoError(f"{args.input}: no usable questions ({counts})")
+    write_examples(out, examples)
+    labels = Counter(e.label for e in examples)
+    longest = max(e.prompt_tokens for e in examples)
+    print(
+        f"{args.input}: {counts['questions_seen']} questions read, {counts['used']} used, "
+        f"{counts['skipped_program']} skipped (no usable program), "
+        f"{counts['skipped_too_long']} skipped (prompt > {args.max_prompt_tokens} tokens)"
+    )
+    print(
+        f"wrote {len(examples)} examples ({labels['correct']} correct, {labels['wrong']} wrong; "
+        f"longest prompt {longest} tokens) to {out}"
+    )
+    return 0

@@ -1,0 +1,174 @@
+"""Verifier-gated answer selection: does the verifier help pick the final answer?
+
+In the competition a problem is sampled many times (TIR transcripts) and one answer is
+picked, usually by majority vote over the transcripts' eventual answers. A verifier
+gives each transcript P(submit) at its last code output (the share of K sampled
+judgements that submit). Three ways to pick, compared here:
+
+- `majority`: the most frequent eventual answer;
+- `gated`: the most frequent answer among transcripts the verifier submits
+  (P(submit) >= threshold, 0.5 by default), falling back to `majority` when it submits none;
+- `weighted`: each transcript votes with weight P(submit) (falling back to `majority`
+  when every weight is 0).
+
+Transcripts without an eventual answer cast no vote. Ties between answers are not broken
+by list order (which would favour whatever came first in the data): a problem with a
+tie between m answers scores the share of them that are right, the expected accuracy of a
+uniformly random tie-break. Accuracy over problems comes with a percentile bootstrap
+confidence interval (problems resampled with replacement).
+
+Candidates come from `prepare`'s examples grouped by question (each example's
+`eventual_answer`, P(submit) from `tirgrpo eval`) or from transcript JSONL
+(each run judged at its last code output, `transcript_decision_prompt`), both through
+`tirgrpo eval --selection`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from tirgrpo.data.records import answers_match
+
+METHODS = ("majority", "gated", "weighted")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One transcript of a problem: its eventual answer (None: it gave none) and the verifier's P(submit)."""
+
+    answer: str | None
+    p_submit: float
+
+
+def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> list[str]:
+    """The answers with the highest total weight (all of them when tied); [] when none votes.
+
+    Answers are compared as `answers_match` does (integers: "250" == "250.0"); the first
+    spelling seen stands for its group. None answers and zero weights cast no vote.
+    """
+    weights = [1.0] * len(answers) if weights is None else list(weights)
+    totals: list[list[Any]] = []  # [answer, total]
+    for a, w in zip(answers, weights):
+        if a is None or w <= 0:
+            continue
+        for entry in totals:
+            if answers_match(entry[0], a):
+                entry[1] += w
+                break
+        else:
+            totals.append([a, float(w)])
+    if not totals:
+        return []
+    best = max(t for _, t in totals)
+    # float sums: weights such as 0.1 + 0.2 vs 0.3 must still tie
+    return [a for a, t in totals if t >= best - 1e-9 * max(1.0, best)]
+
+
+def select(candidates: Sequence[Candidate], method: str, threshold: float = 0.5) -> list[str]:
+    """The winning answers of one problem under `method` (several when tied)."""
+    answers = [c.answer for c in candidates]
+    plain = vote(answers)
+    if method == "majority":
+        return plain
+    if method == "gated":
+        submitted = [c.answer for c in candidates if c.p_submit >= threshold]
+        return vote(submitted) or plain
+    if method == "weighted":
+        return vote(answers, [c.p_submit for c in candidates]) or plain
+    raise ValueError(f"unknown selection method {method!r}; known: {METHODS}")
+
+
+def expected_accuracy(winners: Sequence[str], correct_answer: str) -> float:
+    """Share of the tied winners that are right (0 when nothing was selected)."""
+    if not winners:
+        return 0.0
+    return sum(answers_match(correct_answer, w) for w in winners) / len(winners)
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (resampled with replacement)."""
+    if not values:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    lo_i = int((1 - level) / 2 * n_boot)
+    hi_i = min(n_boot - 1, int((1 + level) / 2 * n_boot))
+    return (means[lo_i], means[hi_i])
+
+
+def compare_selection(problems: dict[str, tuple[str, Sequence[Candidate]]], threshold: float = 0.5,
+                      n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of each method over problems, with bootstrap intervals.
+
+    problems: problem id -> (correct answer, its candidates). Also reports `any_correct`
+    (some transcript has the right answer: the ceiling of any selection) and, per problem,
+    each method's score.
+    """
+    ids = list(problems)
+    scores: dict[str, list[float]] = {m: [] for m in METHODS}
+    scores["any_correct"] = []
+    per_problem = []
+    for pid in ids:
+        correct, cands = problems[pid]
+        row: dict[str, Any] = {"problem": pid, "correct_answer": correct, "transcripts": len(cands),
+                               "submitted": sum(c.p_submit >= threshold for c in cands)}
+        for m in METHODS:
+            winners = select(cands, m, threshold)
+            s = expected_accuracy(winners, correct)
+            scores[m].append(s)
+            row[m] = s
+            row[f"{m}_answers"] = winners
+        any_ok = float(any(c.answer is not None and answers_match(correct, c.answer) for c in cands))
+        scores["any_correct"].append(any_ok)
+        row["any_correct"] = any_ok
+        per_problem.append(row)
+    methods = {}
+    for m, vals in scores.items():
+        lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
+        methods[m] = {"accuracy": sum(vals) / len(vals) if vals else float("nan"), "ci_low": lo, "ci_high": hi}
+    return {"problems": len(ids), "threshold": threshold, "methods": methods, "per_problem": per_problem}
+
+
+def selection_table(result: dict[str, Any]) -> str:
+    """A Markdown table of `compare_selection`'s accuracies."""
+    lines = [f"Answer selection over {result['problems']} problems (P(submit) threshold {result['threshold']}):", "",
+             "| method | accuracy | 95% CI |", "|---|---:|---|"]
+    for m, v in result["methods"].items():
+        lines.append(f"| {m} | {v['accuracy']:.3f} | [{v['ci_low']:.3f}, {v['ci_high']:.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- candidate sources
+
+
+def group_candidates(problem_ids: Sequence[str], correct_answers: Sequence[str], eventual_answers: Sequence[str | None],
+                     p_submit: Sequence[float]) -> dict[str, tuple[str, list[Candidate]]]:
+    """Transcripts grouped by problem: problem id -> (correct answer, candidates), in order of first appearance.
+
+    With `prepare`'s examples the problem id is the question and each example one
+    transcript (several segments of one transcript share its eventual answer and would vote
+    more than once; gsm8k-verify has one segment per transcript).
+    """
+    out: dict[str, tuple[str, list[Candidate]]] = {}
+    for pid, correct, answer, p in zip(problem_ids, correct_answers, eventual_answers, p_submit):
+        out.setdefault(pid, (correct, []))[1].append(Candidate(answer, p))
+    return out
+
+
+def transcript_decision_prompt(t: Any) -> str | None:
+    """The text the verifier judges for a transcript: everything up to the bridge after its
+    last code output (where the run went on to its final answer), or None when no code output
+    was ever shown (nothing to judge)."""
+    from tirgrpo.data.templates import bridge
+
+    context, last = t.prompt, None
+    for turn in t.turns:
+        context += turn.text
+        if turn.output is None:
+            break
+        context += bridge(turn.output, t.bridge)
+        last = context
+    return last

@@ -1,0 +1,1 @@
+"""Performance: the memory estimate and measurement, and the speed benchmarks."""

@@ -1,0 +1,145 @@
+"""`tirgrpo bench rollout`: generation speed of the rollout engines, with transformers beside them.
+
+Every row forces exactly `--new-tokens` tokens (eos is masked out), on random prompt
+tokens. `--kernels torch triton` times FastEngine with each kernel set in the same call
+(one row each), so the torch decode step is measured beside the Triton one. Reported:
+prefill time (all prompts of the batch, once per prompt), milliseconds per decode step,
+generated tokens/s over the whole call, peak memory, the one-time CUDA graph capture cost,
+and the memory-bandwidth floor of a decode step at --bandwidth-tbs: weights + every row's
+whole KV cache ("floor ms"), and weights + each prompt's KV once + each row's completion KV
+("shared floor", what FastEngine's prompt cache can reach when its G rows share reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    r = sub.add_parser("rollout", help="tokens/s and ms per decode step of the rollout engines")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--model", help="a model folder / spec as in [model] name_or_path")
+    src.add_argument("--random-shape", default="r1-distill-qwen-1.5b", help="random weights of a named shape")
+    r.add_argument("--batch", type=int, nargs="+", default=[8, 64], help="rows decoded at once (prompts * G)")
+    r.add_argument("--group", type=int, default=4, help="G: samples per prompt (prompts = batch / G)")
+    r.add_argument("--prompt-tokens", type=int, default=3072)
+    r.add_argument("--new-tokens", type=int, default=1024)
+    r.add_argument("--engine", choices=["fast", "simple"], default="fast")
+    r.add_argument("--kernels", nargs="+", choices=["auto", "torch", "triton"], default=["auto"],
+                   help="FastEngine's decode-step kernels; several: one row each")
+    r.add_argument("--compare-hf", action="store_true", help="also time transformers generate() (dynamic cache)")
+    r.add_argument("--repeats", type=int, default=2, help="timed calls per row (median)")
+    r.add_argument("--bandwidth-tbs", type=float, default=3.0, help="memory bandwidth for the floor (TB/s)")
+    r.add_argument("--json", help="write the rows here too")
+
+
+def run(args) -> int:
+    rows = bench_rollout(args)
+    print(f"\n{'engine':<13}{'batch':>6}{'G':>4}{'prefill s':>11}{'ms/step':>9}{'floor ms':>10}{'shared floor':>13}"
+          f"{'tok/s':>9}{'peak GB':>9}{'capture s':>11}")
+    for r in rows:
+        print(f"{r['engine']:<13}{r['batch']:>6}{r['group']:>4}{r['prefill_s']:>11.3f}{r['ms_per_step']:>9.2f}"
+              f"{r['floor_ms']:>10.2f}{r['shared_floor_ms']:>13.2f}{r['tokens_per_s']:>9.0f}{r['peak_gb']:>9.2f}"
+              f"{r['capture_s']:>11.1f}")
+    if args.json:
+        from tirgrpo.files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
+    return 0
+
+
+def decode_floor_ms(model, kv_positions: int, bandwidth_tbs: float) -> float:
+    """Lower bound of one decode step: read every weight once and `kv_positions` cached keys/values."""
+    cfg = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    elt = next(model.parameters()).element_size()
+    kv_bytes = kv_positions * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * elt
+    return (weight_bytes + kv_bytes) / (bandwidth_tbs * 1e12) * 1e3
+
+
+def bench_rollout(args) -> list[dict]:
+    from tirgrpo.config import ModelConfig
+    from tirgrpo.train.model import build_random_model, load_base_model, resolve_device, resolve_dtype, tokenizer_spec
+    from tirgrpo.rollout import SamplingParams
+    from tirgrpo.rollout.engine import FastEngine
+    from tirgrpo.rollout.simple import SimpleEngine
+    from tirgrpo.data.tokenizer import load_tokenizer
+
+    device = resolve_device("auto")
+    dtype = resolve_dtype("auto", device)
+    if args.model:
+        cfg = ModelConfig(name_or_path=args.model)
+        model = load_base_model(cfg, device, dtype)
+    else:
+        cfg = ModelConfig(name_or_path=f"random:{args.random_shape}")
+        model = build_random_model(args.random_shape, dtype, device=device).to(device)
+    model.eval()
+    tok = load_tokenizer(tokenizer_spec(cfg))
+    vocab = min(len(tok), model.config.vocab_size) - 32
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for batch in args.batch:
+        prompts = max(1, batch // args.group)
+        g = torch.Generator().manual_seed(batch)
+        ids = [torch.randint(0, vocab, (args.prompt_tokens,), generator=g).tolist() for _ in range(prompts)]
+        engines = ([("fast", k) for k in args.kernels] if args.engine == "fast" else [("simple", None)])
+        engines += [("hf", None)] if args.compare_hf else []
+        for name, kernels in engines:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            gen = torch.Generator(device=device).manual_seed(0)
+            capture = 0.0
+            if name == "hf":
+                def call(n):
+                    x = torch.tensor([p for p in ids for _ in range(args.group)], device=device)
+                    model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, max_new_tokens=n,
+                                   min_new_tokens=n, pad_token_id=0)
+            else:
+                engine = (FastEngine(model, tok, max_batch=batch, kernels=kernels) if name == "fast"
+                          else SimpleEngine(model, tok, batch_size=batch))
+
+                def call(n):
+                    engine.generate(ids, args.group, SamplingParams(n, 1.0, min_new_tokens=n), gen)
+
+            t0 = time.perf_counter()
+            call(2)  # warm-up: graph capture for the buckets this shape uses, allocator, kernels
+            sync()
+            first = time.perf_counter() - t0
+            times = {}
+            for n in (1, args.new_tokens):
+                ts = []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    call(n)
+                    sync()
+                    ts.append(time.perf_counter() - t0)
+                times[n] = statistics.median(ts)
+            if name == "fast":
+                capture = engine.graph_capture_s
+            per_step = (times[args.new_tokens] - times[1]) / max(1, args.new_tokens - 1)
+            peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
+            rows.append({
+                "engine": f"{name}/{engine.kernels.name}" if name == "fast" else name,
+                "batch": prompts * args.group, "group": args.group,
+                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                "prefill_s": times[1], "ms_per_step": per_step * 1e3,
+                "tokens_per_s": prompts * args.group * args.new_tokens / times[args.new_tokens],
+                # at the mean context: prompt + half the new tokens
+                "floor_ms": decode_floor_ms(model, prompts * args.group * (args.prompt_tokens + args.new_tokens // 2),
+                                            args.bandwidth_tbs),
+                "shared_floor_ms": decode_floor_ms(
+                    model, prompts * args.prompt_tokens + prompts * args.group * args.new_tokens // 2,
+                    args.bandwidth_tbs),
+                "peak_gb": peak, "capture_s": capture, "first_call_s": first, "device": str(device),
+                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    return rows

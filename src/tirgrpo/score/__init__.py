@@ -1,0 +1,1 @@
+"""Scoring: the reward components and the curriculum that mixes them."""

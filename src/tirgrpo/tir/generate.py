@@ -1,0 +1,478 @@
+"""`tirgrpo generate`: produce TIR transcripts with any OpenAI-compatible completions server.
+
+For each problem and sample: send the code-writing prompt to `/v1/completions` (streaming), and
+when the model's text holds a complete ```python block, run it in the sandbox, append the bridge
+(templates.SEED_BRIDGE, with the output) and let the model continue. A transcript ends at a turn
+without code (normally a \\boxed{} answer), at the turn limit, or at the token limit. Each finished
+transcript is appended to the output JSONL at once (the format `tirgrpo prepare` reads, see
+docs/data-format.md), so an interrupted run loses nothing and a re-run skips finished
+problem/sample pairs. Samples that fail for reasons outside the model (the server errs or cuts
+the stream after retries) are written, with their partial turns, to `OUT.errors.jsonl` and are
+retried by the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+import sys
+import threading
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tirgrpo.data.records import Transcript, Turn, parse_int_answer, transcript_to_dict
+from tirgrpo.errors import TirgrpoError
+from tirgrpo.tir.sandbox import Sandbox, add_sandbox_options, sandbox_from_args
+from tirgrpo.data.templates import CODE_BLOCK_START, CODE_PROMPT, SEED_BRIDGE, fields, fill
+
+# The server stops at the end of a code block's closing fence ("```" + newline). "```python\n"
+# does not contain it, so the opening fence never stops generation; a stop on some other fence
+# (```text ... ```) is resumed by the harness.
+CODE_FENCE_STOP = "```\n"
+MAX_CONTINUATIONS = 8
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_CODE_BLOCK = re.compile(r"```python[^\n]*\n(.*?)\n?```", re.DOTALL)
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: str | None
+
+
+_ID_COLUMNS = ("id", "problem_id")
+_QUESTION_COLUMNS = ("problem", "question")
+_ANSWER_COLUMNS = ("answer", "correct_answer")
+
+
+def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
+    """Read a problems CSV (columns id, problem, optional answer). Returns (problems, has_answers).
+
+    Accepted column names: id or problem_id; problem or question; answer or correct_answer.
+    Answers must be integers; an empty answer cell means unknown.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TirgrpoError(f"cannot read problems file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise TirgrpoError(f"problems file {path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    if not header:
+        raise TirgrpoError(f"problems file {path}: empty; expected a header with columns id, problem[, answer]")
+
+    def column(names: tuple[str, ...], required: bool) -> str | None:
+        found = next((n for n in names if n in header), None)
+        if found is None and required:
+            raise TirgrpoError(f"problems file {path}: no {' or '.join(names)} column; found {header}")
+        return found
+
+    id_col, q_col, a_col = column(_ID_COLUMNS, True), column(_QUESTION_COLUMNS, True), column(_ANSWER_COLUMNS, False)
+    problems, seen = [], set()
+    try:
+        for row_no, row in enumerate(reader, start=1):
+            where = f"problems file {path}, row {row_no} (after the header)"
+            pid, question = (row.get(id_col) or "").strip(), (row.get(q_col) or "").strip()
+            if not pid:
+                raise TirgrpoError(f"{where}: empty {id_col}")
+            if pid in seen:
+                raise TirgrpoError(f"{where}: duplicate {id_col} {pid!r}")
+            if not question:
+                raise TirgrpoError(f"{where}: empty {q_col}")
+            answer = None
+            if a_col and (row.get(a_col) or "").strip():
+                n = parse_int_answer(row[a_col])
+                if n is None:
+                    raise TirgrpoError(f"{where}: {a_col} must be an integer, got {row[a_col]!r}")
+                answer = str(n)
+            seen.add(pid)
+            problems.append(Problem(pid, question, answer))
+    except csv.Error as e:
+        raise TirgrpoError(f"problems file {path}: malformed CSV ({e})") from None
+    if not problems:
+        raise TirgrpoError(f"problems file {path}: no problems after the header")
+    return problems, a_col is not None
+
+
+# ----------------------------------------------------------------------------- transcript pieces
+
+
+def find_code(text: str) -> tuple[str, int] | None:
+    """(code, end) of the first complete ```python block in `text`; end is just after its closing ```."""
+    m = _CODE_BLOCK.search(text)
+    if m is None:
+        return None
+    return m.group(1), m.end()
+
+
+def boxed_answer(text: str) -> str | None:
+    """The integer in the last \\boxed{...} of `text` (canonical text), or None."""
+    found = _BOXED.findall(text)
+    if not found:
+        return None
+    n = parse_int_answer(found[-1].replace(",", "").strip())
+    return None if n is None else str(n)
+
+
+def load_templates(path: str | None) -> tuple[str, str]:
+    """(code prompt, bridge) templates: templates.py's, or those of a TOML file's `code_prompt`/`bridge`."""
+    prompt, bridge = CODE_PROMPT, SEED_BRIDGE
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise TirgrpoError(f"templates file {path}: {e}") from None
+        unknown = set(data) - {"code_prompt", "bridge"}
+        if unknown:
+            raise TirgrpoError(f"templates file {path}: unknown keys {sorted(unknown)}; expected code_prompt, bridge")
+        prompt, bridge = data.get("code_prompt", prompt), data.get("bridge", bridge)
+    if fields(prompt) != {"question"}:
+        raise TirgrpoError(f"code_prompt template must have exactly the field {{question}}, has {sorted(fields(prompt))}")
+    if fields(bridge) != {"output"} or bridge.count("{output}") != 1:
+        raise TirgrpoError("bridge template must contain the field {output} exactly once and no other field")
+    return prompt, bridge
+
+
+# ----------------------------------------------------------------------------- the server client
+
+
+class ServerError(Exception):
+    """A request failed. `retry`: whether trying again may help (connection, 5xx, cut stream)."""
+
+    def __init__(self, message: str, retry: bool):
+        super().__init__(message)
+        self.retry = retry
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" or "length", as the server says
+    stop_reason: Any  # the stop string when the server reports it (vLLM, tirgrpo serve)
+    tokens: int
+
+
+class CompletionsClient:
+    """Streaming `/v1/completions` over httpx, with retries for transient failures."""
+
+    def __init__(self, base_url: str, model: str, temperature: float, top_p: float, request_timeout: float,
+                 retries: int = 3, api_key: str | None = None):
+        import httpx
+
+        self.base = base_url.rstrip("/")
+        if not self.base.endswith("/v1"):
+            self.base += "/v1"
+        self.model, self.temperature, self.top_p, self.retries = model, temperature, top_p, retries
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # read= is the longest silence between two stream chunks: a stalled server fails, never hangs.
+        self.http = httpx.Client(timeout=httpx.Timeout(request_timeout, connect=10.0), headers=headers)
+        self._httpx = httpx
+
+    def close(self) -> None:
+        self.http.close()
+
+    def check(self) -> list[str]:
+        """Fail with a clear message unless the server answers and serves `model`."""
+        try:
+            r = self.http.get(self.base + "/models", timeout=10.0)
+        except self._httpx.HTTPError as e:
+            raise TirgrpoError(f"cannot reach the server at {self.base}: {type(e).__name__}: {e}") from None
+        if r.status_code != 200:
+            raise TirgrpoError(f"server at {self.base} answered GET /models with HTTP {r.status_code}: {r.text[:200]}")
+        try:
+            names = [m["id"] for m in r.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise TirgrpoError(f"server at {self.base}: GET /models did not return an OpenAI model list") from None
+        if self.model not in names:
+            raise TirgrpoError(f"server at {self.base} does not serve model {self.model!r}; it serves {names}")
+        return names
+
+    def complete(self, prompt: str, max_tokens: int, stop: list[str], seed: int | None) -> Generation:
+        """One streamed completion, retried with backoff on transient errors."""
+        delay = 1.0
+        for attempt in range(self.retries + 1):
+            try:
+                return self._stream(prompt, max_tokens, stop, seed)
+            except ServerError as e:
+                if not e.retry or attempt == self.retries:
+                    raise
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _stream(self, prompt: str, max_tokens: int, stop: list[str], seed: int | None) -> Generation:
+        body = {
+            "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": self.temperature,
+            "top_p": self.top_p, "stop": stop, "stream": True, "stream_options": {"include_usage": True},
+        }
+        if seed is not None:
+            body["seed"] = seed
+        pieces, finish, stop_reason, usage, chunks, done = [], None, None, None, 0, False
+        httpx = self._httpx
+        try:
+            with self.http.stream("POST", self.base + "/completions", json=body) as r:
+                if r.status_code != 200:
+                    detail = r.read().decode("utf-8", "replace")[:300]
+                    raise ServerError(f"HTTP {r.status_code} from /completions: {detail}", retry=r.status_code >= 500 or r.status_code == 429)
+                for line in r.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        event = json.loads(data)
+                    except json.JSONDecodeError:
+                        raise ServerError(f"malformed stream event: {data[:100]!r}", retry=True) from None
+                    if "error" in event:
+                        raise ServerError(f"server error in stream: {event['error']}", retry=True)
+                    if event.get("usage"):
+                        usage = event["usage"]
+                    for choice in event.get("choices") or []:
+                        pieces.append(choice.get("text") or "")
+                        chunks += 1
+                        if choice.get("finish_reason"):
+                            finish, stop_reason = choice["finish_reason"], choice.get("stop_reason")
+        except httpx.TimeoutException as e:
+            raise ServerError(f"server timed out ({type(e).__name__})", retry=True) from None
+        except httpx.HTTPError as e:
+            raise ServerError(f"connection failed: {type(e).__name__}: {e}", retry=True) from None
+        if finish is None or not done:
+            raise ServerError("the stream ended before the completion finished (cut stream)", retry=True)
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        return Generation("".join(pieces), finish, stop_reason, int(tokens) if tokens is not None else chunks)
+
+
+# ----------------------------------------------------------------------------- one sample
+
+
+class SampleFailed(Exception):
+    def __init__(self, message: str, turns: list[Turn]):
+        super().__init__(message)
+        self.turns = turns
+
+
+@dataclass
+class Settings:
+    max_turns: int
+    max_tokens: int
+    prompt_template: str
+    bridge_template: str
+    seed: int | None
+
+
+def _generate_turn(client: CompletionsClient, context: str, budget: int, seed: int | None) -> tuple[str, str, int]:
+    """Generate one model turn: (text, finish, tokens). finish is "code", "eos" or "length".
+
+    A stop on a closing fence that does not close a ```python block is resumed (the fence is
+    put back), up to MAX_CONTINUATIONS times.
+    """
+    text, used = "", 0
+    for _ in range(MAX_CONTINUATIONS + 1):
+        g = client.complete(context + text, budget - used, [CODE_FENCE_STOP], seed)
+        used += g.tokens
+        text += g.text
+        found = find_code(text)
+        if found is not None:
+            return text[: found[1]], "code", used
+        # Servers that do not say which stop matched: an open ```python block means the fence.
+        hit_fence = g.stop_reason == CODE_FENCE_STOP or (
+            g.finish_reason == "stop" and g.stop_reason is None and text.rfind(CODE_BLOCK_START) > text.rfind("```\n")
+        )
+        if g.finish_reason == "stop" and hit_fence:
+            text += CODE_FENCE_STOP
+            found = find_code(text)
+            if found is not None:
+                return text[: found[1]], "code", used
+            if used < budget:
+                continue
+            return text, "length", used
+        return text, ("length" if g.finish_reason == "length" else "eos"), used
+    return text, "length", used
+
+
+def run_sample(client: CompletionsClient, sandbox: Sandbox, problem: Problem, sample: int, s: Settings) -> Transcript:
+    """One TIR run of `problem`. Raises SampleFailed (with the turns so far) on server failure."""
+    prompt = fill(s.prompt_template, question=problem.question)
+    context, turns, used = prompt, [], 0
+    seed = None if s.seed is None else s.seed * 1_000_003 + sample
+    try:
+        while True:
+            start = time.monotonic()
+            text, finish, n = _generate_turn(client, context, s.max_tokens - used, seed)
+            used += n
+            last = len(turns) + 1 >= s.max_turns or used >= s.max_tokens
+            if finish == "code":
+                code = find_code(text)[0]
+                result = sandbox.run(code)
+                output = result.output()
+                turns.append(Turn(text, code, output, "code", round(time.monotonic() - start, 3)))
+                if last:
+                    break
+                context += text + fill(s.bridge_template, output=output)
+                continue
+            turns.append(Turn(text, None, None, finish, round(time.monotonic() - start, 3)))
+            break
+    except ServerError as e:
+        raise SampleFailed(str(e), turns) from None
+    final = turns[-1]
+    eventual = boxed_answer(final.text) if final.code is None else None
+    return Transcript(problem.id, sample, problem.question, problem.answer, eventual, prompt, s.bridge_template, tuple(turns))
+
+
+# ----------------------------------------------------------------------------- output files
+
+
+def errors_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".errors.jsonl")
+
+
+def finished_pairs(out: Path) -> set[tuple[str, int]]:
+    """(problem_id, sample) of the transcripts already in `out`.
+
+    A last line cut short by a crash is removed (its sample runs again); any other bad line is
+    an error, since the file is not ours to rewrite.
+    """
+    if not out.exists():
+        return set()
+    raw = out.read_bytes()
+    lines = raw.split(b"\n")
+    done = set()
+    keep_bytes = len(raw)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            done.add((str(obj["problem_id"]), int(obj["sample"])))
+        except (ValueError, KeyError, TypeError):
+            if i == len(lines) - 1:  # an unterminated last line: a write cut short
+                keep_bytes = len(raw) - len(line)
+                print(f"tirgrpo generate: {out}: dropping a cut-off last line; that sample runs again", file=sys.stderr)
+                continue
+            raise TirgrpoError(f"{out}, line {i + 1}: not a transcript line; cannot resume into this file") from None
+    if keep_bytes != len(raw):
+        with open(out, "r+b") as f:
+            f.truncate(keep_bytes)
+    return done
+
+
+class _Appender:
+    """Appends JSON lines to a file, one whole line per write, flushed and synced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+
+    def write(self, obj: dict) -> None:
+        line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--problems", required=True, help="CSV with columns id, problem and (optional) answer")
+    parser.add_argument("--base-url", required=True, help="the server, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--model", required=True, help="model name the server serves")
+    parser.add_argument("--out", required=True, help="transcript JSONL (appended to; finished pairs are skipped)")
+    parser.add_argument("--samples-per-problem", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=4, help="samples in flight at once")
+    parser.add_argument("--max-turns", type=int, default=4, help="model turns per sample")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="generated tokens per sample, all turns together")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None, help="per-request seeds (servers that honour them)")
+    parser.add_argument("--templates", default=None, help="TOML file overriding code_prompt and/or bridge")
+    parser.add_argument("--request-timeout", type=float, default=600.0, help="longest silence from the server, s")
+    parser.add_argument("--retries", type=int, default=3, help="retries of a failed request")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
+    parser.add_argument("--no-progress", action="store_true")
+    add_sandbox_options(parser)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    for name in ("samples_per_problem", "concurrency", "max_turns", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise TirgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    problems, has_answers = read_problems(args.problems)
+    if not has_answers:
+        print(f"tirgrpo generate: note: {args.problems} has no answer column; transcripts get correct_answer null "
+              "and `tirgrpo prepare` will skip them", file=sys.stderr)
+    prompt_t, bridge_t = load_templates(args.templates)
+    sandbox = sandbox_from_args(args)
+    mode = sandbox.resolved_mode()  # refuse before any request when code cannot run safely
+    out = Path(args.out)
+    done = finished_pairs(out)
+    jobs = [(p, k) for p in problems for k in range(args.samples_per_problem) if (p.id, k) not in done]
+    print(f"tirgrpo generate: {len(problems)} problems x {args.samples_per_problem} samples; "
+          f"{len(done)} already done, {len(jobs)} to run; sandbox mode {mode}", file=sys.stderr)
+    if not jobs:
+        return 0
+    client = CompletionsClient(args.base_url, args.model, args.temperature, args.top_p, args.request_timeout,
+                               args.retries, args.api_key)
+    settings = Settings(args.max_turns, args.max_tokens, prompt_t, bridge_t, args.seed)
+    writer, failures = _Appender(out), _Appender(errors_path(out))
+    remaining = {p.id: 0 for p in problems}
+    for p, _ in jobs:
+        remaining[p.id] += 1
+    n_failed = n_ok = 0
+    try:
+        client.check()
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool, tqdm(
+            total=sum(1 for v in remaining.values() if v), unit="problem", desc="generate",
+            disable=args.no_progress, file=sys.stderr,
+        ) as bar:
+            futures = {pool.submit(run_sample, client, sandbox, p, k, settings): (p, k) for p, k in jobs}
+            try:
+                for fut in as_completed(futures):
+                    p, k = futures[fut]
+                    try:
+                        writer.write(transcript_to_dict(fut.result()))
+                        n_ok += 1
+                    except SampleFailed as e:
+                        n_failed += 1
+                        failures.write({"problem_id": p.id, "sample": k, "error": str(e), "time": time.time(),
+                                        "turns": [dataclasses.asdict(t) for t in e.turns]})
+                        bar.write(f"problem {p.id} sample {k} failed: {e}")
+                    remaining[p.id] -= 1
+                    if remaining[p.id] == 0:
+                        bar.update(1)
+                    bar.set_postfix(ok=n_ok, failed=n_failed)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        client.close()
+    print(f"tirgrpo generate: wrote {n_ok} transcripts to {out}", file=sys.stderr)
+    if n_failed:
+        print(f"tirgrpo generate: {n_failed} samples failed (server errors); details in {errors_path(out)}; "
+              "run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0

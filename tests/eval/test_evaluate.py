@@ -1,0 +1,279 @@
+"""Evaluation metrics on hand-made predictions, with the numbers worked out in comments."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from tirgrpo.config import RewardConfig
+from tirgrpo.eval.evaluate import (BASELINES, auroc, baseline_decisions, baseline_metrics, before_after_table,
+                              decision_metrics, eval_rewards, evaluate_examples, markdown_table, overall_of,
+                              policy_metrics, summarize)
+from tirgrpo.rollout import Completion, SamplingParams
+
+nan = math.nan
+
+
+def approx(d):
+    """pytest.approx that also treats NaN == NaN."""
+    return pytest.approx(d, nan_ok=True)
+
+
+# --------------------------------------------------------------------------- AUROC
+
+
+def test_auroc_perfect_reversed_and_all_tied():
+    assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    # every pair tied: each counts 1/2
+    assert auroc([0.5, 0.5, 0.5], [True, False, False]) == 0.5
+
+
+def test_auroc_ties_count_one_half():
+    # pos {0.5, 1.0}, neg {0.5, 0.0}: pairs (0.5,0.5) tie 0.5, (0.5,0.0) 1, (1.0,0.5) 1, (1.0,0.0) 1 -> 3.5/4
+    assert auroc([0.5, 1.0, 0.5, 0.0], [True, True, False, False]) == 0.875
+    # pos {0.75, 0.25, 0.25}, neg {0.25, 0.0}: 0.75 beats both (2); each 0.25 ties one, beats one (1.5 each)
+    # -> (2 + 1.5 + 1.5) / 6 = 0.8333
+    assert auroc([0.75, 0.25, 0.25, 0.25, 0.0], [True, True, True, False, False]) == pytest.approx(5 / 6)
+
+
+def test_auroc_empty_class_is_nan():
+    assert math.isnan(auroc([0.1, 0.9], [True, True]))
+    assert math.isnan(auroc([0.1, 0.9], [False, False]))
+    assert math.isnan(auroc([], []))
+
+
+def test_auroc_equals_the_trapezoid_under_the_roc_curve():
+    # an independent computation on random scores with many ties (values on a 0.25 grid)
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.randint(0, 5, (40,), generator=g) / 4).tolist()
+    positive = (torch.rand(40, generator=g) < 0.5).tolist()
+    P, N = sum(positive), len(positive) - sum(positive)
+    points = [(0.0, 0.0)]
+    for t in sorted(set(scores), reverse=True):  # lower the threshold one distinct score at a time
+        tp = sum(s >= t and p for s, p in zip(scores, positive))
+        fp = sum(s >= t and not p for s, p in zip(scores, positive))
+        points.append((fp / N, tp / P))
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(points, points[1:]))
+    assert auroc(scores, positive) == pytest.approx(area)
+
+
+# --------------------------------------------------------------------------- per-completion metrics
+
+
+def test_decision_metrics_hand_numbers():
+    labels = ["correct", "correct", "wrong", "wrong"]
+    decisions = ["submit", "decline", "submit", "invalid"]
+    correctness = [1.0, 0.0, -1.0, -1.0]
+    m = decision_metrics(decisions, labels, correctness)
+    assert m == approx({
+        "correctness": -0.25,            # (1 + 0 - 1 - 1) / 4
+        "submit": 0.5, "decline": 0.25, "invalid": 0.25,
+        "decision_accuracy": 0.25,       # only the submit on a correct example is right
+        "precision": 0.5,                # submits on: correct, wrong
+        "recall": 0.5,                   # on correct examples: submit, decline
+        "submit_rate_on_correct": 0.5,
+        "submit_rate_on_wrong": 0.5,     # on wrong examples: submit, invalid
+    })
+
+
+def test_decision_metrics_no_submission_and_nothing():
+    m = decision_metrics(["decline", "decline"], ["correct", "wrong"], [0.0, 0.0])
+    assert math.isnan(m["precision"])  # no submission: precision is undefined, not 0
+    assert m["recall"] == 0.0 and m["decision_accuracy"] == 0.5
+    assert decision_metrics([], [], []) == {}
+
+
+def test_policy_metrics_with_k_samples():
+    labels = ["correct", "wrong", "wrong"]
+    decisions = [["submit", "submit"], ["submit", "decline"], ["decline", "decline"]]
+    correctness = [[1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]]
+    tokens = [[4, 6], [3, 5], [2, 4]]
+    m = policy_metrics(labels, decisions, correctness, tokens)
+    assert m["correctness"] == pytest.approx(1 / 6)      # (1 + 1 - 1 + 0 + 0 + 0) / 6
+    assert m["submit"] == 0.5 and m["decline"] == 0.5 and m["invalid"] == 0.0
+    assert m["decision_accuracy"] == pytest.approx(5 / 6)  # all but the submit on the first wrong example
+    assert m["precision"] == pytest.approx(2 / 3)        # submits on correct, correct, wrong
+    assert m["recall"] == 1.0
+    assert m["auroc"] == 1.0                              # P(submit) = 1, 0.5, 0: the correct one ranks first
+    assert m["completion_tokens"] == 4.0                  # 24 / 6
+    assert (m["n"], m["examples"]) == (6, 3)
+    # a tie in P(submit) between the correct example and a wrong one: (0.5 tie + 1 win) / 2 = 0.75
+    tied = policy_metrics(labels, [["submit", "decline"], ["submit", "decline"], ["decline", "decline"]],
+                          [[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])
+    assert tied["auroc"] == 0.75 and "completion_tokens" not in tied
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_baselines_hand_numbers():
+    labels = ["correct", "correct", "wrong", "wrong", "wrong"]  # 2 correct, 3 wrong
+    b = baseline_metrics(labels)
+    assert set(b) == set(BASELINES)
+    pick = ("correctness", "submit", "decision_accuracy", "precision", "recall", "auroc")
+    got = {name: {k: b[name][k] for k in pick} for name in BASELINES}
+    assert got["always-submit"] == approx(dict(
+        correctness=-0.2,        # (2 * 1 + 3 * -1) / 5
+        submit=1.0, decision_accuracy=0.4, precision=0.4, recall=1.0, auroc=0.5))  # one score for all: all tied
+    assert got["always-decline"] == approx(dict(
+        correctness=0.0, submit=0.0, decision_accuracy=0.6, precision=nan, recall=0.0, auroc=0.5))
+    assert got["random"] == approx(dict(
+        correctness=-0.1,        # half of always-submit's plus half of always-decline's
+        submit=0.5, decision_accuracy=0.5, precision=0.4, recall=0.5, auroc=0.5))
+    assert got["oracle"] == approx(dict(
+        correctness=0.4,         # +1 on the 2 correct, 0 on the 3 wrong
+        submit=0.4, decision_accuracy=1.0, precision=1.0, recall=1.0, auroc=1.0))
+    assert b["oracle"]["invalid"] == 0.0 and "completion_tokens" not in b["oracle"]
+
+
+def test_random_baseline_is_the_expectation_over_coin_flips():
+    labels = ["correct", "wrong", "wrong"]
+    rewards = RewardConfig(set="default", submit_correct=1.0, submit_wrong=-2.0, decline=0.25)
+    outcomes = []
+    for flips in itertools.product(["submit", "decline"], repeat=len(labels)):
+        corr = [[{"submit": (1.0 if lab == "correct" else -2.0), "decline": 0.25}[d]] for d, lab in zip(flips, labels)]
+        outcomes.append(policy_metrics(labels, [[d] for d in flips], corr))
+    random_ = baseline_metrics(labels, rewards)["random"]
+    for key in ("correctness", "submit", "decline", "decision_accuracy", "recall"):
+        assert random_[key] == pytest.approx(sum(o[key] for o in outcomes) / len(outcomes)), key
+    # hand check: correct example 0.5*1 + 0.5*0.25 = 0.625; each wrong 0.5*-2 + 0.5*0.25 = -0.875
+    assert random_["correctness"] == pytest.approx((0.625 - 0.875 - 0.875) / 3)
+
+
+def test_baselines_with_one_class_only():
+    b = baseline_metrics(["correct", "correct"])
+    assert all(math.isnan(b[name]["auroc"]) for name in BASELINES)  # no wrong example to rank against
+    assert b["oracle"]["correctness"] == 1.0 and b["always-decline"]["decision_accuracy"] == 0.0
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_decisions(["correct"], "coin")
+
+
+def test_eval_rewards_keeps_constants_but_uses_the_default_decisions():
+    r = eval_rewards(RewardConfig(set="seed", submit_wrong=-3.0))
+    assert r.set == "default" and r.submit_wrong == -3.0 and r.submit_correct == 1.0
+
+
+# --------------------------------------------------------------------------- per question and tables
+
+
+def test_summarize_per_question_in_order():
+    questions = ["q2", "q1", "q2"]
+    labels = ["correct", "correct", "wrong"]
+    decisions = [["submit"], ["decline"], ["decline"]]
+    res = summarize(questions, labels, decisions, [[1.0], [0.0], [0.0]], [[3], [5], [7]])
+    assert [q["question"] for q in res["per_question"]] == ["q2", "q1"]
+    q2 = res["per_question"][0]
+    assert q2["overall"]["decision_accuracy"] == 1.0 and q2["overall"]["auroc"] == 1.0  # submit on right, decline on wrong
+    assert q2["overall"]["completion_tokens"] == 5.0  # (3 + 7) / 2
+    assert q2["baselines"]["oracle"]["correctness"] == 0.5
+    q1 = res["per_question"][1]
+    assert q1["overall"]["correctness"] == 0.0 and math.isnan(q1["overall"]["auroc"])  # one label only
+    assert res["overall"]["correctness"] == pytest.approx(1 / 3)
+
+
+def test_tables_show_every_metric_and_dashes_for_undefined():
+    res = summarize(["a|b", "a|b"], ["correct", "wrong"], [["decline"], ["decline"]], [[0.0], [0.0]], [[2], [2]])
+    md = markdown_table(res)
+    assert md.splitlines()[0] == "| metric | policy | always-submit | always-decline | random | oracle |"
+    assert "| precision | — | 0.500 | — | 0.500 | 1.000 |" in md  # the policy never submits: no precision
+    assert "| a\\|b | 2 |" in md  # a pipe in a question is escaped
+    table = before_after_table(res, res)
+    # before, after, then the baselines: always-submit (+1 - 1) / 2 = 0, decline 0, random 0, oracle 0.5
+    assert "| correctness | 0.000 | 0.000 | 0.000 | 0.000 | 0.000 | 0.500 |" in table
+    # an older flat eval file (no baselines) still prints, with before/after columns only
+    flat = {"correctness": 0.25, "submit": 0.5}
+    assert overall_of(flat) is flat
+    assert "| correctness | 0.250 | — |" in before_after_table(flat, {})
+
+
+# --------------------------------------------------------------------------- sampling + scoring
+
+
+class FakeEngine:
+    """Returns fixed completions (one group per prompt), like SimpleEngine.generate."""
+
+    def __init__(self, groups):
+        self.groups = groups
+        self.model = torch.nn.Linear(1, 1)
+
+    def generate(self, prompt_ids, group_size, params, generator):
+        assert len(prompt_ids) == len(self.groups) and all(len(g) == group_size for g in self.groups)
+        return self.groups
+
+
+def test_evaluate_examples_scores_decisions_from_finish_reasons(byte_tokenizer):
+    from tirgrpo.data.synthetic import compare_examples
+
+    ex_right, ex_wrong = compare_examples(2, 0, byte_tokenizer)  # labels: correct, wrong
+    boxed_right = f"ok</think>\\boxed{{{ex_right.correct_answer}}}"
+    groups = [
+        [Completion(boxed_right, [1, 2, 3], [0.0] * 3, "eos", None),             # submit, right: +1
+         Completion("hmm", [1, 2], [0.0] * 2, "stop", "```python")],            # decline: 0
+        [Completion(f"\\boxed{{{ex_wrong.eventual_answer}}}", [1] * 4, [0.0] * 4, "eos", None),  # submit, wrong: -1
+         Completion("and so", [1] * 6, [0.0] * 6, "length", None)],             # truncated: invalid, -1
+    ]
+    res = evaluate_examples(FakeEngine(groups), byte_tokenizer, [ex_right, ex_wrong], [[1], [1]],
+                            SamplingParams(8, 1.0), samples=2, seed=0)
+    o = res["overall"]
+    assert o["correctness"] == pytest.approx(-0.25)  # (1 + 0 - 1 - 1) / 4
+    assert (o["submit"], o["decline"], o["invalid"]) == (0.5, 0.25, 0.25)
+    assert o["completion_tokens"] == 3.75  # (3 + 2 + 4 + 6) / 4
+    assert o["auroc"] == 0.5  # P(submit) 0.5 on both
+    assert [s["decision"] for s in res["completions"][1]["samples"]] == ["submit", "invalid"]
+    assert res["samples"] == 2 and res["baselines"]["oracle"]["correctness"] == 0.5
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_eval_command_on_examples_with_selection(tmp_path, tiny_model_dir, byte_tokenizer, capsys):
+    import json
+
+    from tirgrpo.cli import main
+    from tirgrpo.data.records import write_examples
+    from tirgrpo.data.synthetic import compare_examples
+    from tirgrpo.eval.selection import compare_selection, group_candidates
+
+    examples = compare_examples(4, 1, byte_tokenizer)
+    write_examples(tmp_path / "eval.jsonl", examples)
+    out = tmp_path / "out" / "eval.json"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "eval.jsonl"), "--samples", "2",
+                 "--max-new-tokens", "4", "--device", "cpu", "--selection", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["overall"]["examples"], res["overall"]["n"], res["samples"]) == (4, 8, 2)
+    assert len(res["per_question"]) == len({ex.question for ex in examples})
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("| metric | policy |") and "| gated |" in md and md in capsys.readouterr().out
+    # the selection is the one computed from the sampled decisions
+    p = [sum(s["decision"] == "submit" for s in c["samples"]) / 2 for c in res["completions"]]
+    again = compare_selection(group_candidates([e.question for e in examples], [e.correct_answer for e in examples],
+                                               [e.eventual_answer for e in examples], p))
+    assert res["selection"]["methods"] == again["methods"]
+
+
+def test_eval_command_on_transcripts(tmp_path, tiny_model_dir):
+    import json
+
+    from tirgrpo.cli import main
+    from tirgrpo.data.records import Transcript, Turn, transcript_to_dict
+    from tirgrpo.data.templates import SEED_BRIDGE
+
+    def t(pid, sample, answer, with_code):
+        code = [Turn("x```python\nprint(4)\n```", "print(4)", "4", None, None)] if with_code else []
+        return Transcript(pid, sample, f"q{pid}", "4", answer, "<｜User｜>q<｜Assistant｜><think>\n", SEED_BRIDGE,
+                          tuple(code + [Turn(f"</think>\\boxed{{{answer}}}", None, None, "eos", None)]))
+
+    runs = [t("a", 0, "4", True), t("a", 1, "5", True), t("a", 2, "5", False), t("b", 0, "4", True)]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(transcript_to_dict(r)) + "\n" for r in runs), encoding="utf-8")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tiny_model_dir), "--transcripts", str(path), "--samples", "2",
+                 "--max-new-tokens", "4", "--device", "cpu", "--selection", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["unjudged"] == 1 and res["overall"]["examples"] == 3  # the run without code output is not judged
+    sel = res["selection"]
+    assert sel["problems"] == 2 and [r["transcripts"] for r in sel["per_problem"]] == [3, 1]
+    # problem a: 4 once, 5 twice -> the plain vote picks 5 (wrong); problem b: 4 (right)
+    assert sel["methods"]["majority"]["accuracy"] == 0.5 and sel["methods"]["any_correct"]["accuracy"] == 1.0

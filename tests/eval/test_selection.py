@@ -1,0 +1,115 @@
+"""Verifier-gated answer selection on hand-made candidate sets."""
+
+import math
+
+import pytest
+
+from tirgrpo.data.records import Transcript, Turn
+from tirgrpo.eval.selection import (Candidate, bootstrap_ci, compare_selection, expected_accuracy, group_candidates, select,
+                               selection_table, transcript_decision_prompt, vote)
+from tirgrpo.data.templates import SEED_BRIDGE, bridge
+
+
+def C(answer, p):
+    return Candidate(answer, p)
+
+
+def test_vote_counts_integers_as_equal_and_skips_non_votes():
+    assert vote(["1", "2", "1", None]) == ["1"]
+    assert vote(["250", "7", "250.0"]) == ["250"]  # the same integer; the first spelling stands for it
+    assert vote(["1", "2"]) == ["1", "2"]  # a tie keeps both
+    assert vote([None, None]) == [] and vote([]) == []
+    assert vote(["1", "2", "2"], [3.0, 1.0, 1.0]) == ["1"]  # 3 > 1 + 1
+    assert vote(["1", "2"], [0.0, 0.0]) == []  # zero weight is no vote
+    assert vote(["1", "2", "2"], [0.3, 0.1, 0.2]) == ["1", "2"]  # 0.1 + 0.2 ties 0.3 despite float rounding
+
+
+# Five problems; for each, what the three methods pick and the expected accuracy (ties share):
+PROBLEMS = {
+    # majority: 3 (3 votes to 2) wrong; gated (p >= 0.5): 7, 7 -> right; weighted: 7 1.7 vs 3 0.6 -> right
+    "A": ("7", [C("3", 0.1), C("3", 0.2), C("3", 0.3), C("7", 0.9), C("7", 0.8), C(None, 1.0)]),
+    # nothing submitted: gated falls back to the plain vote (5); weighted: 5 has 0.4 -> all right
+    "B": ("5", [C("5", 0.0), C("5", 0.4), C("2", 0.0)]),
+    # majority 9 wrong; gated 4 vs 9 one each: a tie, 1/2; weighted 0.6 vs 0.6: a tie, 1/2
+    "C": ("4", [C("4", 0.6), C("9", 0.6), C("9", 0.0)]),
+    # every weight 0: gated and weighted fall back to the plain vote, 1 (wrong)
+    "D": ("2", [C("1", 0.0), C("2", 0.0), C("1", 0.0)]),
+    # majority 6 wrong; gated: 8 and 6 submitted once each, a tie, 1/2; weighted: 8 0.95 vs 6 0.9 -> right
+    "E": ("8", [C("8", 0.95), C("6", 0.5), C("6", 0.4)]),
+}
+
+
+def test_select_on_hand_made_problems():
+    expect = {"A": ("3", "7", "7"), "B": ("5", "5", "5"), "C": ("9", ["4", "9"], ["4", "9"]),
+              "D": ("1", "1", "1"), "E": ("6", ["8", "6"], "8")}
+    for pid, (maj, gated, weighted) in expect.items():
+        _, cands = PROBLEMS[pid]
+        as_list = lambda x: x if isinstance(x, list) else [x]  # noqa: E731
+        assert select(cands, "majority") == as_list(maj), pid
+        assert select(cands, "gated") == as_list(gated), pid
+        assert select(cands, "weighted") == as_list(weighted), pid
+    with pytest.raises(ValueError, match="unknown selection method"):
+        select(PROBLEMS["A"][1], "best")
+
+
+def test_gated_threshold():
+    cands = [C("1", 0.3), C("2", 0.6), C("2", 0.7), C("1", 0.3), C("1", 0.3)]
+    assert select(cands, "gated", threshold=0.5) == ["2"]  # only the 2s are submitted
+    assert select(cands, "gated", threshold=0.2) == ["1"]  # all submitted: 1 wins 3 to 2
+    assert select(cands, "gated", threshold=0.9) == ["1"]  # none: the plain vote
+
+
+def test_expected_accuracy_shares_ties():
+    assert expected_accuracy(["4", "9"], "4") == 0.5
+    assert expected_accuracy(["4.0"], "4") == 1.0
+    assert expected_accuracy([], "4") == 0.0
+
+
+def test_compare_selection_accuracies():
+    res = compare_selection(PROBLEMS, n_boot=500)
+    acc = {m: v["accuracy"] for m, v in res["methods"].items()}
+    assert acc == pytest.approx({
+        "majority": 0.2,      # only B
+        "gated": 0.6,         # (1 + 1 + 0.5 + 0 + 0.5) / 5
+        "weighted": 0.7,      # (1 + 1 + 0.5 + 0 + 1) / 5
+        "any_correct": 1.0,   # every problem has a right transcript
+    })
+    for v in res["methods"].values():
+        assert 0.0 <= v["ci_low"] <= v["accuracy"] <= v["ci_high"] <= 1.0
+    a = res["per_problem"][0]
+    assert (a["problem"], a["transcripts"], a["submitted"], a["majority_answers"]) == ("A", 6, 3, ["3"])
+    table = selection_table(res)
+    assert "| gated | 0.600 |" in table and "5 problems" in table
+
+
+def test_bootstrap_ci():
+    assert bootstrap_ci([1.0] * 10) == (1.0, 1.0)
+    lo, hi = bootstrap_ci([0.0, 1.0] * 50, n_boot=1000, seed=1)
+    # the mean of 100 coin flips has standard error 0.05: a 95% interval about 0.5 +- 0.1
+    assert 0.37 < lo < 0.45 and 0.55 < hi < 0.63
+    assert bootstrap_ci([0.0, 1.0] * 50, n_boot=1000, seed=1) == (lo, hi)  # seeded
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+
+
+def test_group_candidates_by_problem_in_order():
+    groups = group_candidates(["q2", "q1", "q2"], ["5", "3", "5"], ["5", None, "6"], [1.0, 0.5, 0.0])
+    assert list(groups) == ["q2", "q1"]
+    assert groups["q2"] == ("5", [C("5", 1.0), C("6", 0.0)])
+    assert groups["q1"] == ("3", [C(None, 0.5)])
+
+
+def _turn(text, code=None, output=None):
+    return Turn(text=text, code=code, output=output, finish_reason=None, wall_s=None)
+
+
+def test_transcript_decision_prompt_is_the_text_up_to_the_last_bridge():
+    t = Transcript(problem_id="p", sample=0, question="q", correct_answer="42", eventual_answer="42",
+                   prompt="P:", bridge=SEED_BRIDGE,
+                   turns=(_turn("a```python\nprint(1)\n```", "print(1)", "1"),
+                          _turn("b```python\nprint(42)\n```", "print(42)", "42"),
+                          _turn(" fine</think>\\boxed{42}")))
+    expected = "P:" + "a```python\nprint(1)\n```" + bridge("1") + "b```python\nprint(42)\n```" + bridge("42")
+    assert transcript_decision_prompt(t) == expected
+    no_code = Transcript(problem_id="p", sample=1, question="q", correct_answer="42", eventual_answer="41",
+                         prompt="P:", bridge=SEED_BRIDGE, turns=(_turn("</think>\\boxed{41}"),))
+    assert transcript_decision_prompt(no_code) is None

@@ -1,0 +1,191 @@
+"""Triton kernels of the decode step against their torch references (kernels.py).
+
+On a CPU they run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+on CUDA compiled; without triton they are skipped.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tirgrpo.errors import TirgrpoError
+from tirgrpo.rollout import SamplingParams
+from tirgrpo.kernels import decode as K
+from tirgrpo.rollout.engine import FastEngine
+
+if K.triton_interpreting():
+    DEVICES = ["cpu"]
+elif K.HAVE_TRITON and torch.cuda.is_available():
+    DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu)]
+else:
+    DEVICES = []
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def on_devices(test):
+    """Run `test` on each device where the Triton kernels can run; skip it where none can."""
+    test = pytest.mark.parametrize("device", DEVICES or ["none"])(test)
+    return pytest.mark.skipif(not DEVICES, reason="needs triton, and CUDA or TRITON_INTERPRET=1 before "
+                              "import (tests/conftest.py)")(test)
+
+
+def tol(dtype, device):
+    if dtype == torch.float32:
+        return {"atol": 1e-5, "rtol": 1e-5}
+    # Triton's interpreter truncates fp32 -> bf16 where the GPU (and torch) round to nearest.
+    return {"atol": 1e-2, "rtol": 1e-2} if device == "cuda" else {"atol": 4e-2, "rtol": 4e-2}
+
+
+def randn(*shape, dtype, device, generator):
+    return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
+
+
+@on_devices
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_delta", [True, False])
+def test_add_rmsnorm(device, dtype, with_delta):
+    g = torch.Generator().manual_seed(0)
+    h = randn(3, 40, dtype=dtype, device=device, generator=g)  # 40: not a power of two
+    delta = randn(3, 40, dtype=dtype, device=device, generator=g) if with_delta else None
+    weight = randn(40, dtype=dtype, device=device, generator=g)
+    h_ref, x_ref = K.add_rmsnorm_torch(h, delta, weight, 1e-6)
+    h_out, x_out = K.add_rmsnorm(h, delta, weight, 1e-6)
+    if dtype == torch.float32 or device == "cuda":
+        assert torch.equal(h_out, h_ref)  # the residual add rounds exactly like torch's
+    torch.testing.assert_close(h_out, h_ref, **tol(dtype, device))
+    torch.testing.assert_close(x_out, x_ref, **tol(dtype, device))
+
+
+@on_devices
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [(12, 2), (4, 2), (2, 2)])
+def test_rotary_cache_write(device, dtype, heads):
+    Hq, Hkv = heads
+    B, D, B_cap, N_cap = 3, 16, 4, 8
+    g = torch.Generator().manual_seed(1)
+    q = randn(B, Hq, D, dtype=dtype, device=device, generator=g)
+    k = randn(B, Hkv, D, dtype=dtype, device=device, generator=g)
+    v = randn(B, Hkv, D, dtype=dtype, device=device, generator=g)
+    pos = torch.tensor([0, 5, 1000], device=device)
+    cache_pos = torch.tensor([0, 3, 7], device=device)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32, device=device) / D))
+    caches = [randn(B_cap, Hkv, N_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2)]
+    ref = (q.clone(), *(c.clone() for c in caches))
+    out = (q.clone(), *(c.clone() for c in caches))
+    K.rotary_cache_write_torch(ref[0], k, v, ref[1], ref[2], pos, cache_pos, inv_freq, 0.9)
+    K.rotary_cache_write(out[0], k, v, out[1], out[2], pos, cache_pos, inv_freq, 0.9)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, **tol(dtype, device))
+    assert torch.equal(out[2], ref[2])  # values are copied, untouched elsewhere
+
+
+# (prefix_slot, prefix_len, comp_len) per row, with block_n 16 and 32 keys per split over a
+# prompt cache of 80 and a completion cache of 48: a total length of 1, a prompt shorter than
+# a block, lengths that are not multiples of a block, full capacity, and rows of one prompt
+# next to each other.
+ROWS = [(2, 0, 1), (0, 5, 1), (0, 37, 20), (1, 80, 48), (2, 33, 17), (2, 16, 2)]
+
+
+@on_devices
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [(12, 2), (4, 2), (2, 2)])
+def test_decode_attention(device, dtype, heads):
+    Hq, Hkv = heads
+    D, n_slots, P_cap, B_cap, N_cap = 16, 3, 80, 8, 48
+    g = torch.Generator().manual_seed(2)
+    B = len(ROWS)
+    q = randn(B, Hq, D, dtype=dtype, device=device, generator=g)
+    k_prompt, v_prompt = (randn(n_slots, Hkv, P_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
+    k_comp, v_comp = (randn(B_cap, Hkv, N_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
+    slot, plen, clen = (torch.tensor(col, device=device) for col in zip(*ROWS))
+    ref = K.decode_attention_torch(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
+    out = K.decode_attention(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen, keys_per_split=32, block_n=16)
+    torch.testing.assert_close(out, ref, **tol(dtype, device))
+    # The torch reference itself against a plain softmax over the concatenated keys of row 2.
+    b, (s, p, c) = 2, ROWS[2]
+    keys = torch.cat([k_prompt[s, :, :p], k_comp[b, :, :c]], dim=1).float()  # [Hkv, T, D]
+    values = torch.cat([v_prompt[s, :, :p], v_comp[b, :, :c]], dim=1).float()
+    kv_head = torch.arange(Hq, device=device) // (Hq // Hkv)
+    probs = torch.softmax(torch.einsum("hd,htd->ht", q[b].float(), keys[kv_head]) * D**-0.5, dim=-1)
+    torch.testing.assert_close(ref[b].float(), torch.einsum("ht,htd->hd", probs, values[kv_head]), **tol(dtype, device))
+
+
+@on_devices
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul(device, dtype):
+    g = torch.Generator().manual_seed(3)
+    # 3 x 700 = 2100 elements: not a multiple of the 1024 of a block
+    gate, up = (randn(3, 700, dtype=dtype, device=device, generator=g) for _ in range(2))
+    torch.testing.assert_close(K.silu_mul(gate, up), K.silu_mul_torch(gate, up), **tol(dtype, device))
+
+
+@on_devices
+def test_engine_with_triton_kernels_equals_torch_kernels(device, tiny_model_dir, byte_tokenizer):
+    """The whole decode step: same greedy tokens and log-probs with either kernel set (fp32),
+    including rows that finish early (compaction) and CUDA graphs on a GPU."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().to(device)
+    ps = [byte_tokenizer(t)["input_ids"] for t in ("hello", "a much longer prompt than the others", "x")]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    free = FastEngine(model, byte_tokenizer, length_buckets=(64,), kernels="torch").generate(ps, 1, params)
+    first = [g[0].token_ids for g in free]
+    # A token of prompt 1's continuation that the others lack, made the eos: its 2 rows
+    # finish early and the 4 others are compacted into a smaller batch bucket.
+    eos = next(t for t in first[1][1:] if all(t not in f for f in first[:1] + first[2:]))
+    runs = {}
+    for kind in ("torch", "triton"):
+        engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64,), kernels=kind)
+        assert engine.kernels.name == kind
+        engine.eos = {eos}
+        runs[kind] = engine.generate(ps, 2, params)
+    assert {c.finish_reason for g in runs["triton"] for c in g} == {"eos", "length"}
+    for a, b in zip(runs["torch"], runs["triton"]):
+        for ca, cb in zip(a, b):
+            assert ca.token_ids == cb.token_ids
+            assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-4)
+
+
+def test_kernel_choice():
+    cpu = torch.device("cpu")
+    assert K.select_kernels("auto", cpu).name == "torch"
+    assert K.select_kernels("torch", cpu).name == "torch"
+    with pytest.raises(TirgrpoError, match="kernels must be"):
+        K.select_kernels("cuda", cpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (K.HAVE_TRITON and torch.cuda.is_available()), reason="needs triton and CUDA")
+def test_kernels_at_the_benchmark_shape():
+    """R1-Distill-Qwen-1.5B's shapes (hidden 1536, 12/2 heads of 128) at batch 64, bf16,
+    with the engine's default split size, prompts up to 4096 and completions up to 1024."""
+    g = torch.Generator().manual_seed(4)
+    dev, bf16 = "cuda", torch.bfloat16
+    B, H, Hq, Hkv, D, n_slots, P_cap, N_cap = 64, 1536, 12, 2, 128, 16, 4096, 1024
+    h, delta = (randn(B, H, dtype=bf16, device=dev, generator=g) for _ in range(2))
+    weight = randn(H, dtype=bf16, device=dev, generator=g)
+    h_ref, x_ref = K.add_rmsnorm_torch(h, delta, weight, 1e-6)
+    h_out, x_out = K.add_rmsnorm(h, delta, weight, 1e-6)
+    assert torch.equal(h_out, h_ref)
+    torch.testing.assert_close(x_out, x_ref, atol=1e-2, rtol=1e-2)
+
+    q, k, v = (randn(B, heads, D, dtype=bf16, device=dev, generator=g) for heads in (Hq, Hkv, Hkv))
+    pos = torch.randint(0, P_cap + N_cap, (B,), generator=g).to(dev)  # angles up to ~5000 rad
+    cache_pos = torch.randint(0, N_cap, (B,), generator=g).to(dev)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32, device=dev) / D))
+    q_ref, kc_ref, vc_ref = q.clone(), *(torch.zeros(B, Hkv, N_cap, D, dtype=bf16, device=dev) for _ in range(2))
+    q_out, kc_out, vc_out = q.clone(), kc_ref.clone(), vc_ref.clone()
+    K.rotary_cache_write_torch(q_ref, k, v, kc_ref, vc_ref, pos, cache_pos, inv_freq, 1.0)
+    K.rotary_cache_write(q_out, k, v, kc_out, vc_out, pos, cache_pos, inv_freq, 1.0)
+    for a, b in ((q_out, q_ref), (kc_out, kc_ref), (vc_out, vc_ref)):
+        torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
+
+    k_prompt, v_prompt = (randn(n_slots, Hkv, P_cap, D, dtype=bf16, device=dev, generator=g) for _ in range(2))
+    k_comp, v_comp = (randn(B, Hkv, N_cap, D, dtype=bf16, device=dev, generator=g) for _ in range(2))
+    slot = torch.arange(B, device=dev) // 4  # G = 4 rows per prompt, adjacent
+    plen = torch.randint(1, P_cap + 1, (n_slots,), generator=g).to(dev)[slot]
+    clen = torch.randint(1, N_cap + 1, (B,), generator=g).to(dev)
+    ref = K.decode_attention_torch(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
+    out = K.decode_attention(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)

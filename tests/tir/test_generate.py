@@ -1,0 +1,212 @@
+"""`tirgrpo generate` against a scripted OpenAI-style server: the transcript loop, resuming, and bad input.
+
+The scripted server stands in for a model so that each failure (errors, cut streams, code that
+never ends) happens on cue; the real `tirgrpo serve` is exercised end to end in test_serve.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tirgrpo.tir import sandbox as sb
+from tirgrpo.cli import main
+from tirgrpo.data.records import read_transcripts
+from tirgrpo.errors import TirgrpoError
+from tirgrpo.tir.generate import boxed_answer, errors_path, find_code, read_problems
+
+needs_sandbox = pytest.mark.skipif(not sb.available_modes(), reason="no isolating sandbox mode works here")
+
+CODE_TURN = "Plan: add.\n```python\nprint(40 + 2)\n"  # the server stops at "```\n" and reports it
+ANSWER_TURN = " it prints 42.\n</think>\n\n\\boxed{42}"
+LOOP_TURN = "Loop.\n```python\nwhile True:\n    pass\n"
+
+
+class Script:
+    """What the fake server answers: `behaviour` is "ok", "error", "cut" or "loop"."""
+
+    def __init__(self, behaviour="ok"):
+        self.behaviour = behaviour
+        self.requests = []
+
+
+def start_server(script: Script):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            data = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            script.requests.append(body)
+            if script.behaviour == "error":
+                data = b'{"error": {"message": "boom"}}'
+                self.send_response(500)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            first = "```output" not in body["prompt"]
+            if script.behaviour == "loop":
+                text, stop = (LOOP_TURN, "```\n") if first else (ANSWER_TURN, None)
+            else:
+                text, stop = (CODE_TURN, "```\n") if first else (ANSWER_TURN, None)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            half = len(text) // 2
+            for piece in (text[:half], text[half:]):
+                self.wfile.write(b"data: " + json.dumps({"choices": [{"index": 0, "text": piece, "finish_reason": None}]}).encode() + b"\n\n")
+            if script.behaviour == "cut":
+                self.close_connection = True
+                return  # no finish reason, no [DONE]
+            self.wfile.write(b"data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "stop", "stop_reason": stop}]}).encode() + b"\n\n")
+            self.wfile.write(b"data: " + json.dumps({"choices": [], "usage": {"completion_tokens": len(text)}}).encode() + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.close_connection = True
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+@pytest.fixture
+def fake():
+    script = Script()
+    server, url = start_server(script)
+    yield script, url
+    server.shutdown()
+    server.server_close()
+
+
+def problems_csv(tmp_path, with_answers=True):
+    p = tmp_path / "problems.csv"
+    if with_answers:
+        p.write_text("id,problem,answer\np1,What is 40+2?,42\np2,What is 6*7?,42\n")
+    else:
+        p.write_text("id,problem\np1,What is 40+2?\n")
+    return p
+
+
+def gen_args(problems, url, out, *extra):
+    return ["generate", "--problems", str(problems), "--base-url", url, "--model", "fake", "--out", str(out),
+            "--no-progress", "--timeout", "2", "--retries", "0", *extra]
+
+
+def test_find_code_and_boxed():
+    assert find_code("plan\n```python\nprint(1)\n```\nmore") == ("print(1)", len("plan\n```python\nprint(1)\n```"))
+    assert find_code("```python\nprint(1)\n") is None
+    assert find_code("```text\nx\n```") is None
+    assert boxed_answer("so \\boxed{12} then \\boxed{1,000}") == "1000"
+    assert boxed_answer("\\boxed{x+1}") is None and boxed_answer("none") is None
+
+
+def test_read_problems(tmp_path):
+    problems, has = read_problems(problems_csv(tmp_path))
+    assert has and [p.answer for p in problems] == ["42", "42"]
+    problems, has = read_problems(problems_csv(tmp_path, with_answers=False))
+    assert not has and problems[0].answer is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,problem,answer\np1,q,forty\n")
+    with pytest.raises(TirgrpoError, match="row 1.*integer"):
+        read_problems(bad)
+    bad.write_text("name,text\na,b\n")
+    with pytest.raises(TirgrpoError, match="no id or problem_id column"):
+        read_problems(bad)
+    bad.write_text("id,problem\np1,a\np1,b\n")
+    with pytest.raises(TirgrpoError, match="duplicate"):
+        read_problems(bad)
+
+
+@needs_sandbox
+def test_transcripts_resume_and_prepare_format(fake, tmp_path):
+    script, url = fake
+    out = tmp_path / "t.jsonl"
+    assert main(gen_args(problems_csv(tmp_path), url, out, "--samples-per-problem", "2", "--concurrency", "2")) == 0
+    ts = read_transcripts(out)  # the reader `tirgrpo prepare` uses
+    assert sorted((t.problem_id, t.sample) for t in ts) == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
+    t = ts[0]
+    assert [turn.finish_reason for turn in t.turns] == ["code", "eos"]
+    assert t.turns[0].text.endswith("```") and t.turns[0].code == "print(40 + 2)" and t.turns[0].output == "42"
+    assert t.eventual_answer == "42" and t.correct_answer == "42"
+    assert script.requests[0]["stop"] == ["```\n"] and script.requests[0]["stream"] is True
+    assert "```output\n42\n```" in script.requests[-1]["prompt"]  # the bridge carried the output
+    n = len(script.requests)
+    assert main(gen_args(problems_csv(tmp_path), url, out, "--samples-per-problem", "2")) == 0
+    assert len(script.requests) == n  # everything was done: nothing re-requested
+    assert main(gen_args(problems_csv(tmp_path), url, out, "--samples-per-problem", "3")) == 0
+    assert len(read_transcripts(out)) == 6
+
+
+@needs_sandbox
+def test_turn_and_token_limits(fake, tmp_path):
+    _, url = fake
+    out = tmp_path / "t.jsonl"
+    assert main(gen_args(problems_csv(tmp_path), url, out, "--max-turns", "1")) == 0
+    t = read_transcripts(out)[0]
+    assert len(t.turns) == 1 and t.turns[0].output == "42" and t.eventual_answer is None
+
+
+def test_unreachable_server(tmp_path, capsys):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    out = tmp_path / "t.jsonl"
+    assert main(gen_args(problems_csv(tmp_path), f"http://127.0.0.1:{port}", out)) == 2
+    assert "cannot reach the server" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@needs_sandbox
+@pytest.mark.parametrize("behaviour", ["error", "cut"])
+def test_server_failures_are_recorded_and_retried(fake, tmp_path, capsys, behaviour):
+    script, url = fake
+    script.behaviour = behaviour
+    out = tmp_path / "t.jsonl"
+    assert main(gen_args(problems_csv(tmp_path), url, out)) == 1
+    err = capsys.readouterr().err
+    assert "2 samples failed" in err and "run the same command again" in err
+    failures = [json.loads(line) for line in errors_path(out).read_text().splitlines()]
+    assert sorted(f["problem_id"] for f in failures) == ["p1", "p2"]
+    assert ("HTTP 500" if behaviour == "error" else "cut stream") in failures[0]["error"]
+    script.behaviour = "ok"  # the server recovers: the re-run completes the failed samples
+    assert main(gen_args(problems_csv(tmp_path), url, out)) == 0
+    assert len(read_transcripts(out)) == 2
+
+
+@needs_sandbox
+def test_never_terminating_code_is_recorded(fake, tmp_path):
+    script, url = fake
+    script.behaviour = "loop"
+    out = tmp_path / "t.jsonl"
+    assert main(gen_args(problems_csv(tmp_path, with_answers=False), url, out, "--timeout", "1")) == 0
+    t = read_transcripts(out)[0]
+    assert "TimeoutError" in t.turns[0].output and t.turns[1].finish_reason == "eos"
+    assert t.correct_answer is None and t.eventual_answer == "42"
+
+
+def test_cut_off_last_line_is_dropped_on_resume(tmp_path):
+    from tirgrpo.tir.generate import finished_pairs
+
+    out = tmp_path / "t.jsonl"
+    out.write_text('{"problem_id": "a", "sample": 0}\n{"problem_id": "b", "sa')
+    assert finished_pairs(out) == {("a", 0)}
+    assert out.read_text() == '{"problem_id": "a", "sample": 0}\n'
+    out.write_text('garbage\n{"problem_id": "a", "sample": 0}\n')
+    with pytest.raises(TirgrpoError, match="line 1"):
+        finished_pairs(out)

@@ -1,0 +1,235 @@
+"""Shared-prefix packing gives the same log-probs and gradients as the unshared batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tirgrpo.train.batching import right_pad
+from tirgrpo.train.logprobs import token_logprobs
+from tirgrpo.train.prefix import (BLOCK, group_attention_mask, group_block_mask, pack_group, packed_logprobs, split_group,
+                            use_prefix_attention)
+
+
+def test_group_attention_mask_by_hand():
+    # prompt of 2 tokens (segment 0), completion 1 of 2 tokens, completion 2 of 1 token
+    seg = torch.tensor([0, 0, 1, 1, 2])
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0],  # prompt token 0: itself
+        [1, 1, 0, 0, 0],  # prompt token 1: causal
+        [1, 1, 1, 0, 0],  # completion 1, token 0: prompt + itself
+        [1, 1, 1, 1, 0],  # completion 1, token 1
+        [1, 1, 0, 0, 1],  # completion 2: prompt + itself, not completion 1
+    ], dtype=torch.bool)
+    assert torch.equal(group_attention_mask(seg), expected)
+
+
+def test_pack_group_positions_and_sources():
+    g = pack_group([7, 8, 9], [[1, 2], [3]], width=4)
+    assert g.input_ids.tolist() == [[7, 8, 9, 1, 2, 3]]
+    assert g.position_ids.tolist() == [[0, 1, 2, 3, 4, 3]]  # restart at the prompt's end
+    assert g.source.tolist() == [2, 3, 2]  # first token of each completion from the last prompt token
+    assert g.targets.tolist() == [1, 2, 3]
+    assert list(zip(g.row.tolist(), g.col.tolist())) == [(0, 0), (0, 1), (1, 0)]
+    assert g.completion_mask.tolist() == [[True, True, False, False], [True, False, False, False]]
+
+
+def test_split_group_by_budget():
+    # prompt 10; completions 5, 5, 5, 20; budget 21 -> [0, 1] (20 tokens), [2] (+20 would pass), [3] alone
+    assert split_group(10, [5, 5, 5, 20], 21) == [[0, 1], [2], [3]]
+    assert split_group(10, [5, 5, 5, 20], 0) == [[0, 1, 2, 3]]
+
+
+def unshared(model, prompt, comps, device="cpu"):
+    ids, attn, mask = right_pad([prompt] * len(comps), comps, 0, device)
+    logp, ent = token_logprobs(model, ids, attn, mask)
+    width = max(len(c) for c in comps)
+    out = torch.zeros(len(comps), width, device=device)
+    out_e = torch.zeros(len(comps), width, device=device)
+    for i, c in enumerate(comps):
+        out = out.index_put((torch.full((len(c),), i, device=device), torch.arange(len(c), device=device)), logp[i, len(prompt): len(prompt) + len(c)])
+        out_e[i, : len(c)] = ent[i, len(prompt): len(prompt) + len(c)].detach()
+    return out, out_e
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_block_mask_tiles_match_torch_create_block_mask():
+    """Our tile classification (full / partial / skipped) equals FlexAttention's own for a
+    group whose segment boundaries fall inside tiles and on tile edges."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg = torch.tensor([0] * 200 + [1] * 56 + [2] * 300 + [3] * 5 + [4] * 207)  # 768 = 6 tiles
+    ours = group_block_mask(seg, rows_per_pass=256)  # several passes
+
+    def mask_mod(b, h, q, kv):
+        return (q >= kv) & ((seg[kv] == 0) | (seg[q] == seg[kv]))
+
+    theirs = create_block_mask(mask_mod, None, None, 768, 768, device="cpu", _compile=False)
+    assert torch.equal(ours.to_dense(), theirs.to_dense())
+    assert torch.equal(ours.full_kv_num_blocks, theirs.full_kv_num_blocks)
+    assert torch.equal(ours.kv_num_blocks, theirs.kv_num_blocks)
+    # the dense mask of the block mask is the group mask itself
+    q, kv = torch.meshgrid(torch.arange(768), torch.arange(768), indexing="ij")
+    assert torch.equal(ours.mask_mod(0, 0, q, kv), group_attention_mask(seg))
+
+
+def test_block_pack_pads_to_tile_size():
+    g = pack_group([7, 8, 9], [[1, 2], [3]], width=4, mask="block", pad_id=5)
+    assert g.tokens == BLOCK and g.input_ids[0, 6:].eq(5).all()
+    assert g.source.tolist() == [2, 3, 2]  # padding is never read
+
+
+def _packed_vs_unshared(model_dir, lora, kind, device):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
+    if kind in ("block", "split"):  # FlexAttention / split attention for packed groups, sdpa otherwise
+        use_prefix_attention(model)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+        for n, p in model.named_parameters():  # non-zero adapters, so LoRA changes the output
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.1)
+    prompt = torch.randint(0, 250, (9,)).tolist()
+    comps = [torch.randint(0, 250, (n,)).tolist() for n in (4, 1, 6)]  # different lengths: padding
+    weights = torch.randn(3, 6, device=device)  # an arbitrary loss of the log-probs, so gradients are compared
+
+    ref, ref_e = unshared(model, prompt, comps, device)
+    mask = ref != 0
+    (ref * weights * mask).sum().backward()
+    g_ref = grads(model)
+    model.zero_grad()
+
+    group = pack_group(prompt, comps, width=6, device=device, mask=kind)
+    # FlexAttention has no CPU backward: on CPU the block mask is checked on values only.
+    with torch.set_grad_enabled(kind != "block" or device != "cpu"):
+        got, got_e = packed_logprobs(model, group)
+    assert torch.equal(group.completion_mask, mask)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(got_e, ref_e, atol=1e-5)
+    # the packed forward ran 9 + 11 = 20 tokens where the unshared one ran 3 x (9 + 6) = 45
+    assert group.tokens == (BLOCK if kind == "block" else 20)
+    if not got.requires_grad:
+        return
+    (got * weights * mask).sum().backward()
+    g_got = grads(model)
+    assert g_ref.keys() == g_got.keys() and g_ref
+    for n in g_ref:
+        assert torch.allclose(g_got[n], g_ref[n], atol=1e-5, rtol=1e-4), n
+
+
+@pytest.mark.parametrize("lora,kind", [(False, "dense"), (True, "dense"), (False, "block"), (True, "block"),
+                                       (False, "split"), (True, "split")])
+def test_packed_equals_unshared_values_and_gradients(tiny_model_dir, lora, kind):
+    _packed_vs_unshared(tiny_model_dir, lora, kind, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lora,kind", [(False, "block"), (True, "block"), (False, "split")])
+def test_shared_prefix_gradients_on_cuda(tiny_model_dir, lora, kind):
+    """Compiled FlexAttention / split attention (forward and backward) against the unshared
+    sdpa batch, float32."""
+    _packed_vs_unshared(tiny_model_dir, lora, kind, "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lora", [False, True])
+def test_split_bf16_kernels_on_cuda_match_unshared(tiny_model_dir, lora):
+    """The split form's CUDA kernels (cuDNN / flash-attention, bf16 only) in a whole model:
+    log-probs and gradients of the packed group against the unshared bf16 batch, to bf16
+    rounding (the float32 test above runs the same math through plain torch)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).to("cuda")
+    use_prefix_attention(model)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    prompt = torch.randint(0, 250, (40,)).tolist()
+    comps = [torch.randint(0, 250, (n,)).tolist() for n in (17, 3, 30, 30)]
+    weights = torch.randn(4, 30, device="cuda")
+    ref, _ = unshared(model, prompt, comps, "cuda")
+    mask = ref != 0
+    (ref * weights * mask).sum().backward()
+    g_ref = grads(model)
+    model.zero_grad()
+    got, _ = packed_logprobs(model, pack_group(prompt, comps, width=30, device="cuda", mask="split"))
+    (got * weights * mask).sum().backward()
+    g_got = grads(model)
+    assert (got - ref).abs().max().item() < 0.05
+    assert g_ref.keys() == g_got.keys() and g_ref
+    for n in g_ref:
+        err = (g_got[n].float() - g_ref[n].float()).norm() / g_ref[n].float().norm().clamp(min=1e-6)
+        assert err < 0.05, (n, err.item())
+
+
+def test_segment_bounds_by_hand():
+    from tirgrpo.train.prefix import segment_bounds
+
+    # prompt 3, completions of 2, 0 and 3 tokens: segments [0, 3), [3, 5), [5, 8); the empty one is dropped
+    bounds = segment_bounds(3, [2, 0, 3])
+    assert bounds.dtype == torch.int32 and bounds.tolist() == [[[[0, 3, 5, 8]]]]
+    g = pack_group([1, 2, 3], [[4, 5], [], [6, 7, 8]], width=3, mask="split")
+    assert torch.equal(g.mask, bounds) and g.longest_completion == 3
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_training_with_shared_prefix_equals_unshared(tmp_path, tiny_model_dir, byte_tokenizer, lora):
+    """One rollout, two updates (old log-probs, reference KL, clipping all active): the
+    shared-prefix trainer logs the same loss/KL/clip/entropy and ends at the same weights.
+    A small token budget makes groups split across micro-batches in the packed layout too."""
+    from safetensors.torch import load_file
+
+    from tirgrpo.config import TrainConfig, load_config
+    from tirgrpo.data.records import write_examples
+    from tirgrpo.data.synthetic import compare_examples
+    from tirgrpo.train.metrics import read_jsonl
+    from tirgrpo.train.loop import train
+
+    write_examples(tmp_path / "train.jsonl", compare_examples(8, 0, byte_tokenizer))
+    results = {}
+    for shared in ("", "dense", "split"):  # "": unshared
+        out = tmp_path / f"run-{shared or 'unshared'}"
+        cfg = load_config(TrainConfig, None, [
+            f"model.name_or_path={tiny_model_dir}", f"model.lora={str(lora).lower()}", "model.lora_r=4",
+            "model.gradient_checkpointing=true", f"data.train={tmp_path / 'train.jsonl'}", "data.eval=",
+            "rollout.group_size=4", "rollout.prompts_per_step=2", "rollout.max_new_tokens=10",
+            "grpo.beta=0.1", "grpo.num_iterations=2", "optim.lr=1e-2", "optim.warmup_steps=0",
+            "optim.total_steps=2", "optim.micro_batch_tokens=90", f"optim.shared_prefix={str(bool(shared)).lower()}",
+            f"optim.prefix_mask={shared or 'auto'}",
+            f"run.out_dir={out}", "run.save_every=0", "run.tensorboard=false"])
+        train(cfg)
+        (row,) = [r for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
+        ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+        results[shared] = (row, load_file(str(ckpt / "trainable.safetensors")))
+    row_a, w_a = results[""]
+    assert row_a["train/kl"] > 0  # the second update moved away from the reference
+    for kind in ("dense", "split"):
+        row_b, w_b = results[kind]
+        assert row_b["train/forward_tokens"] < row_a["train/forward_tokens"]
+        for key in ("reward/total", "train/loss", "train/kl", "train/clip_low", "train/clip_high", "train/entropy",
+                    "train/grad_norm", "train/ratio_mean"):
+            assert row_a[key] == pytest.approx(row_b[key], abs=1e-5), (kind, key)
+        # Adam divides by sqrt(v): for weights whose gradient is ~0 (embedding rows of unused
+        # tokens) float rounding in the gradient moves the update by up to ~lr, so compare the
+        # weights at a fraction of one step (lr 1e-2) and, tightly, on average.
+        for name in w_a:
+            diff = (w_a[name] - w_b[name]).abs()
+            assert diff.max() < 2e-3 and diff.mean() < 1e-5, (kind, name, diff.max(), diff.mean())
+
+
+def test_mask_kind_auto_and_errors():
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.train.prefix import mask_kind
+
+    assert mask_kind("auto", "cpu") == "dense"
+    assert mask_kind("auto", "cuda", torch.bfloat16) == "split"  # flash-attention / cuDNN kernels
+    assert mask_kind("auto", "cuda", torch.float32) == "block"  # those kernels take no fp32
+    assert mask_kind("split", "cpu") == "split"
+    with pytest.raises(TirgrpoError, match="prefix_mask"):
+        mask_kind("flex", "cpu")
