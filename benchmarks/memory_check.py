@@ -86,8 +86,8 @@ def measure_row(row: dict, args) -> dict:
     import torch
 
     from tirgrpo.perf.memory import measure_step, synthetic_batch
-    from tirgrpo.train.loop.model import build_random_model
-    from tirgrpo.train.loop.optim import AdamW
+    from tirgrpo.train.model import build_random_model
+    from tirgrpo.train.optim import AdamW
 
     dev = torch.device("cuda")
     name = row["case"]
@@ -100,7 +100,7 @@ def measure_row(row: dict, args) -> dict:
     ref = None
     if lora:
         from tirgrpo.config import ModelConfig
-        from tirgrpo.train.loop.model import add_lora
+        from tirgrpo.train.model import add_lora
 
         model = add_lora(model, ModelConfig(lora=True, lora_r=16, lora_alpha=32))
     else:

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from tirgrpo.train.loop.model import build_random_model
-from tirgrpo.train.loop.optim import AdamW
+from tirgrpo.train.model import build_random_model
+from tirgrpo.train.optim import AdamW
 
 
 def main() -> None:

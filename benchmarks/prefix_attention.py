@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
 from tirgrpo.kernels import split_attention
-from tirgrpo.train.loop.prefix import group_block_mask
+from tirgrpo.train.prefix import group_block_mask
 
 DEV, BF = "cuda", torch.bfloat16
 HQ, HKV, D = 12, 2, 128

@@ -8,7 +8,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tirgrpo.train.loop.model import build_random_model
+from tirgrpo.train.model import build_random_model
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.rollout.engine import FastEngine
 from tirgrpo.data.tokenizer import load_tokenizer

@@ -27,11 +27,11 @@ import time
 import torch
 
 from tirgrpo.config import GRPOConfig
-from tirgrpo.train.loop.loss import grpo_loss
-from tirgrpo.train.loop.model import build_random_model, compile_decoder_layers
-from tirgrpo.train.loop.optim import AdamW
-from tirgrpo.train.loop.prefix import use_prefix_attention
-from tirgrpo.train.loop.loop import build_micro_batches, sequence_logprobs
+from tirgrpo.train.loss import grpo_loss
+from tirgrpo.train.model import build_random_model, compile_decoder_layers
+from tirgrpo.train.optim import AdamW
+from tirgrpo.train.prefix import use_prefix_attention
+from tirgrpo.train.loop import build_micro_batches, sequence_logprobs
 
 CASES = {
     # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget[, prefix mask[, compile]])
