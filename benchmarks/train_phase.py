@@ -27,11 +27,10 @@ import time
 import torch
 
 from tirgrpo.config import GRPOConfig
-from tirgrpo.train.loss import grpo_loss
 from tirgrpo.train.model import build_random_model, compile_decoder_layers
 from tirgrpo.train.optim import AdamW
 from tirgrpo.train.prefix import use_prefix_attention
-from tirgrpo.train.loop import build_micro_batches, sequence_logprobs
+from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, micro_batch_logprobs
 
 CASES = {
     # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget[, prefix mask[, compile]])
@@ -78,7 +77,7 @@ def events():
 
 def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: float = 0.1, chunk: int = 256) -> dict:
     prompts, G, ckpt, mode, budget, *rest = CASES[name]
-    prefix_mask = rest[0] if rest else ""
+    prefix_mask = rest[0] if rest else "off"
     compiled = len(rest) > 1 and rest[1]
     if "16k" in name:  # the long-context case: 12k prompt + 4k completion
         prompt_len, comp_len = 12288, 4096
@@ -107,27 +106,21 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
     batches = build_micro_batches(rows_p, rows_c, G, budget, prefix_mask, 151643, dev)
     advs = [torch.randn(len(b.rows), generator=g).to(dev) for b in batches]
     n_seq, n_tok = len(rows_p), len(rows_p) * comp_len
-    times = {"old_logp": [], "ref_logp": [], "fwd_bwd_opt": [], "opt": [], "phase": [], "phase_with_old_pass": []}
+    times = {"old_logp": [], "ref_logp": [], "fwd_bwd_opt": [], "phase": [], "phase_with_old_pass": []}
     model.train()
     warmup = 0.0
     for step in range(repeats + 1):
         t_step = time.perf_counter()
-        e0, e1 = events(); e2, e3 = events(); e4, _ = events()
+        e0, e1 = events(); e2, e3 = events()
         e0.record()
         with torch.no_grad():
-            old = [sequence_logprobs(model, b, chunk, 1.0, grad=False)[0] for b in batches]
+            old = [micro_batch_logprobs(model, b, chunk, 1.0, grad=False)[0] for b in batches]
         e1.record()
         with torch.no_grad():
-            refs = [sequence_logprobs(ref, b, chunk, 1.0, grad=False)[0] for b in batches]
+            refs = [micro_batch_logprobs(ref, b, chunk, 1.0, grad=False)[0] for b in batches]
         e2.record()
-        for b, a, o, r in zip(batches, advs, old, refs):
-            logp, _ = sequence_logprobs(model, b, chunk, 1.0, grad=True)
-            loss, _ = grpo_loss(logp, o, r, a, b.mask, cfg, comp_len, n_seq, n_tok)
-            loss.backward()
-        e4.record()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+        # a later iteration of the rollout: the recorded old log-probs give the ratio
+        grpo_update(model, opt, batches, GRPOObjective(cfg, advs, refs, comp_len, n_seq, n_tok, old=old), 1.0, chunk)
         e3.record()
         torch.cuda.synchronize()
         if step == 0:
@@ -136,7 +129,6 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
             times["old_logp"].append(e0.elapsed_time(e1) / 1e3)
             times["ref_logp"].append(e1.elapsed_time(e2) / 1e3)
             times["fwd_bwd_opt"].append(e2.elapsed_time(e3) / 1e3)
-            times["opt"].append(e4.elapsed_time(e3) / 1e3)
             times["phase"].append(e1.elapsed_time(e3) / 1e3)
             times["phase_with_old_pass"].append(e0.elapsed_time(e3) / 1e3)
     peak = torch.cuda.max_memory_allocated() / 2**30
@@ -144,7 +136,7 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
            "optimizer": mode, "micro_batch_tokens": budget, "micro_batches": len(batches), "prefix_mask": prefix_mask,
            "logprob_chunk_tokens": chunk,
            "compiled": bool(compiled), "warmup_s": round(warmup, 1),
-           "forward_tokens": sum(b.inputs.tokens if prefix_mask else b.inputs[0].numel() for b in batches),
+           "forward_tokens": sum(b.tokens for b in batches),
            "peak_gib": round(peak, 2), "peak_gb": round(peak * 2**30 / 1e9, 2)}
     for k, v in times.items():
         out[f"{k}_s"] = round(statistics.median(v), 3)

@@ -190,13 +190,13 @@ def test_compile_layers_setting(tiny_model_dir):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("kind", ["", "block"])
+@pytest.mark.parametrize("kind", ["off", "block"])
 def test_compiled_layers_equal_eager_on_cuda(tiny_model_dir, kind):
     """Compiled decoder layers (with checkpointing; unshared and FlexAttention block masks)
     give the eager log-probs and gradients; under eager_layers() the model runs uncompiled."""
     from tirgrpo.train.model import compile_decoder_layers, eager_layers
     from tirgrpo.train.prefix import use_prefix_attention
-    from tirgrpo.train.loop import build_micro_batches, sequence_logprobs
+    from tirgrpo.train.step import build_micro_batches, micro_batch_logprobs
 
     torch.manual_seed(0)
     prompts = [torch.randint(0, 250, (40,)).tolist()] * 3
@@ -206,15 +206,15 @@ def test_compiled_layers_equal_eager_on_cuda(tiny_model_dir, kind):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).cuda()
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        if kind:
+        if kind != "off":
             use_prefix_attention(model)
         if compiled:
             assert compile_decoder_layers(model, "on", "cuda")
         (mb,) = build_micro_batches(prompts, comps, 3, 0, kind, 0, "cuda")
-        logp, _ = sequence_logprobs(model, mb, 64, 1.0, grad=True)
+        logp, _ = micro_batch_logprobs(model, mb, 64, 1.0, grad=True)
         (logp * mb.mask).sum().backward()
         with eager_layers():
-            again, _ = sequence_logprobs(model, mb, 64, 1.0, grad=False)
+            again, _ = micro_batch_logprobs(model, mb, 64, 1.0, grad=False)
         assert torch.allclose(again, logp.detach(), atol=1e-4)
         results.append((logp.detach(), {n: p.grad for n, p in model.named_parameters()}))
     (a, ga), (b, gb) = results

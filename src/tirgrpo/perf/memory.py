@@ -717,10 +717,9 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
     import torch
 
     from tirgrpo.config import GRPOConfig
-    from tirgrpo.train.loss import grpo_loss
     from tirgrpo.rollout import SamplingParams
     from tirgrpo.rollout.simple import SimpleEngine
-    from tirgrpo.train.loop import build_micro_batches, reference_logprobs, sequence_logprobs
+    from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
 
     G, C = wl.group_size, wl.completion_tokens
     dec = C if decode_tokens is None else decode_tokens
@@ -740,7 +739,7 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
         ids += torch.randint(0, min(1000, model.config.vocab_size - 1), (C - len(ids),), generator=rng).tolist()
         comps.append(ids[: C - 1] if j % G == G - 1 and C > 1 else ids)
     # The estimate models the unshared layout (padded rows), so that is what is measured.
-    batches = build_micro_batches(prompts, comps, G, wl.micro_batch_tokens, "", engine.pad_id, device)
+    batches = build_micro_batches(prompts, comps, G, wl.micro_batch_tokens, "off", engine.pad_id, device)
     advs = [torch.randn(len(b.rows), generator=rng).to(device) for b in batches]
     cfg = GRPOConfig(beta=0.1 if (ref_model is not None or wl.lora) else 0.0)
     chunk = wl.logprob_chunk_tokens
@@ -751,14 +750,7 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
         refs = [None] * len(batches)
         if cfg.beta > 0:
             refs = [reference_logprobs(model, ref_model, bt, chunk, 1.0) for bt in batches]
-        for bt, a, r in zip(batches, advs, refs):
-            logp, _ = sequence_logprobs(model, bt, chunk, 1.0, grad=True)
-            loss, _ = grpo_loss(logp, None, r, a, bt.mask, cfg, C, n_seq, n_tok)
-            loss.backward()
-            del logp, loss
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
+        grpo_update(model, optimizer, batches, GRPOObjective(cfg, advs, refs, C, n_seq, n_tok), 1.0, chunk)
     return {"rollout": m_roll.peak, "train": m_train.peak, "micro_batches": len(batches)}
 
 

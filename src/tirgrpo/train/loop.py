@@ -90,71 +90,8 @@ def prompts_for_rollout(n_data: int, position: int, count: int, seed: int, shuff
 # --------------------------------------------------------------------------- the train phase
 
 
-@dataclass
-class MicroBatch:
-    """Completions trained together: `rows` index the rollout's completions; `inputs` is
-    either padded rows (input_ids, attention_mask, completion_mask), each [B, T], or one
-    `prefix.PackedGroup` (a prompt and some of its completions in one sequence)."""
-
-    rows: list[int]
-    inputs: object
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """Where the completion tokens are, in the layout of this micro-batch's log-probs."""
-        from tirgrpo.train.prefix import PackedGroup
-
-        return self.inputs.completion_mask if isinstance(self.inputs, PackedGroup) else self.inputs[2]
-
-
-def build_micro_batches(prompt_ids: list[list[int]], comp_ids: list[list[int]], group_size: int, budget: int,
-                        prefix_mask: str, pad_id: int, device) -> list[MicroBatch]:
-    """Split a rollout's completions into micro-batches of at most `budget` tokens.
-
-    prefix_mask "": unshared, rows [prompt, completion] packed by padded size. "dense",
-    "block" or "split": shared prefix, each group's prompt once, followed by its completions
-    (split when the group exceeds the budget), with that form of mask (prefix.py).
-    """
-    from tirgrpo.train.batching import pack_by_tokens, right_pad
-    from tirgrpo.train.prefix import pack_group, split_group
-
-    if not prefix_mask:
-        lengths = [len(a) + len(b) for a, b in zip(prompt_ids, comp_ids)]
-        return [MicroBatch(mb, right_pad([prompt_ids[i] for i in mb], [comp_ids[i] for i in mb], pad_id, device))
-                for mb in pack_by_tokens(lengths, budget)]
-    out = []
-    for start in range(0, len(comp_ids), group_size):
-        group = list(range(start, start + group_size))
-        for part in split_group(len(prompt_ids[start]), [len(comp_ids[i]) for i in group], budget):
-            rows = [group[i] for i in part]
-            width = max(1, max(len(comp_ids[r]) for r in rows))
-            out.append(MicroBatch(rows, pack_group(prompt_ids[start], [comp_ids[r] for r in rows], width, device,
-                                                   prefix_mask, pad_id)))
-    return out
-
-
-def sequence_logprobs(model, mb: MicroBatch, chunk_tokens: int, temperature: float, grad: bool):
-    """Per-token log-probs and entropies of a micro-batch's completion tokens, in `mb.mask`'s layout."""
-    from tirgrpo.train.logprobs import token_logprobs
-    from tirgrpo.train.prefix import PackedGroup, packed_logprobs
-
-    with torch.set_grad_enabled(grad):
-        if isinstance(mb.inputs, PackedGroup):
-            return packed_logprobs(model, mb.inputs, chunk_tokens, temperature)
-        ids, attn, comp = mb.inputs
-        return token_logprobs(model, ids, attn, comp, chunk_tokens=chunk_tokens, temperature=temperature)
-
-
-def reference_logprobs(model, ref_model, mb: MicroBatch, chunk_tokens: int, temperature: float):
-    """Reference log-probs: the frozen copy, or (LoRA) the policy with adapters disabled."""
-    if ref_model is not None:
-        return sequence_logprobs(ref_model, mb, chunk_tokens, temperature, grad=False)[0]
-    with model.disable_adapter():
-        return sequence_logprobs(model, mb, chunk_tokens, temperature, grad=False)[0]
-
-
 def setup_shared_prefix(model, ref_model, optim, device) -> str:
-    """The shared-prefix mask form of this run: "" (off), "dense", "block" or "split" (prefix.py).
+    """The shared-prefix form of this run: "off", "dense", "block" or "split" (prefix.py).
 
     Block and split switch the models' attention to `PREFIX_ATTENTION` (FlexAttention or the
     split kernels for packed groups, sdpa for everything else). Dense masks need sdpa or eager.
@@ -162,7 +99,7 @@ def setup_shared_prefix(model, ref_model, optim, device) -> str:
     from tirgrpo.train.prefix import PREFIX_ATTENTION, mask_kind, use_prefix_attention
 
     if not optim.shared_prefix:
-        return ""
+        return "off"
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if impl not in ("sdpa", "eager", PREFIX_ATTENTION):
         raise TirgrpoError(f"optim.shared_prefix needs model.attn_implementation 'sdpa' or 'eager' (a custom "
@@ -211,7 +148,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     from tirgrpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples, overall_of
-    from tirgrpo.train.loss import group_advantages, grpo_loss
+    from tirgrpo.train.loss import group_advantages
+    from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
     from tirgrpo.train.metrics import RunLog
     from tirgrpo.train.model import (compile_decoder_layers, count_parameters, eager_layers, load_base_model, load_policy,
                                resolve_device, resolve_dtype, resolve_init, tokenizer_spec)
@@ -334,49 +272,26 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         n_tok = sum(len(c) for c in comp_ids)
         chunk = cfg.optim.logprob_chunk_tokens
         model.train()
-        # Log-probs of the policy that sampled, for the importance ratio of iterations >= 2:
-        # the first iteration's own log-probs (no update happens before all its micro-batches
-        # ran), so no separate forward pass; None = on-policy (ratio 1) in grpo_loss.
-        old = [None] * len(batches)
         refs = [None] * len(batches)
         if cfg.grpo.beta > 0:
             refs = [reference_logprobs(model, ref_model, b, chunk, temperature) for b in batches]
+        objective = GRPOObjective(cfg.grpo, advs, refs, cfg.rollout.max_new_tokens, n_seq, n_tok)
         sums: dict[str, float] = {}
         losses, grad_norms, skipped = [], [], 0
         for it in range(iters):
             if state["step"] >= K:
                 break
             optimizer.lr = cfg.optim.lr * lr_multiplier(state["step"], K, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
-            total_loss = 0.0
-            finite = True
-            for i, (b, a, r) in enumerate(zip(batches, advs, refs)):
-                logp, ent = sequence_logprobs(model, b, chunk, temperature, grad=True)
-                if it == 0:
-                    old[i] = logp.detach()
-                loss, st = grpo_loss(logp, old[i], r, a, b.mask, cfg.grpo, cfg.rollout.max_new_tokens, n_seq, n_tok)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                loss.backward()
-                total_loss += loss.item()
-                w = float(st["num_tokens"])
-                st = {**{k: float(v) for k, v in st.items() if k != "num_tokens"},
-                      "entropy": float((ent.detach() * b.mask).sum() / max(1.0, w))}
-                for key, v in st.items():
-                    sums[key] = sums.get(key, 0.0) + v * w
-                sums["_w"] = sums.get("_w", 0.0) + w
-            if finite:
-                gn = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                    cfg.optim.max_grad_norm)
-                finite = bool(torch.isfinite(gn))
-            if finite:
-                optimizer.step()
-                losses.append(total_loss)
-                grad_norms.append(float(gn))
+            res = grpo_update(model, optimizer, batches, objective, cfg.optim.max_grad_norm, chunk, temperature)
+            if res.applied:
+                losses.append(res.loss)
+                grad_norms.append(res.grad_norm)
+                for key, v in res.stats.items():
+                    sums[key] = sums.get(key, 0.0) + v * res.num_tokens
+                sums["_w"] = sums.get("_w", 0.0) + res.num_tokens
             else:
                 skipped += 1
                 state["nonfinite"] += 1
-            optimizer.zero_grad()
             state["step"] += 1
             bar.update(1)
         t3 = time.perf_counter()
@@ -405,8 +320,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             "throughput/gen_tokens_per_s": n_tok / max(1e-9, t1 - t0),
             "throughput/train_tokens_per_s": sum(lengths) * iters / max(1e-9, t3 - t2),
             # tokens the forward passes actually ran (fewer than sum(lengths) with shared prefix)
-            "train/forward_tokens": sum(b.inputs.tokens if hasattr(b.inputs, "tokens") else b.inputs[0].numel()
-                                        for b in batches),
+            "train/forward_tokens": sum(b.tokens for b in batches),
             "memory/peak_gb": peak_memory_gb(device),
         })
         log.log(row)

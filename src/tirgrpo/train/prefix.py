@@ -58,7 +58,7 @@ class PackedGroup:
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    mask: object
+    mask: object  # torch.Tensor ("dense", "split") or a FlexAttention BlockMask ("block")
     source: torch.Tensor
     targets: torch.Tensor
     row: torch.Tensor
@@ -66,6 +66,8 @@ class PackedGroup:
     completion_mask: torch.Tensor
     prompt_len: int = 0
     longest_completion: int = 0  # the split form's kernels size their grid by it
+    form: str = "dense"
+    """Which attention reads `mask`: "dense", "block" or "split"."""
 
     @property
     def tokens(self) -> int:
@@ -138,6 +140,7 @@ def pack_group(prompt: list[int], completions: list[list[int]], width: int, devi
         completion_mask=cmask.to(device),
         prompt_len=P,
         longest_completion=max([len(c) for c in completions], default=0),
+        form=mask,
     )
 
 
@@ -216,8 +219,8 @@ def packed_logprobs(model, group: PackedGroup, chunk_tokens: int = 1024, tempera
 
     decoder, head = _decoder_and_head(model)
     # the split form needs these as numbers: reading them from the mask tensor would wait for the GPU
-    extra = ({"prefix_len": group.prompt_len, "prefix_longest": group.longest_completion}
-             if is_segment_bounds(group.mask) else {})
+    extra = ({"prefix_form": "split", "prefix_len": group.prompt_len, "prefix_longest": group.longest_completion}
+             if group.form == "split" else {})
     hidden = decoder(input_ids=group.input_ids, attention_mask=group.mask, position_ids=group.position_ids,
                      use_cache=False, **extra).last_hidden_state[0]
     logp, ent = chunked_token_logprobs(hidden[group.source], head.weight, group.targets, chunk_tokens,
@@ -244,21 +247,17 @@ def _make_flex():
     return torch.compile(flex_attention, dynamic=None) if torch.cuda.is_available() else flex_attention
 
 
-def is_segment_bounds(mask) -> bool:
-    """Is this attention mask the `split` form (an int32 [1, 1, 1, S + 1] tensor of segment starts)?"""
-    return isinstance(mask, torch.Tensor) and mask.dtype == torch.int32 and mask.dim() == 4
-
-
 def prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """transformers attention function: BlockMask -> FlexAttention, segment bounds ->
-    `split_prefix_attention`, anything else -> sdpa.
+    """transformers attention function: a packed group of the split form (`prefix_form` =
+    "split", passed by `packed_logprobs`) -> `split_prefix_attention`, a BlockMask ->
+    FlexAttention, anything else -> sdpa.
 
     query [B, Hq, T, D], key/value [B, Hkv, T, D]; returns ([B, T, Hq, D], None) like sdpa.
     """
     from torch.nn.attention.flex_attention import BlockMask
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if is_segment_bounds(attention_mask):
+    if kwargs.pop("prefix_form", None) == "split":
         from tirgrpo.kernels.split_attention import split_prefix_attention
 
         if query.shape[0] != 1:

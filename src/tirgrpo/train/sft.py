@@ -96,9 +96,8 @@ def sft(cfg: SFTConfig) -> dict:
     """Run supervised fine-tuning as configured; returns a summary dict."""
     from tqdm import tqdm
 
-    from tirgrpo.train.batching import pack_by_tokens, right_pad
     from tirgrpo.files import atomic_write_text
-    from tirgrpo.train.logprobs import token_logprobs
+    from tirgrpo.train.step import SFTObjective, build_micro_batches, grpo_update
     from tirgrpo.train.metrics import RunLog
     from tirgrpo.train.model import (compile_decoder_layers, load_policy, resolve_device, resolve_dtype, resolve_init,
                                save_hf_folder, tokenizer_spec)
@@ -145,19 +144,11 @@ def sft(cfg: SFTConfig) -> dict:
         prompts = [data[i] for i in idx]
         comps = [targets[i] for i in idx]
         n_tok = sum(len(c) for c in comps)
-        lengths = [len(p) + len(c) for p, c in zip(prompts, comps)]
         optimizer.lr = cfg.optim.lr * lr_multiplier(step, K, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
-        total = 0.0
-        for mb in pack_by_tokens(lengths, cfg.optim.micro_batch_tokens):
-            ids, attn, mask = right_pad([prompts[i] for i in mb], [comps[i] for i in mb], pad, device)
-            logp, _ = token_logprobs(model, ids, attn, mask, chunk_tokens=cfg.optim.logprob_chunk_tokens)
-            loss = sft_loss(logp, mask, n_tok)
-            loss.backward()
-            total += loss.item()
-        gn = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
-        if torch.isfinite(gn):
-            optimizer.step()
-        optimizer.zero_grad()
+        batches = build_micro_batches(prompts, comps, 1, cfg.optim.micro_batch_tokens, "off", pad, device)
+        res = grpo_update(model, optimizer, batches, SFTObjective(n_tok), cfg.optim.max_grad_norm,
+                          cfg.optim.logprob_chunk_tokens)
+        total, gn = res.loss, res.grad_norm
         loss_value = total
         log.log({"step": step + 1, "sft/loss": total, "sft/grad_norm": float(gn), "lr": optimizer.lr,
                  "time/step_s": time.perf_counter() - t0})

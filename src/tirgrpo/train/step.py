@@ -1,0 +1,220 @@
+"""One update: micro-batches -> log-probs -> loss -> backward -> clip -> optimizer step.
+
+`grpo_update` is the only place in tirgrpo where gradients are computed and the optimizer
+steps. The GRPO trainer, SFT, `tirgrpo memory --measure` and the train-phase benchmark all
+call it; what differs between them is the *objective* (`GRPOObjective`, `SFTObjective`):
+a callable that turns one micro-batch's log-probs into a loss and its statistics.
+
+Two kinds of micro-batch, told apart by their type, never by a tensor's dtype or rank:
+
+* `PaddedRows`: rows [prompt, completion], right-padded (the unshared layout);
+* `prefix.PackedGroup`: one prompt and some of its completions packed into one sequence
+  (shared prefix), whose `form` field names the attention ("dense", "block" or "split").
+
+Both expose `completion_mask`, the layout in which their log-probs come back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Union
+
+import torch
+
+from tirgrpo.config import GRPOConfig
+from tirgrpo.train.loss import grpo_loss
+from tirgrpo.train.prefix import PackedGroup
+
+PREFIX_FORMS = ("dense", "block", "split")
+
+
+@dataclass
+class PaddedRows:
+    """Right-padded rows [prompt, completion]: input_ids, attention_mask (0/1) and
+    completion_mask (True at completion tokens, the loss targets), each [B, T]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the forward pass runs (padding included)."""
+        return self.input_ids.numel()
+
+
+Inputs = Union[PaddedRows, PackedGroup]
+
+
+@dataclass
+class MicroBatch:
+    """Completions trained together. `rows` index the step's completions (the order of the
+    rollout); `inputs` is the tensor form the model reads."""
+
+    rows: list[int]
+    inputs: Inputs
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[rows, width] bool: where completion tokens are, in the layout of the log-probs."""
+        return self.inputs.completion_mask
+
+    @property
+    def tokens(self) -> int:
+        return self.inputs.tokens
+
+
+def build_micro_batches(prompt_ids: list[list[int]], comp_ids: list[list[int]], group_size: int, budget: int,
+                        prefix: str, pad_id: int, device) -> list[MicroBatch]:
+    """Split a step's completions into micro-batches of at most `budget` tokens (0: no limit).
+
+    prompt_ids[i], comp_ids[i]: the prompt and completion of completion i; groups of
+    `group_size` consecutive completions share a prompt. prefix "off": padded rows packed by
+    padded size (`batching.pack_by_tokens`). "dense", "block" or "split": each group's prompt
+    once followed by its completions (split into parts that repeat the prompt when a group
+    exceeds the budget), with that attention form (prefix.py).
+    """
+    from tirgrpo.train.batching import pack_by_tokens, right_pad
+    from tirgrpo.train.prefix import pack_group, split_group
+
+    if prefix == "off":
+        lengths = [len(a) + len(b) for a, b in zip(prompt_ids, comp_ids)]
+        return [MicroBatch(mb, PaddedRows(*right_pad([prompt_ids[i] for i in mb], [comp_ids[i] for i in mb],
+                                                     pad_id, device)))
+                for mb in pack_by_tokens(lengths, budget)]
+    if prefix not in PREFIX_FORMS:
+        raise ValueError(f"prefix must be 'off' or one of {PREFIX_FORMS}, got {prefix!r}")
+    out = []
+    for start in range(0, len(comp_ids), group_size):
+        group = list(range(start, start + group_size))
+        for part in split_group(len(prompt_ids[start]), [len(comp_ids[i]) for i in group], budget):
+            rows = [group[i] for i in part]
+            width = max(1, max(len(comp_ids[r]) for r in rows))
+            out.append(MicroBatch(rows, pack_group(prompt_ids[start], [comp_ids[r] for r in rows], width, device,
+                                                   prefix, pad_id)))
+    return out
+
+
+def micro_batch_logprobs(model, mb: MicroBatch, chunk_tokens: int, temperature: float, grad: bool):
+    """(log-probs, entropies) of a micro-batch's completion tokens, each in `mb.mask`'s layout, float32."""
+    from tirgrpo.train.logprobs import token_logprobs
+    from tirgrpo.train.prefix import packed_logprobs
+
+    with torch.set_grad_enabled(grad):
+        x = mb.inputs
+        if isinstance(x, PackedGroup):
+            return packed_logprobs(model, x, chunk_tokens, temperature)
+        return token_logprobs(model, x.input_ids, x.attention_mask, x.completion_mask, chunk_tokens=chunk_tokens,
+                              temperature=temperature)
+
+
+def reference_logprobs(model, ref_model, mb: MicroBatch, chunk_tokens: int, temperature: float) -> torch.Tensor:
+    """Log-probs under the reference: the frozen copy, or (LoRA, `ref_model` None) the
+    policy with its adapters disabled."""
+    if ref_model is not None:
+        return micro_batch_logprobs(ref_model, mb, chunk_tokens, temperature, grad=False)[0]
+    with model.disable_adapter():
+        return micro_batch_logprobs(model, mb, chunk_tokens, temperature, grad=False)[0]
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+class Objective(Protocol):
+    """Turns one micro-batch's log-probs into (loss, stats). `i` is the micro-batch's index
+    in the update; stats are detached 0-dim tensors, averaged over the update weighted by
+    the micro-batch's completion tokens."""
+
+    def __call__(self, i: int, mb: MicroBatch, logp: torch.Tensor,
+                 entropy: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+@dataclass
+class GRPOObjective:
+    """The clipped GRPO loss (`loss.grpo_loss`) of a rollout's micro-batches.
+
+    advantages[i]: [rows of micro-batch i]; refs[i]: reference log-probs or None;
+    num_sequences / num_tokens: the whole rollout's counts (exact gradient accumulation).
+    The first update of a rollout is on-policy (ratio 1); its log-probs are kept in `old`
+    and serve as the sampling policy's log-probs for the rollout's later updates, so no
+    separate forward pass is needed.
+    """
+
+    cfg: GRPOConfig
+    advantages: list[torch.Tensor]
+    refs: list[torch.Tensor | None]
+    max_completion_tokens: int
+    num_sequences: int
+    num_tokens: int
+    old: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self, i, mb, logp, entropy):
+        first = len(self.old) <= i
+        if first:
+            self.old.append(logp.detach())
+        return grpo_loss(logp, None if first else self.old[i], self.refs[i], self.advantages[i], mb.mask, self.cfg,
+                         self.max_completion_tokens, self.num_sequences, self.num_tokens)
+
+
+@dataclass
+class SFTObjective:
+    """Negative log-likelihood of the target tokens, averaged over the whole batch's
+    `num_tokens` target tokens (so micro-batch losses add up to the batch mean)."""
+
+    num_tokens: int
+
+    def __call__(self, i, mb, logp, entropy):
+        from tirgrpo.train.sft import sft_loss
+
+        m = mb.mask
+        return sft_loss(logp, m, self.num_tokens), {"num_tokens": m.sum().float()}
+
+
+# --------------------------------------------------------------------------- the update
+
+
+@dataclass
+class UpdateResult:
+    """What one update did. `stats`: the objective's statistics and `entropy`, averaged
+    over completion tokens; `applied`: False when the loss or gradient was not finite and
+    the optimizer step was skipped."""
+
+    loss: float
+    grad_norm: float
+    applied: bool
+    stats: dict[str, float]
+    num_tokens: int
+
+
+def grpo_update(model, optimizer, batches: list[MicroBatch], objective: Objective, max_grad_norm: float,
+                chunk_tokens: int, temperature: float = 1.0) -> UpdateResult:
+    """One optimizer step over `batches`: forward, `objective`, backward for each micro-batch
+    (gradients accumulate), then clip to `max_grad_norm` and step; gradients are zeroed after.
+
+    A non-finite loss or gradient norm skips the step (`applied` False). One device sync per
+    update: the loss and statistics stay tensors until the end.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = torch.zeros((), dtype=torch.float32)
+    sums: dict[str, torch.Tensor] = {}
+    weight = torch.zeros(())
+    for i, mb in enumerate(batches):
+        logp, ent = micro_batch_logprobs(model, mb, chunk_tokens, temperature, grad=True)
+        loss, st = objective(i, mb, logp, ent)
+        loss.backward()
+        w = st.pop("num_tokens", None)
+        w = mb.mask.sum().float() if w is None else w
+        st["entropy"] = (ent.detach() * mb.mask).sum() / w.clamp(min=1.0)
+        total = total.to(loss.device) + loss.detach().float()
+        weight = weight.to(w.device) + w
+        for k, v in st.items():
+            sums[k] = sums.get(k, 0.0) + v.float() * w
+        del logp, ent, loss
+    gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if params else torch.zeros(())
+    finite = bool(torch.isfinite(gn) & torch.isfinite(total))  # the one sync
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad()
+    n = max(1.0, float(weight))
+    return UpdateResult(loss=float(total), grad_norm=float(gn), applied=finite,
+                        stats={k: float(v) / n for k, v in sums.items()}, num_tokens=int(weight))
