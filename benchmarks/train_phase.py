@@ -95,7 +95,7 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
             use_prefix_attention(m)
     if compiled:
         for m in (model, ref):
-            compile_decoder_layers(m, "on", dev)
+            compile_decoder_layers(m)
     opt = AdamW(model.parameters(), lr=3e-5, master_fp32=(mode == "master"),
                 bf16_update="kahan" if mode == "kahan" else "stochastic")
     cfg = GRPOConfig(beta=beta, num_iterations=2, loss_type="dapo")

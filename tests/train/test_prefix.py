@@ -223,13 +223,19 @@ def test_training_with_shared_prefix_equals_unshared(tmp_path, tiny_model_dir, b
             assert diff.max() < 2e-3 and diff.mean() < 1e-5, (kind, name, diff.max(), diff.mean())
 
 
-def test_mask_kind_auto_and_errors():
+def test_shared_prefix_auto_and_errors():
     from tirgrpo.errors import TirgrpoError
-    from tirgrpo.train.prefix import mask_kind
+    from tirgrpo.train.plan import resolve_prefix
 
-    assert mask_kind("auto", "cpu") == "dense"
-    assert mask_kind("auto", "cuda", torch.bfloat16) == "split"  # flash-attention / cuDNN kernels
-    assert mask_kind("auto", "cuda", torch.float32) == "block"  # those kernels take no fp32
-    assert mask_kind("split", "cpu") == "split"
-    with pytest.raises(TirgrpoError, match="prefix_mask"):
-        mask_kind("flex", "cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_prefix("auto", "sdpa", cpu, "fp32") == "dense"
+    assert resolve_prefix("auto", "sdpa", cuda, "bf16") == "split"  # flash-attention / cuDNN kernels
+    assert resolve_prefix("auto", "sdpa", cuda, "fp32") == "block"  # those kernels take no fp32
+    assert resolve_prefix("auto", "flex_attention", cuda, "bf16") == "off"  # a custom mask needs sdpa/eager
+    assert resolve_prefix("split", "eager", cpu, "fp32") == "split"
+    with pytest.raises(TirgrpoError, match="system.shared_prefix"):
+        resolve_prefix("flex", "sdpa", cpu, "fp32")
+    with pytest.raises(TirgrpoError, match="needs CUDA"):
+        resolve_prefix("block", "sdpa", cpu, "fp32")
+    with pytest.raises(TirgrpoError, match="system.attention"):
+        resolve_prefix("dense", "flex_attention", cpu, "fp32")

@@ -19,7 +19,7 @@ PANELS = {
                      "train/grad_norm", "completion/tokens_mean", "completion/truncated",
                      "decision/submit", "decision/decline", "decision/invalid", "adv/zero_std_groups"],
     "speed.png": ["time/rollout_s", "time/score_s", "time/train_s", "throughput/train_tokens_per_s",
-                  "throughput/gen_tokens_per_s", "memory/peak_gb"],
+                  "throughput/gen_tokens_per_s", "memory/peak_gib"],
 }
 
 

@@ -293,16 +293,3 @@ def use_prefix_attention(model) -> None:
     AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(PREFIX_ATTENTION)
-
-
-def mask_kind(setting: str, device, dtype: torch.dtype = torch.bfloat16) -> str:
-    """optim.prefix_mask ("auto" | "block" | "split" | "dense") -> the mask form used on `device`
-    for a model computing in `dtype`. auto: split on CUDA in bf16/fp16 (flash-attention and
-    cuDNN kernels take no other dtype), block on CUDA otherwise, dense on CPU."""
-    if setting not in ("auto", "block", "split", "dense"):
-        raise TirgrpoError(f"optim.prefix_mask must be 'auto', 'block', 'split' or 'dense', got {setting!r}")
-    if setting == "auto":
-        if torch.device(device).type != "cuda":
-            return "dense"
-        return "split" if dtype in (torch.bfloat16, torch.float16) else "block"
-    return setting
