@@ -53,29 +53,6 @@ def _run_config(model: str):
     return None
 
 
-def _transcript_examples(path: str):
-    """Pseudo-examples (one per transcript that has a correct answer) and their decision prompts.
-
-    Returns (examples, problem ids, prompts or None where no code output was shown).
-    """
-    from tirgrpo.data.records import Example, label_for, read_transcripts
-    from tirgrpo.eval.selection import transcript_decision_prompt
-
-    examples, problem_ids, prompts = [], [], []
-    for t in read_transcripts(path):
-        if t.correct_answer is None:
-            continue
-        prompt = transcript_decision_prompt(t)
-        examples.append(Example(question=t.question, prompt=prompt or "", completion="", correct_answer=t.correct_answer,
-                                eventual_answer=t.eventual_answer, label=label_for(t.correct_answer, t.eventual_answer),
-                                prompt_tokens=0, completion_tokens=0, source=Path(path).name))
-        problem_ids.append(t.problem_id)
-        prompts.append(prompt)
-    if not examples:
-        raise TirgrpoError(f"{path}: no transcript has a correct_answer; nothing to evaluate")
-    return examples, problem_ids, prompts
-
-
 def run(args) -> int:
     import torch
 
@@ -87,7 +64,7 @@ def run(args) -> int:
     from tirgrpo.train.model import load_base_model, resolve_device, resolve_dtype, tokenizer_spec
     from tirgrpo.rollout import SamplingParams
     from tirgrpo.rollout.simple import SimpleEngine
-    from tirgrpo.eval.selection import compare_selection, group_candidates, selection_table
+    from tirgrpo.eval.selection import compare_selection, group_candidates, selection_table, transcript_examples
     from tirgrpo.data.tokenizer import load_tokenizer
 
     if args.samples < 1:
@@ -109,7 +86,7 @@ def run(args) -> int:
         problem_ids = [ex.question for ex in examples]
         prompts: list[str | None] = [ex.prompt for ex in examples]
     else:
-        examples, problem_ids, prompts = _transcript_examples(args.transcripts)
+        examples, problem_ids, prompts = transcript_examples(args.transcripts)
     keep = [i for i, p in enumerate(prompts)
             if p is None or args.max_prompt_tokens <= 0 or len(tokenizer(p)["input_ids"]) <= args.max_prompt_tokens]
     if args.max_examples > 0:
