@@ -71,6 +71,18 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, num_tokens: int) -> torch.T
     return -(logp * mask).sum() / max(1, num_tokens)
 
 
+@dataclass
+class SFTObjective:
+    """Negative log-likelihood of the target tokens, averaged over the whole batch's
+    `num_tokens` target tokens (so micro-batch losses add up to the batch mean)."""
+
+    num_tokens: int
+
+    def __call__(self, i, mb, logp, entropy):
+        m = mb.mask
+        return sft_loss(logp, m, self.num_tokens), {"num_tokens": m.sum().float()}
+
+
 def target_ids(example, tokenizer, append_eos: bool, code_stop: str) -> list[int]:
     """Completion token ids to learn: the completion, plus eos when it ends a submission."""
     return completion_target_ids(example.completion, tokenizer, append_eos, code_stop)
@@ -134,7 +146,7 @@ def sft(cfg: SFTConfig, requested: dict | None = None) -> dict:
     from tirgrpo.train.model import compile_decoder_layers, load_policy, resolve_init, save_hf_folder, tokenizer_spec
     from tirgrpo.train.optim import AdamW, lr_multiplier
     from tirgrpo.train.plan import describe_plan, resolve_sft_plan, write_plan
-    from tirgrpo.train.step import SFTObjective, build_micro_batches, grpo_update
+    from tirgrpo.train.step import build_micro_batches, grpo_update
 
     plan = resolve_sft_plan(cfg.system)
     print(describe_plan(plan))
