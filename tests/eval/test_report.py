@@ -91,7 +91,6 @@ def tiny_run(tmp_path_factory, tiny_model_dir, byte_tokenizer):
     (root / "cfg.toml").write_text(f"""
 [model]
 name_or_path = "{tiny_model_dir}"
-gradient_checkpointing = false
 [data]
 train = "{root / 'train.jsonl'}"
 eval = "{root / 'eval.jsonl'}"
@@ -108,12 +107,14 @@ warmup_steps = 0
 total_steps = 2
 [run]
 out_dir = "{run_dir}"
-device = "cpu"
 save_every = 1
 eval_samples = 2
 eval_temperature = 1.0
 eval_max_examples = 3
 tensorboard = false
+[system]
+device = "cpu"
+gradient_checkpointing = false
 """, encoding="utf-8")
     import contextlib
     import io
