@@ -167,7 +167,7 @@ def test_repo_configs_exist_and_seed_config_matches_the_issue():
     names = {p.name for p in (REPO / "configs").glob("*.toml")}
     assert {"seed-r1-distill-1.5b.toml", "demo-cpu.toml"} <= names
     cfg = load_config(TrainConfig, REPO / "configs" / "seed-r1-distill-1.5b.toml")
-    # issue 4: G = 4, prompt <= 3072, completion <= 1024, lr 3e-5, 32 warm-up steps, beta 0.1,
+    # the original run: G = 4, prompt <= 3072, completion <= 1024, lr 3e-5, 32 warm-up steps, beta 0.1,
     # epsilon_high 0.28, no std scaling, 2 iterations per rollout, temperature 1.0, stop at ```python
     assert cfg.rollout.group_size == 4 and cfg.data.max_prompt_tokens == 3072 and cfg.rollout.max_new_tokens == 1024
     assert cfg.optim.lr == 3e-5 and cfg.optim.warmup_steps == 32

@@ -25,7 +25,7 @@ Three forms of the same mask:
   128 with tokens of their own segment (never read). The model's attention must be
   `PREFIX_ATTENTION` (see `use_prefix_attention`), which sends a `BlockMask` to FlexAttention
   and any other mask to sdpa, so the unshared path and generation are unchanged.
-* `split` (the default on CUDA in bf16/fp16): no mask at all (`split_attention.py`). All
+* `split` (the default on CUDA in bf16/fp16): no mask at all (`kernels/split_attention.py`). All
   tokens against the prompt's keys (causal, aligned top-left) is one cuDNN call, each
   completion against its own keys one variable-length flash-attention call; the two are
   merged by their log-sum-exp. Only the visible pairs are computed, on torch's fastest kernels (cuDNN's
