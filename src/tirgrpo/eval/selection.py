@@ -172,28 +172,3 @@ def transcript_decision_prompt(t: Any) -> str | None:
         context += bridge(turn.output, t.bridge)
         last = context
     return last
-
-
-def transcript_examples(path: str):
-    """Pseudo-examples (one per transcript that has a correct answer) and their decision prompts.
-
-    Returns (examples, problem ids, prompts or None where no code output was shown).
-    """
-    from tirgrpo.data.records import Example, label_for, read_transcripts
-    from pathlib import Path
-
-    from tirgrpo.errors import TirgrpoError
-
-    examples, problem_ids, prompts = [], [], []
-    for t in read_transcripts(path):
-        if t.correct_answer is None:
-            continue
-        prompt = transcript_decision_prompt(t)
-        examples.append(Example(question=t.question, prompt=prompt or "", completion="", correct_answer=t.correct_answer,
-                                eventual_answer=t.eventual_answer, label=label_for(t.correct_answer, t.eventual_answer),
-                                prompt_tokens=0, completion_tokens=0, source=Path(path).name))
-        problem_ids.append(t.problem_id)
-        prompts.append(prompt)
-    if not examples:
-        raise TirgrpoError(f"{path}: no transcript has a correct_answer; nothing to evaluate")
-    return examples, problem_ids, prompts
