@@ -50,6 +50,11 @@ def test_explicit_budget_that_does_not_fit_is_refused_with_one_that_does(monkeyp
         P.resolve_plan(cfg, CUDA)
 
 
+def test_explicit_whole_step_budget_is_kept_when_it_fits(monkeypatch):
+    fake_gpu(monkeypatch, 140)
+    assert P.resolve_plan(seed_config("system.micro_batch_tokens=0"), CUDA).micro_batch_tokens == 0
+
+
 def test_what_cannot_fit_is_refused_naming_parts_and_changes(monkeypatch):
     fake_gpu(monkeypatch, 24)
     with pytest.raises(TirgrpoError) as e:

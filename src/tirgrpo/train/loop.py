@@ -182,7 +182,10 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
         raise TirgrpoError("rollout.group_size must be >= 2: advantages compare samples within a group")
     run_dir = Path(cfg.run.out_dir)
     ckpt = prepare_run_dir(run_dir, resume, overwrite)
-    plan = read_plan(run_dir / "plan.toml") if resume else resolve_plan(cfg)
+    recorded = run_dir / "plan.toml"
+    if resume and not recorded.is_file():  # a run folder of an older tirgrpo, before plans were recorded
+        print(f"note: {recorded} is missing; resolving the plan again for this resume")
+    plan = read_plan(recorded) if resume and recorded.is_file() else resolve_plan(cfg)
     print(describe_plan(plan))
     config_toml = dumps_toml(to_dict(cfg) if requested is None else requested)
     plan_toml = plan_to_toml(plan)

@@ -230,13 +230,12 @@ def fit_memory(cfg: TrainConfig, plan: Plan, device: torch.device, requested: in
         return plan
     wl = workload(cfg, plan)
     available = device_bytes(device)
-    if device.type == "cuda":
-        budget = M.pick_micro_batch_tokens(shape, wl, available)
-        if budget and (requested < 0 or budget == target):
-            plan = dataclasses.replace(plan, micro_batch_tokens=budget)
-            wl = dataclasses.replace(wl, micro_batch_tokens=budget)
-        else:
+    if device.type == "cuda" and not M.fits(shape, wl, available):
+        budget = M.pick_micro_batch_tokens(shape, wl, available)  # 0: not even one sequence per pass fits
+        if requested >= 0 or not budget:
             refuse(shape, wl, available, device, budget)
+        plan = dataclasses.replace(plan, micro_batch_tokens=budget)
+        wl = dataclasses.replace(wl, micro_batch_tokens=budget)
     est = M.estimate(shape, wl)
     if device.type != "cuda" and available and est["peak"] > available:
         warnings.warn(f"memory: the estimated peak exceeds this machine's {available / GiB:.1f} GiB of RAM: "
@@ -325,7 +324,7 @@ def write_plan(run_dir: Path, plan: Plan) -> None:
 def read_plan(path: Path) -> Plan:
     """The plan recorded at `path` (RUN_DIR/plan.toml or a checkpoint's)."""
     if not path.is_file():
-        raise TirgrpoError(f"{path}: no recorded plan (runs of an older tirgrpo cannot be resumed by this one)")
+        raise TirgrpoError(f"{path}: no recorded plan")
     return plan_from_toml(path.read_text(encoding="utf-8"), str(path))
 
 
