@@ -196,8 +196,8 @@ class ExecutionConfig:
     """AdamW's precision with bf16 weights: `fp32-master` (fp32 master weights and moments, 16
     bytes per trainable parameter), `bf16-kahan` (bf16 weights and moments with a Kahan
     compensation buffer, 10 bytes), `bf16-stochastic` (bf16 with stochastic rounding, 8 bytes)
-    or `auto` (fp32-master). fp32 weights (CPU, LoRA adapters) are updated in fp32 whatever
-    this says."""
+    or `auto` (fp32-master). With `dtype = "fp32"` the plan says `fp32` whatever this says: fp32
+    weights need neither remedy (LoRA adapters are fp32 in any dtype, and updated so)."""
 
 
 @dataclass

@@ -102,7 +102,9 @@ def test_plan_toml_round_trip_says_gib(tmp_path):
 def test_sft_plan_has_no_rollout():
     from tirgrpo.config import ExecutionConfig
 
-    plan = P.resolve_sft_plan(ExecutionConfig(device="cpu", optimizer="bf16-kahan"))
+    plan = P.resolve_sft_plan(ExecutionConfig(device="cpu", dtype="bf16", optimizer="bf16-kahan"))
     assert plan.engine == "none" and plan.shared_prefix == "off" and plan.memory is None
     assert plan.micro_batch_tokens == P.SFT_AUTO_MICRO_BATCH_TOKENS and plan.optimizer == "bf16-kahan"
     assert not plan.master_fp32 and plan.bf16_update == "kahan"
+    fp32 = P.resolve_sft_plan(ExecutionConfig(device="cpu", optimizer="bf16-stochastic"))
+    assert fp32.dtype == "fp32" and fp32.optimizer == "fp32"  # fp32 weights: plain fp32 AdamW

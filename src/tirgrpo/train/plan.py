@@ -57,7 +57,7 @@ class Plan:
     compile_layers: bool
     micro_batch_tokens: int  # 0: the whole step in one pass
     logprob_chunk_tokens: int
-    optimizer: str  # "fp32-master" | "bf16-kahan" | "bf16-stochastic"
+    optimizer: str  # "fp32-master" | "bf16-kahan" | "bf16-stochastic"; "fp32" with fp32 weights
     engine: str = "none"  # "fast" | "simple"
     kernels: str = "none"  # "triton" | "torch" (the fast engine's decode kernels)
     rollout_batch_size: int = 0
@@ -70,8 +70,8 @@ class Plan:
 
     @property
     def master_fp32(self) -> bool:
-        """AdamW's `master_fp32` argument."""
-        return self.optimizer == "fp32-master"
+        """AdamW's `master_fp32` argument (moot for fp32 weights)."""
+        return self.optimizer in ("fp32-master", "fp32")
 
     @property
     def bf16_update(self) -> str:
@@ -139,7 +139,7 @@ def resolve_execution(system: ExecutionConfig, device: torch.device) -> Plan:
                 gradient_checkpointing=system.gradient_checkpointing,
                 compile_layers=compile_layers == "on" or (compile_layers == "auto" and device.type == "cuda"),
                 micro_batch_tokens=budget, logprob_chunk_tokens=system.logprob_chunk_tokens,
-                optimizer="fp32-master" if optimizer == "auto" else optimizer)
+                optimizer="fp32" if dtype == "fp32" else "fp32-master" if optimizer == "auto" else optimizer)
 
 
 def resolve_rollout(system: SystemConfig, device: torch.device, plan: Plan) -> Plan:
