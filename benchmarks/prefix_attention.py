@@ -1,10 +1,10 @@
 """Attention of one shared-prefix group, per decoder layer: the forms of prefix.py against
-the unshared batch (issue #6). Random bf16 q/k/v of the 1.5B shape (12 query heads, 2 KV
+the unshared batch. Random bf16 q/k/v of the 1.5B shape (12 query heads, 2 KV
 heads, head dim 128), CUDA events, medians.
 
     PYTHONPATH=$PWD/src python3 benchmarks/prefix_attention.py [--sweep]
 
-Rows: FlexAttention on the block mask, the split form (`split_attention.py`: a cuDNN (or
+Rows: FlexAttention on the block mask, the split form (`kernels/split_attention.py`: a cuDNN (or
 flash) prompt part + a flash varlen own part, merged by log-sum-exp), and sdpa's causal kernel
 on the unshared [G, P + N] batch (its default backend, and flash-attention 2 forced);
 then the split form's parts alone, forward. --sweep adds FlexAttention kernel options.

@@ -9,7 +9,7 @@ timed with CUDA events:
   phase        reference log-probs + fwd_bwd_opt: what the trainer runs per update (it takes
                the old log-probs from the first update's own forward, docs/algorithm.md)
   phase_with_old_pass  phase + a separate no-grad forward for the old log-probs (the
-               issue #6 definition: log-probs recorded, reference, forward/backward, step)
+               log-probs recorded, reference, forward/backward, step)
   opt          clipping + AdamW step + zero_grad
 and the peak of torch.cuda.max_memory_allocated over the whole case.
 
@@ -34,7 +34,7 @@ from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, 
 
 CASES = {
     # name: (prompts, G, checkpointing, optimizer mode, micro-batch token budget[, prefix mask[, compile]])
-    # prefix mask: "" unshared, "dense", "block" or "split" shared prefix (issue #6: each group packed
+    # prefix mask: "" unshared, "dense", "block" or "split" shared prefix (each group packed
     # as [prompt, completion_1..G]); compile: torch.compile each decoder layer.
     "g4": (2, 4, True, "stochastic", 16384),
     "g4-master": (2, 4, True, "master", 16384),
@@ -95,7 +95,7 @@ def run_case(name: str, prompt_len: int, comp_len: int, repeats: int, beta: floa
             use_prefix_attention(m)
     if compiled:
         for m in (model, ref):
-            compile_decoder_layers(m, "on", dev)
+            compile_decoder_layers(m)
     opt = AdamW(model.parameters(), lr=3e-5, master_fp32=(mode == "master"),
                 bf16_update="kahan" if mode == "kahan" else "stochastic")
     cfg = GRPOConfig(beta=beta, num_iterations=2, loss_type="dapo")
@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=3072)
     ap.add_argument("--comp-len", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--chunk", type=int, default=256, help="LM-head chunk (optim.logprob_chunk_tokens)")
+    ap.add_argument("--chunk", type=int, default=256, help="LM-head chunk (system.logprob_chunk_tokens)")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--profile", help="profile one fwd+bwd+opt step of this case and print the top kernels")
     args = ap.parse_args()

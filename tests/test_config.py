@@ -167,9 +167,79 @@ def test_repo_configs_exist_and_seed_config_matches_the_issue():
     names = {p.name for p in (REPO / "configs").glob("*.toml")}
     assert {"seed-r1-distill-1.5b.toml", "demo-cpu.toml"} <= names
     cfg = load_config(TrainConfig, REPO / "configs" / "seed-r1-distill-1.5b.toml")
-    # issue 4: G = 4, prompt <= 3072, completion <= 1024, lr 3e-5, 32 warm-up steps, beta 0.1,
+    # the original run: G = 4, prompt <= 3072, completion <= 1024, lr 3e-5, 32 warm-up steps, beta 0.1,
     # epsilon_high 0.28, no std scaling, 2 iterations per rollout, temperature 1.0, stop at ```python
     assert cfg.rollout.group_size == 4 and cfg.data.max_prompt_tokens == 3072 and cfg.rollout.max_new_tokens == 1024
     assert cfg.optim.lr == 3e-5 and cfg.optim.warmup_steps == 32
     assert cfg.grpo.beta == 0.1 and cfg.grpo.epsilon_high == 0.28 and cfg.grpo.scale_rewards is False
     assert cfg.grpo.num_iterations == 2 and cfg.rollout.temperature == 1.0 and cfg.rollout.stop == ["```python"]
+
+
+# --------------------------------------------------------------------------- [system] and old keys
+
+
+@pytest.mark.parametrize("old,new", [
+    ("model.dtype=bf16", ("dtype", "bf16")),
+    ("model.attn_implementation=eager", ("attention", "eager")),
+    ("model.gradient_checkpointing=false", ("gradient_checkpointing", False)),
+    ("rollout.batch_size=16", ("rollout_batch_size", 16)),
+    ("rollout.engine=simple", ("engine", "simple")),
+    ("rollout.kernels=torch", ("kernels", "torch")),
+    ("optim.micro_batch_tokens=4096", ("micro_batch_tokens", 4096)),
+    ("optim.compile_layers=off", ("compile_layers", "off")),
+    ("optim.logprob_chunk_tokens=512", ("logprob_chunk_tokens", 512)),
+    ("run.device=cpu", ("device", "cpu")),
+])
+def test_old_keys_map_to_system_with_a_note(old, new, capsys):
+    cfg = load_config(TrainConfig, None, [old])
+    key, value = new
+    assert getattr(cfg.system, key) == value
+    err = capsys.readouterr().err
+    assert f"{old.split('=')[0]} -> system.{key}" in err and "deprecated" in err
+
+
+@pytest.mark.parametrize("olds,setting", [
+    (["optim.shared_prefix=false"], ("shared_prefix", "off")),
+    (["optim.shared_prefix=true", "optim.prefix_mask=split"], ("shared_prefix", "split")),
+    (["optim.prefix_mask=dense"], ("shared_prefix", "dense")),
+    (["optim.master_weights_fp32=true"], ("optimizer", "fp32-master")),
+    (["optim.master_weights_fp32=false"], ("optimizer", "bf16-kahan")),
+    (["optim.master_weights_fp32=false", "optim.bf16_update=stochastic"], ("optimizer", "bf16-stochastic")),
+])
+def test_old_key_pairs_become_one_system_key(olds, setting, capsys):
+    cfg = load_config(TrainConfig, None, olds)
+    assert getattr(cfg.system, setting[0]) == setting[1]
+    assert f"system.{setting[0]}" in capsys.readouterr().err
+
+
+def test_old_key_next_to_its_new_key_is_an_error():
+    with pytest.raises(TirgrpoError, match="system.dtype is set both directly and through its old key"):
+        load_config(TrainConfig, None, ["model.dtype=bf16", "system.dtype=fp32"])
+
+
+def test_system_section_types():
+    cfg = load_config(TrainConfig, None, ["system.micro_batch_tokens=8192", "system.shared_prefix=off"])
+    assert cfg.system.micro_batch_tokens == 8192 and cfg.system.shared_prefix == "off"
+    assert TrainConfig().system.micro_batch_tokens == "auto"
+    with pytest.raises(TirgrpoError, match="system.micro_batch_tokens must be int or str"):
+        load_config(TrainConfig, None, ["system.micro_batch_tokens=1.5"])
+
+
+def test_read_config_dict_is_what_was_asked(tmp_path):
+    from tirgrpo.config import read_config_dict
+
+    p = write(tmp_path, "[optim]\nlr = 2e-4\n\n[system]\ndevice = \"cpu\"\n")
+    assert read_config_dict(p, ["rollout.group_size=8"]) == {
+        "optim": {"lr": 2e-4}, "system": {"device": "cpu"}, "rollout": {"group_size": 8}}
+
+
+def test_sft_config_rejects_keys_sft_does_not_use():
+    from tirgrpo.train.sft import SFTConfig
+
+    for key in ("data.eval=x.jsonl", "run.eval_every=5", "rollout.group_size=4", "grpo.beta=0.1",
+                "system.engine=fast", "system.shared_prefix=off"):
+        with pytest.raises(TirgrpoError) as e:
+            load_config(SFTConfig, None, [key])
+        section, name = key.split("=")[0].split(".")
+        assert repr(name if section in ("data", "run", "system") else section) in str(e.value), key
+    assert load_config(SFTConfig, None, ["system.device=cpu"]).system.device == "cpu"

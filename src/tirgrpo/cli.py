@@ -16,20 +16,20 @@ from tirgrpo.errors import TirgrpoError
 
 # name -> (module, one-line summary). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("tirgrpo.data.prepare", "turn TIR transcripts (CSV or JSONL) into train/eval examples"),
+    "prepare": ("tirgrpo.commands.prepare", "turn TIR transcripts (CSV or JSONL) into train/eval examples"),
     "data": ("tirgrpo.commands.data", "build other data sets (gsm8k-verify: an easy CPU-sized version of the task)"),
     "score": ("tirgrpo.commands.score", "score completions with a reward set and write the components"),
-    "schedule": ("tirgrpo.score.schedule", "print (and plot) the curriculum weights over training"),
-    "sft": ("tirgrpo.train.sft", "supervised warm start on example completions (before GRPO)"),
-    "train": ("tirgrpo.train.loop", "GRPO training from a TOML config (resumable)"),
-    "plot": ("tirgrpo.eval.plot", "write PNG plots of a run's metrics"),
+    "schedule": ("tirgrpo.commands.schedule", "print (and plot) the curriculum weights over training"),
+    "sft": ("tirgrpo.commands.sft", "supervised warm start on example completions (before GRPO)"),
+    "train": ("tirgrpo.commands.train", "GRPO training from a TOML config (resumable)"),
+    "plot": ("tirgrpo.commands.plot", "write PNG plots of a run's metrics"),
     "memory": ("tirgrpo.perf.memory", "estimate (or --measure) the GPU memory of a training config, part by part"),
     "generate": ("tirgrpo.tir.generate", "generate TIR transcripts with an OpenAI-compatible server (code runs in the sandbox)"),
     "sandbox": ("tirgrpo.tir.sandbox", "run Python code in the sandbox (run FILE.py, selftest, modes)"),
     "serve": ("tirgrpo.tir.serve", "serve a model over an OpenAI-compatible /v1/completions API"),
     "eval": ("tirgrpo.commands.eval", "decision quality of a verifier against baselines; gated answer selection"),
-    "report": ("tirgrpo.eval.report", "one self-contained HTML report of a run (plots, eval, log-prob movement)"),
-    "bench": ("tirgrpo.perf.bench", "speed benchmarks (bench rollout: generation tokens/s and ms per step)"),
+    "report": ("tirgrpo.commands.report", "one self-contained HTML report of a run (plots, eval, log-prob movement)"),
+    "bench": ("tirgrpo.commands.bench", "speed benchmarks (bench rollout: generation tokens/s and ms per step)"),
 }
 
 

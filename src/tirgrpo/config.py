@@ -1,18 +1,25 @@
 """Typed configuration: dataclasses with defaults, loaded from TOML, overridden with `--set`.
 
 A config file has one TOML table per section (`[model]`, `[data]`, `[rollout]`,
-`[rewards]`, `[grpo]`, `[optim]`, `[run]`); every key is a field below, and an
+`[rewards]`, `[grpo]`, `[optim]`, `[run]`, `[system]`); every key is a field below, and an
 unknown key is an error that names it. `--set optim.lr=1e-5` overrides one field;
 the value is read as a TOML literal when it parses as one (numbers, booleans,
-`["a", "b"]`), else as a plain string. The config that ran is saved as
-`RUN_DIR/config.toml` and can be loaded back unchanged.
+`["a", "b"]`), else as a plain string.
+
+`[system]` holds every setting that changes how fast a run goes or how much memory it
+takes, never what it computes; `auto` there always means "chosen for the device and the
+workload by `tirgrpo.train.plan.resolve_plan`", which records its choices in
+`RUN_DIR/plan.toml`. `RUN_DIR/config.toml` is what the user asked (the file plus `--set`),
+not these dataclasses with their defaults. Keys that moved to `[system]` are still read for
+one release through `OLD_KEYS` (with a note naming the new key).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import sys
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +30,7 @@ from tirgrpo.errors import TirgrpoError
 
 @dataclass
 class ModelConfig:
-    """Which model to train and how it is held in memory."""
+    """Which model to train (how it is held in memory: `[system]`)."""
 
     name_or_path: str = "smollm2-135m-instruct"
     """A local Hugging Face folder, a hub id already in the local cache, a `.gguf` file,
@@ -32,12 +39,6 @@ class ModelConfig:
     tokenizer: str = ""
     """Tokenizer name or path; empty means the model's own. `r1-distill-qwen` is the
     offline rebuild of DeepSeek-R1-Distill-Qwen's tokenizer."""
-    dtype: str = "auto"
-    """Compute dtype: `auto` (bf16 on CUDA, fp32 on CPU), `bf16`, `fp32`."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers (`sdpa`, `eager`, `flex_attention`)."""
-    gradient_checkpointing: bool = True
-    """Recompute each decoder layer's activations in the backward pass (saves memory)."""
     lora: bool = False
     """Train LoRA adapters (peft) instead of all weights; the reference model is then the
     base model with adapters disabled, not a second copy."""
@@ -65,7 +66,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    """How completions are sampled from the policy during training."""
+    """What is sampled from the policy during training (with which engine: `[system]`)."""
 
     group_size: int = 4
     """G: completions sampled per prompt; advantages are computed within each group."""
@@ -80,14 +81,6 @@ class RolloutConfig:
     """Generation stops when the decoded text contains one of these; the completion keeps
     its `finish_reason` and the matched string, so a decline is never judged from text
     from which the stop string was stripped."""
-    batch_size: int = 64
-    """Most sequences decoded at once."""
-    engine: str = "fast"
-    """`fast` (static KV cache, own decode step, CUDA graphs on GPU, eager on CPU:
-    rollout/engine.py) or `simple` (the HF forward with its dynamic cache: rollout/simple.py)."""
-    kernels: str = "auto"
-    """The fast engine's decode kernels: `auto` (Triton on CUDA when it imports, else torch),
-    `triton` or `torch` (rollout/kernels.py)."""
 
 
 @dataclass
@@ -129,7 +122,7 @@ class GRPOConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW, schedule, batching."""
+    """AdamW and its learning-rate schedule (its precision: `system.optimizer`)."""
 
     lr: float = 3e-5
     weight_decay: float = 0.0
@@ -140,34 +133,6 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     """The cosine decays to lr * min_lr_ratio."""
     max_grad_norm: float = 1.0
-    micro_batch_tokens: int = 16384
-    """Token budget of one forward/backward micro-batch (padded tokens count); 0 = whole batch.
-    With shared_prefix a micro-batch is one group; a group over the budget is split into parts
-    that each repeat the prompt (G = 16 at 3072 + 1024 packs 19,456 tokens: use 32768)."""
-    shared_prefix: bool = True
-    """Train each group as one sequence [prompt, completion_1, ..., completion_G] with a mask
-    in which each completion sees the prompt and its own past (prefix.py): the same log-probs
-    and gradients with the prompt computed once instead of G times. Needs sdpa/eager attention."""
-    prefix_mask: str = "auto"
-    """The shared-prefix mask: `split` (no mask: each segment causal through one flash-attention
-    varlen call, the completions against the prompt through one cuDNN call, merged by their
-    log-sum-exp; exact on CPU too, fast on CUDA in bf16/fp16), `block` (FlexAttention block
-    mask, skips masked 128 x 128 tiles; CUDA only), `dense` (a [T, T] boolean mask through
-    sdpa) or `auto` (split on CUDA in bf16/fp16, block on CUDA in fp32, dense on CPU)."""
-    compile_layers: str = "auto"
-    """`auto` (on CUDA), `on` or `off`: torch.compile each decoder layer for the training
-    forward/backward, fusing the HF layer's small elementwise kernels (fp32 RMSNorm, rotary,
-    SwiGLU, casts) and FlexAttention into the layer; generation always runs them eagerly."""
-    logprob_chunk_tokens: int = 256
-    """Tokens per LM-head chunk when computing log-probs (never the full [B, T, V] logits). Each
-    chunk holds [chunk, 151936] fp32 logits and their gradient: 256 keeps that at 0.3 GB at no
-    measurable speed cost on an H100 (1024: 1.2 GB; docs/benchmarks.md)."""
-    master_weights_fp32: bool = True
-    """With bf16 compute, keep fp32 master weights and AdamW states so small updates are not lost
-    (16 bytes per trainable parameter). False: bf16 weights and states with `bf16_update`."""
-    bf16_update: str = "kahan"
-    """Without fp32 master weights: `kahan` (a bf16 compensation buffer, 10 bytes/param) or
-    `stochastic` (unbiased stochastic rounding, 8 bytes/param, as much as plain bf16 AdamW)."""
 
 
 @dataclass
@@ -176,8 +141,6 @@ class RunConfig:
 
     out_dir: str = "runs/demo"
     seed: int = 0
-    device: str = "auto"
-    """`auto` (CUDA if present), `cpu`, `cuda`, `cuda:1`..."""
     eval_every: int = 0
     """Evaluate every N optimizer steps (0 = only before and after training)."""
     eval_samples: int = 1
@@ -195,6 +158,71 @@ class RunConfig:
 
 
 @dataclass
+class ExecutionConfig:
+    """How a model trains on a device: the `[system]` settings that `sft` uses too.
+
+    None of them changes what is computed (up to float rounding); each changes speed or
+    memory. `auto` means: chosen for the device and the workload by
+    `tirgrpo.train.plan.resolve_plan`, once, before any weights load; RUN_DIR/plan.toml
+    records what was chosen."""
+
+    device: str = "auto"
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
+    dtype: str = "auto"
+    """Compute dtype of weights and activations: `auto` (bf16 on CUDA, fp32 elsewhere: bf16
+    matmuls are slow on most CPUs), `bf16` or `fp32`."""
+    attention: str = "sdpa"
+    """Attention implementation passed to transformers: `sdpa`, `eager` or `flex_attention`.
+    The shared prefix (`shared_prefix`) needs `sdpa` or `eager`."""
+    gradient_checkpointing: bool = True
+    """Recompute each decoder layer's activations in the backward pass: keeps one layer input
+    per layer instead of all its activations, for about a third more compute."""
+    compile_layers: str = "auto"
+    """`auto` (on CUDA), `on` or `off`: torch.compile each decoder layer for the training
+    forward/backward, fusing the HF layer's small elementwise kernels (fp32 RMSNorm, rotary,
+    SwiGLU, casts) and FlexAttention into the layer; generation always runs them eagerly."""
+    micro_batch_tokens: int | str = "auto"
+    """Most tokens one training forward pass runs, or `auto`. Padded rows (`shared_prefix =
+    "off"`) count rows x the longest row (padding included); a packed group counts its prompt
+    once plus its completions. A group over the budget is split into parts that each repeat
+    the prompt; a sequence over it runs alone. 0: the whole step in one pass. `auto`: one
+    group per pass (at full prompt and completion length), lowered on CUDA to what the memory
+    estimate says fits."""
+    logprob_chunk_tokens: int = 256
+    """Tokens per LM-head chunk when computing log-probs (never the full [B, T, V] logits). Each
+    chunk holds [chunk, 151936] fp32 logits and their gradient: 256 keeps that at 0.3 GB at no
+    measurable speed cost on an H100 (1024: 1.2 GB; docs/benchmarks.md)."""
+    optimizer: str = "auto"
+    """AdamW's precision with bf16 weights: `fp32-master` (fp32 master weights and moments, 16
+    bytes per trainable parameter), `bf16-kahan` (bf16 weights and moments with a Kahan
+    compensation buffer, 10 bytes), `bf16-stochastic` (bf16 with stochastic rounding, 8 bytes)
+    or `auto` (fp32-master). With `dtype = "fp32"` the plan says `fp32` whatever this says: fp32
+    weights need neither remedy (LoRA adapters are fp32 in any dtype, and updated so)."""
+
+
+@dataclass
+class SystemConfig(ExecutionConfig):
+    """`[system]` of `tirgrpo train`: the execution settings plus the rollout's."""
+
+    engine: str = "fast"
+    """Rollout engine: `fast` (static KV cache, own decode step, CUDA graphs on GPU, eager on
+    CPU: rollout/engine.py) or `simple` (the HF forward with its dynamic cache: rollout/simple.py)."""
+    kernels: str = "auto"
+    """The fast engine's decode kernels: `auto` (Triton on CUDA when it imports, else torch),
+    `triton` or `torch` (kernels/decode.py)."""
+    rollout_batch_size: int = 64
+    """Most sequences the rollout decodes at once."""
+    shared_prefix: str = "auto"
+    """Train each group as one sequence [prompt, completion_1, ..., completion_G] in which
+    each completion sees the prompt and its own past (train/prefix.py): the same log-probs and
+    gradients with the prompt computed once instead of G times. `off` (padded rows), `dense`
+    (a [T, T] boolean mask through sdpa), `block` (FlexAttention block mask, skips masked
+    128 x 128 tiles; CUDA only), `split` (no mask: flash-attention and cuDNN calls merged by
+    log-sum-exp; exact on CPU too, fast on CUDA in bf16) or `auto` (split on CUDA in bf16,
+    block on CUDA in fp32, dense on CPU; off when `attention` is neither sdpa nor eager)."""
+
+
+@dataclass
 class TrainConfig:
     """Everything `tirgrpo train` needs; one section per concern."""
 
@@ -205,6 +233,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -213,6 +242,13 @@ class TrainConfig:
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """Return `value` converted to the annotated type `tp`, or raise naming `where`."""
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # e.g. `int | str`: the first type that takes it
+        arms = typing.get_args(tp)
+        for arm in arms:
+            if type(value) is arm:
+                return value
+        names = " or ".join(a.__name__ for a in arms)
+        raise TirgrpoError(f"config: {where} must be {names}, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool):
@@ -280,8 +316,87 @@ def add_config_arguments(p, config_help: str = "TOML config (see configs/); defa
                    help=f"override one config field, e.g. --set {example} (repeatable)")
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Load dataclass `cls` from a TOML file (optional) with `--set` overrides applied."""
+# --------------------------------------------------------------------------- old keys
+
+# Keys that moved to [system], read for one release: (section, key) -> system key.
+OLD_KEYS: dict[tuple[str, str], str] = {
+    ("model", "dtype"): "dtype",
+    ("model", "attn_implementation"): "attention",
+    ("model", "gradient_checkpointing"): "gradient_checkpointing",
+    ("rollout", "batch_size"): "rollout_batch_size",
+    ("rollout", "engine"): "engine",
+    ("rollout", "kernels"): "kernels",
+    ("optim", "micro_batch_tokens"): "micro_batch_tokens",
+    ("optim", "compile_layers"): "compile_layers",
+    ("optim", "logprob_chunk_tokens"): "logprob_chunk_tokens",
+    ("run", "device"): "device",
+}
+# Pairs of old keys that became one [system] key (see `_merge_old_pairs`).
+OLD_PAIRS = {("optim", "shared_prefix"): "shared_prefix", ("optim", "prefix_mask"): "shared_prefix",
+             ("optim", "master_weights_fp32"): "optimizer", ("optim", "bf16_update"): "optimizer"}
+
+
+def _merge_old_pairs(optim: dict) -> dict[str, object]:
+    """[system] values of the old optim keys that became one key each:
+    shared_prefix = false -> "off", else prefix_mask (default "auto");
+    master_weights_fp32 = true -> "fp32-master", false -> "bf16-" + bf16_update (default kahan)."""
+    out: dict[str, object] = {}
+    if "shared_prefix" in optim or "prefix_mask" in optim:
+        on = optim.pop("shared_prefix", True)
+        mask = optim.pop("prefix_mask", "auto")
+        if not isinstance(on, bool) or not isinstance(mask, str):
+            raise TirgrpoError("config: optim.shared_prefix must be a bool and optim.prefix_mask a string "
+                               "(both replaced by system.shared_prefix = off|auto|dense|block|split)")
+        out["shared_prefix"] = mask if on else "off"
+    if "master_weights_fp32" in optim or "bf16_update" in optim:
+        master = optim.pop("master_weights_fp32", True)
+        update = optim.pop("bf16_update", "kahan")
+        if not isinstance(master, bool) or update not in ("kahan", "stochastic"):
+            raise TirgrpoError("config: optim.master_weights_fp32 must be a bool and optim.bf16_update kahan or "
+                               "stochastic (both replaced by system.optimizer = auto|fp32-master|bf16-kahan|"
+                               "bf16-stochastic)")
+        out["optimizer"] = "fp32-master" if master else f"bf16-{update}"
+    return out
+
+
+def migrate_old_keys(data: dict, warn=None) -> dict:
+    """Move keys of `OLD_KEYS`/`OLD_PAIRS` found in `data` (a raw config dict, changed in place)
+    to `[system]`, noting each on stderr; an old key next to its new one is an error."""
+    warn = warn or (lambda text: print(text, file=sys.stderr))
+    moved: dict[str, object] = {}
+    notes: list[str] = []
+    for (section, key), new in OLD_KEYS.items():
+        table = data.get(section)
+        if isinstance(table, dict) and key in table:
+            moved[new] = table.pop(key)
+            notes.append(f"{section}.{key} -> system.{new}")
+    optim = data.get("optim")
+    if isinstance(optim, dict):
+        old = [f"optim.{k}" for (sec, k) in OLD_PAIRS if k in optim]
+        pairs = _merge_old_pairs(optim)
+        moved.update(pairs)
+        notes += [f"{' + '.join(o for o in old if OLD_PAIRS[('optim', o[6:])] == new)} -> system.{new} = {v!r}"
+                  for new, v in pairs.items()]
+    if not moved:
+        return data
+    system = data.setdefault("system", {})
+    if not isinstance(system, dict):
+        raise TirgrpoError(f"config: system must be a table, got {system!r}")
+    both = sorted(set(system) & set(moved))
+    if both:
+        raise TirgrpoError(f"config: system.{both[0]} is set both directly and through its old key; "
+                           f"remove the old one")
+    system.update(moved)
+    warn("config: deprecated keys, read this release only; use the [system] section instead: " + "; ".join(notes))
+    return data
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_config_dict(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """What the user asked: the TOML file (optional) with `--set` overrides applied and old
+    keys moved to `[system]`, as a plain dict (no defaults filled in)."""
     data: dict = {}
     if path:
         p = Path(path)
@@ -292,7 +407,12 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise TirgrpoError(f"config file {p}: {e}") from e
     apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
+    return migrate_old_keys(data)
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Load dataclass `cls` from a TOML file (optional) with `--set` overrides applied."""
+    return from_dict(cls, read_config_dict(path, overrides))
 
 
 def to_dict(config: Any) -> dict:
@@ -300,33 +420,13 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {v!r} as TOML")
+def dumps_toml(data: dict) -> str:
+    """A plain dict (tables, scalars, lists) as TOML text (tomli-w)."""
+    import tomli_w
+
+    return tomli_w.dumps(data)
 
 
 def to_toml(config: Any) -> str:
-    """Serialise a config of sections (dataclasses of scalars/lists/dicts) as TOML."""
-    lines: list[str] = []
-    flat = {k: v for k, v in to_dict(config).items() if not isinstance(v, dict) or not _is_section(config, k)}
-    for k, v in flat.items():
-        lines.append(f"{k} = {_toml_value(v)}")
-    for f in dataclasses.fields(config):
-        if _is_section(config, f.name):
-            lines.append(f"\n[{f.name}]")
-            for k, v in to_dict(getattr(config, f.name)).items():
-                lines.append(f"{k} = {_toml_value(v)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _is_section(config: Any, name: str) -> bool:
-    return dataclasses.is_dataclass(getattr(config, name))
+    """Serialise a config dataclass (every field, defaults included) as TOML."""
+    return dumps_toml(to_dict(config))

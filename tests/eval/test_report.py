@@ -91,7 +91,6 @@ def tiny_run(tmp_path_factory, tiny_model_dir, byte_tokenizer):
     (root / "cfg.toml").write_text(f"""
 [model]
 name_or_path = "{tiny_model_dir}"
-gradient_checkpointing = false
 [data]
 train = "{root / 'train.jsonl'}"
 eval = "{root / 'eval.jsonl'}"
@@ -108,12 +107,14 @@ warmup_steps = 0
 total_steps = 2
 [run]
 out_dir = "{run_dir}"
-device = "cpu"
 save_every = 1
 eval_samples = 2
 eval_temperature = 1.0
 eval_max_examples = 3
 tensorboard = false
+[system]
+device = "cpu"
+gradient_checkpointing = false
 """, encoding="utf-8")
     import contextlib
     import io
@@ -124,6 +125,7 @@ tensorboard = false
     return run_dir, out.getvalue()
 
 
+@pytest.mark.slow  # the tiny run behind it: ~10 s
 def test_training_ends_with_eval_table_and_report(tiny_run):
     run_dir, stdout = tiny_run
     assert "| metric | before | after | always-submit | always-decline | random | oracle |" in stdout
@@ -140,6 +142,7 @@ def test_training_ends_with_eval_table_and_report(tiny_run):
     assert page.count("class=tok") > 30
 
 
+@pytest.mark.slow  # the tiny run behind it: ~10 s
 def test_logprob_views_load_the_right_weights(tiny_run, byte_tokenizer):
     from tirgrpo.config import TrainConfig, load_config
     from tirgrpo.eval.report import completion_logprobs, load_run_model
@@ -158,6 +161,7 @@ def test_logprob_views_load_the_right_weights(tiny_run, byte_tokenizer):
     assert len(lp["init"]) == len(comp) and all(x <= 0 for x in lp["init"])
 
 
+@pytest.mark.slow  # the tiny run behind it: ~10 s
 def test_report_command_between_checkpoints(tiny_run, tmp_path, capsys):
     run_dir, _ = tiny_run
     out = tmp_path / "r.html"
@@ -179,6 +183,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--enable-logging=stderr", "--v=0"]
 
 
+@pytest.mark.slow  # the tiny run behind it: ~10 s
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make install adds it where it can)")
 def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     run_dir, _ = tiny_run

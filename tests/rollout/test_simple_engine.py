@@ -159,7 +159,7 @@ def test_eos_ids_collects_tokenizer_and_model_ids(byte_tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir, byte_tokenizer):
-    cfg = ModelConfig(name_or_path=str(tiny_model_dir), gradient_checkpointing=True)
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
     ref = load_base_model(cfg, CPU, torch.float32).eval()
     policy = load_policy(cfg, CPU, torch.float32)  # as the trainer holds it: use_cache off, checkpointing on
     policy.train()

@@ -34,7 +34,6 @@ name_or_path = "{tiny_model_dir}"
 lora = {str(lora).lower()}
 lora_r = 4
 lora_alpha = 8
-gradient_checkpointing = false
 
 [data]
 train = "{train}"
@@ -55,15 +54,18 @@ num_iterations = {num_iterations}
 lr = 1e-3
 warmup_steps = 1
 total_steps = 4
-micro_batch_tokens = 64
 
 [run]
 out_dir = "{out}"
-device = "cpu"
 seed = 3
 save_every = 2
 eval_max_examples = 2
 tensorboard = false
+
+[system]
+device = "cpu"
+gradient_checkpointing = false
+micro_batch_tokens = 64
 """
     path = tmp_path / f"{name}.toml"
     path.write_text(text, encoding="utf-8")
@@ -89,7 +91,7 @@ def assert_rows_equal(a, b):
 def assert_latest_complete(run_dir):
     root = run_dir / "checkpoints"
     name = (root / "latest").read_text().strip()
-    assert CKPT_FILES <= {p.name for p in (root / name).iterdir()}
+    assert CKPT_FILES | {"plan.toml"} <= {p.name for p in (root / name).iterdir()}
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     return name
 

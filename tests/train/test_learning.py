@@ -96,14 +96,15 @@ def test_grpo_raises_heldout_correctness(tmp_path, one_thread):
     for name, examples in (("sft", sft_set), ("train", train_set), ("eval", eval_set)):
         write_examples(tmp_path / f"{name}.jsonl", examples)
 
-    common = [f"model.name_or_path={model_dir}", "model.gradient_checkpointing=false",
-              f"data.eval={tmp_path / 'eval.jsonl'}", "run.tensorboard=false", f"run.seed={SEED}"]
+    common = [f"model.name_or_path={model_dir}", "system.gradient_checkpointing=false", "run.tensorboard=false",
+              f"run.seed={SEED}"]
     sft(load_config(SFTConfig, None, common + [
         f"data.train={tmp_path / 'sft.jsonl'}", f"run.out_dir={tmp_path / 'sft'}",
         "optim.total_steps=150", "optim.lr=3e-3", "optim.warmup_steps=5", "batch_size=32"]))
     samples = 4
     cfg = load_config(TrainConfig, None, common + [
         f"model.init_from={tmp_path / 'sft'}", f"data.train={tmp_path / 'train.jsonl'}",
+        f"data.eval={tmp_path / 'eval.jsonl'}",
         f"run.out_dir={tmp_path / 'grpo'}", "run.save_every=0",
         "rollout.prompts_per_step=16", "rollout.group_size=8", "rollout.max_new_tokens=20",
         "rewards.curriculum=false", "rewards.weights={correctness=1.0}",

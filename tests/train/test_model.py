@@ -37,7 +37,7 @@ def test_load_errors(tmp_path):
         load_base_model(ModelConfig(name_or_path=str(tmp_path / "x.gguf")), CPU, torch.float32)
     with pytest.raises(TirgrpoError, match="unknown random shape"):
         load_base_model(ModelConfig(name_or_path="random:nope"), CPU, torch.float32)
-    with pytest.raises(TirgrpoError, match="model.dtype"):
+    with pytest.raises(TirgrpoError, match="dtype must be one of"):
         resolve_dtype("fp8", CPU)
 
 
@@ -55,17 +55,17 @@ def test_random_tiny_qwen2_shape():
 
 
 def test_policy_use_cache_off_and_checkpointing(tiny_model_dir):
-    model = load_policy(ModelConfig(name_or_path=str(tiny_model_dir), gradient_checkpointing=True), CPU, torch.float32)
+    model = load_policy(ModelConfig(name_or_path=str(tiny_model_dir)), CPU, torch.float32, checkpointing=True)
     assert model.config.use_cache is False
     assert model.is_gradient_checkpointing
-    plain = load_policy(ModelConfig(name_or_path=str(tiny_model_dir), gradient_checkpointing=False), CPU, torch.float32)
+    plain = load_policy(ModelConfig(name_or_path=str(tiny_model_dir)), CPU, torch.float32, checkpointing=False)
     assert not plain.is_gradient_checkpointing
 
 
 def _lora_model(tiny_model_dir, targets=("q_proj", "v_proj", "up_proj")):
     cfg = ModelConfig(name_or_path=str(tiny_model_dir), lora=True, lora_r=4, lora_alpha=8,
-                      lora_target_modules=list(targets), gradient_checkpointing=False)
-    return load_policy(cfg, CPU, torch.float32)
+                      lora_target_modules=list(targets))
+    return load_policy(cfg, CPU, torch.float32, checkpointing=False)
 
 
 def test_lora_trains_only_adapters(tiny_model_dir):
@@ -178,15 +178,18 @@ def test_smollm2_gguf_answers_a_chat_prompt():
     assert torch.allclose(back(input_ids=x).logits, lora(input_ids=x).logits, atol=1e-5)
 
 
-def test_compile_layers_setting(tiny_model_dir):
+def test_compile_layers_setting():
+    from tirgrpo.config import SystemConfig
     from tirgrpo.errors import TirgrpoError
-    from tirgrpo.train.model import compile_decoder_layers
+    from tirgrpo.train.plan import resolve_execution
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert compile_decoder_layers(model, "auto", "cpu") is False  # auto: CUDA only
-    assert compile_decoder_layers(model, "off", "cuda") is False
+    def planned(setting, device):
+        return resolve_execution(SystemConfig(compile_layers=setting), torch.device(device)).compile_layers
+
+    assert planned("auto", "cpu") is False and planned("auto", "cuda") is True  # auto: CUDA only
+    assert planned("off", "cuda") is False and planned("on", "cpu") is True
     with pytest.raises(TirgrpoError, match="compile_layers"):
-        compile_decoder_layers(model, "yes", "cpu")
+        planned("yes", "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -209,7 +212,7 @@ def test_compiled_layers_equal_eager_on_cuda(tiny_model_dir, kind):
         if kind != "off":
             use_prefix_attention(model)
         if compiled:
-            assert compile_decoder_layers(model, "on", "cuda")
+            compile_decoder_layers(model)
         (mb,) = build_micro_batches(prompts, comps, 3, 0, kind, 0, "cuda")
         logp, _ = micro_batch_logprobs(model, mb, 64, 1.0, grad=True)
         (logp * mb.mask).sum().backward()

@@ -178,58 +178,19 @@ def test_segment_bounds_by_hand():
     assert torch.equal(g.mask, bounds) and g.longest_completion == 3
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_training_with_shared_prefix_equals_unshared(tmp_path, tiny_model_dir, byte_tokenizer, lora):
-    """One rollout, two updates (old log-probs, reference KL, clipping all active): the
-    shared-prefix trainer logs the same loss/KL/clip/entropy and ends at the same weights.
-    A small token budget makes groups split across micro-batches in the packed layout too."""
-    from safetensors.torch import load_file
-
-    from tirgrpo.config import TrainConfig, load_config
-    from tirgrpo.data.records import write_examples
-    from tirgrpo.data.synthetic import compare_examples
-    from tirgrpo.train.metrics import read_jsonl
-    from tirgrpo.train.loop import train
-
-    write_examples(tmp_path / "train.jsonl", compare_examples(8, 0, byte_tokenizer))
-    results = {}
-    for shared in ("", "dense", "split"):  # "": unshared
-        out = tmp_path / f"run-{shared or 'unshared'}"
-        cfg = load_config(TrainConfig, None, [
-            f"model.name_or_path={tiny_model_dir}", f"model.lora={str(lora).lower()}", "model.lora_r=4",
-            "model.gradient_checkpointing=true", f"data.train={tmp_path / 'train.jsonl'}", "data.eval=",
-            "rollout.group_size=4", "rollout.prompts_per_step=2", "rollout.max_new_tokens=10",
-            "grpo.beta=0.1", "grpo.num_iterations=2", "optim.lr=1e-2", "optim.warmup_steps=0",
-            "optim.total_steps=2", "optim.micro_batch_tokens=90", f"optim.shared_prefix={str(bool(shared)).lower()}",
-            f"optim.prefix_mask={shared or 'auto'}",
-            f"run.out_dir={out}", "run.save_every=0", "run.tensorboard=false"])
-        train(cfg)
-        (row,) = [r for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
-        ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
-        results[shared] = (row, load_file(str(ckpt / "trainable.safetensors")))
-    row_a, w_a = results[""]
-    assert row_a["train/kl"] > 0  # the second update moved away from the reference
-    for kind in ("dense", "split"):
-        row_b, w_b = results[kind]
-        assert row_b["train/forward_tokens"] < row_a["train/forward_tokens"]
-        for key in ("reward/total", "train/loss", "train/kl", "train/clip_low", "train/clip_high", "train/entropy",
-                    "train/grad_norm", "train/ratio_mean"):
-            assert row_a[key] == pytest.approx(row_b[key], abs=1e-5), (kind, key)
-        # Adam divides by sqrt(v): for weights whose gradient is ~0 (embedding rows of unused
-        # tokens) float rounding in the gradient moves the update by up to ~lr, so compare the
-        # weights at a fraction of one step (lr 1e-2) and, tightly, on average.
-        for name in w_a:
-            diff = (w_a[name] - w_b[name]).abs()
-            assert diff.max() < 2e-3 and diff.mean() < 1e-5, (kind, name, diff.max(), diff.mean())
-
-
-def test_mask_kind_auto_and_errors():
+def test_shared_prefix_auto_and_errors():
     from tirgrpo.errors import TirgrpoError
-    from tirgrpo.train.prefix import mask_kind
+    from tirgrpo.train.plan import resolve_prefix
 
-    assert mask_kind("auto", "cpu") == "dense"
-    assert mask_kind("auto", "cuda", torch.bfloat16) == "split"  # flash-attention / cuDNN kernels
-    assert mask_kind("auto", "cuda", torch.float32) == "block"  # those kernels take no fp32
-    assert mask_kind("split", "cpu") == "split"
-    with pytest.raises(TirgrpoError, match="prefix_mask"):
-        mask_kind("flex", "cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_prefix("auto", "sdpa", cpu, "fp32") == "dense"
+    assert resolve_prefix("auto", "sdpa", cuda, "bf16") == "split"  # flash-attention / cuDNN kernels
+    assert resolve_prefix("auto", "sdpa", cuda, "fp32") == "block"  # those kernels take no fp32
+    assert resolve_prefix("auto", "flex_attention", cuda, "bf16") == "off"  # a custom mask needs sdpa/eager
+    assert resolve_prefix("split", "eager", cpu, "fp32") == "split"
+    with pytest.raises(TirgrpoError, match="system.shared_prefix"):
+        resolve_prefix("flex", "sdpa", cpu, "fp32")
+    with pytest.raises(TirgrpoError, match="needs CUDA"):
+        resolve_prefix("block", "sdpa", cpu, "fp32")
+    with pytest.raises(TirgrpoError, match="system.attention"):
+        resolve_prefix("dense", "flex_attention", cpu, "fp32")

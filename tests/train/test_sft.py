@@ -59,15 +59,14 @@ def test_sft_run_lowers_the_loss(tmp_path, tiny_model_dir, byte_tokenizer):
     write_examples(data, compare_examples(32, 0, byte_tokenizer))
     cfg = SFTConfig()
     cfg.model.name_or_path = str(tiny_model_dir)
-    cfg.model.gradient_checkpointing = False
+    cfg.system.gradient_checkpointing = False
     cfg.data.train = str(data)
-    cfg.data.eval = ""
     cfg.optim.lr = 3e-3
     cfg.optim.warmup_steps = 2
     cfg.optim.total_steps = 20
-    cfg.optim.micro_batch_tokens = 1024
+    cfg.system.micro_batch_tokens = 1024
     cfg.run.out_dir = str(tmp_path / "sft")
-    cfg.run.device = "cpu"
+    cfg.system.device = "cpu"
     cfg.run.tensorboard = False
     cfg.batch_size = 8
     summary = sft(cfg)
@@ -108,10 +107,10 @@ def test_sft_from_a_file_of_target_completions(tmp_path, tiny_model_dir, byte_to
     targets.write_text("".join(json.dumps({"prompt": p, "completion": "yes</think>\\boxed{7}"}) + "\n" for p in prompts))
     cfg = SFTConfig(targets=str(targets), batch_size=4)
     cfg.model.name_or_path = str(tiny_model_dir)
-    cfg.model.gradient_checkpointing = False
+    cfg.system.gradient_checkpointing = False
     cfg.data.train = str(tmp_path / "absent.jsonl")  # never read when targets are given
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.total_steps = 1e-2, 0, 8
-    cfg.run.out_dir, cfg.run.device, cfg.run.tensorboard = str(tmp_path / "sft"), "cpu", False
+    cfg.run.out_dir, cfg.system.device, cfg.run.tensorboard = str(tmp_path / "sft"), "cpu", False
     sft(cfg)
     losses = [r["sft/loss"] for r in read_jsonl(tmp_path / "sft" / "metrics.jsonl")]
     # a random model starts near ln(262) = 5.57 nats; one repeated 21-token target is learnt fast

@@ -53,95 +53,40 @@ def _run_config(model: str):
     return None
 
 
-def _transcript_examples(path: str):
-    """Pseudo-examples (one per transcript that has a correct answer) and their decision prompts.
-
-    Returns (examples, problem ids, prompts or None where no code output was shown).
-    """
-    from tirgrpo.data.records import Example, label_for, read_transcripts
-    from tirgrpo.eval.selection import transcript_decision_prompt
-
-    examples, problem_ids, prompts = [], [], []
-    for t in read_transcripts(path):
-        if t.correct_answer is None:
-            continue
-        prompt = transcript_decision_prompt(t)
-        examples.append(Example(question=t.question, prompt=prompt or "", completion="", correct_answer=t.correct_answer,
-                                eventual_answer=t.eventual_answer, label=label_for(t.correct_answer, t.eventual_answer),
-                                prompt_tokens=0, completion_tokens=0, source=Path(path).name))
-        problem_ids.append(t.problem_id)
-        prompts.append(prompt)
-    if not examples:
-        raise TirgrpoError(f"{path}: no transcript has a correct_answer; nothing to evaluate")
-    return examples, problem_ids, prompts
-
-
 def run(args) -> int:
-    import torch
-
-    from tirgrpo.data.bundled import bundled_path
     from tirgrpo.config import ModelConfig
-    from tirgrpo.data.records import read_examples
-    from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples, markdown_table, summarize
-    from tirgrpo.files import atomic_write_text
-    from tirgrpo.train.model import load_base_model, resolve_device, resolve_dtype, tokenizer_spec
-    from tirgrpo.rollout import SamplingParams
-    from tirgrpo.rollout.simple import SimpleEngine
-    from tirgrpo.eval.selection import compare_selection, group_candidates, selection_table
     from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.eval.evaluate import eval_rewards, markdown_table
+    from tirgrpo.eval.selection import selection_table
+    from tirgrpo.eval.verifier import examples_to_judge, judge, selection
+    from tirgrpo.files import atomic_write_text
+    from tirgrpo.rollout import SamplingParams
+    from tirgrpo.train.model import load_base_model, resolve_device, resolve_dtype, tokenizer_spec
 
     if args.samples < 1:
         raise TirgrpoError("--samples must be >= 1")
     run_cfg = _run_config(args.model)
     rollout = run_cfg.rollout if run_cfg else None
-    rewards = eval_rewards(run_cfg.rewards if run_cfg else None)
     max_new = args.max_new_tokens or (rollout.max_new_tokens if rollout else 1024)
     params = SamplingParams(max_new, args.temperature, rollout.top_p if rollout else 1.0,
                             rollout.top_k if rollout else 0, list(rollout.stop) if rollout else ["```python"])
-
-    model_cfg = ModelConfig(name_or_path=args.model, tokenizer=args.tokenizer)
-    if run_cfg and not args.tokenizer and run_cfg.model.tokenizer:
-        model_cfg.tokenizer = run_cfg.model.tokenizer
+    tokenizer_name = args.tokenizer or (run_cfg.model.tokenizer if run_cfg else "")
+    model_cfg = ModelConfig(name_or_path=args.model, tokenizer=tokenizer_name)
     tokenizer = load_tokenizer(tokenizer_spec(model_cfg))
-
-    if args.data:
-        examples = read_examples(bundled_path(args.data))
-        problem_ids = [ex.question for ex in examples]
-        prompts: list[str | None] = [ex.prompt for ex in examples]
-    else:
-        examples, problem_ids, prompts = _transcript_examples(args.transcripts)
-    keep = [i for i, p in enumerate(prompts)
-            if p is None or args.max_prompt_tokens <= 0 or len(tokenizer(p)["input_ids"]) <= args.max_prompt_tokens]
-    if args.max_examples > 0:
-        keep = keep[: args.max_examples]
-    if not keep:
-        raise TirgrpoError("no example left to evaluate (check --max-prompt-tokens / --max-examples)")
-    examples = [examples[i] for i in keep]
-    problem_ids = [problem_ids[i] for i in keep]
-    prompts = [prompts[i] for i in keep]
-    judged = [i for i, p in enumerate(prompts) if p is not None]
-
+    examples, problem_ids, prompts = examples_to_judge(args.data, args.transcripts, tokenizer, args.max_prompt_tokens,
+                                                       args.max_examples)
     device = resolve_device(args.device)
     model = load_base_model(model_cfg, device, resolve_dtype(args.dtype, device), args.seed)
     model.requires_grad_(False).eval()
-    engine = SimpleEngine(model, tokenizer, batch_size=args.batch_size)
-    with torch.no_grad():
-        result = evaluate_examples(engine, tokenizer, [examples[i] for i in judged],
-                                   [tokenizer(prompts[i])["input_ids"] for i in judged],
-                                   params, args.samples, args.seed, rewards) if judged else summarize([], [], [], [], [])
+    result = judge(model, tokenizer, examples, prompts, params, args.samples, args.seed,
+                   eval_rewards(run_cfg.rewards if run_cfg else None), args.batch_size)
+    judged = result.pop("judged")
     result.update({"model": args.model, "data": args.data or args.transcripts, "temperature": args.temperature,
-                   "max_new_tokens": max_new, "unjudged": len(prompts) - len(judged)})
+                   "max_new_tokens": max_new})
     md = markdown_table(result)
     if args.selection:
-        # Transcripts that never showed a code output have nothing to judge: they count as submitted.
-        p_submit = [1.0] * len(examples)
-        for i, comp in zip(judged, result.get("completions", [])):
-            p_submit[i] = sum(s["decision"] == "submit" for s in comp["samples"]) / len(comp["samples"])
-        grouped = group_candidates(problem_ids, [ex.correct_answer for ex in examples],
-                                   [ex.eventual_answer for ex in examples], p_submit)
-        result["selection"] = compare_selection(grouped, threshold=args.threshold, seed=args.seed)
+        result["selection"] = selection(result, judged, examples, problem_ids, args.threshold, args.seed)
         md += "\n" + selection_table(result["selection"])
-
     out = Path(args.out) if args.out else (Path(args.model) / "eval.json" if run_cfg else Path("eval.json"))
     atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False))
     atomic_write_text(out.with_suffix(".md"), md)

@@ -9,7 +9,6 @@ OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json in one atomic step.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -273,95 +272,38 @@ def prepare(
     return train, held, stats
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Turn TIR transcripts into train/eval examples. Reads seed-style CSVs (columns prompt, "
-        "completion, question, correct_answer, eventual_answer) and transcript JSONL files "
-        "(docs/data-format.md), cuts transcripts into (prompt up to a code-output bridge, "
-        "completion) segments, counts tokens, filters, pairs and splits by question, and writes "
-        "OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json. Nothing is written on error."
-    )
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="seed-style .csv or transcript .jsonl files (or bundled:NAME)")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder; replaced as a whole if it holds an earlier prepare output")
-    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, metavar="T",
-                        help="r1-distill-qwen (built offline, the default), smollm2-135m-instruct, "
-                             "a .gguf file, or a local tokenizer folder / cached Hugging Face id")
-    parser.add_argument("--max-prompt-tokens", type=_non_negative, default=3000, metavar="N",
-                        help="drop segments whose prompt (with bos) is longer; 0 = no limit (default 3000)")
-    parser.add_argument("--max-completion-tokens", type=_non_negative, default=1000, metavar="N",
-                        help="drop segments whose completion is longer; 0 = no limit (default 1000)")
-    parser.add_argument("--no-pairing", dest="pairing", action="store_false",
-                        help="keep every segment instead of one correct + one wrong per question")
-    parser.add_argument("--eval-fraction", type=_fraction, default=0.1, metavar="F",
-                        help="share of questions (not rows) held out for eval, at least one question "
-                             "when there are two or more (default 0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for pairing choices and the split (default 0)")
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
 def _check_out(out: Path) -> None:
     # The output folder is replaced as a whole; refuse to do that to a folder that is not ours.
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "stats.json").is_file())):
         raise TirgrpoError(f"--out {out} exists and is not an earlier prepare output; choose a new folder")
 
 
-def run(args: argparse.Namespace) -> int:
-    from tirgrpo.files import atomic_dir
+def prepare_folder(inputs: Sequence[str], out: Path, tokenizer_name: str, max_prompt_tokens: int,
+                   max_completion_tokens: int, pairing: bool, eval_fraction: float, seed: int,
+                   progress: bool = False) -> tuple[int, int, dict[str, Any]]:
+    """`prepare` from input files to OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json, written
+    in one atomic step after every input is read and checked. Returns (train rows, eval rows, stats)."""
     from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.files import atomic_dir
 
-    out = Path(args.out)
     _check_out(out)
-    segments, read_counts = read_inputs(args.input)
+    segments, read_counts = read_inputs(inputs)
     if not segments:
-        raise TirgrpoError(f"no segments found in {args.input}")
-    tokenizer = load_tokenizer(args.tokenizer)
-    train, held, stats = prepare(
-        segments,
-        tokenizer,
-        max_prompt_tokens=args.max_prompt_tokens,
-        max_completion_tokens=args.max_completion_tokens,
-        pairing=args.pairing,
-        eval_fraction=args.eval_fraction,
-        seed=args.seed,
-        progress=sys.stderr.isatty(),
-    )
-    stats = {
-        "inputs": [str(p) for p in args.input],
-        "input_counts": read_counts,
-        "settings": {
-            "tokenizer": args.tokenizer,
-            "max_prompt_tokens": args.max_prompt_tokens,
-            "max_completion_tokens": args.max_completion_tokens,
-            "pairing": args.pairing,
-            "eval_fraction": args.eval_fraction,
-            "seed": args.seed,
-        },
-        **stats,
-    }
+        raise TirgrpoError(f"no segments found in {inputs}")
+    tokenizer = load_tokenizer(tokenizer_name)
+    train, held, stats = prepare(segments, tokenizer, max_prompt_tokens=max_prompt_tokens,
+                                 max_completion_tokens=max_completion_tokens, pairing=pairing,
+                                 eval_fraction=eval_fraction, seed=seed, progress=progress)
+    settings = {"tokenizer": tokenizer_name, "max_prompt_tokens": max_prompt_tokens,
+                "max_completion_tokens": max_completion_tokens, "pairing": pairing,
+                "eval_fraction": eval_fraction, "seed": seed}
+    stats = {"inputs": [str(p) for p in inputs], "input_counts": read_counts, "settings": settings, **stats}
     if not train and not held:
         # An empty data set would only fail later, in training; say here where the rows went.
-        print(format_table(stats), file=sys.stderr)
-        hint = " (no question has both a correct and a wrong segment: try --no-pairing)" if args.pairing else ""
-        raise TirgrpoError(f"no example left after filtering{hint}; nothing written to {out}")
+        hint = " (no question has both a correct and a wrong segment: try --no-pairing)" if pairing else ""
+        raise TirgrpoError(f"no example left after filtering{hint}; nothing written to {out}\n{format_table(stats)}")
     with atomic_dir(out) as tmp:
         write_examples(tmp / "train.jsonl", train)
         write_examples(tmp / "eval.jsonl", held)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(format_table(stats))
-    print(f"\nwrote {len(train)} train + {len(held)} eval examples to {out}/")
-    return 0
+    return len(train), len(held), stats

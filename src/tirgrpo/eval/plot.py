@@ -6,10 +6,8 @@ dashboard; training.png shows loss, KL, clipping, entropy, lengths and the decis
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from tirgrpo.errors import TirgrpoError
 from tirgrpo.train.metrics import read_jsonl
 
 PANELS = {
@@ -19,21 +17,8 @@ PANELS = {
                      "train/grad_norm", "completion/tokens_mean", "completion/truncated",
                      "decision/submit", "decision/decline", "decision/invalid", "adv/zero_std_groups"],
     "speed.png": ["time/rollout_s", "time/score_s", "time/train_s", "throughput/train_tokens_per_s",
-                  "throughput/gen_tokens_per_s", "memory/peak_gb"],
+                  "throughput/gen_tokens_per_s", "memory/peak_gib"],
 }
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a run folder holding metrics.jsonl")
-
-
-def run(args) -> int:
-    paths = plot_run(Path(args.run_dir))
-    if not paths:
-        raise TirgrpoError(f"{Path(args.run_dir) / 'metrics.jsonl'}: no training rows to plot")
-    for path in paths:
-        print(path)
-    return 0
 
 
 def plot_run(run_dir: Path) -> list[Path]:

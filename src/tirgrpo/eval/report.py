@@ -17,7 +17,6 @@ exactly that model); `step_NNNNNN` names one of the run's checkpoints.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -32,28 +31,8 @@ from typing import Any
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.train.metrics import read_jsonl
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a run folder (what `tirgrpo train` wrote)")
-    p.add_argument("--out", help="where to write the page (default RUN_DIR/report.html)")
-    p.add_argument("--prompts", type=int, default=3, help="eval prompts in the log-prob movement view (0 = no view)")
-    p.add_argument("--from", dest="from_model", default="init", metavar="MODEL",
-                   help="log-prob movement from: init (the model the run started from), final, or step_NNNNNN")
-    p.add_argument("--to", dest="to_model", default="final", metavar="MODEL", help="... to this model (default final)")
-    p.add_argument("--device", default="cpu", help="device for the log-prob view's forward passes (default cpu)")
-
-
 MODEL_NAME = re.compile(r"init|final|step_\d+")
-
-
-def run(args) -> int:
-    for name in (args.from_model, args.to_model):
-        if not MODEL_NAME.fullmatch(name):
-            raise TirgrpoError(f"model {name!r}: use init, final or step_NNNNNN (a checkpoint folder's name)")
-    path = build_report(Path(args.run_dir), Path(args.out) if args.out else None, prompts=args.prompts,
-                        from_model=args.from_model, to_model=args.to_model, device=args.device)
-    print(f"report: {path}")
-    return 0
+"""How a model of the run is named: init, final, or a checkpoint step_NNNNNN."""
 
 
 # --------------------------------------------------------------------------- small HTML helpers
@@ -273,7 +252,7 @@ def load_run_model(run_dir: Path, cfg, which: str, device, dtype):
         import torch
         from safetensors.torch import load_file
 
-        model = load_policy(cfg.model, device, dtype, cfg.run.seed)
+        model = load_policy(cfg.model, device, dtype, cfg.run.seed, checkpointing=False)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, t in load_file(str(ckpt)).items():
@@ -300,7 +279,7 @@ def movement_views(run_dir: Path, cfg, n_prompts: int, from_model: str, to_model
     """Log-probs of the first eval prompts' completions under both models."""
     from tirgrpo.train.model import resolve_device, resolve_dtype, resolve_init, tokenizer_spec
     from tirgrpo.data.tokenizer import load_tokenizer
-    from tirgrpo.train.loop import load_prompts
+    from tirgrpo.data.prompts import load_prompts
 
     if not cfg.data.eval:
         raise TirgrpoError("the run has no eval data (data.eval) to take prompts from")
@@ -319,7 +298,7 @@ def movement_views(run_dir: Path, cfg, n_prompts: int, from_model: str, to_model
                 items.append((f"eval prompt {i + 1} ({ex.label}), final policy's eval completion "
                               f"(decision: {s['decision']})", p, text))
     dev = resolve_device(device)
-    dtype = resolve_dtype(cfg.model.dtype, dev)
+    dtype = resolve_dtype(cfg.system.dtype, dev)
     encoded = [(t, p, tokenizer(text, add_special_tokens=False)["input_ids"]) for t, p, text in items]
     encoded = [(t, p, ids) for t, p, ids in encoded if ids]
     results = {}
@@ -395,6 +374,9 @@ def build_report(run_dir: Path, out: Path | None = None, prompts: int = 3, from_
 
     config_path = run_dir / "config.toml"
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
+    plan_path = run_dir / "plan.toml"
+    if plan_path.is_file():
+        config_text += "\n# ---- plan.toml: what ran\n" + plan_path.read_text(encoding="utf-8")
     movement = "<p class=note>Not computed (--prompts 0).</p>"
     if prompts > 0:
         try:

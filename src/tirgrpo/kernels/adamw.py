@@ -4,7 +4,7 @@ The update is one pass over memory (read weight, gradient and moments, write the
 ~10 ms for the 1.78B bf16 parameters of a 1.5B Qwen2 on an H100. As a torch.compile'd
 function called once per parameter tensor (339 of them) it took ~60 ms, almost all of it
 host time per call; a Triton launch costs a few microseconds. The plain-torch version of
-the same math is `optim.AdamW._update` (what runs on CPU); tests/test_adamw_kernels.py
+the same math is `optim.AdamW._update` (what runs on CPU); tests/kernels/test_adamw_kernels.py
 compares the two (on CPU in Triton's interpreter).
 
 Triton is optional (triton_compat.py): without it `available()` is False and optim.py runs

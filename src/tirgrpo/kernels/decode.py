@@ -4,7 +4,7 @@ A decode step at batch 8 is ~1.5 ms of weight reads, but written as ordinary tor
 was ~1,400 tiny kernels (an HF RMSNorm alone is ~8) at 2-3 us each. Each Triton kernel
 here replaces one such group of ops; each has a torch function with the same math and the
 same signature (`*_torch`), which is what runs on CPUs, what `kernels="torch"` runs on
-CUDA, and what tests/rollout/test_kernels.py compares the kernels against.
+CUDA, and what tests/kernels/test_decode_kernels.py compares the kernels against.
 
 KV cache layout (see engine.py): a prompt's keys/values are stored once, in a *prompt cache*
 [n_slots, Hkv, P_cap, D] (one layer), and each row's own generated keys/values in a
@@ -377,11 +377,11 @@ def select_kernels(kind: str, device: torch.device) -> Kernels:
     if kind == "torch":
         return TORCH_KERNELS
     if kind != "triton":
-        raise TirgrpoError(f"rollout.kernels must be 'auto', 'torch' or 'triton', not {kind!r}")
+        raise TirgrpoError(f"system.kernels must be 'auto', 'torch' or 'triton', not {kind!r}")
     if not HAVE_TRITON:
-        raise TirgrpoError("rollout.kernels='triton' needs the triton package (pip install triton)")
+        raise TirgrpoError("system.kernels='triton' needs the triton package (pip install triton)")
     if device.type != "cuda" and not triton_interpreting():
-        raise TirgrpoError(f"rollout.kernels='triton' runs on CUDA devices, not {device.type} "
+        raise TirgrpoError(f"system.kernels='triton' runs on CUDA devices, not {device.type} "
                          "(or on CPU tensors with TRITON_INTERPRET=1 set before import, for tests)")
     return TRITON_KERNELS
 

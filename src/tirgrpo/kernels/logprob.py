@@ -12,7 +12,7 @@ kernel combines a row's slices:
     lse = M + log L,  entropy = log L - A / L,  logp = z_y - lse
 
 The plain-torch version (the same results) is `logprobs.softmax_stats`, which runs on CPU
-and is what tests/test_logprob_kernels.py compares this with (on CPU in Triton's
+and is what tests/kernels/test_logprob_kernels.py compares this with (on CPU in Triton's
 interpreter; tests/conftest.py sets TRITON_INTERPRET=1 there).
 """
 

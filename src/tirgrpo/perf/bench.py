@@ -12,46 +12,11 @@ whole KV cache ("floor ms"), and weights + each prompt's KV once + each row's co
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import torch
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    r = sub.add_parser("rollout", help="tokens/s and ms per decode step of the rollout engines")
-    src = r.add_mutually_exclusive_group()
-    src.add_argument("--model", help="a model folder / spec as in [model] name_or_path")
-    src.add_argument("--random-shape", default="r1-distill-qwen-1.5b", help="random weights of a named shape")
-    r.add_argument("--batch", type=int, nargs="+", default=[8, 64], help="rows decoded at once (prompts * G)")
-    r.add_argument("--group", type=int, default=4, help="G: samples per prompt (prompts = batch / G)")
-    r.add_argument("--prompt-tokens", type=int, default=3072)
-    r.add_argument("--new-tokens", type=int, default=1024)
-    r.add_argument("--engine", choices=["fast", "simple"], default="fast")
-    r.add_argument("--kernels", nargs="+", choices=["auto", "torch", "triton"], default=["auto"],
-                   help="FastEngine's decode-step kernels; several: one row each")
-    r.add_argument("--compare-hf", action="store_true", help="also time transformers generate() (dynamic cache)")
-    r.add_argument("--repeats", type=int, default=2, help="timed calls per row (median)")
-    r.add_argument("--bandwidth-tbs", type=float, default=3.0, help="memory bandwidth for the floor (TB/s)")
-    r.add_argument("--json", help="write the rows here too")
-
-
-def run(args) -> int:
-    rows = bench_rollout(args)
-    print(f"\n{'engine':<13}{'batch':>6}{'G':>4}{'prefill s':>11}{'ms/step':>9}{'floor ms':>10}{'shared floor':>13}"
-          f"{'tok/s':>9}{'peak GB':>9}{'capture s':>11}")
-    for r in rows:
-        print(f"{r['engine']:<13}{r['batch']:>6}{r['group']:>4}{r['prefill_s']:>11.3f}{r['ms_per_step']:>9.2f}"
-              f"{r['floor_ms']:>10.2f}{r['shared_floor_ms']:>13.2f}{r['tokens_per_s']:>9.0f}{r['peak_gb']:>9.2f}"
-              f"{r['capture_s']:>11.1f}")
-    if args.json:
-        from tirgrpo.files import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(rows, indent=1))
-    return 0
 
 
 def decode_floor_ms(model, kv_positions: int, bandwidth_tbs: float) -> float:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -217,24 +216,30 @@ class Workload:
 def workload_from_config(cfg, device_type: str = "cuda") -> Workload:
     """The workload of a `TrainConfig` on a device type (`cuda` or `cpu`; `auto` dtype is
     bf16 on CUDA, fp32 on CPU). Prompts are taken at their limit, `data.max_prompt_tokens`
-    (4096 when unlimited), and every completion at `rollout.max_new_tokens`: the worst case."""
-    dtype = cfg.model.dtype
+    (4096 when unlimited), and every completion at `rollout.max_new_tokens`: the worst case.
+    system.micro_batch_tokens = auto is taken as one group's rows."""
+    system = cfg.system
+    dtype = system.dtype
     if dtype == "auto":
         dtype = "bf16" if device_type == "cuda" else "fp32"
     b = {"bf16": 2, "bfloat16": 2, "fp32": 4, "float32": 4}.get(dtype)
     if b is None:
-        raise TirgrpoError(f"model.dtype must be one of auto, bf16, fp32; got {cfg.model.dtype!r}")
-    mode_fused = cfg.optim.master_weights_fp32 or cfg.optim.bf16_update == "stochastic"
+        raise TirgrpoError(f"system.dtype must be one of auto, bf16, fp32; got {system.dtype!r}")
+    optimizer = "fp32-master" if system.optimizer == "auto" else system.optimizer
+    prompt = cfg.data.max_prompt_tokens or 4096
+    budget = system.micro_batch_tokens
+    if budget == "auto":
+        budget = cfg.rollout.group_size * (prompt + cfg.rollout.max_new_tokens)
     return Workload(
-        prompt_tokens=cfg.data.max_prompt_tokens or 4096, completion_tokens=cfg.rollout.max_new_tokens,
+        prompt_tokens=prompt, completion_tokens=cfg.rollout.max_new_tokens,
         group_size=cfg.rollout.group_size, prompts_per_step=cfg.rollout.prompts_per_step,
-        rollout_batch_size=cfg.rollout.batch_size, micro_batch_tokens=cfg.optim.micro_batch_tokens,
-        logprob_chunk_tokens=cfg.optim.logprob_chunk_tokens, dtype_bytes=b,
-        checkpointing=cfg.model.gradient_checkpointing, lora=cfg.model.lora, lora_r=cfg.model.lora_r,
+        rollout_batch_size=system.rollout_batch_size, micro_batch_tokens=budget,
+        logprob_chunk_tokens=system.logprob_chunk_tokens, dtype_bytes=b,
+        checkpointing=system.gradient_checkpointing, lora=cfg.model.lora, lora_r=cfg.model.lora_r,
         lora_targets=tuple(cfg.model.lora_target_modules),
         reference_model=cfg.grpo.beta > 0 and not cfg.model.lora,
-        master_fp32=cfg.optim.master_weights_fp32, bf16_update=cfg.optim.bf16_update,
-        fused_optimizer=device_type == "cuda" and b == 2 and mode_fused)
+        master_fp32=optimizer == "fp32-master", bf16_update="stochastic" if optimizer == "bf16-stochastic" else "kahan",
+        fused_optimizer=device_type == "cuda" and b == 2 and optimizer != "bf16-kahan")
 
 
 # --------------------------------------------------------------------------- parameters and states
@@ -513,12 +518,11 @@ def pick_micro_batch_tokens(shape: ModelShape, wl: Workload, gpu_bytes: int) -> 
 
 
 CHANGES = [  # (the --set arguments, the same change to a Workload)
-    (("model.gradient_checkpointing=true",), dict(checkpointing=True)),
-    (("optim.master_weights_fp32=false", "optim.bf16_update=stochastic"),
-     dict(master_fp32=False, bf16_update="stochastic")),
+    (("system.gradient_checkpointing=true",), dict(checkpointing=True)),
+    (("system.optimizer=bf16-stochastic",), dict(master_fp32=False, bf16_update="stochastic")),
     (("model.lora=true",), dict(lora=True, reference_model=False)),
-    (("rollout.batch_size=16",), dict(rollout_batch_size=16)),
-    (("optim.logprob_chunk_tokens=256",), dict(logprob_chunk_tokens=256)),
+    (("system.rollout_batch_size=16",), dict(rollout_batch_size=16)),
+    (("system.logprob_chunk_tokens=256",), dict(logprob_chunk_tokens=256)),
 ]
 
 
@@ -529,7 +533,7 @@ def suggest_changes(shape: ModelShape, wl: Workload, gpu_bytes: int) -> list[str
     mb = pick_micro_batch_tokens(shape, wl, gpu_bytes)
     if mb and mb != wl.micro_batch_tokens:
         need = estimate(shape, replace(wl, micro_batch_tokens=mb))["need"]
-        out.append(f"--set optim.micro_batch_tokens={mb} (needs {need / GiB:.1f} GiB)")
+        out.append(f"--set system.micro_batch_tokens={mb} (needs {need / GiB:.1f} GiB)")
     for sets, change in CHANGES:
         w = replace(wl, **change)
         if w == wl:
@@ -537,7 +541,7 @@ def suggest_changes(shape: ModelShape, wl: Workload, gpu_bytes: int) -> list[str
         mb = pick_micro_batch_tokens(shape, w, gpu_bytes)
         if mb or fits(shape, w, gpu_bytes):
             args = [f"--set {x}" for x in sets] + ([] if mb == w.micro_batch_tokens else
-                                                   [f"--set optim.micro_batch_tokens={mb}"])
+                                                   [f"--set system.micro_batch_tokens={mb}"])
             need = estimate(shape, replace(w, micro_batch_tokens=mb))["need"]
             out.append(f"{' '.join(args)} (needs {need / GiB:.1f} GiB)")
     big = largest_fitting(shape, wl, gpu_bytes)
@@ -553,45 +557,6 @@ def describe(result: dict) -> str:
     parts = sorted(((k, v) for k, v in result["parts"].items() if v), key=lambda kv: -kv[1])
     return f"{result['total'] / GiB:.1f} GiB at {result['moment']} (" + ", ".join(
         f"{k} {v / GiB:.2f}" for k, v in parts) + ")"
-
-
-def check_train_config(cfg, device) -> int:
-    """The trainer's memory check, before any weights load. Returns the micro-batch token
-    budget to use (the configured one when it fits). CUDA: raises TirgrpoError naming the
-    parts and changes that would fit when nothing does. Other devices: warns only."""
-    import torch
-
-    try:
-        shape = shape_from_spec(cfg.model.init_from or cfg.model.name_or_path)
-    except TirgrpoError as e:
-        warnings.warn(f"memory check skipped: {e}", stacklevel=2)
-        return cfg.optim.micro_batch_tokens
-    wl = workload_from_config(cfg, device.type)
-    if device.type != "cuda":
-        import os
-
-        est = estimate(shape, wl)
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-        if ram and est["peak"] > ram:
-            warnings.warn(f"memory: the estimated peak exceeds this machine's {ram / GiB:.1f} GiB of RAM: "
-                          f"train {describe(est['train'])}; rollout {describe(est['rollout'])}", stacklevel=2)
-        return cfg.optim.micro_batch_tokens
-    free, total = torch.cuda.mem_get_info(device)
-    gpu = free + torch.cuda.memory_reserved(device)
-    mb = pick_micro_batch_tokens(shape, wl, gpu)
-    if mb:
-        if mb != wl.micro_batch_tokens:
-            print(f"memory: optim.micro_batch_tokens {wl.micro_batch_tokens} -> {mb} to fit "
-                  f"{gpu / GiB:.1f} GiB ({describe(train_phase(shape, replace(wl, micro_batch_tokens=mb)))})")
-        return mb
-    est = estimate(shape, replace(wl, micro_batch_tokens=wl.seq_tokens))
-    tips = suggest_changes(shape, wl, gpu)
-    raise TirgrpoError(
-        f"this configuration does not fit the {gpu / GiB:.1f} GiB free on {device} "
-        f"(estimated need {est['need'] / GiB:.1f} GiB, one sequence per micro-batch).\n"
-        f"  train:   {describe(est['train'])}\n  rollout: {describe(est['rollout'])}\n"
-        + ("  would fit: " + "; ".join(tips) if tips else "  no single change fits; see `tirgrpo memory`")
-        + "\n  (estimate: `tirgrpo memory --config ...`; docs/memory.md)")
 
 
 # --------------------------------------------------------------------------- measurement
@@ -763,14 +728,17 @@ def measure_config(cfg, device) -> dict[str, int]:
     from tirgrpo.train.model import load_base_model, load_policy, resolve_dtype, resolve_init
     from tirgrpo.train.optim import AdamW
 
-    dtype = resolve_dtype(cfg.model.dtype, device)
+    dtype = resolve_dtype(cfg.system.dtype, device)
     wl = workload_from_config(cfg, device.type)
     shape = shape_from_spec(cfg.model.name_or_path)
     torch.manual_seed(cfg.run.seed)
-    model = load_policy(cfg.model, device, dtype, cfg.run.seed)
+    attention = cfg.system.attention
+    model = load_policy(cfg.model, device, dtype, cfg.run.seed, attention=attention,
+                        checkpointing=cfg.system.gradient_checkpointing)
     ref = None
     if wl.reference_model:
-        ref = load_base_model(resolve_init(cfg.model), device, dtype, cfg.run.seed).requires_grad_(False).eval()
+        ref = load_base_model(resolve_init(cfg.model), device, dtype, cfg.run.seed,
+                              attention=attention).requires_grad_(False).eval()
     opt = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, master_fp32=wl.master_fp32,
                 bf16_update=wl.bf16_update, seed=cfg.run.seed)
     prompts = synthetic_batch(shape, wl.prompts_per_step, wl.prompt_tokens, cfg.run.seed)

@@ -13,7 +13,7 @@ spends ~100 ms per step in Python and kernel launches. Here:
   0..comp_pos[b] (its token sits at absolute position prefix_len[b] + comp_pos[b]);
 * a decode step is our own forward over the *model's own modules* (so LoRA adapters,
   biases and weight updates from the trainer are used as they are, without a copy) plus a
-  few fused kernels (`kernels.py`): residual add + RMSNorm -> q/k/v projections -> rotary and
+  few fused kernels (`kernels/decode.py`): residual add + RMSNorm -> q/k/v projections -> rotary and
   cache write -> split-K attention over each row's own length -> o_proj -> add + RMSNorm ->
   gate/up projections -> SiLU * up -> down projection. The kernels are Triton on CUDA and
   plain torch elsewhere (`kernels="torch"` forces the torch versions on CUDA too);

@@ -7,7 +7,6 @@ linear ramp to 0.125/0.125/0.75 at k = K. `tirgrpo schedule` prints (and plots) 
 
 from __future__ import annotations
 
-import argparse
 
 from tirgrpo.errors import TirgrpoError
 
@@ -71,23 +70,3 @@ def plot_schedule(total_steps: int, path: str) -> None:
             fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--total-steps", type=int, required=True, metavar="K", help="optimizer steps in the run")
-    parser.add_argument("--every", type=int, default=0, metavar="N", help="print every N steps (default: K/20)")
-    parser.add_argument("--plot", metavar="FILE.png", help="also write a PNG plot of the weights")
-
-
-def run(args: argparse.Namespace) -> int:
-    K = args.total_steps
-    if K <= 0:
-        raise TirgrpoError(f"--total-steps must be positive, got {K}")
-    if args.every < 0:
-        raise TirgrpoError(f"--every must be positive, got {args.every}")
-    every = args.every or max(1, K // 20)
-    print(format_table(K, every))
-    if args.plot:
-        plot_schedule(K, args.plot)
-        print(f"wrote {args.plot}")
-    return 0

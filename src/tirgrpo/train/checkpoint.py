@@ -2,8 +2,9 @@
 
 A checkpoint folder `RUN_DIR/checkpoints/step_NNNNNN/` holds the trainable weights
 (`trainable.safetensors`: all weights for full fine-tuning, the adapters for LoRA), the
-optimizer (`optimizer.pt`), RNG states (`rng.pt`), the loop's position (`state.json`)
-and the config. `RUN_DIR/checkpoints/latest` names the newest complete one.
+optimizer (`optimizer.pt`), RNG states (`rng.pt`), the loop's position (`state.json`),
+the config (`config.toml`) and the system plan that ran (`plan.toml`).
+`RUN_DIR/checkpoints/latest` names the newest complete one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, config_toml: str, keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, config_toml: str, plan_toml: str = "",
+                    keep: int = 2) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`."""
     root = run_dir / "checkpoints"
     path = root / f"step_{step:06d}"
@@ -34,6 +36,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, con
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
         (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
+        if plan_toml:
+            (tmp / "plan.toml").write_text(plan_toml, encoding="utf-8")
     atomic_write_text(root / "latest", path.name + "\n")
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old)

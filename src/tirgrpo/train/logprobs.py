@@ -108,7 +108,7 @@ def softmax_stats(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
     """z [C, V] fp32 logits, targets [C] -> (logp [C], entropy [C], lse [C]), nats.
 
     lse = logsumexp(z); logp = z_y - lse; entropy = lse - sum_v p_v z_v with p = softmax(z).
-    On CUDA a Triton kernel (logprob_kernels.py, one read of z), elsewhere `softmax_stats_torch`.
+    On CUDA a Triton kernel (kernels/logprob.py, one read of z), elsewhere `softmax_stats_torch`.
     """
     if z.is_cuda and logprob_kernels.available(z.device):
         return logprob_kernels.softmax_stats(z, targets)

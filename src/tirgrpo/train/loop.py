@@ -1,394 +1,446 @@
-"""`tirgrpo train`: GRPO on one device, in one readable loop.
+"""The GRPO loop on one device: `train(cfg)`, in named phases.
 
-One iteration of the loop is one rollout:
-  1. take `prompts_per_step` prompts, sample G completions each (`rollout/`);
-  2. score them with the reward set and the curriculum weights (`rewards.py`);
-  3. group advantages (`loss.group_advantages`);
-  4. `num_iterations` optimizer steps on that batch: micro-batches packed by a token
-     budget, log-probs through the chunked LM head (`logprobs.py`), the clipped
-     surrogate + k3 KL (`loss.grpo_loss`), gradient accumulation, clipping, AdamW.
-Everything is logged to RUN_DIR/metrics.jsonl and TensorBoard; checkpoints make the
-run resumable so that a resumed run's metrics equal an uninterrupted run's (CPU, seeded).
+    setup             resolve the system plan (before any weights load), write config.toml and
+                      plan.toml, load data, models, optimizer, rollout engine; restore a checkpoint
+    rollout_and_score take `prompts_per_step` prompts, sample G completions each (`rollout/`),
+                      score them (`score/rewards.py`), group advantages (`loss.group_advantages`)
+    update            `num_iterations` optimizer steps on that rollout, each one `step.grpo_update`
+                      over the same micro-batches
+    log_rollout       one metrics row and the kept samples; evaluate and save as scheduled
+    finish            last checkpoint, final model, evaluation after training, summary.json
+
+Plots and the HTML report are made from the run folder afterwards (`tirgrpo train` does).
+Checkpoints make the run resumable so that a resumed run's metrics equal an uninterrupted
+run's (CPU, seeded).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import random
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tirgrpo.config import TrainConfig, add_config_arguments, load_config, to_toml
+from tirgrpo.config import TrainConfig, dumps_toml, to_dict
 from tirgrpo.errors import TirgrpoError
+from tirgrpo.files import atomic_write_text
+from tirgrpo.train.plan import Plan
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
-
-
-def run(args) -> int:
-    if args.resume:
-        cfg_path = Path(args.resume) / "config.toml"
-        cfg = load_config(TrainConfig, cfg_path, args.set)
-        cfg.run.out_dir = args.resume
-    else:
-        cfg = load_config(TrainConfig, args.config, args.set)
-    summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-    print_summary(summary)
-    return 0
-
-
-# --------------------------------------------------------------------------- data
+FRESH_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json")
 
 
 @dataclass
-class Prompt:
-    example: object  # a tirgrpo.data.records.Example
-    ids: list[int]
+class Progress:
+    """Where the run is; saved in every checkpoint (state.json). `step`: optimizer steps
+    taken; `rollout`: rollouts done; `data_pos`: prompts consumed from the training stream;
+    `nonfinite`: updates skipped for a non-finite loss or gradient."""
+
+    step: int = 0
+    rollout: int = 0
+    data_pos: int = 0
+    nonfinite: int = 0
 
 
-def load_prompts(spec: str, tokenizer, max_prompt_tokens: int) -> list[Prompt]:
-    """Read examples (JSONL/Parquet or `bundled:NAME`), tokenize prompts, drop over-long ones."""
-    from tirgrpo.data.bundled import bundled_path
-    from tirgrpo.data.records import read_examples
+@dataclass
+class Session:
+    """Everything `setup` builds and the phases share."""
 
-    examples = read_examples(bundled_path(spec))
-    out = []
-    for ex in examples:
-        ids = tokenizer(ex.prompt)["input_ids"]
-        if max_prompt_tokens <= 0 or len(ids) <= max_prompt_tokens:
-            out.append(Prompt(ex, ids))
-    if not out:
-        raise TirgrpoError(f"{spec}: no example has a prompt within {max_prompt_tokens} tokens")
-    return out
+    cfg: TrainConfig
+    plan: Plan
+    run_dir: Path
+    device: torch.device
+    config_toml: str
+    plan_toml: str
+    tokenizer: object
+    train_prompts: list
+    eval_prompts: list
+    model: object
+    ref_model: object
+    optimizer: object
+    engine: object
+    progress: Progress
+    log: object
+    eval_before: dict = field(default_factory=dict)
+    last_save: int = 0
+    counts: tuple[int, int] = (0, 0)  # (trainable, total) parameters
 
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.optim.total_steps
 
-def prompts_for_rollout(n_data: int, position: int, count: int, seed: int, shuffle: bool) -> list[int]:
-    """Indices of the next `count` prompts of an endless stream of epochs.
+    def save(self) -> None:
+        from tirgrpo.train.checkpoint import save_checkpoint
 
-    Each epoch is a permutation seeded by (seed, epoch), so the stream is a pure function
-    of its position: resuming needs only the position.
-    """
-    out = []
-    for pos in range(position, position + count):
-        epoch, i = divmod(pos, n_data)
-        if shuffle:
-            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            out.append(int(torch.randperm(n_data, generator=g)[i]))
-        else:
-            out.append(i)
-    return out
-
-
-# --------------------------------------------------------------------------- the train phase
-
-
-def setup_shared_prefix(model, ref_model, optim, device) -> str:
-    """The shared-prefix form of this run: "off", "dense", "block" or "split" (prefix.py).
-
-    Block and split switch the models' attention to `PREFIX_ATTENTION` (FlexAttention or the
-    split kernels for packed groups, sdpa for everything else). Dense masks need sdpa or eager.
-    """
-    from tirgrpo.train.prefix import PREFIX_ATTENTION, mask_kind, use_prefix_attention
-
-    if not optim.shared_prefix:
-        return "off"
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if impl not in ("sdpa", "eager", PREFIX_ATTENTION):
-        raise TirgrpoError(f"optim.shared_prefix needs model.attn_implementation 'sdpa' or 'eager' (a custom "
-                           f"attention mask); this model uses {impl!r}. Set --set optim.shared_prefix=false "
-                           f"or --set model.attn_implementation=sdpa")
-    kind = mask_kind(optim.prefix_mask, device, getattr(model, "dtype", torch.float32))
-    if kind == "block":
-        if torch.device(device).type != "cuda":
-            raise TirgrpoError("optim.prefix_mask = 'block' needs CUDA (FlexAttention has no CPU backward); "
-                               "use 'auto' or 'dense'")
-    if kind in ("block", "split"):
-        for m in (model, ref_model):
-            if m is not None:
-                use_prefix_attention(m)
-    return kind
+        save_checkpoint(self.run_dir, self.progress.step, self.model, self.optimizer,
+                        dataclasses.asdict(self.progress), self.config_toml, self.plan_toml)
+        self.last_save = self.progress.step
 
 
-def make_engine(name: str, model, tokenizer, batch_size: int, kernels: str = "auto"):
-    """The rollout engine named by `rollout.engine`; both hold the policy itself, not a copy."""
-    if name == "fast":
-        from tirgrpo.rollout.engine import FastEngine
+@dataclass
+class Rollout:
+    """One rollout, scored: completions[i] answers prompts[i] (G consecutive completions per
+    prompt); scores[i] its reward components; advantages [n] float32; seconds per phase."""
 
-        return FastEngine(model, tokenizer, max_batch=batch_size, kernels=kernels)
-    if name == "simple":
-        from tirgrpo.rollout.simple import SimpleEngine
-
-        return SimpleEngine(model, tokenizer, batch_size=batch_size)
-    raise TirgrpoError(f"rollout.engine must be 'fast' or 'simple', got {name!r}")
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak allocated accelerator memory (GB) since the last reset; CPU: peak RSS of the process."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+    prompts: list
+    completions: list
+    scores: list[dict]
+    advantages: torch.Tensor
+    zero_std_groups: int
+    rollout_seconds: float
+    score_seconds: float
 
 
-# --------------------------------------------------------------------------- the loop
+@dataclass
+class UpdateStats:
+    """The `num_iterations` updates of one rollout: per-update loss and grad norm (applied
+    updates only), token-weighted sums of the objective's statistics, and the micro-batching."""
+
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    stat_sums: dict[str, float] = field(default_factory=dict)
+    stat_tokens: float = 0.0
+    skipped: int = 0
+    forward_tokens: int = 0
+    micro_batches: int = 0
+    row_tokens: int = 0
+    seconds: float = 0.0
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run GRPO as configured; returns a summary dict (eval before/after, paths)."""
-    from tqdm import tqdm
+# --------------------------------------------------------------------------- setup
 
-    from tirgrpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples, overall_of
-    from tirgrpo.train.loss import group_advantages
-    from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
-    from tirgrpo.train.metrics import RunLog
-    from tirgrpo.train.model import (compile_decoder_layers, count_parameters, eager_layers, load_base_model, load_policy,
-                               resolve_device, resolve_dtype, resolve_init, tokenizer_spec)
-    from tirgrpo.train.optim import AdamW, lr_multiplier
-    from tirgrpo.score.rewards import score_records
-    from tirgrpo.rollout import SamplingParams
-    from tirgrpo.data.tokenizer import load_tokenizer
 
-    run_dir = Path(cfg.run.out_dir)
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool):
+    """The checkpoint to resume from (None for a fresh run); a fresh run's folder is created
+    and cleared of an earlier run's logs (only with `overwrite` when it holds one)."""
+    from tirgrpo.train.checkpoint import latest_checkpoint
+
     if resume:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise TirgrpoError(f"--resume {run_dir}: no checkpoint there (checkpoints/latest)")
-    else:
-        ckpt = None
-        if (run_dir / "metrics.jsonl").exists() and not overwrite:
-            raise TirgrpoError(f"{run_dir} already holds a run; use --resume {run_dir}, --overwrite, "
-                               f"or --set run.out_dir=OTHER")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json"):
-            (run_dir / stale).unlink(missing_ok=True)
-    config_toml = to_toml(cfg)
-    from tirgrpo.files import atomic_write_text
+        return ckpt
+    if (run_dir / "metrics.jsonl").exists() and not overwrite:
+        raise TirgrpoError(f"{run_dir} already holds a run; use --resume {run_dir}, --overwrite, "
+                           f"or --set run.out_dir=OTHER")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in FRESH_RUN_FILES:
+        (run_dir / stale).unlink(missing_ok=True)
+    return None
 
-    atomic_write_text(run_dir / "config.toml", config_toml)
 
-    G, P = cfg.rollout.group_size, cfg.rollout.prompts_per_step
-    if G < 2:
+def make_engine(plan: Plan, model, tokenizer):
+    """The rollout engine of the plan; both engines hold the policy itself, not a copy."""
+    if plan.engine == "fast":
+        from tirgrpo.rollout.engine import FastEngine
+
+        return FastEngine(model, tokenizer, max_batch=plan.rollout_batch_size, kernels=plan.kernels)
+    from tirgrpo.rollout.simple import SimpleEngine
+
+    return SimpleEngine(model, tokenizer, batch_size=plan.rollout_batch_size)
+
+
+def load_models(cfg: TrainConfig, plan: Plan, device: torch.device):
+    """(policy, reference or None): the reference is a frozen copy when beta > 0 without
+    LoRA (with LoRA it is the policy with adapters off). Packed groups of the block and split
+    forms switch the attention to `prefix.PREFIX_ATTENTION`; compiled layers as planned."""
+    from tirgrpo.train.model import compile_decoder_layers, load_base_model, load_policy, resolve_init
+    from tirgrpo.train.prefix import use_prefix_attention
+
+    model = load_policy(cfg.model, device, plan.torch_dtype, cfg.run.seed, attention=plan.attention,
+                        checkpointing=plan.gradient_checkpointing)
+    ref_model = None
+    if cfg.grpo.beta > 0 and not cfg.model.lora:
+        ref_model = load_base_model(resolve_init(cfg.model), device, plan.torch_dtype, cfg.run.seed,
+                                    attention=plan.attention)
+        ref_model.requires_grad_(False).eval()
+    for m in (model, ref_model):
+        if m is None:
+            continue
+        if plan.shared_prefix in ("block", "split"):
+            use_prefix_attention(m)
+        if plan.compile_layers:
+            compile_decoder_layers(m)
+    return model, ref_model
+
+
+def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: bool) -> Session:
+    """Resolve (or, resuming, read) the plan, write config.toml and plan.toml, then load
+    everything the loop needs. Nothing loads before the plan is known to fit."""
+    from tirgrpo.data.prompts import load_prompts
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.train.checkpoint import load_checkpoint
+    from tirgrpo.train.metrics import RunLog
+    from tirgrpo.train.model import count_parameters, resolve_init, tokenizer_spec
+    from tirgrpo.train.optim import AdamW
+    from tirgrpo.train.plan import describe_plan, plan_to_toml, read_plan, resolve_plan
+
+    if cfg.rollout.group_size < 2:
         raise TirgrpoError("rollout.group_size must be >= 2: advantages compare samples within a group")
+    run_dir = Path(cfg.run.out_dir)
+    ckpt = prepare_run_dir(run_dir, resume, overwrite)
+    recorded = run_dir / "plan.toml"
+    if resume and not recorded.is_file():  # a run folder of an older tirgrpo, before plans were recorded
+        print(f"note: {recorded} is missing; resolving the plan again for this resume")
+    plan = read_plan(recorded) if resume and recorded.is_file() else resolve_plan(cfg)
+    print(describe_plan(plan))
+    config_toml = dumps_toml(to_dict(cfg) if requested is None else requested)
+    plan_toml = plan_to_toml(plan)
+    atomic_write_text(run_dir / "config.toml", config_toml)
+    atomic_write_text(run_dir / "plan.toml", plan_toml)
+
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
-    device = resolve_device(cfg.run.device)
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    # Memory (issue #7): before any weights load, the estimate picks the micro-batch token
-    # budget and refuses a configuration that cannot fit (CUDA); on other devices it only warns.
-    from tirgrpo.perf.memory import check_train_config
-
-    cfg.optim.micro_batch_tokens = check_train_config(cfg, device)
-
+    device = torch.device(plan.device)
     tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
     train_prompts = load_prompts(cfg.data.train, tokenizer, cfg.data.max_prompt_tokens)
     eval_prompts = load_prompts(cfg.data.eval, tokenizer, cfg.data.max_prompt_tokens) if cfg.data.eval else []
     if cfg.run.eval_max_examples > 0:
         eval_prompts = eval_prompts[: cfg.run.eval_max_examples]
+    model, ref_model = load_models(cfg, plan, device)
+    optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+                      master_fp32=plan.master_fp32, bf16_update=plan.bf16_update, seed=cfg.run.seed)
+    engine = make_engine(plan, model, tokenizer)
+    progress = Progress(**load_checkpoint(ckpt, model, optimizer)) if ckpt is not None else Progress()
+    log = RunLog(run_dir, cfg.run.tensorboard, resume_step=progress.step if resume else None)
+    return Session(cfg, plan, run_dir, device, config_toml, plan_toml, tokenizer, train_prompts, eval_prompts, model,
+                   ref_model, optimizer, engine, progress, log, last_save=progress.step,
+                   counts=count_parameters(model))
 
-    model = load_policy(cfg.model, device, dtype, cfg.run.seed)
-    ref_model = None
-    if cfg.grpo.beta > 0 and not cfg.model.lora:
-        ref_model = load_base_model(resolve_init(cfg.model), device, dtype, cfg.run.seed)
-        ref_model.requires_grad_(False).eval()
-    prefix_mask = setup_shared_prefix(model, ref_model, cfg.optim, device)
-    for m in (model, ref_model):
-        if m is not None:
-            compile_decoder_layers(m, cfg.optim.compile_layers, device)
-    trainable, total = count_parameters(model)
-    optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                      weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
-                      bf16_update=cfg.optim.bf16_update, seed=cfg.run.seed)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, cfg.rollout.kernels)
-    pad_id = engine.pad_id
-    params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
-                            cfg.rollout.top_k, list(cfg.rollout.stop))
-    eval_params = SamplingParams(cfg.rollout.max_new_tokens, cfg.run.eval_temperature, cfg.rollout.top_p,
-                                 cfg.rollout.top_k, list(cfg.rollout.stop))
+
+# --------------------------------------------------------------------------- the phases
+
+
+def sampling_params(cfg: TrainConfig, temperature: float):
+    from tirgrpo.rollout import SamplingParams
+
+    r = cfg.rollout
+    return SamplingParams(r.max_new_tokens, temperature, r.top_p, r.top_k, list(r.stop))
+
+
+def run_eval(s: Session, tag: str) -> dict:
+    """Evaluate on the eval prompts; write eval_{tag}.json (overall, baselines, per question,
+    completions) and return it ({} without eval data)."""
+    from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples
+    from tirgrpo.train.model import eager_layers
+
+    if not s.eval_prompts:
+        return {}
+    start = time.perf_counter()
+    with eager_layers():
+        result = evaluate_examples(s.engine, s.tokenizer, [p.example for p in s.eval_prompts],
+                                   [p.ids for p in s.eval_prompts], sampling_params(s.cfg, s.cfg.run.eval_temperature),
+                                   s.cfg.run.eval_samples, seed=s.cfg.run.seed + 7919,
+                                   rewards=eval_rewards(s.cfg.rewards))
+    result["seconds"] = time.perf_counter() - start
+    atomic_write_text(s.run_dir / f"eval_{tag}.json", json.dumps(result, indent=1, ensure_ascii=False))
+    return result
+
+
+def rollout_and_score(s: Session) -> Rollout:
+    """Sample G completions for each of the next prompts and score them."""
+    from tirgrpo.data.prompts import prompts_for_rollout
+    from tirgrpo.score.rewards import score_records
+    from tirgrpo.train.loss import group_advantages
+    from tirgrpo.train.model import eager_layers
+
+    cfg, group_size = s.cfg, s.cfg.rollout.group_size
+    start = time.perf_counter()
+    picked = prompts_for_rollout(len(s.train_prompts), s.progress.data_pos, cfg.rollout.prompts_per_step,
+                                 cfg.run.seed, cfg.data.shuffle)
+    batch_prompts = [s.train_prompts[i] for i in picked]
+    generator = torch.Generator(device=s.device).manual_seed(cfg.run.seed * 1_000_003 + s.progress.rollout)
+    with eager_layers():
+        groups = s.engine.generate([p.ids for p in batch_prompts], group_size, sampling_params(cfg, cfg.rollout.temperature),
+                                   generator)
+    generated = time.perf_counter()
+    completions = [c for g in groups for c in g]
+    prompts = [p for p in batch_prompts for _ in range(group_size)]
+    records = [{"completion": c.text, "correct_answer": p.example.correct_answer, "finish_reason": c.finish_reason,
+                "stop": c.stop} for c, p in zip(completions, prompts)]
+    scores = score_records(records, cfg.rewards, s.tokenizer, step=s.progress.step, total_steps=s.total_steps)
+    rewards = torch.tensor([score["total"] for score in scores], dtype=torch.float32)
+    advantages, zero_std_groups = group_advantages(rewards, group_size, cfg.grpo.scale_rewards)
+    return Rollout(prompts, completions, scores, advantages, zero_std_groups, generated - start,
+                   time.perf_counter() - generated)
+
+
+def update(s: Session, rollout: Rollout) -> UpdateStats:
+    """`num_iterations` optimizer steps on one rollout (fewer when the run ends first): the
+    micro-batches and reference log-probs are built once and serve every update."""
+    from tirgrpo.train.optim import lr_multiplier
+    from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
+
+    cfg, plan = s.cfg, s.plan
+    start = time.perf_counter()
+    prompt_ids = [p.ids for p in rollout.prompts]
+    completion_ids = [c.token_ids for c in rollout.completions]
+    batches = build_micro_batches(prompt_ids, completion_ids, cfg.rollout.group_size, plan.micro_batch_tokens,
+                                  plan.shared_prefix, s.engine.pad_id, s.device)
     temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+    s.model.train()
+    refs = [None] * len(batches)
+    if cfg.grpo.beta > 0:
+        refs = [reference_logprobs(s.model, s.ref_model, b, plan.logprob_chunk_tokens, temperature) for b in batches]
+    objective = GRPOObjective(cfg.grpo, [rollout.advantages[b.rows].to(s.device) for b in batches], refs,
+                              cfg.rollout.max_new_tokens, len(completion_ids), sum(len(c) for c in completion_ids))
+    stats = UpdateStats(forward_tokens=sum(b.tokens for b in batches), micro_batches=len(batches),
+                        row_tokens=sum(len(a) + len(b) for a, b in zip(prompt_ids, completion_ids)))
+    for _ in range(cfg.grpo.num_iterations):
+        if s.progress.step >= s.total_steps:
+            break
+        s.optimizer.lr = cfg.optim.lr * lr_multiplier(s.progress.step, s.total_steps, cfg.optim.warmup_steps,
+                                                      cfg.optim.min_lr_ratio)
+        result = grpo_update(s.model, s.optimizer, batches, objective, cfg.optim.max_grad_norm,
+                             plan.logprob_chunk_tokens, temperature)
+        if result.applied:
+            stats.losses.append(result.loss)
+            stats.grad_norms.append(result.grad_norm)
+            for key, value in result.stats.items():
+                stats.stat_sums[key] = stats.stat_sums.get(key, 0.0) + value * result.num_tokens
+            stats.stat_tokens += result.num_tokens
+        else:
+            stats.skipped += 1
+            s.progress.nonfinite += 1
+        s.progress.step += 1
+    stats.seconds = time.perf_counter() - start
+    return stats
 
-    state = {"step": 0, "rollout": 0, "data_pos": 0, "nonfinite": 0}
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer)
-    log = RunLog(run_dir, cfg.run.tensorboard, resume_step=state["step"] if resume else None)
 
-    def run_eval(tag: str) -> dict:
-        """Evaluate; write eval_{tag}.json (overall, baselines, per question, completions) and return it."""
-        if not eval_prompts:
-            return {}
-        t = time.perf_counter()
-        with eager_layers():
-            m = evaluate_examples(engine, tokenizer, [p.example for p in eval_prompts],
-                                  [p.ids for p in eval_prompts], eval_params, cfg.run.eval_samples,
-                                  seed=cfg.run.seed + 7919, rewards=eval_rewards(cfg.rewards))
-        m["seconds"] = time.perf_counter() - t
-        atomic_write_text(run_dir / f"eval_{tag}.json", json.dumps(m, indent=1, ensure_ascii=False))
-        return m
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
-    eval_before = (json.loads((run_dir / "eval_before.json").read_text())
-                   if resume and (run_dir / "eval_before.json").is_file() else run_eval("before"))
 
-    K, iters = cfg.optim.total_steps, cfg.grpo.num_iterations
-    bar = tqdm(total=K, initial=state["step"], desc="GRPO steps", unit="step", dynamic_ncols=True)
-    last_save = state["step"]
-    while state["step"] < K:
-        k0 = state["step"]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        # ---- 1. rollout
-        t0 = time.perf_counter()
-        idx = prompts_for_rollout(len(train_prompts), state["data_pos"], P, cfg.run.seed, cfg.data.shuffle)
-        batch_prompts = [train_prompts[i] for i in idx]
-        gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + state["rollout"])
-        with eager_layers():
-            groups = engine.generate([p.ids for p in batch_prompts], G, params, gen)
-        t1 = time.perf_counter()
-        # ---- 2. score
-        completions = [c for g in groups for c in g]
-        owners = [p for p in batch_prompts for _ in range(G)]
-        records = [{"completion": c.text, "correct_answer": p.example.correct_answer,
-                    "finish_reason": c.finish_reason, "stop": c.stop} for c, p in zip(completions, owners)]
-        scores = score_records(records, cfg.rewards, tokenizer, step=k0, total_steps=K)
-        rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
-        adv, zero_groups = group_advantages(rewards, G, cfg.grpo.scale_rewards)
-        t2 = time.perf_counter()
-        # ---- 3. train: build micro-batches once, reuse them for every iteration
-        prompt_ids = [p.ids for p in owners]
-        comp_ids = [c.token_ids for c in completions]
-        lengths = [len(a) + len(b) for a, b in zip(prompt_ids, comp_ids)]
-        batches = build_micro_batches(prompt_ids, comp_ids, G, cfg.optim.micro_batch_tokens, prefix_mask,
-                                      pad_id, device)
-        advs = [adv[b.rows].to(device) for b in batches]
-        n_seq = len(completions)
-        n_tok = sum(len(c) for c in comp_ids)
-        chunk = cfg.optim.logprob_chunk_tokens
-        model.train()
-        refs = [None] * len(batches)
-        if cfg.grpo.beta > 0:
-            refs = [reference_logprobs(model, ref_model, b, chunk, temperature) for b in batches]
-        objective = GRPOObjective(cfg.grpo, advs, refs, cfg.rollout.max_new_tokens, n_seq, n_tok)
-        sums: dict[str, float] = {}
-        losses, grad_norms, skipped = [], [], 0
-        for it in range(iters):
-            if state["step"] >= K:
-                break
-            optimizer.lr = cfg.optim.lr * lr_multiplier(state["step"], K, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
-            res = grpo_update(model, optimizer, batches, objective, cfg.optim.max_grad_norm, chunk, temperature)
-            if res.applied:
-                losses.append(res.loss)
-                grad_norms.append(res.grad_norm)
-                for key, v in res.stats.items():
-                    sums[key] = sums.get(key, 0.0) + v * res.num_tokens
-                sums["_w"] = sums.get("_w", 0.0) + res.num_tokens
-            else:
-                skipped += 1
-                state["nonfinite"] += 1
-            state["step"] += 1
-            bar.update(1)
-        t3 = time.perf_counter()
-        state["rollout"] += 1
-        state["data_pos"] += P
+def metrics_row(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
+    """The metrics.jsonl row of one rollout and its updates."""
+    scores, completions, advantages = rollout.scores, rollout.completions, rollout.advantages
+    count = len(completions)
+    completion_tokens = sum(len(c.token_ids) for c in completions)
+    row = {"step": s.progress.step, "rollout": s.progress.rollout, "lr": s.optimizer.lr}
+    for key in ("total", "length", "formatting", "correctness", "w_length", "w_formatting", "w_correctness"):
+        values = [score[key] for score in scores if key in score]
+        if values:
+            row[f"weight/{key[2:]}" if key.startswith("w_") else f"reward/{key}"] = mean(values)
+    for decision in ("submit", "decline", "invalid"):
+        row[f"decision/{decision}"] = sum(score["decision"] == decision for score in scores) / len(scores)
+    row.update({f"train/{k}": v / (stats.stat_tokens or 1.0) for k, v in stats.stat_sums.items()})
+    row.update({
+        "train/loss": mean(stats.losses), "train/grad_norm": mean(stats.grad_norms),
+        "train/skipped_nonfinite": stats.skipped,
+        "adv/mean": float(advantages.mean()), "adv/std": float(advantages.std()),
+        "adv/abs_mean": float(advantages.abs().mean()), "adv/zero_std_groups": rollout.zero_std_groups,
+        "completion/tokens_mean": completion_tokens / count,
+        "completion/truncated": sum(c.finish_reason == "length" for c in completions) / count,
+        "time/rollout_s": rollout.rollout_seconds, "time/score_s": rollout.score_seconds, "time/train_s": stats.seconds,
+        "throughput/gen_tokens_per_s": completion_tokens / max(1e-9, rollout.rollout_seconds),
+        "throughput/train_tokens_per_s": stats.row_tokens * s.cfg.grpo.num_iterations / max(1e-9, stats.seconds),
+        # tokens the forward passes ran (fewer than prompt + completion per row with a shared prefix)
+        "train/forward_tokens": stats.forward_tokens, "train/micro_batches": stats.micro_batches,
+        "memory/peak_gib": peak_memory_gib(s.device),
+    })
+    return row
 
-        # ---- 4. log
-        row = {"step": state["step"], "rollout": state["rollout"], "lr": optimizer.lr}
-        for key in ("total", "length", "formatting", "correctness", "w_length", "w_formatting", "w_correctness"):
-            vals = [s[key] for s in scores if key in s]
-            if vals:
-                row[f"reward/{key}" if not key.startswith("w_") else f"weight/{key[2:]}"] = sum(vals) / len(vals)
-        for d in ("submit", "decline", "invalid"):
-            row[f"decision/{d}"] = sum(s["decision"] == d for s in scores) / len(scores)
-        w = sums.pop("_w", 0.0) or 1.0
-        row.update({f"train/{k}": v / w for k, v in sums.items()})
-        row.update({
-            "train/loss": sum(losses) / len(losses) if losses else float("nan"),
-            "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
-            "train/skipped_nonfinite": skipped,
-            "adv/mean": float(adv.mean()), "adv/std": float(adv.std()), "adv/abs_mean": float(adv.abs().mean()),
-            "adv/zero_std_groups": zero_groups,
-            "completion/tokens_mean": n_tok / n_seq,
-            "completion/truncated": sum(c.finish_reason == "length" for c in completions) / n_seq,
-            "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2,
-            "throughput/gen_tokens_per_s": n_tok / max(1e-9, t1 - t0),
-            "throughput/train_tokens_per_s": sum(lengths) * iters / max(1e-9, t3 - t2),
-            # tokens the forward passes actually ran (fewer than sum(lengths) with shared prefix)
-            "train/forward_tokens": sum(b.tokens for b in batches),
-            "memory/peak_gb": peak_memory_gb(device),
-        })
-        log.log(row)
-        keep = cfg.run.keep_samples
-        log.samples(state["step"], [
-            {"prompt_tail": owners[i].example.prompt[-300:], "label": owners[i].example.label,
-             "correct_answer": owners[i].example.correct_answer, "completion": completions[i].text,
-             "finish_reason": completions[i].finish_reason, "stop": completions[i].stop,
-             **{k: scores[i][k] for k in ("decision", "length", "formatting", "correctness", "total") if k in scores[i]},
-             "advantage": float(adv[i])}
-            for i in range(min(keep, n_seq))
-        ])
-        bar.set_postfix(reward=f"{row['reward/total']:.3f}", corr=f"{row.get('reward/correctness', 0):.2f}")
 
-        if state["nonfinite"] >= cfg.run.max_nonfinite:
-            save_checkpoint(run_dir, state["step"], model, optimizer, state, config_toml)
-            raise TirgrpoError(f"{state['nonfinite']} steps had a non-finite loss or gradient (run.max_nonfinite="
-                               f"{cfg.run.max_nonfinite}); stopped at step {state['step']}, checkpoint saved. "
-                               f"Lower optim.lr or check the data.")
-        if cfg.run.eval_every and state["step"] // cfg.run.eval_every > k0 // cfg.run.eval_every and state["step"] < K:
-            m = run_eval(f"step_{state['step']:06d}")
-            log.log({"step": state["step"], **{f"eval/{k}": v for k, v in overall_of(m).items()}})
-        if cfg.run.save_every and state["step"] - last_save >= cfg.run.save_every and state["step"] < K:
-            save_checkpoint(run_dir, state["step"], model, optimizer, state, config_toml)
-            last_save = state["step"]
-    bar.close()
+def log_rollout(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
+    """Append the metrics row and the kept samples; return the row."""
+    row = metrics_row(s, rollout, stats)
+    s.log.log(row)
+    keep = min(s.cfg.run.keep_samples, len(rollout.completions))
+    s.log.samples(s.progress.step, [sample_record(rollout, i) for i in range(keep)])
+    return row
 
-    save_checkpoint(run_dir, state["step"], model, optimizer, state, config_toml)
+
+def sample_record(rollout: Rollout, i: int) -> dict:
+    """Completion i of a rollout as samples.jsonl keeps it."""
+    prompt, completion, score = rollout.prompts[i], rollout.completions[i], rollout.scores[i]
+    return {"prompt_tail": prompt.example.prompt[-300:], "label": prompt.example.label,
+            "correct_answer": prompt.example.correct_answer, "completion": completion.text,
+            "finish_reason": completion.finish_reason, "stop": completion.stop,
+            **{k: score[k] for k in ("decision", "length", "formatting", "correctness", "total") if k in score},
+            "advantage": float(rollout.advantages[i])}
+
+
+def after_rollout(s: Session, step_before: int) -> None:
+    """Stop on too many non-finite updates; evaluate and save when their interval is crossed."""
+    from tirgrpo.eval.evaluate import overall_of
+
+    cfg, step = s.cfg, s.progress.step
+    if s.progress.nonfinite >= cfg.run.max_nonfinite:
+        s.save()
+        raise TirgrpoError(f"{s.progress.nonfinite} steps had a non-finite loss or gradient (run.max_nonfinite="
+                           f"{cfg.run.max_nonfinite}); stopped at step {step}, checkpoint saved. "
+                           f"Lower optim.lr or check the data.")
+    every = cfg.run.eval_every
+    if every and step // every > step_before // every and step < s.total_steps:
+        result = run_eval(s, f"step_{step:06d}")
+        s.log.log({"step": step, **{f"eval/{k}": v for k, v in overall_of(result).items()}})
+    if cfg.run.save_every and step - s.last_save >= cfg.run.save_every and step < s.total_steps:
+        s.save()
+
+
+def finish(s: Session) -> dict:
+    """Last checkpoint, the final model (a plain transformers folder), the evaluation after
+    training; writes and returns the summary."""
+    from tirgrpo.eval.evaluate import overall_of
     from tirgrpo.train.model import save_hf_folder
 
-    save_hf_folder(model, tokenizer, run_dir / "final")
-    eval_after = run_eval("after")
+    s.save()
+    save_hf_folder(s.model, s.tokenizer, s.run_dir / "final")
+    eval_after = run_eval(s, "after")
     if eval_after:
-        log.log({"step": state["step"], **{f"eval/{k}": v for k, v in overall_of(eval_after).items()}})
-    log.close()
-    from tirgrpo.eval.plot import plot_run
+        s.log.log({"step": s.progress.step, **{f"eval/{k}": v for k, v in overall_of(eval_after).items()}})
+    s.log.close()
 
-    plots = plot_run(run_dir)
+    def brief(result: dict) -> dict:  # the summary keeps the numbers, not the completions
+        if not result:
+            return {}
+        return {"overall": overall_of(result), **({"baselines": result["baselines"]} if "baselines" in result else {})}
 
-    def brief(m: dict) -> dict:  # the summary keeps the numbers, not the completions
-        return {"overall": overall_of(m), **({"baselines": m["baselines"]} if "baselines" in m else {})} if m else {}
-
-    summary = {"run_dir": str(run_dir), "steps": state["step"], "trainable_params": trainable,
-               "total_params": total, "eval_before": brief(eval_before), "eval_after": brief(eval_after),
-               "plots": [str(p) for p in plots], "final_model": str(run_dir / "final")}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-    # The report is derived from the files above; if it fails, the run is still complete.
-    from tirgrpo.eval.report import build_report
-
-    try:
-        summary["report"] = str(build_report(run_dir, device=str(device)))
-    except Exception as e:  # noqa: BLE001
-        print(f"tirgrpo train: the report failed ({type(e).__name__}: {e}); "
-              f"retry with: tirgrpo report {run_dir}", file=sys.stderr)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    summary = {"run_dir": str(s.run_dir), "steps": s.progress.step, "trainable_params": s.counts[0],
+               "total_params": s.counts[1], "eval_before": brief(s.eval_before), "eval_after": brief(eval_after),
+               "final_model": str(s.run_dir / "final"), "device": str(s.device)}
+    atomic_write_text(s.run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
-def print_summary(summary: dict) -> None:
-    """Eval before/after next to the baselines, then where the report, plots and model are."""
-    from tirgrpo.eval.evaluate import before_after_table
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated accelerator memory (GiB) since the last reset; CPU: peak RSS of the process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
 
-    before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
-    if before or after:
-        print("\n" + before_after_table(before, after))
-    print(f"run folder: {summary['run_dir']}  ({summary['steps']} optimizer steps)")
-    print(f"final model: {summary['final_model']}")
-    for p in summary.get("plots", []):
-        print(f"plot: {p}")
-    if summary.get("report"):
-        print(f"report: {summary['report']}")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # KiB on Linux
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig, requested: dict | None = None, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run GRPO as configured; returns the summary (eval before/after, paths).
+
+    requested: what the user asked (the config file plus `--set`, as a dict), written as
+    RUN_DIR/config.toml; None writes `cfg` whole. `cfg` is never changed.
+    """
+    from tqdm import tqdm
+
+    s = setup(cfg, requested, resume, overwrite)
+    before = s.run_dir / "eval_before.json"
+    s.eval_before = json.loads(before.read_text()) if resume and before.is_file() else run_eval(s, "before")
+    bar = tqdm(total=s.total_steps, initial=s.progress.step, desc="GRPO steps", unit="step", dynamic_ncols=True)
+    while s.progress.step < s.total_steps:
+        step_before = s.progress.step
+        if s.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(s.device)
+        rollout = rollout_and_score(s)
+        stats = update(s, rollout)
+        s.progress.rollout += 1
+        s.progress.data_pos += cfg.rollout.prompts_per_step
+        row = log_rollout(s, rollout, stats)
+        bar.update(s.progress.step - step_before)
+        bar.set_postfix(reward=f"{row['reward/total']:.3f}", corr=f"{row.get('reward/correctness', 0):.2f}")
+        after_rollout(s, step_before)
+    bar.close()
+    return finish(s)

@@ -61,7 +61,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
     if spec not in table:
-        raise TirgrpoError(f"model.dtype must be one of auto, bf16, fp32; got {spec!r}")
+        raise TirgrpoError(f"dtype must be one of auto, bf16, fp32; got {spec!r}")
     return table[spec]
 
 
@@ -120,18 +120,20 @@ def build_random_model(shape: str, dtype: torch.dtype, attn_implementation: str 
     return model
 
 
-def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """Load the model named by `cfg.name_or_path` onto `device` in `dtype` (no LoRA yet)."""
+def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                    attention: str = "sdpa"):
+    """Load the model named by `cfg.name_or_path` onto `device` in `dtype` (no LoRA yet), with
+    transformers' attention implementation `attention` (sdpa, eager, flex_attention)."""
     from transformers import AutoModelForCausalLM
 
     name = cfg.name_or_path
     if name.startswith("random:"):
-        model = build_random_model(name.split(":", 1)[1], dtype, cfg.attn_implementation, seed, device)
+        model = build_random_model(name.split(":", 1)[1], dtype, attention, seed, device)
     else:
         path, kwargs = _from_pretrained_kwargs(name)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, attn_implementation=cfg.attn_implementation, **kwargs
+                path, dtype=dtype, attn_implementation=attention, **kwargs
             )
         except OSError as e:
             raise TirgrpoError(f"cannot load model {name!r}: {e}") from e
@@ -168,32 +170,28 @@ def resolve_init(cfg: ModelConfig) -> ModelConfig:
     return ModelConfig(**{**cfg.__dict__, "name_or_path": str(final), "init_from": ""})
 
 
-def load_policy(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """The trainable policy: base model (+ LoRA), gradient checkpointing as configured.
+def load_policy(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                attention: str = "sdpa", checkpointing: bool = True):
+    """The trainable policy: base model (+ LoRA), with gradient checkpointing when `checkpointing`.
 
     With `cfg.init_from` (a run folder, e.g. from `tirgrpo sft`), the weights start from
     that run's final model; LoRA runs save merged weights there, so a fresh adapter is added.
     """
-    model = load_base_model(resolve_init(cfg), device, dtype, seed)
+    model = load_base_model(resolve_init(cfg), device, dtype, seed, attention)
     model.config.use_cache = False
-    if cfg.gradient_checkpointing:
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora:
         model = add_lora(model, cfg)
     return model
 
 
-def compile_decoder_layers(model, setting: str, device) -> bool:
-    """torch.compile each decoder layer in place when `setting` ("auto" | "on" | "off") says so.
+def compile_decoder_layers(model) -> None:
+    """torch.compile each decoder layer in place (the plan decides when: `system.compile_layers`).
 
-    "auto" compiles on CUDA only (on a CPU inductor needs a C++ toolchain and gains little).
     The compiled layers serve the training forward/backward (with checkpointing: the
-    recompute too); wrap generation in `eager_layers()`. Returns whether it compiled.
+    recompute too); wrap generation in `eager_layers()`.
     """
-    if setting not in ("auto", "on", "off"):
-        raise TirgrpoError(f"optim.compile_layers must be 'auto', 'on' or 'off', got {setting!r}")
-    if setting == "off" or (setting == "auto" and torch.device(device).type != "cuda"):
-        return False
     # One layer code object serves all layers, but every combination of grad mode, train/eval,
     # adapters on/off and mask type is a cache entry: torch's default limit of 8 is too few,
     # and past it the layer would silently run eagerly (FlexAttention then materialises T^2 scores).
@@ -201,7 +199,6 @@ def compile_decoder_layers(model, setting: str, device) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     for layer in base.model.layers:
         layer.compile()
-    return True
 
 
 def eager_layers():

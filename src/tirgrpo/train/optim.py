@@ -68,7 +68,7 @@ class AdamW:
         self.master_fp32, self.bf16_update = master_fp32, bf16_update
         self.seed = seed
         # On CUDA the master-fp32 and stochastic updates run as one Triton kernel per tensor
-        # (adamw_kernels.py); the eager version is ~15 elementwise passes over memory
+        # (kernels/adamw.py); the eager version is ~15 elementwise passes over memory
         # (0.1-0.2 s for 1.5B params). fused=True on CPU needs TRITON_INTERPRET=1 (tests).
         on_cuda = bool(self.params) and self.params[0].is_cuda
         self.fused = (on_cuda and adamw_kernels.available(self.params[0].device)) if fused is None else fused

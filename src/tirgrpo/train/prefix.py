@@ -25,7 +25,7 @@ Three forms of the same mask:
   128 with tokens of their own segment (never read). The model's attention must be
   `PREFIX_ATTENTION` (see `use_prefix_attention`), which sends a `BlockMask` to FlexAttention
   and any other mask to sdpa, so the unshared path and generation are unchanged.
-* `split` (the default on CUDA in bf16/fp16): no mask at all (`split_attention.py`). All
+* `split` (the default on CUDA in bf16/fp16): no mask at all (`kernels/split_attention.py`). All
   tokens against the prompt's keys (causal, aligned top-left) is one cuDNN call, each
   completion against its own keys one variable-length flash-attention call; the two are
   merged by their log-sum-exp. Only the visible pairs are computed, on torch's fastest kernels (cuDNN's
@@ -293,16 +293,3 @@ def use_prefix_attention(model) -> None:
     AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(PREFIX_ATTENTION)
-
-
-def mask_kind(setting: str, device, dtype: torch.dtype = torch.bfloat16) -> str:
-    """optim.prefix_mask ("auto" | "block" | "split" | "dense") -> the mask form used on `device`
-    for a model computing in `dtype`. auto: split on CUDA in bf16/fp16 (flash-attention and
-    cuDNN kernels take no other dtype), block on CUDA otherwise, dense on CPU."""
-    if setting not in ("auto", "block", "split", "dense"):
-        raise TirgrpoError(f"optim.prefix_mask must be 'auto', 'block', 'split' or 'dense', got {setting!r}")
-    if setting == "auto":
-        if torch.device(device).type != "cuda":
-            return "dense"
-        return "split" if dtype in (torch.bfloat16, torch.float16) else "block"
-    return setting

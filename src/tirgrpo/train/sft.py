@@ -9,7 +9,6 @@ the result with `--set model.init_from=RUN_DIR`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,18 +16,40 @@ from pathlib import Path
 
 import torch
 
-from tirgrpo.config import DataConfig, ModelConfig, OptimConfig, RunConfig, add_config_arguments, load_config, to_toml
+from tirgrpo.config import ExecutionConfig, ModelConfig, OptimConfig, dumps_toml, to_dict
 from tirgrpo.errors import TirgrpoError
 
 
 @dataclass
+class SFTDataConfig:
+    """Where the examples come from (the `[data]` keys sft uses)."""
+
+    train: str = "bundled:gsm8k-verify-train"
+    """Path to examples (JSONL/Parquet), or `bundled:NAME`; their completions are the targets
+    unless `targets` is set."""
+    max_prompt_tokens: int = 3072
+    """Examples with longer prompts are dropped at load time (0 = no limit)."""
+    shuffle: bool = True
+
+
+@dataclass
+class SFTRunConfig:
+    """Where sft writes (the `[run]` keys sft uses)."""
+
+    out_dir: str = "runs/sft"
+    seed: int = 0
+    tensorboard: bool = True
+
+
+@dataclass
 class SFTConfig:
-    """`tirgrpo sft` settings: the same sections as `train` minus rollout/rewards/grpo."""
+    """`tirgrpo sft` settings: only the keys sft uses; any other key is an error naming it."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=5, total_steps=50))
-    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/sft"))
+    run: SFTRunConfig = field(default_factory=SFTRunConfig)
+    system: ExecutionConfig = field(default_factory=ExecutionConfig)
     batch_size: int = 8
     """Examples per optimizer step."""
     append_eos: bool = True
@@ -38,19 +59,7 @@ class SFTConfig:
     targets: str = ""
     """A JSONL file of target completions, one {"prompt": ..., "completion": ...} object a line
     (other fields are ignored), e.g. written by a larger model; when set, SFT learns these
-    instead of the completions of `data.train`'s examples."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, "TOML config with [model] [data] [optim] [run] sections and batch_size")
-
-
-def run(args) -> int:
-    cfg = load_config(SFTConfig, args.config, args.set)
-    out = sft(cfg)
-    print(f"SFT done: {out['steps']} steps, final loss {out['final_loss']:.4f}")
-    print(f"final model: {out['final_model']}  (use: tirgrpo train --set model.init_from={cfg.run.out_dir})")
-    return 0
+    instead of the completions of `data.train`'s examples. Empty: no such file."""
 
 
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -60,6 +69,18 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, num_tokens: int) -> torch.T
     losses add up to the batch's mean).
     """
     return -(logp * mask).sum() / max(1, num_tokens)
+
+
+@dataclass
+class SFTObjective:
+    """Negative log-likelihood of the target tokens, averaged over the whole batch's
+    `num_tokens` target tokens (so micro-batch losses add up to the batch mean)."""
+
+    num_tokens: int
+
+    def __call__(self, i, mb, logp, entropy):
+        m = mb.mask
+        return sft_loss(logp, m, self.num_tokens), {"num_tokens": m.sum().float()}
 
 
 def target_ids(example, tokenizer, append_eos: bool, code_stop: str) -> list[int]:
@@ -92,27 +113,10 @@ def read_targets(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def sft(cfg: SFTConfig) -> dict:
-    """Run supervised fine-tuning as configured; returns a summary dict."""
-    from tqdm import tqdm
+def sft_examples(cfg: SFTConfig, tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, target ids) of every example SFT learns, prompts within the length limit."""
+    from tirgrpo.data.prompts import load_prompts
 
-    from tirgrpo.files import atomic_write_text
-    from tirgrpo.train.step import SFTObjective, build_micro_batches, grpo_update
-    from tirgrpo.train.metrics import RunLog
-    from tirgrpo.train.model import (compile_decoder_layers, load_policy, resolve_device, resolve_dtype, resolve_init,
-                               save_hf_folder, tokenizer_spec)
-    from tirgrpo.train.optim import AdamW, lr_multiplier
-    from tirgrpo.data.tokenizer import load_tokenizer
-    from tirgrpo.train.loop import load_prompts, prompts_for_rollout
-
-    run_dir = Path(cfg.run.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
-    torch.manual_seed(cfg.run.seed)
-    device = resolve_device(cfg.run.device)
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
     if cfg.targets:  # (prompt, completion) pairs, e.g. from a larger model
         limit = cfg.data.max_prompt_tokens
         pairs = [(tokenizer(p)["input_ids"], c) for p, c in read_targets(cfg.targets)]
@@ -124,36 +128,63 @@ def sft(cfg: SFTConfig) -> dict:
         pairs = [(p.ids, p.example.completion)
                  for p in load_prompts(cfg.data.train, tokenizer, cfg.data.max_prompt_tokens)]
         source = cfg.data.train
-    data = [ids for ids, _ in pairs]
     targets = [completion_target_ids(c, tokenizer, cfg.append_eos, cfg.code_stop) for _, c in pairs]
     if not any(targets):
         raise TirgrpoError(f"{source}: every completion is empty; nothing to learn")
-    model = load_policy(cfg.model, device, dtype, cfg.run.seed)
-    compile_decoder_layers(model, cfg.optim.compile_layers, device)  # CUDA by default, as in `train`
-    optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                      weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
-                      bf16_update=cfg.optim.bf16_update, seed=cfg.run.seed)
+    return [ids for ids, _ in pairs], targets
+
+
+def sft(cfg: SFTConfig, requested: dict | None = None) -> dict:
+    """Run supervised fine-tuning as configured; returns a summary dict. `requested` (what the
+    user asked, as a dict) is written as RUN_DIR/config.toml (None: `cfg` whole)."""
+    from tqdm import tqdm
+
+    from tirgrpo.data.prompts import prompts_for_rollout
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.files import atomic_write_text
+    from tirgrpo.train.metrics import RunLog
+    from tirgrpo.train.model import compile_decoder_layers, load_policy, resolve_init, save_hf_folder, tokenizer_spec
+    from tirgrpo.train.optim import AdamW, lr_multiplier
+    from tirgrpo.train.plan import describe_plan, resolve_sft_plan, write_plan
+    from tirgrpo.train.step import build_micro_batches, grpo_update
+
+    plan = resolve_sft_plan(cfg.system)
+    print(describe_plan(plan))
+    run_dir = Path(cfg.run.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    atomic_write_text(run_dir / "config.toml", dumps_toml(to_dict(cfg) if requested is None else requested))
+    write_plan(run_dir, plan)
+    torch.manual_seed(cfg.run.seed)
+    device = torch.device(plan.device)
+    tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
+    prompts, targets = sft_examples(cfg, tokenizer)
+    model = load_policy(cfg.model, device, plan.torch_dtype, cfg.run.seed, attention=plan.attention,
+                        checkpointing=plan.gradient_checkpointing)
+    if plan.compile_layers:
+        compile_decoder_layers(model)
+    optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+                      master_fp32=plan.master_fp32, bf16_update=plan.bf16_update, seed=cfg.run.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     log = RunLog(run_dir, cfg.run.tensorboard)
-    K = cfg.optim.total_steps
-    loss_value = float("nan")
+    total_steps = cfg.optim.total_steps
+    loss = float("nan")
     model.train()
-    for step in tqdm(range(K), desc="SFT steps", unit="step", dynamic_ncols=True):
-        t0 = time.perf_counter()
-        idx = prompts_for_rollout(len(data), step * cfg.batch_size, cfg.batch_size, cfg.run.seed, cfg.data.shuffle)
-        prompts = [data[i] for i in idx]
-        comps = [targets[i] for i in idx]
-        n_tok = sum(len(c) for c in comps)
-        optimizer.lr = cfg.optim.lr * lr_multiplier(step, K, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
-        batches = build_micro_batches(prompts, comps, 1, cfg.optim.micro_batch_tokens, "off", pad, device)
-        res = grpo_update(model, optimizer, batches, SFTObjective(n_tok), cfg.optim.max_grad_norm,
-                          cfg.optim.logprob_chunk_tokens)
-        total, gn = res.loss, res.grad_norm
-        loss_value = total
-        log.log({"step": step + 1, "sft/loss": total, "sft/grad_norm": float(gn), "lr": optimizer.lr,
-                 "time/step_s": time.perf_counter() - t0})
+    for step in tqdm(range(total_steps), desc="SFT steps", unit="step", dynamic_ncols=True):
+        start = time.perf_counter()
+        picked = prompts_for_rollout(len(prompts), step * cfg.batch_size, cfg.batch_size, cfg.run.seed,
+                                     cfg.data.shuffle)
+        completions = [targets[i] for i in picked]
+        optimizer.lr = cfg.optim.lr * lr_multiplier(step, total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+        batches = build_micro_batches([prompts[i] for i in picked], completions, 1, plan.micro_batch_tokens, "off",
+                                      pad, device)
+        result = grpo_update(model, optimizer, batches, SFTObjective(sum(len(c) for c in completions)),
+                             cfg.optim.max_grad_norm, plan.logprob_chunk_tokens)
+        loss = result.loss
+        log.log({"step": step + 1, "sft/loss": result.loss, "sft/grad_norm": result.grad_norm, "lr": optimizer.lr,
+                 "time/step_s": time.perf_counter() - start})
     log.close()
     save_hf_folder(model, tokenizer, run_dir / "final")
-    summary = {"steps": K, "final_loss": loss_value, "final_model": str(run_dir / "final")}
+    summary = {"steps": total_steps, "final_loss": loss, "final_model": str(run_dir / "final")}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -2,7 +2,7 @@
 
 `grpo_update` is the only place in tirgrpo where gradients are computed and the optimizer
 steps. The GRPO trainer, SFT, `tirgrpo memory --measure` and the train-phase benchmark all
-call it; what differs between them is the *objective* (`GRPOObjective`, `SFTObjective`):
+call it; what differs between them is the *objective* (`GRPOObjective` here, `sft.SFTObjective`):
 a callable that turns one micro-batch's log-probs into a loss and its statistics.
 
 Two kinds of micro-batch, told apart by their type, never by a tensor's dtype or rank:
@@ -156,20 +156,6 @@ class GRPOObjective:
                          self.max_completion_tokens, self.num_sequences, self.num_tokens)
 
 
-@dataclass
-class SFTObjective:
-    """Negative log-likelihood of the target tokens, averaged over the whole batch's
-    `num_tokens` target tokens (so micro-batch losses add up to the batch mean)."""
-
-    num_tokens: int
-
-    def __call__(self, i, mb, logp, entropy):
-        from tirgrpo.train.sft import sft_loss
-
-        m = mb.mask
-        return sft_loss(logp, m, self.num_tokens), {"num_tokens": m.sum().float()}
-
-
 # --------------------------------------------------------------------------- the update
 
 
@@ -195,26 +181,26 @@ def grpo_update(model, optimizer, batches: list[MicroBatch], objective: Objectiv
     update: the loss and statistics stay tensors until the end.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    total = torch.zeros((), dtype=torch.float32)
-    sums: dict[str, torch.Tensor] = {}
-    weight = torch.zeros(())
+    total_loss = torch.zeros((), dtype=torch.float32)
+    stat_sums: dict[str, torch.Tensor] = {}
+    total_tokens = torch.zeros(())
     for i, mb in enumerate(batches):
-        logp, ent = micro_batch_logprobs(model, mb, chunk_tokens, temperature, grad=True)
-        loss, st = objective(i, mb, logp, ent)
+        logp, entropy = micro_batch_logprobs(model, mb, chunk_tokens, temperature, grad=True)
+        loss, stats = objective(i, mb, logp, entropy)
         loss.backward()
-        w = st.pop("num_tokens", None)
-        w = mb.mask.sum().float() if w is None else w
-        st["entropy"] = (ent.detach() * mb.mask).sum() / w.clamp(min=1.0)
-        total = total.to(loss.device) + loss.detach().float()
-        weight = weight.to(w.device) + w
-        for k, v in st.items():
-            sums[k] = sums.get(k, 0.0) + v.float() * w
-        del logp, ent, loss
-    gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if params else torch.zeros(())
-    finite = bool(torch.isfinite(gn) & torch.isfinite(total))  # the one sync
+        tokens = stats.pop("num_tokens", None)
+        tokens = mb.mask.sum().float() if tokens is None else tokens
+        stats["entropy"] = (entropy.detach() * mb.mask).sum() / tokens.clamp(min=1.0)
+        total_loss = total_loss.to(loss.device) + loss.detach().float()
+        total_tokens = total_tokens.to(tokens.device) + tokens
+        for key, value in stats.items():
+            stat_sums[key] = stat_sums.get(key, 0.0) + value.float() * tokens
+        del logp, entropy, loss
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if params else torch.zeros(())
+    finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total_loss))  # the one sync
     if finite:
         optimizer.step()
     optimizer.zero_grad()
-    n = max(1.0, float(weight))
-    return UpdateResult(loss=float(total), grad_norm=float(gn), applied=finite,
-                        stats={k: float(v) / n for k, v in sums.items()}, num_tokens=int(weight))
+    count = max(1.0, float(total_tokens))
+    return UpdateResult(loss=float(total_loss), grad_norm=float(grad_norm), applied=finite,
+                        stats={k: float(v) / count for k, v in stat_sums.items()}, num_tokens=int(total_tokens))

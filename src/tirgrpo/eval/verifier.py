@@ -1,0 +1,92 @@
+"""Evaluating a verifier: its decisions on labelled examples (or on transcripts judged at
+their last code output) against the baselines, and what it does to answer selection.
+
+The library half of `tirgrpo eval`; metric definitions in evaluate.py and selection.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tirgrpo.errors import TirgrpoError
+
+
+def transcript_examples(path: str):
+    """Pseudo-examples (one per transcript that has a correct answer) and their decision prompts.
+
+    Returns (examples, problem ids, prompts or None where no code output was shown).
+    """
+    from tirgrpo.data.records import Example, label_for, read_transcripts
+    from tirgrpo.eval.selection import transcript_decision_prompt
+
+    examples, problem_ids, prompts = [], [], []
+    for t in read_transcripts(path):
+        if t.correct_answer is None:
+            continue
+        prompt = transcript_decision_prompt(t)
+        examples.append(Example(question=t.question, prompt=prompt or "", completion="", correct_answer=t.correct_answer,
+                                eventual_answer=t.eventual_answer, label=label_for(t.correct_answer, t.eventual_answer),
+                                prompt_tokens=0, completion_tokens=0, source=Path(path).name))
+        problem_ids.append(t.problem_id)
+        prompts.append(prompt)
+    if not examples:
+        raise TirgrpoError(f"{path}: no transcript has a correct_answer; nothing to evaluate")
+    return examples, problem_ids, prompts
+
+
+def examples_to_judge(data: str | None, transcripts: str | None, tokenizer, max_prompt_tokens: int,
+                      max_examples: int):
+    """(examples, problem ids, decision prompts or None) from labelled examples (`data`) or a
+    transcript file, prompts over `max_prompt_tokens` dropped (0: no limit), at most
+    `max_examples` (0: all)."""
+    from tirgrpo.data.bundled import bundled_path
+    from tirgrpo.data.records import read_examples
+
+    if data:
+        examples = read_examples(bundled_path(data))
+        problem_ids = [ex.question for ex in examples]
+        prompts: list[str | None] = [ex.prompt for ex in examples]
+    else:
+        examples, problem_ids, prompts = transcript_examples(transcripts)
+    keep = [i for i, p in enumerate(prompts)
+            if p is None or max_prompt_tokens <= 0 or len(tokenizer(p)["input_ids"]) <= max_prompt_tokens]
+    if max_examples > 0:
+        keep = keep[:max_examples]
+    if not keep:
+        raise TirgrpoError("no example left to evaluate (check --max-prompt-tokens / --max-examples)")
+    return [examples[i] for i in keep], [problem_ids[i] for i in keep], [prompts[i] for i in keep]
+
+
+def judge(model, tokenizer, examples: list, prompts: list, params, samples: int, seed: int, rewards,
+          batch_size: int) -> dict:
+    """Sample `samples` decisions of `model` for every example that has a prompt, with the
+    metrics and baselines of `evaluate.evaluate_examples` ("unjudged": examples without one)."""
+    import torch
+
+    from tirgrpo.eval.evaluate import evaluate_examples, summarize
+    from tirgrpo.rollout.simple import SimpleEngine
+
+    judged = [i for i, p in enumerate(prompts) if p is not None]
+    engine = SimpleEngine(model, tokenizer, batch_size=batch_size)
+    with torch.no_grad():
+        result = evaluate_examples(engine, tokenizer, [examples[i] for i in judged],
+                                   [tokenizer(prompts[i])["input_ids"] for i in judged],
+                                   params, samples, seed, rewards) if judged else summarize([], [], [], [], [])
+    result["unjudged"] = len(prompts) - len(judged)
+    result["judged"] = judged
+    return result
+
+
+def selection(result: dict, judged: list[int], examples: list, problem_ids: list, threshold: float,
+              seed: int) -> dict:
+    """Majority, verifier-gated and P(submit)-weighted votes per question, from `judge`'s
+    result (`judged`: the examples it judged). Transcripts that never showed a code output
+    have nothing to judge: they count as submitted."""
+    from tirgrpo.eval.selection import compare_selection, group_candidates
+
+    p_submit = [1.0] * len(examples)
+    for i, comp in zip(judged, result.get("completions", [])):
+        p_submit[i] = sum(s["decision"] == "submit" for s in comp["samples"]) / len(comp["samples"])
+    grouped = group_candidates(problem_ids, [ex.correct_answer for ex in examples],
+                               [ex.eventual_answer for ex in examples], p_submit)
+    return compare_selection(grouped, threshold=threshold, seed=seed)

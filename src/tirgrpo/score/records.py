@@ -1,0 +1,94 @@
+"""Completion records to score: read from JSONL or CSV, each checked before anything is scored.
+
+JSONL: one object per line with `completion`, `correct_answer` and optionally
+`finish_reason` (`eos`/`stop`/`length`) and `stop` (the matched stop string); CSV: those
+columns (such as the seed's sample transcripts; an empty cell counts as absent).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tirgrpo.errors import TirgrpoError
+
+OPTIONAL_FIELDS = ("finish_reason", "stop")
+
+
+def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
+    """(records, where each came from) of a JSONL or CSV (by suffix) file.
+
+    A malformed line raises, naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TirgrpoError(f"input file not found: {path}")
+    try:
+        if path.suffix.lower() == ".csv":
+            return _read_csv(path)
+        return _read_jsonl(path)
+    except UnicodeDecodeError as e:
+        raise TirgrpoError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TirgrpoError(f"{path}, line {lineno}: not valid JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise TirgrpoError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append((f"{path}, line {lineno}", record))
+    return _located(records, path)
+
+
+def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    # Transcripts are long: lift the csv module's 128 kB per-field default.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    records = []
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        for n, row in enumerate(reader, start=1):
+            record = dict(row)
+            for key in OPTIONAL_FIELDS:
+                if record.get(key) == "":
+                    record[key] = None
+            records.append((f"{path}, row {n} (line {reader.line_num})", record))
+    return _located(records, path)
+
+
+def _located(records: list[tuple[str, dict]], path: Path) -> tuple[list[dict], list[str]]:
+    if not records:
+        raise TirgrpoError(f"{path}: no records")
+    return [r for _, r in records], [where for where, _ in records]
+
+
+def check_records(records: list[dict], locations: list[str], reward_set: str) -> None:
+    """Raise on the first record that cannot be scored, naming its file, line and field."""
+    from tirgrpo.score.rewards import record_problem
+
+    for where, record in zip(locations, records):
+        problem = record_problem(record, reward_set)
+        if problem:
+            raise TirgrpoError(f"{where}: {problem}")
+
+
+def summarize(scores: list[dict]) -> str:
+    """Mean of each reward and the decision mix, in a few lines."""
+    n = len(scores)
+    keys = [k for k in scores[0] if k not in ("valid", "decision") and not k.startswith("w_")]
+    weights = {k: scores[0][k] for k in scores[0] if k.startswith("w_")}
+    decisions = Counter(s["decision"] for s in scores)
+    mix = ", ".join(f"{d} {decisions.get(d, 0)}" for d in ("submit", "decline", "invalid"))
+    lines = [f"{n} records; decisions: {mix}"]
+    lines.append("weights: " + ", ".join(f"{k} {v:.4f}" for k, v in weights.items()))
+    lines.append("means:   " + ", ".join(f"{k} {sum(s[k] for s in scores) / n:+.4f}" for k in keys))
+    return "\n".join(lines)

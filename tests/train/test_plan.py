@@ -1,0 +1,110 @@
+"""The system plan: every `auto` resolved once, before weights load; refused when it cannot
+fit a GPU; written to and read back from plan.toml."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tirgrpo.config import TrainConfig, load_config
+from tirgrpo.errors import TirgrpoError
+from tirgrpo.train import plan as P
+
+ROOT = Path(__file__).resolve().parents[2]
+CUDA = torch.device("cuda")
+
+
+def seed_config(*overrides):
+    return load_config(TrainConfig, ROOT / "configs/seed-r1-distill-1.5b.toml", list(overrides))
+
+
+def fake_gpu(monkeypatch, gib):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(gib * P.GiB), int(gib * P.GiB)))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+
+
+def test_auto_on_cuda_is_one_packed_group_per_pass_when_it_fits(monkeypatch):
+    fake_gpu(monkeypatch, 79)
+    plan = P.resolve_plan(seed_config(), CUDA)
+    assert plan.dtype == "bf16" and plan.shared_prefix == "split" and plan.compile_layers is True
+    assert plan.optimizer == "fp32-master" and plan.engine == "fast" and plan.device == "cuda"
+    assert plan.micro_batch_tokens == 3072 + 4 * 1024  # the prompt once, G = 4 completions
+    assert plan.memory is not None and 0 < plan.memory.peak_gib < plan.memory.need_gib < 79
+    assert plan.memory.device_gib == pytest.approx(79, abs=0.01)
+
+
+def test_auto_budget_is_lowered_to_what_fits(monkeypatch):
+    fake_gpu(monkeypatch, 60)
+    cfg = seed_config("system.gradient_checkpointing=false", "system.optimizer=bf16-stochastic",
+                      "system.shared_prefix=off")
+    plan = P.resolve_plan(cfg, CUDA)
+    assert 0 < plan.micro_batch_tokens < 4 * 4096 and plan.micro_batch_tokens % 4096 == 0
+    assert cfg.system.micro_batch_tokens == "auto"  # the config is not changed
+
+
+def test_explicit_budget_that_does_not_fit_is_refused_with_one_that_does(monkeypatch):
+    fake_gpu(monkeypatch, 60)
+    cfg = seed_config("system.gradient_checkpointing=false", "system.optimizer=bf16-stochastic",
+                      "system.shared_prefix=off", "system.micro_batch_tokens=16384")
+    with pytest.raises(TirgrpoError, match=r"micro_batch_tokens = 16384 does not fit.*--set system.micro_batch_tokens="):
+        P.resolve_plan(cfg, CUDA)
+
+
+def test_explicit_whole_step_budget_is_kept_when_it_fits(monkeypatch):
+    fake_gpu(monkeypatch, 140)
+    assert P.resolve_plan(seed_config("system.micro_batch_tokens=0"), CUDA).micro_batch_tokens == 0
+
+
+def test_what_cannot_fit_is_refused_naming_parts_and_changes(monkeypatch):
+    fake_gpu(monkeypatch, 24)
+    with pytest.raises(TirgrpoError) as e:
+        P.resolve_plan(seed_config(), CUDA)
+    msg = str(e.value)
+    assert "does not fit" in msg and "optimizer states" in msg and "master weights" in msg
+    assert "system.optimizer=bf16-stochastic" in msg or "model.lora=true" in msg
+
+
+def test_cpu_never_refuses():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns where the estimate exceeds the RAM
+        plan = P.resolve_plan(seed_config(), torch.device("cpu"))
+    assert plan.dtype == "fp32" and plan.shared_prefix == "dense" and plan.compile_layers is False
+    assert plan.kernels == "torch" and plan.micro_batch_tokens == 3072 + 4 * 1024 and plan.memory is not None
+
+
+@pytest.mark.parametrize("override,key", [
+    ("system.shared_prefix=on", "system.shared_prefix"),
+    ("system.optimizer=adam8bit", "system.optimizer"),
+    ("system.micro_batch_tokens=lots", "system.micro_batch_tokens"),
+    ("system.micro_batch_tokens=-5", "system.micro_batch_tokens"),
+    ("system.engine=vllm", "system.engine"),
+    ("system.dtype=fp8", "system.dtype"),
+    ("system.attention=flash", "system.attention"),
+])
+def test_bad_settings_name_their_key(override, key):
+    with pytest.raises(TirgrpoError, match=key):
+        P.resolve_plan(load_config(TrainConfig, None, [override, "model.name_or_path=random:tiny-qwen2"]),
+                       torch.device("cpu"))
+
+
+def test_plan_toml_round_trip_says_gib(tmp_path):
+    plan = P.resolve_plan(load_config(TrainConfig, None, ["model.name_or_path=random:tiny-qwen2"]), torch.device("cpu"))
+    P.write_plan(tmp_path, plan)
+    text = (tmp_path / "plan.toml").read_text()
+    assert "[system]" in text and "[memory]" in text and 'unit = "GiB (2**30 bytes)"' in text
+    assert P.read_plan(tmp_path / "plan.toml") == plan
+    with pytest.raises(TirgrpoError, match="no recorded plan"):
+        P.read_plan(tmp_path / "absent.toml")
+
+
+def test_sft_plan_has_no_rollout():
+    from tirgrpo.config import ExecutionConfig
+
+    plan = P.resolve_sft_plan(ExecutionConfig(device="cpu", dtype="bf16", optimizer="bf16-kahan"))
+    assert plan.engine == "none" and plan.shared_prefix == "off" and plan.memory is None
+    assert plan.micro_batch_tokens == P.SFT_AUTO_MICRO_BATCH_TOKENS and plan.optimizer == "bf16-kahan"
+    assert not plan.master_fp32 and plan.bf16_update == "kahan"
+    fp32 = P.resolve_sft_plan(ExecutionConfig(device="cpu", optimizer="bf16-stochastic"))
+    assert fp32.dtype == "fp32" and fp32.optimizer == "fp32"  # fp32 weights: plain fp32 AdamW
