@@ -28,7 +28,9 @@ import sys
 import time
 from dataclasses import asdict, replace
 
-from tirgrpo.perf.memory import GiB, Workload, estimate, rollout_phase, shape_from_spec, train_phase
+from tirgrpo.perf.estimate import rollout_phase, train_phase
+from tirgrpo.perf.shape import shape_from_spec
+from tirgrpo.perf.workload import GiB, Workload
 
 SHAPE = "random:r1-distill-qwen-1.5b"
 # name: (prompts, G, prompt tokens, completion tokens, checkpointing, LoRA, optimizer)
@@ -85,7 +87,7 @@ def measure_row(row: dict, args) -> dict:
     """Build the model(s) on CUDA and measure both phases of `row` (fills meas_* and err_*)."""
     import torch
 
-    from tirgrpo.perf.memory import measure_step, synthetic_batch
+    from tirgrpo.perf.measure import measure_step, synthetic_batch
     from tirgrpo.train.model import build_random_model
     from tirgrpo.train.optim import AdamW
 

