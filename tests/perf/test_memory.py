@@ -17,7 +17,8 @@ from tirgrpo.perf.estimate import fits, forward_saved, largest_fitting, layer_sa
 from tirgrpo.perf.fit import check_train_config
 from tirgrpo.perf.measure import measure_step, synthetic_batch
 from tirgrpo.perf.shape import ModelShape, shape_from_spec
-from tirgrpo.perf.workload import GiB, Workload, lora_params, micro_batch_plan, resident_parts
+from tirgrpo.perf.workload import (GiB, Workload, budget_for_rows, fast_engine_kept, lora_params, micro_batch_plan,
+                                   resident_parts, workload_from_config)
 from tirgrpo.errors import TirgrpoError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,6 +212,102 @@ def test_measured_cpu_peak_within_15_percent():
     assert est_train - resident == pytest.approx(got["train"] - resident, rel=0.15)
 
 
+# --------------------------------------------------------------------------- the layout that runs: packed groups, fast engine
+
+
+def test_packed_micro_batch_plan_follows_split_group():
+    from tirgrpo.train.prefix import split_group
+
+    wl = Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=2,
+                  micro_batch_tokens=16384, prefix="split")
+    # [3072, 16 x 1024] = 19,456 tokens > 16,384: parts of (16384 - 3072) // 1024 = 13 and 3 completions
+    assert [len(p) for p in split_group(3072, [1024] * 16, 16384)] == [13, 3]
+    assert micro_batch_plan(wl) == {"rows": 13, "micro_batches": 4, "tokens": 3072 + 13 * 1024,
+                                    "completion_tokens": 13 * 1024, "parts per group": 2}
+    whole = micro_batch_plan(replace(wl, micro_batch_tokens=32768))
+    assert (whole["rows"], whole["micro_batches"], whole["tokens"]) == (16, 2, 19456)
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=0))["tokens"] == 19456
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=1000))["rows"] == 1  # below prompt + one: one each
+    odd = replace(wl, prompt_tokens=3000, micro_batch_tokens=0)  # 3000 + 16,384 = 19,384 -> 152 blocks of 128
+    assert micro_batch_plan(replace(odd, prefix="block"))["tokens"] == 19456
+    assert micro_batch_plan(replace(odd, prefix="dense"))["tokens"] == 19384
+    assert budget_for_rows(wl, 5) == 3072 + 5 * 1024 and budget_for_rows(replace(wl, prefix="off"), 5) == 5 * 4096
+
+
+def test_packed_layout_saves_less_than_padded_rows():
+    shape = shape_from_spec("random:r1-distill-qwen-1.5b")
+    wl = Workload(group_size=16, prompts_per_step=1, micro_batch_tokens=32768, checkpointing=False,
+                  master_fp32=False, bf16_update="stochastic")
+    off, split, dense = (train_phase(shape, replace(wl, prefix=p)) for p in ("off", "split", "dense"))
+    # one group of 19,456 tokens instead of 16 rows of 4,096 (65,536 tokens, 8 rows per 32k micro-batch)
+    assert split["plan"]["tokens"] == 19456 and off["plan"]["tokens"] == 32768
+    assert split["total"] < off["total"]
+    # dense: a [T, T] mask (bool, shared) and sdpa's additive bf16 copy in every layer, k and v repeated
+    assert dense["sizes"]["attention mask (additive, per layer)"] == 19456 * 19456 * 2
+    assert dense["total"] - split["total"] > 28 * 19456 * 19456 * 2
+
+
+def test_workload_rejects_unknown_layouts():
+    with pytest.raises(TirgrpoError, match="Workload.prefix"):
+        Workload(prefix="auto")
+    with pytest.raises(TirgrpoError, match="Workload.engine"):
+        Workload(engine="vllm")
+
+
+def test_workload_from_config_reads_the_layout():
+    cuda, cpu = workload_from_config(_seed_config(), "cuda"), workload_from_config(_seed_config(), "cpu")
+    assert (cuda.prefix, cuda.engine, cuda.device) == ("split", "fast", "cuda")  # bf16 on CUDA
+    assert (cpu.prefix, cpu.engine, cpu.device) == ("dense", "fast", "cpu")
+    assert workload_from_config(_seed_config("optim.shared_prefix=false"), "cuda").prefix == "off"
+    assert workload_from_config(_seed_config("model.dtype=fp32"), "cuda").prefix == "block"
+    assert workload_from_config(_seed_config("rollout.engine=simple"), "cuda").engine == "simple"
+
+
+def test_fast_engine_cache_matches_the_engine():
+    from tirgrpo.rollout import SamplingParams
+    from tirgrpo.rollout import engine as E
+    from tirgrpo.perf import workload as W
+
+    assert (W.LENGTH_BUCKETS, W.BATCH_BUCKETS) == (E.FastEngine.__init__.__defaults__[1], E.BATCH_BUCKETS)
+    # 4 prompts of <= 96 tokens x G = 4, 8 rows per engine batch: 2 prompt slots of 128 and
+    # 8 completion rows of 128 (the buckets holding 96 and 100); K and V of one token in all
+    # layers: 2 x 2 layers x 32 (2 KV heads of 16) x 4 B = 512 B
+    wl = Workload(prompt_tokens=96, completion_tokens=100, group_size=4, prompts_per_step=4, rollout_batch_size=8,
+                  dtype_bytes=4, engine="fast", device="cpu")
+    kept = fast_engine_kept(TINY, wl)
+    assert kept == {"prompt cache": 2 * 128 * 512, "completion cache": 8 * 128 * 512, "CUDA-graph logits": 0}
+    model = hf_model(TINY)
+    eng = E.FastEngine(model, type("Tok", (), {"pad_token_id": None, "eos_token_id": 299,
+                                              "decode": lambda self, ids, **k: ""})(), max_batch=8)
+    eng.generate(synthetic_batch(TINY, 4, 96), 4, SamplingParams(100, 1.0, 1.0, 0, [], min_new_tokens=3),
+                 torch.Generator().manual_seed(0))
+    c = eng._cache
+    assert c.k_prompt.nbytes + c.v_prompt.nbytes == kept["prompt cache"]
+    assert c.k_comp.nbytes + c.v_comp.nbytes == kept["completion cache"]
+
+
+@pytest.mark.parametrize("prefix,budget,prompts", [("dense", 0, 2), ("split", 256, 1)])
+def test_packed_layout_and_fast_engine_cpu_peak_within_15_percent(prefix, budget, prompts):
+    """One real step with the trainer's defaults (fast engine, packed groups) of a tiny fp32
+    model on the CPU, measured with the profiler's allocation timeline, against the estimate."""
+    from tirgrpo.train.optim import AdamW
+
+    model = hf_model(TINY)
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref = hf_model(TINY).requires_grad_(False).eval()
+    wl = Workload(prompt_tokens=96, completion_tokens=96, group_size=4, prompts_per_step=prompts,
+                  rollout_batch_size=8, micro_batch_tokens=budget, logprob_chunk_tokens=64, dtype_bytes=4,
+                  fused_optimizer=False, prefix=prefix, engine="fast", device="cpu")
+    opt = AdamW(model.parameters(), lr=1e-4, master_fp32=True)
+    got = measure_step(model, ref, opt, synthetic_batch(TINY, prompts, 96), wl, torch.device("cpu"), decode_tokens=2)
+    assert got["micro_batches"] == micro_batch_plan(wl)["micro_batches"]
+    resident = sum(v for k, v in resident_parts(TINY, wl).items() if k != "gradients")
+    for phase, est in (("train", train_phase(TINY, wl)), ("rollout", rollout_phase(TINY, wl, decode_tokens=2))):
+        assert est["total"] == pytest.approx(got[phase], rel=0.15), phase
+        assert est["total"] - resident == pytest.approx(got[phase] - resident, rel=0.15), phase
+
+
 # H100 measurements of docs/benchmarks.md (benchmarks/train_phase.py; torch.cuda.max_memory_allocated,
 # GiB): 2 prompts x G=4 (or 1 x 16), 3072 + 1024 tokens, equal lengths, reference model.
 H100 = {"g4": (dict(), 20.12), "g4-mb32k": (dict(micro_batch_tokens=32768), 20.76),
@@ -259,7 +356,8 @@ def test_memory_command_prints_the_table(capsys, tmp_path):
                  "--gpu-memory", "80GB", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     for text in ("rollout phase", "train phase", "optimizer states", "master weights (fp32)", "reference model",
-                 "KV cache", "layer inputs (checkpoints)", "one layer recomputed", "LM-head chunk",
+                 "rollout caches (fast engine)", "prompt cache", "completion cache", "layer inputs (checkpoints)",
+                 "LM-head chunk", "parts per group",
                  "allocator slack", "largest group size"):
         assert text in out
     data = json.loads(out_json.read_text())
@@ -291,12 +389,17 @@ def test_trainer_check_keeps_a_budget_that_fits(monkeypatch):
     assert check_train_config(_seed_config(), torch.device("cuda")) == 16384
 
 
-def test_trainer_check_lowers_the_micro_batch_budget(monkeypatch, capsys):
+@pytest.mark.parametrize("prefix", ["true", "false"])
+def test_trainer_check_lowers_the_micro_batch_budget(monkeypatch, capsys, prefix):
     _fake_gpu(monkeypatch, 60)
     cfg = _seed_config("model.gradient_checkpointing=false", "optim.master_weights_fp32=false",
-                       "optim.bf16_update=stochastic")
+                       "optim.bf16_update=stochastic", "rollout.group_size=16", f"optim.shared_prefix={prefix}")
     got = check_train_config(cfg, torch.device("cuda"))
-    assert 0 < got < 16384 and got % 4096 == 0
+    assert 0 < got < 16384
+    if prefix == "true":  # a part of a packed group: the prompt once + whole completions
+        assert (got - 3072) % 1024 == 0
+    else:  # whole padded rows of 4096 tokens
+        assert got % 4096 == 0
     assert "micro_batch_tokens 16384 ->" in capsys.readouterr().out
 
 

@@ -35,8 +35,9 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 
 from tirgrpo.perf.shape import LINEARS, ModelShape
-from tirgrpo.perf.workload import (GiB, Workload, lora_params, micro_batch_plan, optimizer_bytes_per_param,
-                                   optimizer_step_temporaries, resident_parts)
+from tirgrpo.perf.workload import (BATCH_BUCKETS, GiB, Workload, budget_for_rows, fast_engine_kept, fast_engine_plan, lora_params,
+                                   max_rows, micro_batch_plan, optimizer_bytes_per_param, optimizer_step_temporaries,
+                                   resident_parts)
 from tirgrpo.train.logprobs import WEIGHT_GRAD_TOKENS
 
 
@@ -72,20 +73,26 @@ def layer_saved_bytes_per_token(shape: ModelShape, wl: Workload, masked: bool) -
 
 
 def attention_mask_bytes(rows: int, seq: int, b: int) -> dict[str, int]:
-    """A padded batch's masks: transformers' bool [rows, 1, T, T] (shared by all layers) and
-    sdpa's additive copy in the compute dtype (last dim padded to 16), one per layer call."""
+    """A masked batch's masks: the bool [rows, 1, T, T] (transformers' padding mask, or a
+    packed group's dense mask; shared by all layers) and sdpa's additive copy in the compute
+    dtype (last dim padded to 16), one per layer call."""
     return {"bool": rows * seq * seq, "additive": rows * seq * (-(-seq // 16) * 16) * b}
 
 
-def forward_saved(shape: ModelShape, wl: Workload, rows: int, seq: int, completion: int) -> dict:
-    """What a training forward of `rows` right-padded sequences of `seq` tokens, the last
-    `completion` of each scored, keeps for the backward pass, in bytes: "layer" (one
-    decoder layer without checkpointing, additive mask included), "layer_checkpoint" (its
-    input only), "shared" (rotary cos/sin, the bool mask, ids), "head" (final norm, the
-    selected hidden states, targets, log-sum-exps), and "per_token_layer" by part."""
+def forward_saved(shape: ModelShape, wl: Workload, rows: int, seq: int, completion: int,
+                  masked: bool | None = None) -> dict:
+    """What a training forward of `rows` sequences of `seq` tokens, `completion` of each
+    scored, keeps for the backward pass, in bytes: "layer" (one decoder layer without
+    checkpointing, additive mask included), "layer_checkpoint" (its input only), "shared"
+    (rotary cos/sin, the bool mask, ids), "head" (final norm, the selected hidden states,
+    targets, log-sum-exps), and "per_token_layer" by part.
+
+    masked: attention gets an explicit mask (default: padded rows of different lengths); a
+    packed group is one row whose completion tokens are all its scored tokens.
+    """
     b, H = wl.dtype_bytes, shape.hidden
     n, N = rows * seq, rows * completion
-    masked = wl.variable_lengths and rows > 1
+    masked = wl.variable_lengths and rows > 1 if masked is None else masked
     per_tok = layer_saved_bytes_per_token(shape, wl, masked)
     mask = attention_mask_bytes(rows, seq, b) if masked else {"bool": 0, "additive": 0}
     final_norm = (4 * H + 4 + (0 if wl.lora else b * H)) * n
@@ -94,37 +101,62 @@ def forward_saved(shape: ModelShape, wl: Workload, rows: int, seq: int, completi
             "head": final_norm + b * H * N + 20 * N, "per_token_layer": per_tok, "mask": mask}
 
 
+def train_forward(shape: ModelShape, wl: Workload, plan: dict) -> dict:
+    """`forward_saved` of the largest micro-batch of `plan` in the workload's layout.
+
+    Padded rows: `rows` x (prompt + completion), masked when lengths differ. Packed group:
+    one row of `plan["tokens"]`; the dense form masks it ([1, 1, T, T] bool, and sdpa's
+    repeated k, v), block and split need no mask tensor per layer. Dense masks are built for
+    every micro-batch before the update (`build_micro_batches`), so all of them count.
+    """
+    if not wl.packed:
+        return forward_saved(shape, wl, plan["rows"], wl.seq_tokens, wl.completion_tokens)
+    dense = wl.prefix == "dense"
+    fw = forward_saved(shape, wl, 1, plan["tokens"], plan["completion_tokens"], masked=dense)
+    if dense:
+        fw["shared"] += (plan["micro_batches"] - 1) * fw["mask"]["bool"]
+    fw["shared"] += 32 * plan["completion_tokens"] * plan["micro_batches"]  # source, targets, row, col (long)
+    return fw
+
+
+def lm_head_bytes(shape: ModelShape, wl: Workload, N: int) -> dict[str, int]:
+    """The LM head's working set (`logprobs.py`) over N scored tokens in chunks: "forward"
+    (fp32 logits and exp(logits) of one chunk), "backward" (grad of the selected hidden
+    states, fp32 dz and its compute-dtype copy; for a trained head the fp32 [V, H]
+    weight-gradient accumulator, its cast, and the logit gradients of WEIGHT_GRAD_TOKENS
+    tokens gathered for one addmm), "chunk" (tokens per chunk)."""
+    b, H, V = wl.dtype_bytes, shape.hidden, shape.vocab
+    trained = not wl.lora
+    C = min(wl.logprob_chunk_tokens, N) if wl.logprob_chunk_tokens > 0 else N
+    cast = b if b != 4 else 0
+    group = min(N, max(C, WEIGHT_GRAD_TOKENS // C * C)) if trained else 0
+    bwd = b * H * N + (4 * V * H + b * group * V if trained else 0) + max(
+        4 * C * V + cast * C * V, cast * V * H if trained else 0)
+    return {"forward": 2 * 4 * C * V, "backward": bwd, "chunk": C}
+
+
 def train_phase(shape: ModelShape, wl: Workload) -> dict:
-    """Peak of one train phase (log-probs of the old policy and the reference, then forward
-    and backward of every micro-batch, clipping and the optimizer step).
+    """Peak of one train phase (log-probs of the reference, then forward and backward of
+    every micro-batch, clipping and the optimizer step), in the workload's layout.
 
     Returns {"total": bytes, "moment": the moment of the peak, "parts": {name: bytes} that
     sum to total, "sizes": reference sizes in bytes, "plan": micro-batching}.
     """
     b, H, V, Lyr = wl.dtype_bytes, shape.hidden, shape.vocab, shape.layers
     plan = micro_batch_plan(wl)
-    rows, n, N = plan["rows"], plan["tokens"], plan["completion_tokens"]
-    T = wl.seq_tokens
-    masked = wl.variable_lengths and rows > 1
+    n, N = plan["tokens"], plan["completion_tokens"]
     res = resident_parts(shape, wl)
     resident = {k: v for k, v in res.items() if k != "gradients"}
+    if wl.engine == "fast":  # the engine keeps its cache between rollouts
+        resident["rollout caches (fast engine)"] = sum(fast_engine_kept(shape, wl).values())
     grads = res["gradients"]
-
-    fw = forward_saved(shape, wl, rows, T, wl.completion_tokens)
-    per_tok, mask = fw["per_token_layer"], fw["mask"]
+    fw = train_forward(shape, wl, plan)
+    mask = fw["mask"]
     layer_full, layer_ckpt, shared, head_saved = fw["layer"], fw["layer_checkpoint"], fw["shared"], fw["head"]
-    head_trained = not wl.lora
-    C = min(wl.logprob_chunk_tokens, N) if wl.logprob_chunk_tokens > 0 else N
-    head_fwd = 2 * 4 * C * V  # fp32 logits and exp(logits) of one chunk
-    # backward: grad of the selected hidden states, fp32 dz and its compute-dtype copy, and for a
-    # trained head the fp32 [V, H] weight-gradient accumulator (with its cast at the end)
-    # (and, for a trained head on CUDA, the logit gradients of WEIGHT_GRAD_TOKENS tokens gathered for one addmm)
-    cast = b if b != 4 else 0
-    group = min(N, max(C, WEIGHT_GRAD_TOKENS // C * C)) if head_trained else 0
-    head_bwd = b * H * N + (4 * V * H + b * group * V if head_trained else 0) + max(
-        4 * C * V + cast * C * V, cast * V * H if head_trained else 0)
+    head = lm_head_bytes(shape, wl, N)
     layer_bwd = (2 * b * shape.intermediate + 3 * b * H) * n  # gradients in flight in one layer's backward
-    nograd = (2 * b * H + 8 * H + 3 * b * shape.intermediate) * n + (2 * b * shape.q_dim * n if masked else 0)
+    repeated_kv = 2 * b * shape.q_dim * n if mask["bool"] else 0
+    nograd = (2 * b * H + 8 * H + 3 * b * shape.intermediate) * n + repeated_kv
     kept = Lyr * (layer_ckpt if wl.checkpointing else layer_full)
     per_layer_grad = (shape.layer_params() if not wl.lora else lora_params(shape, wl) // Lyr) * (
         optimizer_bytes_per_param(4 if wl.lora else b, wl)["grad"])
@@ -137,10 +169,9 @@ def train_phase(shape: ModelShape, wl: Workload) -> dict:
 
     moments: dict[str, dict[str, int]] = {}
     acts = "layer inputs (checkpoints)" if wl.checkpointing else "saved activations, all layers"
-    moments["LM-head forward"] = {acts: kept, "rotary, masks, ids": shared, "final norm + selected hidden": head_saved,
-                                  "LM-head chunks": head_fwd, "gradients": g_after(Lyr - 1) if many else 0}
-    moments["LM-head backward"] = {acts: kept, "rotary, masks, ids": shared, "final norm + selected hidden": head_saved,
-                                   "LM-head chunks": head_bwd, "gradients": grads if many else 0}
+    saved = {acts: kept, "rotary, masks, ids": shared, "final norm + selected hidden": head_saved}
+    moments["LM-head forward"] = {**saved, "LM-head chunks": head["forward"], "gradients": g_after(Lyr - 1) * many}
+    moments["LM-head backward"] = {**saved, "LM-head chunks": head["backward"], "gradients": grads * many}
     best_layer: dict[str, int] = {}
     for i in range(Lyr):
         if wl.checkpointing:
@@ -154,35 +185,50 @@ def train_phase(shape: ModelShape, wl: Workload) -> dict:
     if not wl.lora:
         moments["embedding backward"] = {"gradients": grads, "backward transients": b * V * H * many + 4 * H * n}
     moments["optimizer step"] = {"gradients": grads, "optimizer temporaries": optimizer_step_temporaries(shape, wl)}
-    moments["no-grad log-probs"] = {"layer working set": nograd + mask["bool"] + mask["additive"],
-                                    "LM-head chunks": head_fwd + b * H * N}
+    moments["no-grad log-probs"] = {"rotary, masks, ids": shared, "layer working set": nograd + mask["additive"],
+                                    "LM-head chunks": head["forward"] + b * H * N}
     name, parts = max(moments.items(), key=lambda kv: sum(kv[1].values()))
-    parts = {**resident, **{k: v for k, v in parts.items()}}
+    parts = {**resident, **parts}
     sizes = {"one layer, saved (no checkpointing)": layer_full, "one layer, checkpoint": layer_ckpt,
-             "attention mask (additive, per layer)": mask["additive"], "LM-head chunk (fp32 logits)": 4 * C * V}
+             "attention mask (additive, per layer)": mask["additive"],
+             "LM-head chunk (fp32 logits)": 4 * head["chunk"] * V}
     return {"total": sum(parts.values()), "moment": name, "parts": parts, "sizes": sizes, "plan": plan,
-            "per_token_layer": per_tok}
+            "per_token_layer": fw["per_token_layer"]}
 
 
 def rollout_phase(shape: ModelShape, wl: Workload, decode_tokens: int | None = None) -> dict:
+    """Peak of the rollout with the workload's engine (`fast_rollout` or `simple_rollout`).
+    Same return layout as `train_phase`."""
+    if wl.engine == "fast":
+        return fast_rollout(shape, wl)
+    return simple_rollout(shape, wl, decode_tokens)
+
+
+def prefill_working_set(shape: ModelShape, wl: Workload, rows: int, seq: int, masked: bool) -> int:
+    """One decoder layer's transients in a no-grad forward of rows x seq tokens (the MLP's
+    [tokens, I] tensors dominate), with sdpa's repeated k, v and masks when masked."""
+    b, H, n = wl.dtype_bytes, shape.hidden, rows * seq
+    mask = attention_mask_bytes(rows, seq, b) if masked else {"bool": 0, "additive": 0}
+    return ((2 * b * H + 8 * H + 3 * b * shape.intermediate) * n + (2 * b * shape.q_dim * n if masked else 0)
+            + mask["bool"] + mask["additive"])
+
+
+def simple_rollout(shape: ModelShape, wl: Workload, decode_tokens: int | None = None) -> dict:
     """Peak of the rollout with `SimpleEngine` (HF DynamicCache): prefill of one engine
-    batch's prompts, the cache repeated G times, then `decode_tokens` (default: all
-    completion tokens) decode steps. Same return layout as `train_phase`."""
-    b, H, V, Lyr = wl.dtype_bytes, shape.hidden, shape.vocab, shape.layers
+    batch's prompts (left-padded), the cache repeated G times, then `decode_tokens` (default:
+    all completion tokens) decode steps, each `torch.cat`-ing one token onto every layer."""
+    b, V, Lyr = wl.dtype_bytes, shape.vocab, shape.layers
     C = wl.completion_tokens if decode_tokens is None else decode_tokens
     G, Tp = wl.group_size, wl.prompt_tokens
     per_batch = max(1, min(wl.prompts_per_step, wl.rollout_batch_size // G))
     rows = per_batch * G
-    res = resident_parts(shape, wl)
-    resident = {k: v for k, v in res.items() if k != "gradients"}
+    resident = {k: v for k, v in resident_parts(shape, wl).items() if k != "gradients"}
     kv_tok = 2 * Lyr * shape.kv_dim * b  # K and V of one token, all layers
     n_p = per_batch * Tp
     masked = wl.variable_lengths and per_batch > 1
-    mask = attention_mask_bytes(per_batch, Tp, b) if masked else {"bool": 0, "additive": 0}
-    prefill_work = ((2 * b * H + 8 * H + 3 * b * shape.intermediate) * n_p
-                    + (2 * b * shape.q_dim * n_p if masked else 0) + mask["bool"] + mask["additive"])
     moments = {
-        "prefill": {"KV cache": kv_tok * n_p, "prefill working set": prefill_work},
+        "prefill": {"KV cache": kv_tok * n_p,
+                    "prefill working set": prefill_working_set(shape, wl, per_batch, Tp, masked)},
         "cache repeated G times": {"KV cache": kv_tok * n_p * G + kv_tok * n_p // Lyr},
         "last decode step": {
             "KV cache": kv_tok * rows * (Tp + C),
@@ -191,10 +237,42 @@ def rollout_phase(shape: ModelShape, wl: Workload, decode_tokens: int | None = N
         },
     }
     name, parts = max(moments.items(), key=lambda kv: sum(kv[1].values()))
-    parts = {**resident, **parts}
-    return {"total": sum(parts.values()), "moment": name, "parts": parts,
+    return {"total": sum(resident.values()) + sum(parts.values()), "moment": name, "parts": {**resident, **parts},
             "sizes": {"KV cache per token (all layers)": kv_tok},
             "plan": {"rows": rows, "prompts_per_batch": per_batch}}
+
+
+def fast_rollout(shape: ModelShape, wl: Workload) -> dict:
+    """Peak of the rollout with `FastEngine` (`rollout/engine.py`).
+
+    The static cache (`fast_engine_kept`) is allocated first and kept. Prefill: each prompt
+    of a batch through the HF model alone (no padding, no mask), its DynamicCache copied into
+    a prompt slot; the previous prompt's output is still referenced while the next runs, so
+    two DynamicCaches exist at once. Decode: one token per row over the static cache; the
+    Triton kernels (CUDA) need no per-layer copies, the torch kernels (CPU) gather each
+    row's prompt keys and values and score [rows, heads, P_cap + N_cap] in fp32. Logits
+    [rows, V] in the compute dtype and fp32, and sampling's fp32 temporaries, come on top.
+    The peak does not depend on how many tokens were decoded (the cache is static)."""
+    b, V, Lyr = wl.dtype_bytes, shape.vocab, shape.layers
+    plan = fast_engine_plan(wl)
+    kept = fast_engine_kept(shape, wl)
+    resident = {k: v for k, v in resident_parts(shape, wl).items() if k != "gradients"}
+    resident["rollout caches (fast engine)"] = sum(kept.values())
+    kv_tok = 2 * Lyr * shape.kv_dim * b
+    P, rows = wl.prompt_tokens, plan["completion rows"]
+    caps = plan["prompt capacity"] + plan["completion capacity"]
+    attention = 0
+    if wl.device == "cpu":  # decode_attention_torch: gathered prompt K and V, fp32 scores (masked, cat, softmax)
+        attention = 2 * rows * shape.kv_dim * plan["prompt capacity"] * b + 4 * 4 * rows * shape.heads * caps
+    logits = rows * V * (b + 4 if b != 4 else 4)
+    moments = {
+        "prefill": {"DynamicCache of two prompts": kv_tok * P * min(2, plan["prompt slots"]),
+                    "prefill working set": prefill_working_set(shape, wl, 1, P, False)},
+        "decode step": {"attention working set": attention, "logits + sampling": logits + 4 * 4 * rows * V},
+    }
+    name, parts = max(moments.items(), key=lambda kv: sum(kv[1].values()))
+    return {"total": sum(resident.values()) + sum(parts.values()), "moment": name, "parts": {**resident, **parts},
+            "sizes": {"KV cache per token (all layers)": kv_tok, **kept}, "plan": plan}
 
 
 def allocator_slack(peak_bytes: int) -> int:
@@ -228,18 +306,20 @@ def _largest(ok, lo: int, hi: int) -> int:
 def largest_fitting(shape: ModelShape, wl: Workload, gpu_bytes: int) -> dict[str, int]:
     """The largest group size (others fixed) and completion length (context = prompt +
     completion) whose device need fits `gpu_bytes`; 0 when not even the smallest fits."""
-    g = _largest(lambda x: fits(shape, replace(wl, group_size=x), gpu_bytes), 2, 1 << 14)
+    most = BATCH_BUCKETS[-1] if wl.engine == "fast" else 1 << 14  # the fast engine decodes at most 256 rows
+    g = _largest(lambda x: fits(shape, replace(wl, group_size=x), gpu_bytes), 2, most)
     c = _largest(lambda x: fits(shape, replace(wl, completion_tokens=x), gpu_bytes), 1, 1 << 20)
     return {"group_size": g if g >= 2 else 0, "completion_tokens": max(c, 0),
             "context_tokens": wl.prompt_tokens + c if c > 0 else 0}
 
 
 def pick_micro_batch_tokens(shape: ModelShape, wl: Workload, gpu_bytes: int) -> int:
-    """The configured budget if it fits, else the largest budget (whole sequences) that does;
-    0 when not even one sequence per micro-batch fits. A budget of 0 (the whole batch) is
-    kept only if it fits."""
+    """The configured budget if it fits, else the largest budget of whole completions
+    (`budget_for_rows`: padded rows, or prompt + k completions of a packed group) that does;
+    0 when not even one completion per micro-batch fits. A budget of 0 (the whole batch or
+    group) is kept only if it fits."""
     if fits(shape, wl, gpu_bytes):
         return wl.micro_batch_tokens
-    L = wl.seq_tokens
-    rows = _largest(lambda r: fits(shape, replace(wl, micro_batch_tokens=r * L), gpu_bytes), 1, wl.sequences)
-    return rows * L if rows >= 1 else 0
+    ok = lambda r: fits(shape, replace(wl, micro_batch_tokens=budget_for_rows(wl, r)), gpu_bytes)  # noqa: E731
+    rows = _largest(ok, 1, max_rows(wl))
+    return budget_for_rows(wl, rows) if rows >= 1 else 0

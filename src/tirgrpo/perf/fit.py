@@ -8,7 +8,7 @@ from dataclasses import replace
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.perf.estimate import estimate, fits, largest_fitting, pick_micro_batch_tokens, train_phase
 from tirgrpo.perf.shape import ModelShape, shape_from_spec
-from tirgrpo.perf.workload import GiB, Workload, workload_from_config
+from tirgrpo.perf.workload import GiB, Workload, budget_for_rows, workload_from_config
 
 
 CHANGES = [  # (the --set arguments, the same change to a Workload)
@@ -83,11 +83,11 @@ def check_train_config(cfg, device) -> int:
             print(f"memory: optim.micro_batch_tokens {wl.micro_batch_tokens} -> {mb} to fit "
                   f"{gpu / GiB:.1f} GiB ({describe(train_phase(shape, replace(wl, micro_batch_tokens=mb)))})")
         return mb
-    est = estimate(shape, replace(wl, micro_batch_tokens=wl.seq_tokens))
+    est = estimate(shape, replace(wl, micro_batch_tokens=budget_for_rows(wl, 1)))
     tips = suggest_changes(shape, wl, gpu)
     raise TirgrpoError(
         f"this configuration does not fit the {gpu / GiB:.1f} GiB free on {device} "
-        f"(estimated need {est['need'] / GiB:.1f} GiB, one sequence per micro-batch).\n"
+        f"(estimated need {est['need'] / GiB:.1f} GiB, one completion per micro-batch).\n"
         f"  train:   {describe(est['train'])}\n  rollout: {describe(est['rollout'])}\n"
         + ("  would fit: " + "; ".join(tips) if tips else "  no single change fits; see `tirgrpo memory`")
         + "\n  (estimate: `tirgrpo memory --config ...`; docs/memory.md)")

@@ -49,7 +49,9 @@ class PeakMeter:
 
 def live_bytes(*objects) -> int:
     """Bytes of the distinct tensor storages held by modules (parameters, their grads,
-    buffers) and `optim.AdamW` optimizers (states): what the CPU meter counts as resident."""
+    buffers), `optim.AdamW` optimizers (states), the fast engine (its static cache) and
+    lists of `train.step.MicroBatch` (their input tensors, built before the update): what the
+    CPU meter counts as resident."""
     import torch
 
     seen: dict[int, int] = {}
@@ -69,6 +71,13 @@ def live_bytes(*objects) -> int:
         elif hasattr(obj, "state") and isinstance(obj.state, list):
             for st in obj.state:
                 for t in st.values():
+                    add(t)
+        elif getattr(obj, "_cache", None) is not None:  # FastEngine's KVCache
+            for t in vars(obj._cache).values():
+                add(t)
+        elif isinstance(obj, list):  # micro-batches: padded rows or packed groups (a dense mask is [1, 1, T, T])
+            for mb in obj:
+                for t in vars(mb.inputs).values():
                     add(t)
     return sum(seen.values())
 
@@ -115,52 +124,86 @@ def synthetic_batch(shape: ModelShape, prompts: int, prompt_tokens: int, seed: i
             for i in range(prompts)]
 
 
+def make_engine(model, tokenizer, wl: Workload, prompt_ids: list[list[int]]):
+    """The workload's rollout engine over `model`. The fast engine's static cache is sized
+    up front for `wl.completion_tokens` (as the trainer's engine is after its first rollout),
+    so a measurement that decodes fewer tokens still holds the run's cache."""
+    if wl.engine == "simple":
+        from tirgrpo.rollout.simple import SimpleEngine
+
+        return SimpleEngine(model, tokenizer, batch_size=wl.rollout_batch_size)
+    from tirgrpo.rollout.engine import BATCH_BUCKETS, FastEngine, _bucket
+
+    engine = FastEngine(model, tokenizer, max_batch=wl.rollout_batch_size)
+    first = prompt_ids[: max(1, wl.rollout_batch_size // wl.group_size)]
+    engine._ensure_cache(len(first), engine._capacity(max(len(p) for p in first)),
+                         _bucket(len(first) * wl.group_size, BATCH_BUCKETS), engine._capacity(wl.completion_tokens))
+    return engine
+
+
+def training_completions(groups, wl: Workload, vocab: int, seed: int) -> list[list[int]]:
+    """wl.completion_tokens token ids per completion: the decoded ones, extended with random
+    ones when fewer were decoded; the last completion of each group one token shorter, so
+    padded micro-batches of several rows carry a padding mask, as in real runs."""
+    import torch
+
+    G, C = wl.group_size, wl.completion_tokens
+    rng = torch.Generator().manual_seed(seed)
+    comps = []
+    for j, c in enumerate(cc for g in groups for cc in g):
+        ids = list(c.token_ids)[:C]
+        ids += torch.randint(0, min(1000, vocab - 1), (C - len(ids),), generator=rng).tolist()
+        comps.append(ids[: C - 1] if j % G == G - 1 and C > 1 else ids)
+    return comps
+
+
 def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: Workload, device,
                  decode_tokens: int | None = None, tokenizer=None, seed: int = 0) -> dict[str, int]:
-    """Run one rollout and one train phase as `train.py` does; measured peak bytes of each.
+    """Run one rollout and one train phase as the trainer does; measured peak bytes of each.
 
-    The rollout decodes `decode_tokens` tokens (default wl.completion_tokens) with eos
-    forbidden; the train phase uses wl.completion_tokens tokens per completion (the decoded
-    tokens, extended with random ones when fewer were decoded), the last completion of each
-    group one token shorter so that micro-batches are padded.
+    Rollout: the workload's engine (`wl.engine`) decodes `decode_tokens` tokens (default
+    wl.completion_tokens) with eos forbidden. Train phase: the workload's layout
+    (`wl.prefix`: padded rows or packed groups) built by `build_micro_batches`, reference
+    log-probs, then `grpo_update`; the rollout engine (and the fast engine's cache) stays
+    alive, as in the trainer. Block and split forms switch the models to the prefix attention.
     """
     import torch
 
     from tirgrpo.config import GRPOConfig
     from tirgrpo.rollout import SamplingParams
-    from tirgrpo.rollout.simple import SimpleEngine
     from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
 
     G, C = wl.group_size, wl.completion_tokens
     dec = C if decode_tokens is None else decode_tokens
+    if wl.prefix in ("block", "split"):
+        from tirgrpo.train.prefix import use_prefix_attention
+
+        for m in (model, ref_model):
+            if m is not None:
+                use_prefix_attention(m)
     eos = getattr(model.config, "eos_token_id", None)
-    tok = tokenizer or _StubTokenizer(eos if isinstance(eos, int) else 0)
-    engine = SimpleEngine(model, tok, batch_size=wl.rollout_batch_size)
+    engine = make_engine(model, tokenizer or _StubTokenizer(eos if isinstance(eos, int) else 0), wl, prompt_ids)
     params = SamplingParams(dec, 1.0, 1.0, 0, [], min_new_tokens=dec)
     gen = torch.Generator(device=device).manual_seed(seed)
     resident = [x for x in (model, ref_model, optimizer) if x is not None]
-    with PeakMeter(device, resident) as m_roll:
+    with PeakMeter(device, resident + [engine]) as m_roll:
         groups = engine.generate(prompt_ids, G, params, gen)
-    rng = torch.Generator().manual_seed(seed + 1)
+    comps = training_completions(groups, wl, model.config.vocab_size, seed + 1)
     prompts = [p for p in prompt_ids for _ in range(G)]
-    comps = []
-    for j, c in enumerate(cc for g in groups for cc in g):
-        ids = list(c.token_ids)[:C]
-        ids += torch.randint(0, min(1000, model.config.vocab_size - 1), (C - len(ids),), generator=rng).tolist()
-        comps.append(ids[: C - 1] if j % G == G - 1 and C > 1 else ids)
-    # The estimate models the unshared layout (padded rows), so that is what is measured.
-    batches = build_micro_batches(prompts, comps, G, wl.micro_batch_tokens, "off", engine.pad_id, device)
+    batches = build_micro_batches(prompts, comps, G, wl.micro_batch_tokens, wl.prefix, engine.pad_id, device)
+    rng = torch.Generator().manual_seed(seed + 2)
     advs = [torch.randn(len(b.rows), generator=rng).to(device) for b in batches]
     cfg = GRPOConfig(beta=0.1 if (ref_model is not None or wl.lora) else 0.0)
     chunk = wl.logprob_chunk_tokens
     n_seq, n_tok = len(comps), sum(len(c) for c in comps)
     model.train()
-    with PeakMeter(device, resident) as m_train:
+    with PeakMeter(device, resident + [engine, batches]) as m_train:
         # as the trainer: the first update's own log-probs serve as the old ones (no extra pass)
         refs = [None] * len(batches)
         if cfg.beta > 0:
             refs = [reference_logprobs(model, ref_model, bt, chunk, 1.0) for bt in batches]
         grpo_update(model, optimizer, batches, GRPOObjective(cfg, advs, refs, C, n_seq, n_tok), 1.0, chunk)
+    del engine
     return {"rollout": m_roll.peak, "train": m_train.peak, "micro_batches": len(batches)}
 
 

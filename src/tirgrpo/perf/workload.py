@@ -11,6 +11,12 @@ from tirgrpo.perf.shape import LINEARS, ModelShape
 
 GiB = 2**30
 CHUNK = 1 << 24  # tirgrpo.train.optim.CHUNK: elements per optimizer-update slice (kept in sync by a test)
+# The fast engine's cache capacities and batch sizes (rollout/engine.py; kept in sync by a test).
+LENGTH_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+BLOCK = 128  # train/prefix.py: a block-mask group is padded to a multiple of it
+PREFIX_FORMS = ("off", "dense", "block", "split")
+ENGINES = ("fast", "simple")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,30 @@ class Workload:
     variable_lengths: bool = True
     """Sequences differ in length, so micro-batches and prefills of more than one row are
     padded and attention gets an explicit mask (the trainer's normal case)."""
+    prefix: str = "off"
+    """Training layout (train/prefix.py): "off" = one padded row [prompt, completion] per
+    sample; "dense", "block", "split" = each group packed as [prompt, c_1, ..., c_G] with that
+    attention form (dense: a [1, 1, T, T] bool mask through sdpa; block: a FlexAttention
+    block mask, the group padded to a multiple of 128; split: no mask)."""
+    engine: str = "simple"
+    """Rollout engine: "simple" (HF forward, dynamic cache repeated G times) or "fast" (a
+    static prompt cache + completion cache that the engine keeps between steps)."""
+    device: str = "cuda"
+    """Where the step runs: "cuda" (the fast engine decodes with Triton kernels inside CUDA
+    graphs) or "cpu" (its plain-torch kernels, no graphs)."""
+
+    def __post_init__(self):
+        if self.prefix not in PREFIX_FORMS:
+            raise TirgrpoError(f"Workload.prefix must be one of {PREFIX_FORMS}, got {self.prefix!r}")
+        if self.engine not in ENGINES:
+            raise TirgrpoError(f"Workload.engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.device not in ("cuda", "cpu"):
+            raise TirgrpoError(f"Workload.device must be 'cuda' or 'cpu', got {self.device!r}")
+
+    @property
+    def packed(self) -> bool:
+        """Groups are packed (shared prefix) rather than padded rows."""
+        return self.prefix != "off"
 
     @property
     def seq_tokens(self) -> int:
@@ -60,6 +90,15 @@ def workload_from_config(cfg, device_type: str = "cuda") -> Workload:
     if b is None:
         raise TirgrpoError(f"model.dtype must be one of auto, bf16, fp32; got {cfg.model.dtype!r}")
     mode_fused = cfg.optim.master_weights_fp32 or cfg.optim.bf16_update == "stochastic"
+    if cfg.rollout.engine not in ENGINES:
+        raise TirgrpoError(f"rollout.engine must be one of {ENGINES}, got {cfg.rollout.engine!r}")
+    prefix = "off"
+    if cfg.optim.shared_prefix:
+        import torch
+
+        from tirgrpo.train.prefix import mask_kind
+
+        prefix = mask_kind(cfg.optim.prefix_mask, device_type, torch.bfloat16 if b == 2 else torch.float32)
     return Workload(
         prompt_tokens=cfg.data.max_prompt_tokens or 4096, completion_tokens=cfg.rollout.max_new_tokens,
         group_size=cfg.rollout.group_size, prompts_per_step=cfg.rollout.prompts_per_step,
@@ -69,7 +108,8 @@ def workload_from_config(cfg, device_type: str = "cuda") -> Workload:
         lora_targets=tuple(cfg.model.lora_target_modules),
         reference_model=cfg.grpo.beta > 0 and not cfg.model.lora,
         master_fp32=cfg.optim.master_weights_fp32, bf16_update=cfg.optim.bf16_update,
-        fused_optimizer=device_type == "cuda" and b == 2 and mode_fused)
+        fused_optimizer=device_type == "cuda" and b == 2 and mode_fused, prefix=prefix, engine=cfg.rollout.engine,
+        device="cuda" if device_type == "cuda" else "cpu")
 
 
 # --------------------------------------------------------------------------- parameters and states
@@ -130,10 +170,65 @@ def optimizer_step_temporaries(shape: ModelShape, wl: Workload) -> int:
 
 
 def micro_batch_plan(wl: Workload) -> dict[str, int]:
-    """How `pack_by_tokens` splits the step's sequences, all at full length (the worst case):
-    rows per micro-batch, micro-batches, and the largest micro-batch's padded tokens."""
-    L, n_seq = wl.seq_tokens, wl.sequences
-    budget = wl.micro_batch_tokens
-    rows = n_seq if budget <= 0 else max(1, min(n_seq, budget // L))
-    return {"rows": rows, "micro_batches": math.ceil(n_seq / rows), "tokens": rows * L,
-            "completion_tokens": rows * wl.completion_tokens}
+    """How the trainer splits the step's completions, all at full length (the worst case).
+
+    prefix "off" (`batching.pack_by_tokens`): right-padded rows, as many per micro-batch as
+    the budget holds. Packed groups (`prefix.split_group`): one group per micro-batch, or,
+    when [prompt, G completions] exceeds the budget, parts of `rows` completions that each
+    repeat the prompt. Returns rows (completions) per micro-batch, micro-batches, the largest
+    micro-batch's forward tokens (block form: padded to a multiple of 128) and its completion
+    tokens; packed layouts add parts per group.
+    """
+    P, C, G, budget = wl.prompt_tokens, wl.completion_tokens, wl.group_size, wl.micro_batch_tokens
+    if not wl.packed:
+        L, n_seq = wl.seq_tokens, wl.sequences
+        rows = n_seq if budget <= 0 else max(1, min(n_seq, budget // L))
+        return {"rows": rows, "micro_batches": math.ceil(n_seq / rows), "tokens": rows * L,
+                "completion_tokens": rows * C}
+    rows = G if budget <= 0 else max(1, min(G, (budget - P) // max(1, C)))
+    parts = math.ceil(G / rows)
+    tokens = P + rows * C
+    if wl.prefix == "block":
+        tokens = -(-tokens // BLOCK) * BLOCK
+    return {"rows": rows, "micro_batches": wl.prompts_per_step * parts, "tokens": tokens,
+            "completion_tokens": rows * C, "parts per group": parts}
+
+
+def budget_for_rows(wl: Workload, rows: int) -> int:
+    """The smallest `micro_batch_tokens` that puts `rows` full-length completions in one
+    micro-batch: rows x (prompt + completion) padded rows, or prompt + rows x completion packed."""
+    return wl.prompt_tokens + rows * wl.completion_tokens if wl.packed else rows * wl.seq_tokens
+
+
+def max_rows(wl: Workload) -> int:
+    """Most completions one micro-batch can hold: the whole step (padded rows) or one group (packed)."""
+    return wl.group_size if wl.packed else wl.sequences
+
+
+def bucket(n: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds n (n itself past the largest), as the fast engine sizes its cache."""
+    return next((x for x in buckets if x >= n), n)
+
+
+def fast_engine_plan(wl: Workload) -> dict[str, int]:
+    """The fast engine's static cache for the step (`rollout/engine.py`): prompt slots (one per
+    prompt of an engine batch) x prompt capacity, and completion rows (the batch bucket) x
+    completion capacity; capacities are the length buckets that hold the longest prompt and
+    `max_new_tokens`. The cache only grows, so the largest batch of the step sizes it."""
+    G = wl.group_size
+    slots = max(1, min(wl.prompts_per_step, wl.rollout_batch_size // G))
+    return {"prompt slots": slots, "prompt capacity": bucket(wl.prompt_tokens, LENGTH_BUCKETS),
+            "completion rows": bucket(slots * G, BATCH_BUCKETS),
+            "completion capacity": bucket(wl.completion_tokens, LENGTH_BUCKETS)}
+
+
+def fast_engine_kept(shape: ModelShape, wl: Workload) -> dict[str, int]:
+    """Bytes the fast engine keeps from its first rollout to the end of the run: the static
+    prompt and completion caches (K and V, every layer, compute dtype) and, on CUDA, the
+    graph's fp32 [rows, V] logits buffer."""
+    plan = fast_engine_plan(wl)
+    kv = 2 * shape.layers * shape.kv_dim * wl.dtype_bytes  # K and V of one token, all layers
+    rows = plan["completion rows"]
+    return {"prompt cache": kv * plan["prompt slots"] * plan["prompt capacity"],
+            "completion cache": kv * rows * plan["completion capacity"],
+            "CUDA-graph logits": 4 * rows * shape.vocab if wl.device == "cuda" else 0}
