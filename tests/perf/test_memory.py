@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from tirgrpo.commands.memory import parse_bytes
-from tirgrpo.perf.estimate import fits, forward_saved, largest_fitting, layer_saved_bytes_per_token, rollout_phase, train_phase
+from tirgrpo.perf.estimate import (fits, forward_saved, largest_fitting, layer_saved_bytes_per_token, rollout_phase,
+                                   train_phase)
 from tirgrpo.perf.fit import check_train_config
 from tirgrpo.perf.measure import measure_step, synthetic_batch
 from tirgrpo.perf.shape import ModelShape, shape_from_spec
@@ -212,7 +213,7 @@ def test_measured_cpu_peak_within_15_percent():
     assert est_train - resident == pytest.approx(got["train"] - resident, rel=0.15)
 
 
-# --------------------------------------------------------------------------- the layout that runs: packed groups, fast engine
+# ------------------------------------------------------------------ the layout that runs: packed groups, fast engine
 
 
 def test_packed_micro_batch_plan_follows_split_group():

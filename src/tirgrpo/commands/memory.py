@@ -36,9 +36,12 @@ def format_table(est: dict, measured: dict | None = None, gpu_bytes: int | None 
              f"vocab {shape['vocab']}{', tied' if shape['tied'] else ''}",
              f"step: {wl['prompts_per_step']} prompts x G={wl['group_size']}, {wl['prompt_tokens']} + "
              f"{wl['completion_tokens']} tokens, {'bf16' if wl['dtype_bytes'] == 2 else 'fp32'}, "
-             f"checkpointing {'on' if wl['checkpointing'] else 'off'}, {'LoRA r=%d' % wl['lora_r'] if wl['lora'] else 'full'}, "
+             f"checkpointing {'on' if wl['checkpointing'] else 'off'}, "
+             f"{'LoRA r=%d' % wl['lora_r'] if wl['lora'] else 'full'}, "
              f"reference copy {'yes' if wl['reference_model'] else 'no'}, optimizer "
              f"{'fp32 master' if wl['master_fp32'] else 'bf16 ' + wl['bf16_update']}",
+             f"layout: shared prefix {wl['prefix']}{' (packed groups)' if wl['prefix'] != 'off' else ' (padded rows)'}, "
+             f"{wl['engine']} rollout engine, micro-batch budget {wl['micro_batch_tokens']} tokens",
              ""]
     for phase in ("rollout", "train"):
         r = est[phase]
@@ -71,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_config_arguments(p, example="rollout.group_size=16")
     p.add_argument("--gpu-memory", default="80GB", help="GPU memory to fit (e.g. 80GB, 79.6GiB); default 80GB")
-    p.add_argument("--device", default="cuda", help="device the estimate is for (cuda: bf16 under dtype=auto; cpu: fp32)")
+    p.add_argument("--device", default="cuda",
+                   help="device the estimate is for (cuda: bf16 under dtype=auto; cpu: fp32)")
     p.add_argument("--measure", action="store_true",
                    help="also run one real step (rollout + train phase) and print the measured peaks")
     p.add_argument("--json", metavar="FILE", help="write the estimate (and measurement) as JSON")
@@ -102,7 +106,8 @@ def run(args) -> int:
     est = estimate(shape, wl)
     print(format_table(est, measured, gpu))
     big = largest_fitting(shape, wl, gpu)
-    print(f"fits {args.gpu_memory} ({gpu / GiB:.1f} GiB): {'yes' if est['need'] <= gpu else 'NO'}; largest group size that fits "
+    print(f"fits {args.gpu_memory} ({gpu / GiB:.1f} GiB): {'yes' if est['need'] <= gpu else 'NO'}; "
+          f"largest group size that fits "
           f"{big['group_size'] or 'none'}; largest completion length {big['completion_tokens'] or 'none'} "
           f"(context {big['context_tokens'] or '-'} tokens)")
     if est["need"] > gpu:

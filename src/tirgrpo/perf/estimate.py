@@ -1,43 +1,54 @@
-"""`tirgrpo memory`: where every byte of a GRPO step's peak goes, before anything is loaded.
+"""Where every byte of a GRPO step's peak goes, estimated before anything is loaded.
 
-The estimate models what *this* trainer allocates (`train.py`), part by part, as pure
-functions of a model shape (`ModelShape`, read from a config, never from weights) and a
-workload (`Workload`, from a `TrainConfig`). Every size is in bytes.
+The estimate models what *this* trainer allocates (`train/loop.py`, `train/step.py`), part
+by part, as pure functions of a model shape (`ModelShape`, read from a config, never from
+weights) and a workload (`Workload`: sizes, the training layout and the rollout engine).
+Every size is in bytes.
 
-Rollout phase (`rollout/simple.py`): the policy weights, the reference copy and the
-optimizer states stay resident (gradients are freed by `zero_grad`); the prompts of one
-engine batch are prefilled once, the KV cache is repeated G times, then decoding grows it
-by one token per step with `torch.cat` (one layer's K or V exists twice for a moment).
+Rollout phase: the policy weights, the reference copy and the optimizer states stay
+resident (gradients are freed by `zero_grad`). The fast engine (`rollout/engine.py`, the
+default) allocates a static prompt cache (one slot per prompt) and completion cache (one
+row per sample) once and keeps them for the whole run; it prefills each prompt alone and
+decodes over the static cache. The simple engine (`rollout/simple.py`) prefills the
+prompts of a batch (left-padded), repeats the KV cache G times, then grows it by one token
+per step with `torch.cat` (one layer's K or V exists twice for a moment).
 
-Train phase: the same residents plus gradients, then for the largest micro-batch
-(`batching.pack_by_tokens`, right-padded) the tensors autograd saves:
+Train phase: the same residents plus gradients (and the fast engine's caches), then for
+the largest micro-batch the tensors autograd saves. The micro-batch is either padded rows
+[prompt, completion] (`batching.pack_by_tokens`) or one packed group [prompt, c_1, ..., c_k]
+(shared prefix, `prefix.split_group`: a group over the token budget is split into parts
+that each repeat the prompt):
   * per decoder layer and token (bf16 b = 2 bytes; H hidden, I MLP, q/kv widths): the two
     RMSNorms' fp32 inputs (4H each) + normalised copies and outputs, q (after rotary), k
-    and v (repeated to all heads when a padding mask makes sdpa skip its GQA path), the
-    attention output, and four [tokens, I] MLP tensors (gate, silu, up, product);
-    LoRA instead saves fp32 casts of each adapted linear's input (peft upcasts to the
-    adapters' fp32) and no inputs of frozen linears;
-  * with a padding mask, sdpa's additive mask [rows, 1, T, T] in the compute dtype, per layer;
+    and v (repeated to all heads when a mask makes sdpa skip its GQA path: padded rows of
+    different lengths, the dense form of a packed group), the attention output and its
+    fp32 log-sum-exp, and four [tokens, I] MLP tensors (gate, silu, up, product); LoRA
+    instead saves fp32 casts of each adapted linear's input (peft upcasts to the adapters'
+    fp32) and no inputs of frozen linears. The block and split forms save what sdpa's
+    maskless GQA path saves;
+  * with a mask, sdpa's additive copy [rows, 1, T, T] in the compute dtype, per layer, and
+    the bool mask itself (a dense packed group's for every micro-batch: all are built
+    before the update);
   * with gradient checkpointing only each layer's input (bH per token) is kept, and one
     layer's activations are recomputed at a time in the backward pass;
   * the LM head (`logprobs.py`) keeps only the completion positions' hidden states; one
     chunk of fp32 logits [chunk, V] (two buffers forward, fp32 + bf16 backward) and, for a
     trained head, an fp32 [V, H] weight-gradient accumulator exist at a time.
-The phase's peak is the largest of a few moments (LM-head forward/backward, each layer's
-backward, the optimizer step, the embedding backward); the table shows the parts of the
-largest one. `torch.cuda.max_memory_allocated` is what the estimate predicts; the caching
-allocator's slack and the CUDA context come on top (rules of thumb, shown separately).
+A phase's peak is the largest of a few moments (LM-head forward/backward, each layer's
+backward, the optimizer step, the embedding backward, the no-grad reference pass; prefill
+or decode); the table shows the parts of the largest one. `torch.cuda.max_memory_allocated`
+is what the estimate predicts; the caching allocator's slack and the CUDA context come on
+top (rules of thumb, shown separately).
 """
-
 
 from __future__ import annotations
 
 from dataclasses import asdict, replace
 
 from tirgrpo.perf.shape import LINEARS, ModelShape
-from tirgrpo.perf.workload import (BATCH_BUCKETS, GiB, Workload, budget_for_rows, fast_engine_kept, fast_engine_plan, lora_params,
-                                   max_rows, micro_batch_plan, optimizer_bytes_per_param, optimizer_step_temporaries,
-                                   resident_parts)
+from tirgrpo.perf.workload import (BATCH_BUCKETS, GiB, Workload, budget_for_rows, fast_engine_kept, fast_engine_plan,
+                                   lora_params, max_rows, micro_batch_plan, optimizer_bytes_per_param,
+                                   optimizer_step_temporaries, resident_parts)
 from tirgrpo.train.logprobs import WEIGHT_GRAD_TOKENS
 
 
