@@ -131,15 +131,22 @@ def train_forward(shape: ModelShape, wl: Workload, plan: dict) -> dict:
 
 
 def lm_head_bytes(shape: ModelShape, wl: Workload, N: int) -> dict[str, int]:
-    """The LM head's working set (`logprobs.py`) over N scored tokens in chunks: "forward"
-    (fp32 logits and exp(logits) of one chunk), "backward" (grad of the selected hidden
-    states, fp32 dz and its compute-dtype copy; for a trained head the fp32 [V, H]
-    weight-gradient accumulator, its cast, and the logit gradients of WEIGHT_GRAD_TOKENS
-    tokens gathered for one addmm), "chunk" (tokens per chunk)."""
+    """The LM head's working set (`logprobs.py`) over N scored tokens in chunks of C:
+    "forward", "backward", "chunk" (C).
+
+    CUDA: forward, the fp32 [C, V] logits and one more buffer; backward, the grad of the
+    selected hidden states, fp32 dz and its compute-dtype copy, and for a trained head the
+    fp32 [V, H] weight-gradient accumulator, its cast, and the logit gradients of
+    WEIGHT_GRAD_TOKENS tokens gathered for one addmm. CPU (eager softmax, no gathering): four
+    fp32 [C, V] buffers in the forward (logits, shifted, exp, product), and in the backward
+    four fp32 [C, V] and a bool one-hot, besides the same accumulator and one chunk's dz."""
     b, H, V = wl.dtype_bytes, shape.hidden, shape.vocab
     trained = not wl.lora
     C = min(wl.logprob_chunk_tokens, N) if wl.logprob_chunk_tokens > 0 else N
     cast = b if b != 4 else 0
+    if wl.device == "cpu":
+        bwd = b * H * N + (4 * V * H + b * C * V if trained else 0) + max(17 * C * V, cast * V * H if trained else 0)
+        return {"forward": 4 * 4 * C * V, "backward": bwd, "chunk": C}
     group = min(N, max(C, WEIGHT_GRAD_TOKENS // C * C)) if trained else 0
     bwd = b * H * N + (4 * V * H + b * group * V if trained else 0) + max(
         4 * C * V + cast * C * V, cast * V * H if trained else 0)
