@@ -2,7 +2,8 @@
 it (the trainer imports `check_train_config` from here). The code lives by topic in
 shape.py, workload.py, estimate.py, fit.py and measure.py; import from those."""
 
-from tirgrpo.perf.estimate import estimate, fits, largest_fitting, pick_micro_batch_tokens, rollout_phase, train_phase  # noqa: F401
+from tirgrpo.perf.estimate import (estimate, fits, largest_fitting, pick_micro_batch_tokens, rollout_phase,  # noqa: F401
+                                   train_phase)
 from tirgrpo.perf.fit import check_train_config, describe, suggest_changes  # noqa: F401
 from tirgrpo.perf.measure import measure_config, measure_step, synthetic_batch  # noqa: F401
 from tirgrpo.perf.shape import ModelShape, shape_from_spec  # noqa: F401
