@@ -77,21 +77,23 @@ DEFAULT = ["g4-4k", "g16-4k-lora", "g16-4k", "g64-4k", "g16-16k", "g4-4k-nockpt"
            "g16-4k-unshared"]
 
 
-def workload(case: Case, micro_batch_tokens: int) -> Workload:
-    """The estimator's view of a case (bf16 on CUDA, the compiled optimizer update)."""
+def workload(case: Case, micro_batch_tokens: int, device: str = "cuda") -> Workload:
+    """The estimator's view of a case: bf16 and the compiled optimizer update on CUDA; fp32
+    and the eager update on the CPU (`--device cpu`: a smoke test of this script)."""
+    cuda = device == "cuda"
     return Workload(prompt_tokens=case.prompt_tokens, completion_tokens=case.completion_tokens, group_size=case.G,
                     prompts_per_step=case.prompts, rollout_batch_size=64, micro_batch_tokens=micro_batch_tokens,
-                    logprob_chunk_tokens=256, dtype_bytes=2, checkpointing=case.checkpointing, lora=case.lora,
-                    lora_r=16, reference_model=not case.lora, master_fp32=case.optimizer == "master",
-                    bf16_update="stochastic", fused_optimizer=True, variable_lengths=True, prefix=case.prefix,
-                    engine=case.engine, device="cuda")
+                    logprob_chunk_tokens=256, dtype_bytes=2 if cuda else 4, checkpointing=case.checkpointing,
+                    lora=case.lora, lora_r=16, reference_model=not case.lora, master_fp32=case.optimizer == "master",
+                    bf16_update="stochastic", fused_optimizer=cuda, variable_lengths=True, prefix=case.prefix,
+                    engine=case.engine, device="cuda" if cuda else "cpu")
 
 
 def estimate_row(name: str, args) -> dict:
     """Estimates (bytes) of both phases of case `name`."""
     case = CASES[name]
-    shape = shape_from_spec(SHAPE)
-    wl = workload(case, args.micro_batch_tokens)
+    shape = shape_from_spec(args.shape)
+    wl = workload(case, args.micro_batch_tokens, args.device)
     r = rollout_phase(shape, wl, decode_tokens=args.decode_tokens)
     t = train_phase(shape, wl)
     return {"case": name, **asdict(case), "context": case.prompt_tokens + case.completion_tokens,
@@ -102,7 +104,7 @@ def estimate_row(name: str, args) -> dict:
             "workload": asdict(wl)}
 
 
-def build_models(case: Case, dev):
+def build_models(case: Case, shape: str, dev):
     """Policy (LoRA r = 16 or full, checkpointing as the case says), reference copy (full
     fine-tuning only) and optimizer, loaded as the trainer loads them."""
     import torch
@@ -111,31 +113,33 @@ def build_models(case: Case, dev):
     from tirgrpo.train.model import load_base_model, load_policy
     from tirgrpo.train.optim import AdamW
 
-    cfg = ModelConfig(name_or_path=SHAPE, gradient_checkpointing=case.checkpointing, lora=case.lora, lora_r=16,
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    cfg = ModelConfig(name_or_path=shape, gradient_checkpointing=case.checkpointing, lora=case.lora, lora_r=16,
                       lora_alpha=32)
-    model = load_policy(cfg, dev, torch.bfloat16, seed=0)
-    ref = None if case.lora else load_base_model(cfg, dev, torch.bfloat16, seed=0).requires_grad_(False).eval()
+    model = load_policy(cfg, dev, dtype, seed=0)
+    ref = None if case.lora else load_base_model(cfg, dev, dtype, seed=0).requires_grad_(False).eval()
     optimizer = AdamW(model.parameters(), lr=3e-5, master_fp32=case.optimizer == "master", bf16_update="stochastic")
     return model, ref, optimizer
 
 
 def measure_row(row: dict, args) -> dict:
-    """Measure both phases of `row` on CUDA (fills meas_* and err_*)."""
+    """Measure both phases of `row` on `args.device` (fills meas_* and err_*)."""
     import torch
 
     from tirgrpo.perf.measure import measure_step, synthetic_batch
 
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     case = CASES[row["case"]]
     wl = Workload(**{**row["workload"], "lora_targets": tuple(row["workload"]["lora_targets"])})
-    model, ref, optimizer = build_models(case, dev)
-    prompts = synthetic_batch(shape_from_spec(SHAPE), case.prompts, case.prompt_tokens, seed=0)
+    model, ref, optimizer = build_models(case, args.shape, dev)
+    prompts = synthetic_batch(shape_from_spec(args.shape), case.prompts, case.prompt_tokens, seed=0)
     try:
         m = measure_step(model, ref, optimizer, prompts, wl, dev, decode_tokens=args.decode_tokens)
     finally:
         del model, ref, optimizer
         gc.collect()
-        torch.cuda.empty_cache()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     row.update(meas_rollout=m["rollout"], meas_train=m["train"], measured_micro_batches=m["micro_batches"])
     row["err_rollout_pct"] = round(100 * (row["est_rollout"] - m["rollout"]) / m["rollout"], 2)
     row["err_train_pct"] = round(100 * (row["est_train"] - m["train"]) / m["train"], 2)
@@ -148,9 +152,11 @@ def run_case(row: dict, args, t0: float, env: dict) -> None:
     import torch
 
     gc.collect()
-    torch.cuda.empty_cache()
-    free = torch.cuda.mem_get_info()[0]
-    need = max(row["est_rollout"], row["est_train"])
+    free = need = 0
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+        free = torch.cuda.mem_get_info()[0]
+        need = max(row["est_rollout"], row["est_train"])
     if row["lora"] and not env["peft"]:
         row["status"] = "skipped: peft not installed"
     elif need > 0.97 * free:
@@ -185,13 +191,15 @@ def print_table(rows: list[dict]) -> None:
           "err = (est - meas) / meas)")
 
 
-def environment() -> dict:
+def environment(device: str) -> dict:
     import torch
     import transformers
 
-    env = {"python": platform.python_version(), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "transformers": transformers.__version__,
-           "total_gib": round(torch.cuda.get_device_properties(0).total_memory / GiB, 2), "peft": None}
+    env = {"python": platform.python_version(), "device": device, "torch": torch.__version__,
+           "transformers": transformers.__version__, "peft": None}
+    if device == "cuda":
+        env.update(device=torch.cuda.get_device_name(),
+                   total_gib=round(torch.cuda.get_device_properties(0).total_memory / GiB, 2))
     if importlib.util.find_spec("peft") is not None:
         import peft
 
@@ -207,6 +215,9 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, default=420, help="seconds; later cases are skipped past it")
     ap.add_argument("--json", help="write the rows here (rewritten after every case)")
     ap.add_argument("--dry-run", action="store_true", help="estimates only (no GPU)")
+    ap.add_argument("--shape", default=SHAPE, help="the model (a random: shape)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: fp32, profiler timeline; only to smoke-test this script with a tiny --shape")
     args = ap.parse_args(argv)
     names = list(CASES) if args.cases == "all" else [c for c in args.cases.split(",") if c]
     unknown = [n for n in names if n not in CASES]
@@ -223,10 +234,10 @@ def main(argv=None) -> int:
     if not args.dry_run:
         import torch
 
-        if not torch.cuda.is_available():
+        if args.device == "cuda" and not torch.cuda.is_available():
             print("no CUDA device: use --dry-run for the estimates alone", file=sys.stderr)
             return 2
-        env = environment()
+        env = environment(args.device)
         print(env, flush=True)
         t0 = time.time()
         for row in rows:

@@ -453,3 +453,29 @@ def test_device_script_imports_nothing_the_device_lacks(tmp_path):
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow  # ~15 s: two tiny-qwen2 steps under the CPU profiler
+def test_device_script_runs_and_survives_a_failing_case(tmp_path, capsys, monkeypatch):
+    """The whole measuring path of benchmarks/memory_check.py on the CPU with a tiny shape:
+    models loaded as the trainer loads them, measure_step, the table and the JSON; a case
+    that raises becomes a row saying so and the next case still runs."""
+    spec = importlib.util.spec_from_file_location("memory_check", ROOT / "benchmarks/memory_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "memory_check", mod)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "CASES", {"tiny": mod.Case(1, 4, 48, 16, prefix="dense"),
+                                       "broken": mod.Case(1, 4, 48, 16, prefix="dense"),
+                                       "tiny-lora": mod.Case(1, 4, 48, 16, lora=True, prefix="dense")})
+    real = mod.measure_row
+    monkeypatch.setattr(mod, "measure_row", lambda row, args: (
+        (_ for _ in ()).throw(RuntimeError("boom")) if row["case"] == "broken" else real(row, args)))
+    out = tmp_path / "check.json"
+    assert mod.main(["--device", "cpu", "--shape", "random:tiny-qwen2", "--cases", "tiny,broken,tiny-lora",
+                     "--decode-tokens", "2", "--json", str(out)]) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["broken"]["status"] == "error: RuntimeError: boom"
+    for name in ("tiny", "tiny-lora"):
+        assert rows[name]["meas_train"] > 0 and rows[name]["meas_rollout"] > 0, rows[name]["status"]
+        assert rows[name]["status"] in ("ok", "off by >10%")
+    assert "error: RuntimeError: boom" in capsys.readouterr().out
