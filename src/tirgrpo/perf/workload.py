@@ -1,5 +1,6 @@
-"""What one GRPO step asks of memory (`Workload`) and the tensors that live for the whole
-run (weights, reference copy, gradients, optimizer states). Sizes in bytes."""
+"""What one GRPO step asks of memory (`Workload`), the tensors that live for the whole run
+(weights, reference copy, gradients, optimizer states, the fast engine's cache), and how
+the step is cut into micro-batches. Sizes in bytes."""
 
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ def optimizer_step_temporaries(shape: ModelShape, wl: Workload) -> int:
     return (7 if wl.dtype_bytes == 2 else 3) * 4 * min(CHUNK, largest)
 
 
-# --------------------------------------------------------------------------- activations
+# --------------------------------------------------------------------------- micro-batches and the engine's cache
 
 
 def micro_batch_plan(wl: Workload) -> dict[str, int]:
