@@ -217,7 +217,10 @@ def test_measured_cpu_peak_within_15_percent():
 
 
 def test_packed_micro_batch_plan_follows_split_group():
-    from tirgrpo.train.prefix import split_group
+    from tirgrpo.perf import workload
+    from tirgrpo.train.prefix import BLOCK, split_group
+
+    assert workload.BLOCK == BLOCK
 
     wl = Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=2,
                   micro_batch_tokens=16384, prefix="split")
