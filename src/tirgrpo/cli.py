@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("tirgrpo.commands.sft", "supervised warm start on example completions (before GRPO)"),
     "train": ("tirgrpo.commands.train", "GRPO training from a TOML config (resumable)"),
     "plot": ("tirgrpo.commands.plot", "write PNG plots of a run's metrics"),
-    "memory": ("tirgrpo.perf.memory", "estimate (or --measure) the GPU memory of a training config, part by part"),
+    "memory": ("tirgrpo.commands.memory", "estimate (or --measure) the GPU memory of a training config, part by part"),
     "generate": ("tirgrpo.tir.generate", "generate TIR transcripts with an OpenAI-compatible server (code runs in the sandbox)"),
     "sandbox": ("tirgrpo.tir.sandbox", "run Python code in the sandbox (run FILE.py, selftest, modes)"),
     "serve": ("tirgrpo.tir.serve", "serve a model over an OpenAI-compatible /v1/completions API"),

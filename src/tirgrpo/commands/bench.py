@@ -30,10 +30,10 @@ def run(args) -> int:
 
     rows = bench_rollout(args)
     print(f"\n{'engine':<13}{'batch':>6}{'G':>4}{'prefill s':>11}{'ms/step':>9}{'floor ms':>10}{'shared floor':>13}"
-          f"{'tok/s':>9}{'peak GB':>9}{'capture s':>11}")
+          f"{'tok/s':>9}{'peak GiB':>9}{'capture s':>11}")
     for r in rows:
         print(f"{r['engine']:<13}{r['batch']:>6}{r['group']:>4}{r['prefill_s']:>11.3f}{r['ms_per_step']:>9.2f}"
-              f"{r['floor_ms']:>10.2f}{r['shared_floor_ms']:>13.2f}{r['tokens_per_s']:>9.0f}{r['peak_gb']:>9.2f}"
+              f"{r['floor_ms']:>10.2f}{r['shared_floor_ms']:>13.2f}{r['tokens_per_s']:>9.0f}{r['peak_gib']:>9.2f}"
               f"{r['capture_s']:>11.1f}")
     if args.json:
         from tirgrpo.files import atomic_write_text

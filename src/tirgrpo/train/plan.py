@@ -1,7 +1,7 @@
 """The system plan: every `[system]` setting resolved for the device and the workload, once.
 
 `resolve_plan(cfg, device)` turns each `auto` (and checks each explicit choice) into what
-actually runs, before any weights load, and asks the memory estimate (`tirgrpo.perf.memory`)
+actually runs, before any weights load, and asks the memory estimate (`tirgrpo.perf`)
 for the micro-batch budget and the peak of each phase. On CUDA a configuration that cannot
 fit is refused, naming the parts and the changes that would fit; on other devices the
 estimate only warns. The result, a `Plan`, is written to RUN_DIR/plan.toml and into every
@@ -174,12 +174,10 @@ def group_tokens(cfg: TrainConfig, prefix: str) -> int:
 
 
 def workload(cfg: TrainConfig, plan: Plan):
-    """The `perf.memory.Workload` of a training config run as `plan` (worst case: every prompt
+    """The `perf.workload.Workload` of a training config run as `plan` (worst case: every prompt
     at its bound, every completion at rollout.max_new_tokens)."""
-    from tirgrpo.perf.memory import Workload
+    from tirgrpo.perf.workload import Workload
 
-    names = {f.name for f in dataclasses.fields(Workload)}
-    layout = {k: v for k, v in (("prefix", plan.shared_prefix), ("engine", plan.engine)) if k in names}
     bf16 = plan.dtype == "bf16"
     return Workload(
         prompt_tokens=prompt_tokens_bound(cfg), completion_tokens=cfg.rollout.max_new_tokens,
@@ -190,7 +188,18 @@ def workload(cfg: TrainConfig, plan: Plan):
         lora_targets=tuple(cfg.model.lora_target_modules),
         reference_model=cfg.grpo.beta > 0 and not cfg.model.lora,
         master_fp32=plan.master_fp32, bf16_update=plan.bf16_update,
-        fused_optimizer=plan.device.startswith("cuda") and bf16 and plan.optimizer != "bf16-kahan", **layout)
+        fused_optimizer=plan.device.startswith("cuda") and bf16 and plan.optimizer != "bf16-kahan",
+        prefix=plan.shared_prefix, engine=plan.engine if plan.engine != "none" else "fast",
+        device="cuda" if plan.device.startswith("cuda") else "cpu")
+
+
+def planned_workload(cfg: TrainConfig, device: torch.device):
+    """(plan, Workload) of a training config as it would run on `device`, without the memory
+    check: an `auto` micro-batch budget is one whole group (`tirgrpo memory` shows what fits)."""
+    plan = resolve_rollout(cfg.system, device, resolve_execution(cfg.system, device))
+    if plan.micro_batch_tokens < 0:
+        plan = dataclasses.replace(plan, micro_batch_tokens=group_tokens(cfg, plan.shared_prefix))
+    return plan, workload(cfg, plan)
 
 
 def device_bytes(device: torch.device) -> int:
@@ -206,7 +215,7 @@ def device_bytes(device: torch.device) -> int:
 
 
 def memory_of(est: dict, available: int) -> MemoryEstimate:
-    """`perf.memory.estimate`'s result in GiB."""
+    """`perf.estimate.estimate`'s result in GiB."""
     return MemoryEstimate(rollout_gib=round(est["rollout"]["total"] / GiB, 3),
                           train_gib=round(est["train"]["total"] / GiB, 3), peak_gib=round(est["peak"] / GiB, 3),
                           need_gib=round(est["need"] / GiB, 3), device_gib=round(available / GiB, 3),
@@ -219,47 +228,50 @@ def fit_memory(cfg: TrainConfig, plan: Plan, device: torch.device, requested: in
     requested: the configured budget, or -1 (auto: one whole group per pass, lowered on CUDA
     to the largest budget whose estimate fits). CUDA: an explicit budget that does not fit, or
     a configuration in which not even one sequence per pass fits, is refused."""
-    from tirgrpo.perf import memory as M
+    from tirgrpo.perf.estimate import estimate, fits, pick_micro_batch_tokens
+    from tirgrpo.perf.fit import describe
+    from tirgrpo.perf.shape import shape_from_spec
 
     target = group_tokens(cfg, plan.shared_prefix) if requested < 0 else requested
     plan = dataclasses.replace(plan, micro_batch_tokens=target)
     try:
-        shape = M.shape_from_spec(cfg.model.init_from or cfg.model.name_or_path)
+        shape = shape_from_spec(cfg.model.init_from or cfg.model.name_or_path)
     except TirgrpoError as e:
         warnings.warn(f"memory estimate skipped: {e}", stacklevel=3)
         return plan
     wl = workload(cfg, plan)
     available = device_bytes(device)
-    if device.type == "cuda" and not M.fits(shape, wl, available):
-        budget = M.pick_micro_batch_tokens(shape, wl, available)  # 0: not even one sequence per pass fits
+    if device.type == "cuda" and not fits(shape, wl, available):
+        budget = pick_micro_batch_tokens(shape, wl, available)  # 0: not even one sequence per pass fits
         if requested >= 0 or not budget:
             refuse(shape, wl, available, device, budget)
         plan = dataclasses.replace(plan, micro_batch_tokens=budget)
         wl = dataclasses.replace(wl, micro_batch_tokens=budget)
-    est = M.estimate(shape, wl)
+    est = estimate(shape, wl)
     if device.type != "cuda" and available and est["peak"] > available:
         warnings.warn(f"memory: the estimated peak exceeds this machine's {available / GiB:.1f} GiB of RAM: "
-                      f"train {M.describe(est['train'])}; rollout {M.describe(est['rollout'])}", stacklevel=3)
+                      f"train {describe(est['train'])}; rollout {describe(est['rollout'])}", stacklevel=3)
     return dataclasses.replace(plan, memory=memory_of(est, available))
 
 
 def refuse(shape, wl, available: int, device: torch.device, fitting_budget: int) -> None:
     """Raise the error of a configuration that does not fit `available` bytes, naming the
     largest parts and the changes that would fit."""
-    from tirgrpo.perf import memory as M
+    from tirgrpo.perf.estimate import estimate
+    from tirgrpo.perf.fit import describe, suggest_changes
 
     if fitting_budget:  # an explicit budget that is too large, where a smaller one fits
-        est = M.estimate(shape, wl)
+        est = estimate(shape, wl)
         raise TirgrpoError(
             f"system.micro_batch_tokens = {wl.micro_batch_tokens} does not fit the {available / GiB:.1f} GiB free on "
-            f"{device} (estimated need {est['need'] / GiB:.1f} GiB: train {M.describe(est['train'])}); "
+            f"{device} (estimated need {est['need'] / GiB:.1f} GiB: train {describe(est['train'])}); "
             f"--set system.micro_batch_tokens={fitting_budget} fits, and 'auto' picks it")
-    est = M.estimate(shape, dataclasses.replace(wl, micro_batch_tokens=wl.seq_tokens))
-    tips = M.suggest_changes(shape, wl, available)
+    est = estimate(shape, dataclasses.replace(wl, micro_batch_tokens=wl.seq_tokens))
+    tips = suggest_changes(shape, wl, available)
     raise TirgrpoError(
         f"this configuration does not fit the {available / GiB:.1f} GiB free on {device} "
         f"(estimated need {est['need'] / GiB:.1f} GiB, one sequence per micro-batch).\n"
-        f"  train:   {M.describe(est['train'])}\n  rollout: {M.describe(est['rollout'])}\n"
+        f"  train:   {describe(est['train'])}\n  rollout: {describe(est['rollout'])}\n"
         + ("  would fit: " + "; ".join(tips) if tips else "  no single change fits; see `tirgrpo memory`")
         + "\n  (estimate: `tirgrpo memory --config ...`; docs/memory.md)")
 
