@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tirgrpo.errors import TirgrpoError
+from tirgrpo.validate import check_config
 
 
 @dataclass
@@ -292,7 +293,9 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise TirgrpoError(f"config file {p}: {e}") from e
     apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
+    config = from_dict(cls, data)
+    check_config(config)
+    return config
 
 
 def to_dict(config: Any) -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tirgrpo.validate import positive_int
+
     sub = parser.add_subparsers(dest="data_command", metavar="DATASET", required=True)
     p = sub.add_parser(
         "gsm8k-verify",
@@ -23,11 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--input", required=True, metavar="PATH", help="GSM8K JSONL, e.g. ../shared/data/gsm8k/train.jsonl")
     p.add_argument("--out", required=True, metavar="FILE", help="output .jsonl or .parquet (written atomically)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N usable questions (2N examples)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="stop after N usable questions (2N examples)")
     p.add_argument("--seed", type=int, default=0, help="seed for the question order and the perturbations (default 0)")
     p.add_argument("--tokenizer", default="r1-distill-qwen", metavar="T",
                    help="tokenizer for the token counts and the prompt limit (default r1-distill-qwen)")
-    p.add_argument("--max-prompt-tokens", type=int, default=400, metavar="N",
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=400, metavar="N",
                    help="drop questions whose prompt (with bos) is longer (default 400)")
 
 

@@ -99,6 +99,8 @@ def summarize(scores: list[dict]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tirgrpo.validate import non_negative_int, positive_int
+
     parser.add_argument("--input", required=True, metavar="FILE", help="JSONL (or CSV) with completion, correct_answer")
     parser.add_argument("--out", required=True, metavar="FILE", help="JSONL written with the scores added")
     parser.add_argument(
@@ -108,10 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", default="r1-distill-qwen", metavar="T", help="tokenizer for token counts (default: %(default)s)"
     )
     parser.add_argument(
-        "--total-steps", type=int, metavar="K", help="K for the curriculum (default: the config's optim.total_steps)"
+        "--total-steps", type=positive_int, metavar="K", help="K for the curriculum (default: the config's optim.total_steps)"
     )
     parser.add_argument(
-        "--step", type=int, metavar="k", help="optimizer step k (default: K, the end of the curriculum)"
+        "--step", type=non_negative_int, metavar="k", help="optimizer step k (default: K, the end of the curriculum)"
     )
     parser.add_argument("--config", metavar="FILE.toml", help="take [rewards] (and optim.total_steps) from this config")
     parser.add_argument(
