@@ -143,7 +143,21 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run GRPO as configured; returns a summary dict (eval before/after, paths)."""
+    """Run GRPO as configured; returns a summary dict (eval before/after, paths).
+
+    The run folder is locked for the run's life (one writer per folder); a config that is
+    refused leaves nothing in it."""
+    from tirgrpo.train.model import check_model_source, resolve_init
+    from tirgrpo.train.runlock import RunLock
+    from tirgrpo.validate import check_config
+
+    check_config(cfg)  # configs built in code skip load_config's check
+    check_model_source(resolve_init(cfg.model).name_or_path)
+    with RunLock(cfg.run.out_dir):
+        return _train(cfg, resume, overwrite)
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict:
     from tqdm import tqdm
 
     from tirgrpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -168,17 +182,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         if (run_dir / "metrics.jsonl").exists() and not overwrite:
             raise TirgrpoError(f"{run_dir} already holds a run; use --resume {run_dir}, --overwrite, "
                                f"or --set run.out_dir=OTHER")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json"):
-            (run_dir / stale).unlink(missing_ok=True)
-    config_toml = to_toml(cfg)
-    from tirgrpo.files import atomic_write_text
-
-    atomic_write_text(run_dir / "config.toml", config_toml)
-
     G, P = cfg.rollout.group_size, cfg.rollout.prompts_per_step
-    if G < 2:
-        raise TirgrpoError("rollout.group_size must be >= 2: advantages compare samples within a group")
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
     device = resolve_device(cfg.run.device)
@@ -215,6 +219,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     eval_params = SamplingParams(cfg.rollout.max_new_tokens, cfg.run.eval_temperature, cfg.rollout.top_p,
                                  cfg.rollout.top_k, list(cfg.rollout.stop))
     temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+
+    # Only now, with every refusal (config, memory, data, model) behind us, does the run folder change.
+    if not resume:
+        for stale in ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+    config_toml = to_toml(cfg)
+    from tirgrpo.files import atomic_write_text
+
+    atomic_write_text(run_dir / "config.toml", config_toml)
 
     state = {"step": 0, "rollout": 0, "data_pos": 0, "nonfinite": 0}
     if ckpt is not None:

@@ -93,7 +93,20 @@ def read_targets(path: str) -> list[tuple[str, str]]:
 
 
 def sft(cfg: SFTConfig) -> dict:
-    """Run supervised fine-tuning as configured; returns a summary dict."""
+    """Run supervised fine-tuning as configured; returns a summary dict.
+
+    The run folder is locked for the run's life; a refused run leaves nothing in it."""
+    from tirgrpo.train.model import check_model_source, resolve_init
+    from tirgrpo.train.runlock import RunLock
+    from tirgrpo.validate import check_config
+
+    check_config(cfg)
+    check_model_source(resolve_init(cfg.model).name_or_path)
+    with RunLock(cfg.run.out_dir):
+        return _sft(cfg)
+
+
+def _sft(cfg: SFTConfig) -> dict:
     from tqdm import tqdm
 
     from tirgrpo.files import atomic_write_text
@@ -106,9 +119,6 @@ def sft(cfg: SFTConfig) -> dict:
     from tirgrpo.train.loop import load_prompts, prompts_for_rollout
 
     run_dir = Path(cfg.run.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
     torch.manual_seed(cfg.run.seed)
     device = resolve_device(cfg.run.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
@@ -134,6 +144,9 @@ def sft(cfg: SFTConfig) -> dict:
                       weight_decay=cfg.optim.weight_decay, master_fp32=cfg.optim.master_weights_fp32,
                       bf16_update=cfg.optim.bf16_update, seed=cfg.run.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    # Only now, with every refusal (data, model) behind us, does the run folder change.
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
     log = RunLog(run_dir, cfg.run.tensorboard)
     K = cfg.optim.total_steps
     loss_value = float("nan")
