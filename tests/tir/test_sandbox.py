@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from tirgrpo.tir import sandbox as sb
+from tirgrpo.tir.sandbox import runner
 from tirgrpo.tir.sandbox import Sandbox, SandboxUnavailable, truncate_output
 
 MODES = sb.available_modes()
@@ -42,7 +43,7 @@ def test_ordinary_program(mode):
     lines = r.stdout.splitlines()
     assert lines[0] == "42"
     env = eval(lines[1])
-    assert set(env) <= set(sb._ENV_FIXED) | {"HOME", "TMPDIR", "TZ"}
+    assert set(env) <= set(runner._ENV_FIXED) | {"HOME", "TMPDIR", "TZ"}
     assert lines[2] == "."  # the temporary working directory is not shown
     assert r.output() == r.stdout.rstrip("\n")
 
@@ -70,7 +71,7 @@ def test_timeout_output_and_result_fields():
 
 
 def test_refuses_without_namespaces(monkeypatch):
-    monkeypatch.setattr(sb, "available_modes", lambda: [])
+    monkeypatch.setattr(runner, "available_modes", lambda: [])
     monkeypatch.delenv("TIRGRPO_SANDBOX_MODE", raising=False)
     with pytest.raises(SandboxUnavailable, match="allow-unsandboxed-network"):
         Sandbox().run("print(1)")

@@ -50,6 +50,9 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         raise TirgrpoError(f"--out {out}: use a .jsonl or .parquet file name")
+    from tirgrpo.files import check_output_file
+
+    check_output_file(out)
     items = read_gsm8k(args.input)
     tokenizer = load_tokenizer(args.tokenizer)
     examples, counts = build_examples(

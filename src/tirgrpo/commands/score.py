@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     from tirgrpo.score.rewards import score_records
     from tirgrpo.data.tokenizer import load_tokenizer
 
+    from tirgrpo.files import check_output_file
+
+    check_output_file(args.out)
     config = load_config(TrainConfig, args.config, args.overrides)
     cfg = config.rewards
     if args.rewards:

@@ -315,6 +315,9 @@ def _fraction(text: str) -> float:
 
 
 def _check_out(out: Path) -> None:
+    from tirgrpo.files import check_output_dir
+
+    check_output_dir(out)
     # The output folder is replaced as a whole; refuse to do that to a folder that is not ours.
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "stats.json").is_file())):
         raise TirgrpoError(f"--out {out} exists and is not an earlier prepare output; choose a new folder")

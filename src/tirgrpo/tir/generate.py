@@ -31,7 +31,8 @@ from typing import Any
 
 from tirgrpo.data.records import Transcript, Turn, parse_int_answer, transcript_to_dict
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.tir.sandbox import Sandbox, add_sandbox_options, sandbox_from_args
+from tirgrpo.commands.sandbox import add_sandbox_options, sandbox_from_args
+from tirgrpo.tir.sandbox import Sandbox
 from tirgrpo.data.templates import CODE_BLOCK_START, CODE_PROMPT, SEED_BRIDGE, fields, fill
 
 # The server stops at the end of a code block's closing fence ("```" + newline). "```python\n"
