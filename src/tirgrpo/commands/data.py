@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tokenizer for the token counts and the prompt limit (default r1-distill-qwen)")
     p.add_argument("--max-prompt-tokens", type=positive_int, default=400, metavar="N",
                    help="drop questions whose prompt (with bos) is longer (default 400)")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="keep repeated questions (same question and answer) instead of dropping them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _gsm8k_verify(args: argparse.Namespace) -> int:
     from tirgrpo.data.gsm8k import build_examples, read_gsm8k
+    from tirgrpo.data.limits import drop_duplicates, report_duplicates
     from tirgrpo.data.records import write_examples
     from tirgrpo.errors import TirgrpoError
     from tirgrpo.data.tokenizer import load_tokenizer
@@ -53,7 +56,8 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     from tirgrpo.files import check_output_file
 
     check_output_file(out)
-    items = read_gsm8k(args.input)
+    items, duplicates = drop_duplicates(read_gsm8k(args.input), key=lambda qa: qa, keep=args.keep_duplicates)
+    report_duplicates(duplicates, "questions (same question and answer)", args.keep_duplicates)
     tokenizer = load_tokenizer(args.tokenizer)
     examples, counts = build_examples(
         items, tokenizer, limit=args.limit, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens

@@ -11,68 +11,13 @@ checked before anything is written, and the output appears whole or not at all.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
 
-OPTIONAL_FIELDS = ("finish_reason", "stop")
-
-
-def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
-    """(records, where each came from) of a JSONL or CSV (by suffix) file.
-
-    A malformed line raises, naming the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TirgrpoError(f"input file not found: {path}")
-    try:
-        if path.suffix.lower() == ".csv":
-            return _read_csv(path)
-        return _read_jsonl(path)
-    except UnicodeDecodeError as e:
-        raise TirgrpoError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TirgrpoError(f"{path}, line {lineno}: not valid JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise TirgrpoError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append((f"{path}, line {lineno}", record))
-    return _located(records, path)
-
-
-def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
-    # Transcripts are long: lift the csv module's 128 kB per-field default.
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    records = []
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for n, row in enumerate(reader, start=1):
-            record = dict(row)
-            for key in OPTIONAL_FIELDS:
-                if record.get(key) == "":
-                    record[key] = None
-            records.append((f"{path}, row {n} (line {reader.line_num})", record))
-    return _located(records, path)
-
-
-def _located(records: list[tuple[str, dict]], path: Path) -> tuple[list[dict], list[str]]:
-    if not records:
-        raise TirgrpoError(f"{path}: no records")
-    return [r for _, r in records], [where for where, _ in records]
+from tirgrpo.score.records import OPTIONAL_FIELDS, read_records  # noqa: F401 (read_records: the reader)
 
 
 def check_records(records: list[dict], locations: list[str], reward_set: str) -> None:
@@ -115,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--step", type=non_negative_int, metavar="k", help="optimizer step k (default: K, the end of the curriculum)"
     )
+    parser.add_argument("--keep-duplicates", action="store_true",
+                        help="score repeated identical records again instead of dropping them")
     parser.add_argument("--config", metavar="FILE.toml", help="take [rewards] (and optim.total_steps) from this config")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -128,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from tirgrpo.score.rewards import score_records
     from tirgrpo.data.tokenizer import load_tokenizer
 
+    from tirgrpo.data.limits import drop_duplicates, report_duplicates
     from tirgrpo.files import check_output_file
 
     check_output_file(args.out)
@@ -141,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         raise TirgrpoError(f"need --total-steps > 0 and --step >= 0, got K={total_steps}, k={step}")
 
     records, locations = read_records(args.input)
+    pairs, duplicates = drop_duplicates(zip(records, locations), keep=args.keep_duplicates,
+                                        key=lambda rl: json.dumps(rl[0], sort_keys=True))
+    report_duplicates(duplicates, "records (identical)", args.keep_duplicates)
+    records, locations = [r for r, _ in pairs], [w for _, w in pairs]
     check_records(records, locations, cfg.set)
     tokenizer = load_tokenizer(args.tokenizer)
     scores = score_records(records, cfg, tokenizer, step, total_steps)

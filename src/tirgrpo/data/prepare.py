@@ -25,6 +25,7 @@ from tirgrpo.data.records import (
     read_transcripts,
     write_examples,
 )
+from tirgrpo.data.limits import check_file_size
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.data.templates import CODE_BLOCK_START, bridge
 
@@ -79,6 +80,7 @@ def read_inputs(paths: Sequence[str | Path]) -> tuple[list[Segment], dict[str, i
         path = bundled_path(str(spec))
         if not path.is_file():
             raise TirgrpoError(f"input {path}: no such file")
+        check_file_size(path)
         suffix = path.suffix.lower()
         if suffix == ".csv":
             rows = read_seed_csv(path)
@@ -298,6 +300,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of questions (not rows) held out for eval, at least one question "
                              "when there are two or more (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for pairing choices and the split (default 0)")
+    parser.add_argument("--keep-duplicates", action="store_true",
+                        help="keep repeated segments (also from a file given twice) instead of dropping them")
 
 
 def _non_negative(text: str) -> int:
@@ -325,11 +329,17 @@ def _check_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tirgrpo.files import atomic_dir
+    from tirgrpo.data.limits import drop_duplicates, report_duplicates
     from tirgrpo.data.tokenizer import load_tokenizer
 
     out = Path(args.out)
     _check_out(out)
     segments, read_counts = read_inputs(args.input)
+    segments, duplicates = drop_duplicates(segments, key=lambda s: (s.question, s.prompt, s.completion,
+                                                                     s.correct_answer, s.eventual_answer),
+                                           keep=args.keep_duplicates)
+    report_duplicates(duplicates, "segments (same question, prompt, completion and answers)", args.keep_duplicates)
+    read_counts["duplicate_segments"] = duplicates
     if not segments:
         raise TirgrpoError(f"no segments found in {args.input}")
     tokenizer = load_tokenizer(args.tokenizer)
