@@ -7,25 +7,35 @@ import json
 from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.tir.sandbox import (DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MODES, Sandbox,
-                                 available_modes, best_mode, probe_errors, selftest)
+from tirgrpo.tir.sandbox import (DEFAULT_DISK_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MODES,
+                                 Sandbox, available_modes, describe_choice, probe_errors, selftest)
+from tirgrpo.tir.sandbox.seccomp import unavailable_reason as seccomp_unavailable
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def add_sandbox_options(p: argparse.ArgumentParser) -> None:
     """The sandbox options shared by `sandbox run` and `generate`."""
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="wall-clock limit per execution, seconds (default 5)")
-    p.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="address-space limit, MB (default 2048)")
-    p.add_argument("--max-processes", type=int, default=DEFAULT_MAX_PROCESSES, help="processes the code may start (default 32)")
+    from tirgrpo.validate import positive_float, positive_int
+
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                   help="wall-clock limit per execution, seconds (default 5)")
+    p.add_argument("--memory-mb", type=positive_int, default=DEFAULT_MEMORY_MB,
+                   help="address-space limit, MB (default 2048)")
+    p.add_argument("--max-processes", type=positive_int, default=DEFAULT_MAX_PROCESSES,
+                   help="processes the code may start (default 32)")
+    p.add_argument("--disk-mb", type=positive_int, default=DEFAULT_DISK_MB,
+                   help=f"size of the private /tmp and working directory, MB (default {DEFAULT_DISK_MB})")
     p.add_argument("--sandbox-mode", choices=("auto",) + MODES, default="auto", help="isolation mode (default: best available)")
     p.add_argument("--allow-unsandboxed-network", action="store_true",
                    help="run code even where no network namespace can be made (see docs/security.md)")
 
 
 def sandbox_from_args(args) -> Sandbox:
+    """The Sandbox the options of `add_sandbox_options` describe."""
     return Sandbox(timeout_s=args.timeout, memory_mb=args.memory_mb, max_processes=args.max_processes,
-                   mode=args.sandbox_mode, allow_unsandboxed_network=args.allow_unsandboxed_network)
+                   disk_mb=args.disk_mb, mode=args.sandbox_mode,
+                   allow_unsandboxed_network=args.allow_unsandboxed_network)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +54,9 @@ def run(args) -> int:
         for mode in ("bwrap", "namespaces"):
             print(f"{mode:<11} {'works' if mode in modes else 'unavailable: ' + probe_errors.get(mode, '')}")
         print(f"{'rlimits':<11} limits only, no network or file-system isolation: needs --allow-unsandboxed-network")
-        print(f"default: {best_mode()}")
+        missing = seccomp_unavailable()
+        print(f"{'seccomp':<11} {'works' if not missing else 'unavailable: ' + missing}")
+        print(f"auto: {describe_choice()}")
         return 0
     sandbox = sandbox_from_args(args)
     if args.sandbox_command == "selftest":

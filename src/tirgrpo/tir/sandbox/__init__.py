@@ -25,11 +25,11 @@ be importable.
 """
 
 from tirgrpo.tir.sandbox.output import DEFAULT_MAX_OUTPUT_BYTES, SandboxResult, truncate_output
-from tirgrpo.tir.sandbox.runner import (DEFAULT_FILE_SIZE_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
-                                        DEFAULT_TIMEOUT_S, MODES, Sandbox, SandboxUnavailable, available_modes,
-                                        best_mode, probe_errors)
+from tirgrpo.tir.sandbox.runner import (DEFAULT_DISK_MB, DEFAULT_FILE_SIZE_MB, DEFAULT_MAX_PROCESSES,
+                                        DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MODES, Sandbox, SandboxUnavailable,
+                                        available_modes, best_mode, describe_choice, mode_choice, probe_errors)
 from tirgrpo.tir.sandbox.hostile import HostileCase, hostile_cases, selftest
 
-__all__ = ["DEFAULT_FILE_SIZE_MB", "DEFAULT_MAX_OUTPUT_BYTES", "DEFAULT_MAX_PROCESSES", "DEFAULT_MEMORY_MB",
+__all__ = ["DEFAULT_DISK_MB", "DEFAULT_FILE_SIZE_MB", "describe_choice", "mode_choice", "DEFAULT_MAX_OUTPUT_BYTES", "DEFAULT_MAX_PROCESSES", "DEFAULT_MEMORY_MB",
            "DEFAULT_TIMEOUT_S", "MODES", "HostileCase", "Sandbox", "SandboxResult", "SandboxUnavailable",
            "available_modes", "best_mode", "hostile_cases", "probe_errors", "selftest", "truncate_output"]

@@ -53,24 +53,24 @@ def isolate():
             with open("/proc/self/" + name, "w") as f:
                 f.write(text)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # Open what must stay visible before home folders are hidden, then bind it back from the fd.
+    # Open what must stay visible before home folders, the project and /tmp are hidden, then
+    # bind it back from the fd.
     keep = [(p, os.open(p, os.O_PATH)) for p in cfg["expose"]]
-    wd_fd = os.open(cfg["workdir"], os.O_PATH)
     for d in cfg["hide"]:
         mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
+    # The private, size-capped /tmp that also holds the working directory.
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=%d" % cfg["disk_bytes"])
     os.umask(0o022)
     for p, fd in keep:
         os.makedirs(p, mode=0o755, exist_ok=True)
         mount("/proc/self/fd/%d" % fd, p, None, MS_BIND | MS_REC)
-    os.makedirs(cfg["workdir"], exist_ok=True)
-    mount("/proc/self/fd/%d" % wd_fd, cfg["workdir"], None, MS_BIND)
-    # Everything but the working directory becomes read-only. Locked flags (nosuid, ...) must
-    # be repeated or the kernel refuses the remount.
+    # Everything but /tmp becomes read-only. Locked flags (nosuid, ...) must be repeated or the
+    # kernel refuses the remount.
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split() for line in f]
     for fields in mounts:
         point, opts = unescape(fields[4]), fields[5].split(",")
-        if point == cfg["workdir"] or point.startswith("/proc") and point != "/proc":
+        if point == "/tmp" or point.startswith("/proc") and point != "/proc":
             continue
         flags = MS_BIND | MS_REMOUNT | MS_RDONLY
         for o in opts:
@@ -82,6 +82,38 @@ def isolate():
                 raise
             # Hidden or pseudo file systems (sysfs, cgroup, ...) that refuse: not writable by
             # the sandbox uid anyway.
+
+def make_workdir():
+    # The code comes on a file descriptor: the host's temporary folders are not visible here.
+    os.makedirs(cfg["workdir"], mode=0o700)
+    chunks = []
+    while True:
+        data = os.read(cfg["code_fd"], 1 << 20)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(cfg["code_fd"])
+    path = os.path.join(cfg["workdir"], cfg["script"])
+    with open(path, "wb") as f:
+        f.write(b"".join(chunks))
+    if cfg["uid"] is not None:
+        for p in (cfg["workdir"], path):
+            os.chown(p, cfg["uid"], cfg["uid"])
+
+def install_filter():
+    if libc.prctl(38, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if not cfg["seccomp"]:
+        return
+    import base64
+    data = base64.b64decode(cfg["seccomp"])
+    buf = ctypes.create_string_buffer(data, len(data))
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    prog = Prog(len(data) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    if libc.prctl(22, ctypes.c_ulong(2), ctypes.byref(prog), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "prctl(PR_SET_SECCOMP): " + os.strerror(e))
 
 def set_limits():
     lim = cfg["limits"]
@@ -99,6 +131,7 @@ def run_program():
         os.setuid(cfg["uid"])
     os.chdir(cfg["workdir"])
     set_limits()
+    install_filter()  # last: the filter also refuses what the steps above needed
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.execve(cfg["python"], [cfg["python"], "-I", "-B", cfg["script"]], cfg["env"])
 
@@ -132,6 +165,8 @@ def supervise(pid1):
 try:
     if cfg["mode"] == "namespaces":
         isolate()
+    if cfg["code_fd"] is not None:
+        make_workdir()
 except BaseException as e:
     fail(str(e))
 if cfg["mode"] == "namespaces":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -28,6 +29,9 @@ DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_MB = 2048
 DEFAULT_MAX_PROCESSES = 32
 DEFAULT_FILE_SIZE_MB = 64
+# The private tmpfs that holds /tmp and the working directory (namespaces and bwrap modes): all
+# the code can write, in all files together. It lives in RAM (shared memory), hence small.
+DEFAULT_DISK_MB = 128
 SCRIPT_NAME = "main.py"
 # Uids handed to sandboxed code when we run as root: a high range no real account uses, one
 # fresh uid per execution (so RLIMIT_NPROC counts only that execution's processes).
@@ -58,37 +62,73 @@ class SandboxUnavailable(TirgrpoError):
 # ----------------------------------------------------------------------------- host side
 
 
-def _home_dirs() -> list[str]:
-    """Folders hidden from the sandbox: users' homes (secrets, dotfiles)."""
-    dirs = {"/root", "/home"}
+def _outermost(dirs: list[str]) -> list[str]:
+    """`dirs` without those nested in another one (a parent's tmpfs covers them)."""
+    return [d for d in dirs if not any(d != o and d.startswith(o + "/") for o in dirs)]
+
+
+# Never hidden, even as the caller's working directory: the sandbox's Python needs them.
+_SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/proc", "/sys", "/dev", "/run", "/boot")
+
+
+def _project_dirs() -> list[str]:
+    """The project tree: the source checkout tirgrpo runs from (if it is one) and the caller's
+    working directory, where runs, data and configs live."""
+    out = []
+    root = Path(__file__).resolve().parents[4]
+    if (root / "pyproject.toml").is_file():
+        out.append(str(root))
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:
+        cwd = "/"
+    prefixes = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)]
+    system = cwd in ("/", "/var", "/opt") or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)
+    if not system and not any(cwd == p or cwd.startswith(p + "/") for p in prefixes):
+        out.append(cwd)
+    return out
+
+
+def _hidden_dirs() -> list[str]:
+    """Folders covered by an empty read-only tmpfs: users' homes (secrets, dotfiles), the project
+    tree, /var/tmp and /dev/shm. /tmp is covered separately, by the writable size-capped tmpfs."""
+    dirs = {"/root", "/home", "/var/tmp", "/dev/shm"}
     try:
         dirs.add(pwd.getpwuid(os.getuid()).pw_dir)
     except KeyError:
         pass
     if os.environ.get("HOME"):
         dirs.add(os.environ["HOME"])
+    dirs.update(_project_dirs())
     out = []
     for d in sorted(dirs):
         real = os.path.realpath(d)
-        if real not in ("/", "/tmp") and os.path.isdir(real) and real not in out:
-            out.append(real)
-    # Nested ones are covered by their parent's tmpfs.
-    return [d for d in out if not any(d != o and d.startswith(o + "/") for o in out)]
+        if real in ("/", "/tmp") or real.startswith("/tmp/") or not os.path.isdir(real) or real in out:
+            continue
+        out.append(real)
+    return _outermost(sorted(out))
 
 
 def _python_dirs() -> list[str]:
-    """Folders the sandboxed Python needs (interpreter, stdlib, site-packages)."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
-    paths.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted({os.path.realpath(p) for p in paths} | paths)
+    """Folders the sandboxed Python needs: interpreter, stdlib, site-packages (never the project's
+    own source folders on sys.path, which `python -I` ignores anyway)."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    prefixes = {os.path.realpath(p) for p in prefixes} | prefixes
+    paths = set(prefixes)
+    for p in sys.path:
+        real = os.path.realpath(p) if p else ""
+        if real and os.path.isdir(real) and any(real == q or real.startswith(q + "/") for q in prefixes):
+            paths.update({p, real})
+    return sorted(paths)
 
 
 def _exposed(hidden: list[str]) -> list[str]:
-    """The Python folders that lie under a hidden folder: bound back read-only."""
-    inside = [p for p in _python_dirs() if any(p == h or p.startswith(h + "/") for h in hidden)]
+    """The Python folders under a hidden folder or /tmp (a venv anywhere): bound back read-only."""
+    covers = hidden + ["/tmp"]
+    inside = [p for p in _python_dirs() if any(p == h or p.startswith(h + "/") for h in covers)]
     inside = [p for p in inside if os.path.isdir(p) and not os.path.islink(p)]
-    return [p for p in inside if not any(p != o and p.startswith(o + "/") for o in inside)]
+    return _outermost(sorted(set(inside)))
 
 
 def _sandbox_env(workdir: str) -> dict[str, str]:
@@ -124,6 +164,7 @@ class Sandbox:
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     mode: str = "auto"
     allow_unsandboxed_network: bool = False
+    disk_mb: int = DEFAULT_DISK_MB
 
     def __post_init__(self):
         if self.mode != "auto" and self.mode not in MODES:
@@ -134,10 +175,14 @@ class Sandbox:
             raise TirgrpoError(f"sandbox memory limit must be >= 64 MB, got {self.memory_mb}")
         if self.max_processes < 1:
             raise TirgrpoError(f"sandbox process limit must be >= 1, got {self.max_processes}")
+        if self.disk_mb < 1:
+            raise TirgrpoError(f"sandbox disk limit must be >= 1 MB, got {self.disk_mb}")
 
     def resolved_mode(self) -> str:
         """The mode this sandbox runs in; raises SandboxUnavailable when it would be unsafe."""
         mode = self.mode if self.mode != "auto" else best_mode()
+        if self.mode == "auto":
+            _announce_once()
         if mode != "rlimits" and mode not in available_modes():
             raise SandboxUnavailable(f"sandbox mode {mode!r} does not work on this machine: {probe_errors.get(mode, '')}")
         if mode == "rlimits" and not self.allow_unsandboxed_network:
@@ -158,35 +203,28 @@ class Sandbox:
     def _run(self, code: str, mode: str) -> SandboxResult:
         root = os.geteuid() == 0
         uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if root else None
-        workdir = tempfile.mkdtemp(prefix="tirgrpo-sandbox-")
+        # With namespaces the working directory is made inside the sandbox, on its private /tmp,
+        # and the code arrives on a file descriptor; only rlimits uses a folder of the host.
+        private = mode != "rlimits"
+        hostdir = None if private else tempfile.mkdtemp(prefix="tirgrpo-sandbox-")
+        workdir = f"/tmp/tirgrpo-sandbox-{secrets.token_hex(6)}" if private else hostdir
         # Pipe fds still ours to close. With concurrent executions a stale close could hit
         # another thread's reused fd number, so each fd is closed exactly once.
         open_fds: list[int] = []
+        code_file = tempfile.TemporaryFile() if private else None
         try:
-            Path(workdir, SCRIPT_NAME).write_text(code, encoding="utf-8")
-            if uid is not None:
-                for p in (workdir, os.path.join(workdir, SCRIPT_NAME)):
-                    os.chown(p, uid, uid)
-            cpu = max(1, math.ceil(self.timeout_s)) + 1
-            nproc = self.max_processes + 2  # + the bootstrap's supervisor and the program itself
-            if mode == "rlimits" and uid is None:
-                nproc += _count_processes(os.getuid())
+            if code_file is not None:
+                code_file.write(code.encode("utf-8"))
+                code_file.flush()
+                code_file.seek(0)
+            else:
+                Path(workdir, SCRIPT_NAME).write_text(code, encoding="utf-8")
+                if uid is not None:
+                    for p in (workdir, os.path.join(workdir, SCRIPT_NAME)):
+                        os.chown(p, uid, uid)
             status_r, status_w = os.pipe()
             open_fds += [status_r, status_w]
-            hidden = _home_dirs()
-            cfg = {
-                "mode": mode,
-                "userns": not root,
-                "workdir": workdir,
-                "python": sys.executable,
-                "script": SCRIPT_NAME,
-                "uid": uid,
-                "env": _sandbox_env(workdir),
-                "status_fd": status_w,
-                "hide": hidden,
-                "expose": _exposed(hidden),
-                "limits": {"as": self.memory_mb * 2**20, "cpu": cpu, "fsize": self.file_size_mb * 2**20, "nproc": nproc},
-            }
+            cfg = self._config(mode, root, uid, workdir, status_w, code_file.fileno() if code_file else None)
             argv = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(cfg)]
             if mode == "bwrap":
                 argv = self._bwrap_argv(cfg, root) + argv
@@ -194,7 +232,38 @@ class Sandbox:
         finally:
             for fd in open_fds:
                 os.close(fd)
-            shutil.rmtree(workdir, ignore_errors=True)
+            if code_file is not None:
+                code_file.close()
+            if hostdir is not None:
+                shutil.rmtree(hostdir, ignore_errors=True)
+
+    def _config(self, mode: str, root: bool, uid: int | None, workdir: str, status_fd: int,
+                code_fd: int | None) -> dict:
+        """What the bootstrap needs (passed as JSON on its command line)."""
+        from tirgrpo.tir.sandbox.seccomp import build_filter
+
+        cpu = max(1, math.ceil(self.timeout_s)) + 1
+        nproc = self.max_processes + 2  # + the bootstrap's supervisor and the program itself
+        if mode == "rlimits" and uid is None:
+            nproc += _count_processes(os.getuid())
+        hidden = _hidden_dirs()
+        bpf = build_filter()
+        return {
+            "mode": mode,
+            "userns": not root,
+            "workdir": workdir,
+            "python": sys.executable,
+            "script": SCRIPT_NAME,
+            "uid": uid,
+            "env": _sandbox_env(workdir),
+            "status_fd": status_fd,
+            "code_fd": code_fd,
+            "hide": hidden,
+            "expose": _exposed(hidden),
+            "disk_bytes": self.disk_mb * 2**20,
+            "seccomp": base64.b64encode(bpf).decode() if bpf else "",
+            "limits": {"as": self.memory_mb * 2**20, "cpu": cpu, "fsize": self.file_size_mb * 2**20, "nproc": nproc},
+        }
 
     @staticmethod
     def _bwrap_argv(cfg: dict, root: bool) -> list[str]:
@@ -204,19 +273,21 @@ class Sandbox:
         # to switch to the sandbox uid; otherwise a user namespace gives the isolation.
         if not root:
             argv.append("--unshare-user")
-        argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                 "--perms", "1777", "--size", str(cfg["disk_bytes"]), "--tmpfs", "/tmp"]
         for d in cfg["hide"]:
             argv += ["--tmpfs", d]
+        covers = cfg["hide"] + ["/tmp"]
         for p in cfg["expose"]:
             # Folders bwrap creates on the way are 0700 by default: the sandbox uid must pass.
-            hidden_root = next(d for d in cfg["hide"] if p.startswith(d + "/"))
+            hidden_root = next(d for d in covers if p == d or p.startswith(d + "/"))
             parts = Path(p).relative_to(hidden_root).parts
             for i in range(1, len(parts)):
                 argv += ["--perms", "0755", "--dir", str(Path(hidden_root, *parts[:i]))]
             argv += ["--ro-bind", p, p]
         for d in cfg["hide"]:
             argv += ["--remount-ro", d]
-        argv += ["--bind", cfg["workdir"], cfg["workdir"], "--chdir", cfg["workdir"], "--clearenv"]
+        argv += ["--clearenv"]
         for k, v in cfg["env"].items():
             argv += ["--setenv", k, v]
         argv.append("--")
@@ -227,7 +298,8 @@ class Sandbox:
         start = time.monotonic()
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(status_w,), start_new_session=True, env=cfg["env"], close_fds=True,
+            pass_fds=tuple(fd for fd in (status_w, cfg["code_fd"]) if fd is not None),
+            start_new_session=True, env=cfg["env"], close_fds=True,
         )
         open_fds.remove(status_w)
         os.close(status_w)
@@ -362,12 +434,41 @@ def available_modes() -> list[str]:
         return list(_probed)
 
 
-def best_mode() -> str:
-    """The strongest mode that works here ("rlimits" when no namespaces can be made)."""
+def mode_choice() -> tuple[str, str]:
+    """(the mode `auto` picks here, why): the first that works of bwrap, namespaces; else rlimits."""
     env = os.environ.get("TIRGRPO_SANDBOX_MODE")
     if env:
-        return env
+        return env, "set by the environment variable TIRGRPO_SANDBOX_MODE"
     modes = available_modes()
-    return modes[0] if modes else "rlimits"
+    if "bwrap" in modes:
+        return "bwrap", "bubblewrap works here"
+    if modes:
+        return modes[0], f"bubblewrap does not work here: {probe_errors.get('bwrap', '?')}"
+    return "rlimits", (f"no namespaces can be made here (bwrap: {probe_errors.get('bwrap', '?')}; "
+                       f"namespaces: {probe_errors.get('namespaces', '?')})")
 
 
+def best_mode() -> str:
+    """The strongest mode that works here ("rlimits" when no namespaces can be made)."""
+    return mode_choice()[0]
+
+
+def describe_choice() -> str:
+    """One line: the mode `auto` picks and why, and whether the seccomp filter is on."""
+    from tirgrpo.tir.sandbox.seccomp import unavailable_reason
+
+    mode, why = mode_choice()
+    missing = unavailable_reason()
+    return f"sandbox mode {mode} ({why}); seccomp filter {'off: ' + missing if missing else 'on'}"
+
+
+_announced: list[bool] = []
+
+
+def _announce_once() -> None:
+    """Say on stderr, once per process, which mode `auto` picked and why."""
+    with _probe_lock:
+        if _announced:
+            return
+        _announced.append(True)
+    print(f"tirgrpo: {describe_choice()}", file=sys.stderr)
