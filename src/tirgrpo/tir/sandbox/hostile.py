@@ -25,6 +25,79 @@ class HostileCase:
     code: str
 
 
+_DISK_FILL = """import os
+total, errors = 0, []
+block = b'x' * (1 << 20)
+for d in ('.', '/tmp'):
+    for i in range(128):
+        try:
+            with open(os.path.join(d, 'fill%d' % i), 'wb') as f:
+                for _ in range(16):
+                    f.write(block)
+                    total += len(block)
+        except OSError as e:
+            errors.append(e.errno)
+            break
+print('written_mb', total >> 20, 'errnos', errors)
+"""
+
+_READ_PROJECT = """import os
+found = []
+for p in [%r, %r]:
+    try:
+        open(p, 'rb').read()
+        found.append(p)
+    except OSError:
+        pass
+for d, name in [(%r, 'pyproject.toml'), ('/tmp', %r)]:
+    try:
+        if name in os.listdir(d):
+            found.append(d)
+    except OSError:
+        pass
+print('FOUND' if found else 'nothing', found)
+"""
+
+_NESTED = """import ctypes, os, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+done = []
+for name, flag in [('user', 0x10000000), ('mount', 0x20000), ('net', 0x40000000), ('pid', 0x20000000)]:
+    if libc.unshare(flag) == 0:
+        done.append('unshare ' + name)
+if libc.mount(b'tmpfs', b'/tmp', b'tmpfs', 0, None) == 0:
+    done.append('mount')
+if libc.ptrace(16, os.getppid(), 0, 0) == 0:
+    done.append('ptrace')
+try:
+    if subprocess.run(['unshare', '-Ur', 'true'], capture_output=True).returncode == 0:
+        done.append('unshare -Ur')
+except OSError:
+    pass
+print('ESCAPED' if done else 'refused', done)
+"""
+
+_PROC = """import os
+found = []
+if %d in [int(e) for e in os.listdir('/proc') if e.isdigit()]:
+    found.append('sees the caller pid')
+for p in ['/proc/1/root' + %r, '/proc/%d/root' + %r, '/proc/%d/environ', '/proc/1/environ']:
+    try:
+        if %r in open(p, 'rb').read():
+            found.append(p)
+    except OSError:
+        pass
+for p, data in [('/proc/sys/kernel/hostname', 'pwned'), ('/proc/sysrq-trigger', 'h'),
+                ('/proc/self/oom_score_adj', '-1000')]:
+    try:
+        with open(p, 'w') as f:
+            f.write(data)
+        found.append('wrote ' + p)
+    except OSError:
+        pass
+print('FOUND' if found else 'nothing', found)
+"""
+
+
 def hostile_cases(ctx: dict) -> list[HostileCase]:
     """The hostile programs of the self test. `ctx` fills in host-side facts (paths, ports, pids)."""
     return [
@@ -60,6 +133,16 @@ def hostile_cases(ctx: dict) -> list[HostileCase]:
                     "import os, signal\nfor pid in (os.getppid(), %d):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
                     "        print('killed', pid)\n    except OSError as e:\n        print('refused', pid, type(e).__name__)\n"
                     % ctx["decoy_pid"]),
+        HostileCase("disk fill", f"write 2 GB in the working directory and /tmp (limit {ctx['disk_mb']} MB)",
+                    _DISK_FILL),
+        HostileCase("read project", "read the project tree and a file in the host's /tmp",
+                    _READ_PROJECT % (ctx["project_file"], ctx["host_tmp_file"], os.path.dirname(ctx["project_file"]),
+                                     os.path.basename(ctx["host_tmp_file"]))),
+        HostileCase("nested namespaces", "unshare user/mount/net/pid namespaces, mount, ptrace the parent",
+                    _NESTED),
+        HostileCase("/proc escapes", "reach the host through /proc (pids, root links, environ, sysctl)",
+                    _PROC % (ctx["decoy_pid"], ctx["host_tmp_file"], ctx["decoy_pid"], ctx["host_tmp_file"],
+                             ctx["decoy_pid"], ctx["secret"].encode())),
         HostileCase("error traceback", "NameError; the traceback must not show temp paths",
                     "def f():\n    return undefined_name\nf()\n"),
         HostileCase("syntax error", "SyntaxError; the message must not show temp paths", "print(1 +\n"),
@@ -96,11 +179,31 @@ def _judge(case: HostileCase, r: SandboxResult, ctx: dict) -> tuple[bool, str]:
         decoy_ok = ctx["decoy_alive"]
         return decoy_ok, (f"caller's process untouched; sandbox: {r.stdout.strip().replace(chr(10), '; ')[:70]}"
                           if decoy_ok else "killed a process outside the sandbox")
+    if case.name == "disk fill":
+        words = r.stdout.split()
+        written = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+        capped = written is not None and written <= ctx["disk_mb"] + 16 and "28" in r.stdout  # ENOSPC
+        return capped, (f"private tmpfs full at {written} MB (ENOSPC)" if capped else f"not capped: {r.stdout[:80]}")
+    if case.name in ("read project", "/proc escapes"):
+        hidden = r.stdout.startswith("nothing")
+        return hidden, "not visible in the sandbox" if hidden else r.stdout[:100]
+    if case.name == "nested namespaces":
+        refused = r.stdout.startswith("refused")
+        return refused, "seccomp filter: EPERM" if refused else r.stdout[:100]
     if case.name in ("error traceback", "syntax error"):
         expected = "NameError" if case.name == "error traceback" else "SyntaxError"
         clean = "tirgrpo-sandbox-" not in r.stderr and tempfile.gettempdir() + "/" not in r.stderr
         return expected in r.stderr and clean and 'File "main.py"' in r.stderr, "traceback shows main.py, no temp path"
     raise AssertionError(case.name)
+
+
+def _project_file() -> str:
+    """A file of the project tree the sandbox must not see: the checkout's pyproject.toml, else
+    one in the caller's working directory."""
+    root = Path(__file__).resolve().parents[4]
+    if (root / "pyproject.toml").is_file():
+        return str(root / "pyproject.toml")
+    return os.path.join(os.getcwd(), "pyproject.toml")
 
 
 def _find_processes(token: str) -> int:
@@ -132,8 +235,11 @@ def selftest(sandbox: Sandbox, out=sys.stdout) -> tuple[int, int, list[tuple[str
         "token": token, "secret": secret, "port": listener.getsockname()[1], "decoy_pid": decoy.pid,
         "home_target": os.path.join(home, f".tirgrpo-selftest-{token}"),
         "tmp_target": os.path.join(tempfile.gettempdir(), f"tirgrpo-selftest-{token}"),
-        "max_processes": sandbox.max_processes,
+        "max_processes": sandbox.max_processes, "disk_mb": sandbox.disk_mb,
+        "project_file": _project_file(),
+        "host_tmp_file": os.path.join(tempfile.gettempdir(), f"tirgrpo-selftest-host-{token}"),
     }
+    Path(ctx["host_tmp_file"]).write_text(secret)
     old_secret = os.environ.get("TIRGRPO_SELFTEST_SECRET")
     os.environ["TIRGRPO_SELFTEST_SECRET"] = secret
     rows = []
@@ -157,6 +263,7 @@ def selftest(sandbox: Sandbox, out=sys.stdout) -> tuple[int, int, list[tuple[str
                 if os.path.exists(p):
                     os.unlink(p)
     finally:
+        Path(ctx["host_tmp_file"]).unlink(missing_ok=True)
         listener.close()
         decoy.kill()
         decoy.wait()
