@@ -10,7 +10,7 @@ import tirgrpo.data.limits as limits
 from tirgrpo.cli import main
 from tirgrpo.data.gsm8k import read_gsm8k
 from tirgrpo.data.limits import drop_duplicates, text_problem
-from tirgrpo.data.records import read_examples, read_seed_csv, read_transcripts, write_examples
+from tirgrpo.data.records import read_examples, read_seed_csv, read_transcripts
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.score.records import read_records
 

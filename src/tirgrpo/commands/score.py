@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
-
-from tirgrpo.score.records import OPTIONAL_FIELDS, read_records  # noqa: F401 (read_records: the reader)
+from tirgrpo.score.records import read_records
 
 
 def check_records(records: list[dict], locations: list[str], reward_set: str) -> None:

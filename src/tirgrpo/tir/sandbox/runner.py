@@ -354,42 +354,49 @@ class Sandbox:
             proc.stdout.close()
             proc.stderr.close()
         wall = time.monotonic() - start
+        return _result(proc.returncode, captures[proc.stdout], captures[proc.stderr], b"".join(status_chunks),
+                       killed_by, timed_out, wall, cfg["workdir"], mode)
 
-        exit_code, status = None, None
-        for line in b"".join(status_chunks).splitlines():
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "setup_error" in message:
-                # The bootstrap could not build the sandbox (before any of the code ran): this
-                # machine's problem, not a result of the code.
-                raise SandboxUnavailable(f"sandbox mode {mode}: setup failed: {message['setup_error']}")
-            status = message.get("status", status)
-        if status is not None and not timed_out and killed_by != "output":
-            raw = status
-            if os.WIFEXITED(raw):
-                exit_code = os.WEXITSTATUS(raw)
-            elif os.WIFSIGNALED(raw):
-                sig = os.WTERMSIG(raw)
-                exit_code = -sig
-                killed_by = {signal.SIGXCPU: "cpu", signal.SIGXFSZ: "file-size"}.get(sig, f"signal {signal.Signals(sig).name}")
-        elif killed_by is None and proc.returncode not in (0, None):
-            # No status: the bootstrap failed or was killed (e.g. by the program).
-            killed_by = f"supervisor exit {proc.returncode}"
 
-        texts = {}
-        truncated = False
-        for name, f in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-            text, cut_bytes = captures[f].text()
-            text, cut_chars = truncate_output(clean_paths(text, cfg["workdir"]))
-            texts[name] = text
-            truncated = truncated or cut_bytes or cut_chars
-        if killed_by is None and exit_code not in (0, None) and _last_line(texts["stderr"]).startswith("MemoryError"):
-            killed_by = "memory"
-        ok = exit_code == 0 and killed_by is None
-        return SandboxResult(ok, exit_code, texts["stdout"], texts["stderr"], timed_out, killed_by, truncated,
-                             round(wall, 3), mode)
+def _result(returncode: int | None, out: _Capture, err: _Capture, status_bytes: bytes, killed_by: str | None,
+            timed_out: bool, wall: float, workdir: str, mode: str) -> SandboxResult:
+    """The SandboxResult of one execution from what the supervisor saw (the bootstrap's status
+    lines, the captured streams, why it was stopped)."""
+    exit_code, status = None, None
+    for line in status_bytes.splitlines():
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "setup_error" in message:
+            # The bootstrap could not build the sandbox (before any of the code ran): this
+            # machine's problem, not a result of the code.
+            raise SandboxUnavailable(f"sandbox mode {mode}: setup failed: {message['setup_error']}")
+        status = message.get("status", status)
+    if status is not None and not timed_out and killed_by != "output":
+        raw = status
+        if os.WIFEXITED(raw):
+            exit_code = os.WEXITSTATUS(raw)
+        elif os.WIFSIGNALED(raw):
+            sig = os.WTERMSIG(raw)
+            exit_code = -sig
+            killed_by = {signal.SIGXCPU: "cpu", signal.SIGXFSZ: "file-size"}.get(sig, f"signal {signal.Signals(sig).name}")
+    elif killed_by is None and returncode not in (0, None):
+        # No status: the bootstrap failed or was killed (e.g. by the program).
+        killed_by = f"supervisor exit {returncode}"
+
+    texts = {}
+    truncated = False
+    for name, capture in (("stdout", out), ("stderr", err)):
+        text, cut_bytes = capture.text()
+        text, cut_chars = truncate_output(clean_paths(text, workdir))
+        texts[name] = text
+        truncated = truncated or cut_bytes or cut_chars
+    if killed_by is None and exit_code not in (0, None) and _last_line(texts["stderr"]).startswith("MemoryError"):
+        killed_by = "memory"
+    ok = exit_code == 0 and killed_by is None
+    return SandboxResult(ok, exit_code, texts["stdout"], texts["stderr"], timed_out, killed_by, truncated,
+                         round(wall, 3), mode)
 
 
 def _last_line(text: str) -> str:
