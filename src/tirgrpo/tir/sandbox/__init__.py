@@ -2,13 +2,15 @@
 
 Every execution gets a new temporary working directory, its own process group, a wall-clock
 timeout, CPU / address-space / file-size / process-count limits, no network, a scrubbed
-environment, and incrementally read, truncated output; the whole process group (and, where
-namespaces are available, the whole PID namespace) is killed when it ends.
+environment, a seccomp filter (seccomp.py), and incrementally read, truncated output; the whole
+process group (and, where namespaces are available, the whole PID namespace) is killed when it
+ends. With namespaces, /tmp and the working directory are a private size-capped tmpfs, and home
+folders, the project tree and the host's temporary folders are hidden.
 
 Three modes, chosen automatically (the first that works here) or with `mode=`:
 
-- `bwrap`: bubblewrap (Debian package `bubblewrap`) builds the namespaces and the read-only
-  file system view; our bootstrap then applies the limits inside it.
+- `bwrap`: bubblewrap (Debian package `bubblewrap`, 0.7+) builds the namespaces and the
+  read-only file system view; our bootstrap then applies the limits inside it.
 - `namespaces`: the same with the kernel directly (`unshare` of user/mount/network/PID/IPC/UTS
   namespaces and a read-only remount of every mount), no extra package.
 - `rlimits`: no namespaces can be created (e.g. a container without privileges): only the
@@ -19,7 +21,9 @@ Which guarantees hold in each mode is written down in docs/security.md. As root,
 under a fresh, unused uid per execution: the kernel exempts uid 0 from RLIMIT_NPROC, so only a
 non-root uid makes the process limit (fork bombs) real.
 
-The bootstrap (`_BOOT`) is a stdlib-only script that runs in the child before the user's code;
+Modules: `runner` (the host side: `Sandbox`, mode choice), `boot` (`BOOT`, the bootstrap),
+`seccomp` (the filter), `output` (`SandboxResult`, truncation), `hostile` (the self test).
+The bootstrap (`BOOT`) is a stdlib-only script that runs in the child before the user's code;
 it is a string, not a module, because it runs under `python -I -S` where the package may not
 be importable.
 """

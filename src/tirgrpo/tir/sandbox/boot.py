@@ -12,7 +12,7 @@ importable.
 # ends it reports the wait status on the status pipe and exits, which (PID 1) kills whatever the
 # program left running.
 BOOT = r'''
-import ctypes, json, os, resource, signal, sys
+import base64, ctypes, json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -105,7 +105,6 @@ def install_filter():
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
     if not cfg["seccomp"]:
         return
-    import base64
     data = base64.b64decode(cfg["seccomp"])
     buf = ctypes.create_string_buffer(data, len(data))
     class Prog(ctypes.Structure):
