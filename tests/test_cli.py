@@ -155,3 +155,10 @@ def test_console_help_without_importing_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage: tirgrpo" in proc.stdout
+
+
+def test_missing_dependency_of_a_command_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "fake", ("tirgrpo_no_such_module_x", "a test command"))
+    assert main(["fake"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the command" in err and "tirgrpo_no_such_module_x" in err and "Traceback" not in err

@@ -63,7 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
-    parser = _build_parser(command)
+    try:
+        parser = _build_parser(command)
+    except ImportError as e:  # a missing dependency of that command: say which, no traceback
+        if "--debug" in argv:
+            raise
+        print(f"tirgrpo {command}: error: cannot load the command: {type(e).__name__}: {e} "
+              f"(is tirgrpo installed with its dependencies? pip install -e .)", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
