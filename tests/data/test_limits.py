@@ -123,3 +123,15 @@ def test_gsm8k_and_score_drop_duplicates(tmp_path, capsys):
     assert len((tmp_path / "s.out.jsonl").read_text().splitlines()) == 2
     assert main(["score", "--input", str(src), "--out", str(tmp_path / "s.out.jsonl"), "--keep-duplicates"]) == 0
     assert len((tmp_path / "s.out.jsonl").read_text().splitlines()) == 3
+
+
+def test_generate_problems_and_sft_targets_follow_the_policy(tmp_path):
+    from tirgrpo.tir.generate import read_problems
+    from tirgrpo.train.sft import read_targets
+
+    p = tmp_path / "problems.csv"
+    p.write_text("id,problem,answer\na,what\x00is it,1\n", encoding="utf-8")
+    with pytest.raises(TirgrpoError, match=r"row 1.*U\+0000"):
+        read_problems(p)
+    with pytest.raises(TirgrpoError, match=r"line 1, field 'completion'.*U\+0000"):
+        read_targets(str(jsonl(tmp_path / "t.jsonl", [{"prompt": "p", "completion": "c\x00"}])))

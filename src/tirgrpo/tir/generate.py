@@ -66,7 +66,10 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     Accepted column names: id or problem_id; problem or question; answer or correct_answer.
     Answers must be integers; an empty answer cell means unknown.
     """
+    from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
+
     path = Path(path)
+    check_file_size(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -89,7 +92,11 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     try:
         for row_no, row in enumerate(reader, start=1):
             where = f"problems file {path}, row {row_no} (after the header)"
+            check_row_count(row_no, path)
             pid, question = (row.get(id_col) or "").strip(), (row.get(q_col) or "").strip()
+            problem = text_problem(question) or text_problem(pid)
+            if problem:
+                raise TirgrpoError(f"{where}: {q_col if text_problem(question) else id_col} {problem}")
             if not pid:
                 raise TirgrpoError(f"{where}: empty {id_col}")
             if pid in seen:

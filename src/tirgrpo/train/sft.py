@@ -77,6 +77,7 @@ def completion_target_ids(completion: str, tokenizer, append_eos: bool, code_sto
 
 def read_targets(path: str) -> list[tuple[str, str]]:
     """(prompt, completion) pairs of a target-completions JSONL file (see `SFTConfig.targets`)."""
+    from tirgrpo.data.limits import text_problem
     from tirgrpo.data.records import iter_jsonl
 
     pairs = []
@@ -86,6 +87,9 @@ def read_targets(path: str) -> list[tuple[str, str]]:
         for key in ("prompt", "completion"):
             if not isinstance(obj.get(key), str) or not obj[key].strip():
                 raise TirgrpoError(f"{path}, line {n}, field {key!r}: must be a non-empty string")
+            problem = text_problem(obj[key])
+            if problem:
+                raise TirgrpoError(f"{path}, line {n}, field {key!r}: {problem}")
         pairs.append((obj["prompt"], obj["completion"]))
     if not pairs:
         raise TirgrpoError(f"{path}: no target completions")
