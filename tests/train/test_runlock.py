@@ -56,6 +56,9 @@ def test_same_process_second_lock_refused_and_release_reopens(tmp_path):
         RunLock(tmp_path / "run").acquire()
     lock.release()
     assert not (tmp_path / "run").exists()  # made by the lock, nothing else written: removed again
+    with RunLock(tmp_path / "runs" / "a" / "b"):
+        pass
+    assert not (tmp_path / "runs").exists()  # and the parents it made
 
 
 def test_existing_folder_and_its_files_are_kept(tmp_path):

@@ -32,12 +32,15 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self.fd: int | None = None
         self.created_dir = False
+        self.created: list[Path] = []
 
     def acquire(self) -> "RunLock":
         """Take the lock or raise TirgrpoError naming the pid that holds it."""
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise TirgrpoError(f"run folder {self.run_dir} exists and is not a folder")
         self.created_dir = not self.run_dir.exists()
+        # The folders this lock makes (the run folder and missing parents), innermost first.
+        self.created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -65,7 +68,8 @@ class RunLock:
         try:
             if self.created_dir and [p.name for p in self.run_dir.iterdir()] == [LOCK_NAME]:
                 self.path.unlink()
-                self.run_dir.rmdir()
+                for folder in self.created:
+                    folder.rmdir()  # fails (and stops) at a folder something else wrote into
         except OSError:
             pass  # a folder someone else wrote into in the meantime stays
         finally:
