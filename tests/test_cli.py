@@ -106,8 +106,45 @@ def test_error_from_any_command_module(monkeypatch, capsys):
     assert main(["fake", "--what", "interrupt"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert main(["fake", "--what", "ok"]) == 0
+
+
+def _fake_command(monkeypatch, exc):
+    fake = types.ModuleType("tirgrpo_fake_cmd")
+    fake.add_arguments = lambda p: None
+
+    def run(args):
+        raise exc
+
+    fake.run = run
+    monkeypatch.setitem(sys.modules, "tirgrpo_fake_cmd", fake)
+    monkeypatch.setitem(cli.COMMANDS, "fake", ("tirgrpo_fake_cmd", "a test command"))
+
+
+def test_unexpected_error_is_one_line_and_a_log_file(monkeypatch, capsys, tmp_path):
+    """A bug prints one line and where the full traceback went; --debug re-raises it."""
+    monkeypatch.setenv("TIRGRPO_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.delenv("TIRGRPO_DEBUG", raising=False)
+    _fake_command(monkeypatch, RuntimeError("a real bug\nsecond line"))
+    assert main(["fake"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    first, second = err.strip().split("\n")
+    assert first == "tirgrpo fake: internal error: RuntimeError: a real bug"
+    (log,) = (tmp_path / "logs").iterdir()
+    assert str(log) in second and "--debug" in second
+    text = log.read_text()
+    assert "Traceback" in text and "RuntimeError: a real bug" in text and "tirgrpo fake" in text
     with pytest.raises(RuntimeError, match="a real bug"):
-        main(["fake", "--what", "bug"])
+        main(["--debug", "fake"])
+    monkeypatch.setenv("TIRGRPO_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        main(["fake"])
+
+
+def test_os_error_is_a_user_error_naming_the_path(monkeypatch, capsys):
+    _fake_command(monkeypatch, PermissionError(13, "Permission denied", "/out/x.jsonl"))
+    assert main(["fake"]) == 2
+    assert capsys.readouterr().err == "tirgrpo fake: error: Permission denied: /out/x.jsonl\n"
 
 
 def test_console_help_without_importing_torch():
@@ -118,3 +155,10 @@ def test_console_help_without_importing_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage: tirgrpo" in proc.stdout
+
+
+def test_missing_dependency_of_a_command_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "fake", ("tirgrpo_no_such_module_x", "a test command"))
+    assert main(["fake"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the command" in err and "tirgrpo_no_such_module_x" in err and "Traceback" not in err

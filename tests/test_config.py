@@ -61,10 +61,10 @@ def test_set_overrides(tmp_path):
 
 
 def test_int_for_float_is_accepted_as_float():
-    cfg = load_config(TrainConfig, None, ["optim.lr=1", "grpo.beta=0", "optim.betas=[1, 0.5]"])
+    cfg = load_config(TrainConfig, None, ["optim.lr=1", "grpo.beta=0", "optim.betas=[0, 0.5]"])
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.grpo.beta == 0.0 and isinstance(cfg.grpo.beta, float)
-    assert cfg.optim.betas == [1.0, 0.5] and isinstance(cfg.optim.betas[0], float)
+    assert cfg.optim.betas == [0.0, 0.5] and isinstance(cfg.optim.betas[0], float)
 
 
 @pytest.mark.parametrize("override,key", [

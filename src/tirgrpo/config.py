@@ -220,6 +220,9 @@ class SystemConfig(ExecutionConfig):
     128 x 128 tiles; CUDA only), `split` (no mask: flash-attention and cuDNN calls merged by
     log-sum-exp; exact on CPU too, fast on CUDA in bf16) or `auto` (split on CUDA in bf16,
     block on CUDA in fp32, dense on CPU; off when `attention` is neither sdpa nor eager)."""
+    ignore_memory_check: bool = False
+    """Run even when the memory estimate says the step cannot fit (CPU: exceeds the RAM; the
+    estimate may be wrong for an unusual model). Off: such a run is refused before it loads."""
 
 
 @dataclass
@@ -411,8 +414,13 @@ def read_config_dict(path: str | Path | None = None, overrides: list[str] | None
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Load dataclass `cls` from a TOML file (optional) with `--set` overrides applied."""
-    return from_dict(cls, read_config_dict(path, overrides))
+    """Load dataclass `cls` from a TOML file (optional) with `--set` overrides applied; every
+    numeric field is checked for range and finiteness (`validate.check_config`)."""
+    from tirgrpo.validate import check_config
+
+    config = from_dict(cls, read_config_dict(path, overrides))
+    check_config(config)
+    return config
 
 
 def to_dict(config: Any) -> dict:

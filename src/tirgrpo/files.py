@@ -1,6 +1,8 @@
 """Atomic file output: write to a temporary name next to the target, then rename.
 
-A crash or an error never leaves a half-written file (or folder) under the final name.
+A crash or an error never leaves a half-written file (or folder) under the final name, and
+`check_output_file` / `check_output_dir` refuse an output that cannot be written before any
+work starts (not after an hour of it).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from tirgrpo.errors import TirgrpoError
 
 
 @contextlib.contextmanager
@@ -64,3 +68,44 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# --------------------------------------------------------------------------- checks before work
+
+
+def _probe_folder(folder: Path, option: str) -> None:
+    """Raise TirgrpoError unless a file can be created in `folder` or, if missing, its nearest
+    existing ancestor (where the missing folders would be made). Creates and removes one file."""
+    here = folder
+    while not here.exists():
+        if here.parent == here:
+            break
+        here = here.parent
+    if not here.is_dir():
+        raise TirgrpoError(f"{option} {folder}: {here} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tirgrpo-write-check.", dir=here)
+    except OSError as e:
+        raise TirgrpoError(f"{option} {folder}: cannot write in {here} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse an output file that cannot be written: a folder in its place or an unwritable
+    folder around it. `option` names the command-line option in the message. Returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise TirgrpoError(f"{option} {path}: is a folder; name the output file instead")
+    _probe_folder(path.parent, option)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse an output folder that cannot be written as a whole (`atomic_dir` builds it next to
+    its final place, so the parent must take new entries). Returns the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TirgrpoError(f"{option} {path}: is a file, not a folder")
+    _probe_folder(path.parent, option)
+    return path

@@ -182,7 +182,7 @@ def test_prepare_pairs_filters_and_splits(tmp_path, capsys):
         "train": (2, 1, 1, 1),
         "eval": (2, 1, 1, 1),
     }
-    assert stats["input_counts"] == {"csv_rows": 6, "transcripts": 2, "transcript_segments": 2}
+    assert stats["input_counts"] == {"csv_rows": 6, "transcripts": 2, "transcript_segments": 2, "duplicate_segments": 0}
     train, held = read_jsonl(out / "train.jsonl"), read_jsonl(out / "eval.jsonl")
     assert {r["question"] for r in train + held} == {"Q1", "Q4"}
     assert len({r["question"] for r in train} & {r["question"] for r in held}) == 0

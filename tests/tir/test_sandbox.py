@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from tirgrpo.tir import sandbox as sb
+from tirgrpo.tir.sandbox import runner
 from tirgrpo.tir.sandbox import Sandbox, SandboxUnavailable, truncate_output
 
 MODES = sb.available_modes()
@@ -42,7 +43,7 @@ def test_ordinary_program(mode):
     lines = r.stdout.splitlines()
     assert lines[0] == "42"
     env = eval(lines[1])
-    assert set(env) <= set(sb._ENV_FIXED) | {"HOME", "TMPDIR", "TZ"}
+    assert set(env) <= set(runner._ENV_FIXED) | {"HOME", "TMPDIR", "TZ"}
     assert lines[2] == "."  # the temporary working directory is not shown
     assert r.output() == r.stdout.rstrip("\n")
 
@@ -57,7 +58,7 @@ def test_hostile_suite(mode, capsys):
     with capsys.disabled():
         print("\n" + buf.getvalue(), end="")
     assert f"{passed} passed, {failed} failed" in buf.getvalue()
-    assert len(rows) == 12
+    assert len(rows) == 16
     assert failed == 0, buf.getvalue()
 
 
@@ -70,7 +71,7 @@ def test_timeout_output_and_result_fields():
 
 
 def test_refuses_without_namespaces(monkeypatch):
-    monkeypatch.setattr(sb, "available_modes", lambda: [])
+    monkeypatch.setattr(runner, "available_modes", lambda: [])
     monkeypatch.delenv("TIRGRPO_SANDBOX_MODE", raising=False)
     with pytest.raises(SandboxUnavailable, match="allow-unsandboxed-network"):
         Sandbox().run("print(1)")
@@ -101,3 +102,48 @@ def test_cli_sandbox_run_missing_file(tmp_path):
     from tirgrpo.cli import main
 
     assert main(["sandbox", "run", str(tmp_path / "nope.py")]) == 2
+
+
+@needs_isolation
+def test_auto_says_which_mode_and_why(monkeypatch, capsys):
+    monkeypatch.delenv("TIRGRPO_SANDBOX_MODE", raising=False)
+    monkeypatch.setattr(runner, "_announced", [])
+    assert Sandbox(timeout_s=10).run("print(1)").ok
+    assert Sandbox(timeout_s=10).run("print(1)").ok
+    err = capsys.readouterr().err
+    assert err.count("tirgrpo: sandbox mode") == 1  # once per process
+    mode, why = sb.mode_choice()
+    assert f"sandbox mode {mode} ({why})" in err and "seccomp filter" in err
+
+
+@needs_isolation
+def test_without_libseccomp_runs_and_says_so(monkeypatch):
+    from tirgrpo.tir.sandbox import seccomp
+
+    monkeypatch.setattr(seccomp, "build_filter", lambda: None)
+    monkeypatch.setattr(seccomp, "unavailable_reason", lambda: "libseccomp's shared library cannot be loaded")
+    assert Sandbox(timeout_s=10).run("print(1)").ok
+    assert "seccomp filter off: libseccomp" in sb.describe_choice()
+
+
+@needs_isolation
+@pytest.mark.parametrize("mode", MODES)
+def test_private_tmp_is_capped_and_host_tmp_invisible(mode, tmp_path):
+    (tmp_path / "host-secret").write_text("s")
+    r = Sandbox(mode=mode, timeout_s=10, disk_mb=8).run(
+        "import os\nprint(os.path.exists(%r), len(os.listdir('/tmp')))\n"
+        "try:\n    open('/tmp/big', 'wb').write(b'x' * (20 << 20))\nexcept OSError as e:\n    print('errno', e.errno)\n"
+        % str(tmp_path / "host-secret"))
+    assert r.stdout.split("\n")[:2] == ["False 1", "errno 28"], r  # only the working directory; ENOSPC
+
+
+@pytest.mark.skipif("bwrap" not in MODES, reason="bubblewrap does not work here")
+def test_bwrap_works_with_a_venv_under_tmp(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    code = ("from tirgrpo.tir.sandbox import Sandbox\n"
+            "r = Sandbox(mode='bwrap', timeout_s=20).run('print(6 * 7)')\nprint(r.stdout.strip(), r.ok)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    p = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.stdout.strip() == "42 True", p.stderr[-2000:]

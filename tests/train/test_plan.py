@@ -64,14 +64,20 @@ def test_what_cannot_fit_is_refused_naming_parts_and_changes(monkeypatch):
     assert "system.optimizer=bf16-stochastic" in msg or "model.lora=true" in msg
 
 
-def test_cpu_never_refuses():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # it warns where the estimate exceeds the RAM
-        plan = P.resolve_plan(seed_config(), torch.device("cpu"))
+def test_cpu_refuses_what_exceeds_the_ram_unless_overridden(monkeypatch):
+    monkeypatch.setattr(P, "device_bytes", lambda device: 4 * P.GiB)  # a 1.5B step needs far more than 4 GiB
+    with pytest.raises(TirgrpoError, match=r"exceeds this machine's 4.0 GiB of RAM"):
+        P.resolve_plan(seed_config(), torch.device("cpu"))
+    with pytest.warns(UserWarning, match="overridden"):
+        plan = P.resolve_plan(seed_config("system.ignore_memory_check=true"), torch.device("cpu"))
     assert plan.dtype == "fp32" and plan.shared_prefix == "dense" and plan.compile_layers is False
     assert plan.kernels == "torch" and plan.micro_batch_tokens == 3072 + 4 * 1024 and plan.memory is not None
+
+
+def test_explicit_budget_too_large_runs_when_the_check_is_overridden(monkeypatch):
+    fake_gpu(monkeypatch, 24)
+    plan = P.resolve_plan(seed_config("system.ignore_memory_check=true", "system.micro_batch_tokens=8192"), CUDA)
+    assert plan.micro_batch_tokens == 8192
 
 
 @pytest.mark.parametrize("override,key", [

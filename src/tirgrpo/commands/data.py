@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tirgrpo.validate import positive_int
+
     sub = parser.add_subparsers(dest="data_command", metavar="DATASET", required=True)
     p = sub.add_parser(
         "gsm8k-verify",
@@ -23,12 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--input", required=True, metavar="PATH", help="GSM8K JSONL, e.g. ../shared/data/gsm8k/train.jsonl")
     p.add_argument("--out", required=True, metavar="FILE", help="output .jsonl or .parquet (written atomically)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N usable questions (2N examples)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="stop after N usable questions (2N examples)")
     p.add_argument("--seed", type=int, default=0, help="seed for the question order and the perturbations (default 0)")
     p.add_argument("--tokenizer", default="r1-distill-qwen", metavar="T",
                    help="tokenizer for the token counts and the prompt limit (default r1-distill-qwen)")
-    p.add_argument("--max-prompt-tokens", type=int, default=400, metavar="N",
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=400, metavar="N",
                    help="drop questions whose prompt (with bos) is longer (default 400)")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="keep repeated questions (same question and answer) instead of dropping them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _gsm8k_verify(args: argparse.Namespace) -> int:
     from tirgrpo.data.gsm8k import build_examples, read_gsm8k
+    from tirgrpo.data.limits import drop_duplicates, report_duplicates
     from tirgrpo.data.records import write_examples
     from tirgrpo.errors import TirgrpoError
     from tirgrpo.data.tokenizer import load_tokenizer
@@ -48,7 +53,11 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         raise TirgrpoError(f"--out {out}: use a .jsonl or .parquet file name")
-    items = read_gsm8k(args.input)
+    from tirgrpo.files import check_output_file
+
+    check_output_file(out)
+    items, duplicates = drop_duplicates(read_gsm8k(args.input), key=lambda qa: qa, keep=args.keep_duplicates)
+    report_duplicates(duplicates, "questions (same question and answer)", args.keep_duplicates)
     tokenizer = load_tokenizer(args.tokenizer)
     examples, counts = build_examples(
         items, tokenizer, limit=args.limit, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens

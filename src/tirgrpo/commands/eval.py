@@ -19,23 +19,25 @@ from tirgrpo.errors import TirgrpoError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from tirgrpo.validate import non_negative_int, positive_int, temperature, unit_interval
+
     p.add_argument("--model", required=True, metavar="PATH|RUN_DIR",
                    help="a model (HF folder, .gguf, smollm2-135m-instruct) or a run folder (its final/ model)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="labelled examples (.jsonl/.parquet or bundled:NAME)")
     src.add_argument("--transcripts", help="transcript JSONL: judge each run at its last code output")
-    p.add_argument("--samples", type=int, default=4, metavar="K", help="completions sampled per example (default 4)")
+    p.add_argument("--samples", type=positive_int, default=4, metavar="K", help="completions sampled per example (default 4)")
     p.add_argument("--selection", action="store_true",
                    help="also compare majority vote, verifier-gated vote and P(submit)-weighted vote per question")
-    p.add_argument("--threshold", type=float, default=0.5, help="P(submit) at which a transcript counts as submitted")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
-    p.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many examples (0 = all)")
-    p.add_argument("--max-prompt-tokens", type=int, default=0, help="drop longer prompts (0 = no limit)")
+    p.add_argument("--threshold", type=unit_interval, default=0.5, help="P(submit) at which a transcript counts as submitted")
+    p.add_argument("--temperature", type=temperature, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
+    p.add_argument("--max-examples", type=non_negative_int, default=0, help="evaluate at most this many examples (0 = all)")
+    p.add_argument("--max-prompt-tokens", type=non_negative_int, default=0, help="drop longer prompts (0 = no limit)")
     p.add_argument("--tokenizer", default="", help="tokenizer name or path (default: the model's own)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--batch-size", type=int, default=64, help="most sequences decoded at once")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="most sequences decoded at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="where to write eval.json (the Markdown goes next to it)")
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tirgrpo.data.limits import text_problem
 from tirgrpo.data.records import Example, iter_jsonl, parse_int_answer
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.data.templates import BRIDGE, CODE_BLOCK_START, GSM8K_CODE_PROMPT, fill
@@ -335,6 +336,9 @@ def read_gsm8k(path: str | Path) -> list[tuple[str, str]]:
         for field in ("question", "answer"):
             if not isinstance(obj.get(field), str) or not obj[field].strip():
                 raise TirgrpoError(f"{path}, line {lineno}, field {field!r}: missing or not a non-empty string")
+            problem = text_problem(obj[field])  # before any tokenizing: a 50 MB field fails at once
+            if problem:
+                raise TirgrpoError(f"{path}, line {lineno}, field {field!r}: {problem}")
         items.append((obj["question"], obj["answer"]))
     return items
 

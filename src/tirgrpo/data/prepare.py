@@ -24,6 +24,7 @@ from tirgrpo.data.records import (
     read_transcripts,
     write_examples,
 )
+from tirgrpo.data.limits import check_file_size
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.data.templates import CODE_BLOCK_START, bridge
 
@@ -78,6 +79,7 @@ def read_inputs(paths: Sequence[str | Path]) -> tuple[list[Segment], dict[str, i
         path = bundled_path(str(spec))
         if not path.is_file():
             raise TirgrpoError(f"input {path}: no such file")
+        check_file_size(path)
         suffix = path.suffix.lower()
         if suffix == ".csv":
             rows = read_seed_csv(path)
@@ -273,6 +275,9 @@ def prepare(
 
 
 def _check_out(out: Path) -> None:
+    from tirgrpo.files import check_output_dir
+
+    check_output_dir(out)
     # The output folder is replaced as a whole; refuse to do that to a folder that is not ours.
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "stats.json").is_file())):
         raise TirgrpoError(f"--out {out} exists and is not an earlier prepare output; choose a new folder")
@@ -280,14 +285,21 @@ def _check_out(out: Path) -> None:
 
 def prepare_folder(inputs: Sequence[str], out: Path, tokenizer_name: str, max_prompt_tokens: int,
                    max_completion_tokens: int, pairing: bool, eval_fraction: float, seed: int,
-                   progress: bool = False) -> tuple[int, int, dict[str, Any]]:
+                   progress: bool = False, keep_duplicates: bool = False) -> tuple[int, int, dict[str, Any]]:
     """`prepare` from input files to OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json, written
-    in one atomic step after every input is read and checked. Returns (train rows, eval rows, stats)."""
+    in one atomic step after every input is read and checked. Repeated segments are dropped with a
+    count unless `keep_duplicates`. Returns (train rows, eval rows, stats)."""
+    from tirgrpo.data.limits import drop_duplicates, report_duplicates
     from tirgrpo.data.tokenizer import load_tokenizer
     from tirgrpo.files import atomic_dir
 
     _check_out(out)
     segments, read_counts = read_inputs(inputs)
+    segments, duplicates = drop_duplicates(segments, key=lambda s: (s.question, s.prompt, s.completion,
+                                                                     s.correct_answer, s.eventual_answer),
+                                           keep=keep_duplicates)
+    report_duplicates(duplicates, "segments (same question, prompt, completion and answers)", keep_duplicates)
+    read_counts["duplicate_segments"] = duplicates
     if not segments:
         raise TirgrpoError(f"no segments found in {inputs}")
     tokenizer = load_tokenizer(tokenizer_name)

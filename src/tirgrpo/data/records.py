@@ -20,13 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_path
 from tirgrpo.data.templates import fields as template_fields
 
-# A text field over this size is refused: no real prompt is this long, and a huge field is far
-# more likely a broken quote in a CSV swallowing the rest of the file.
-MAX_FIELD_CHARS = 10_000_000
 
 LABELS = ("correct", "wrong")
 
@@ -45,7 +43,10 @@ def parse_int_answer(value: Any) -> int | None:
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else None
     if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
-        return int(value.strip().split(".")[0])
+        try:
+            return int(value.strip().split(".")[0])
+        except ValueError:  # over Python's 4,300-digit limit for int(str): no answer is that long
+            return None
     return None
 
 
@@ -186,8 +187,9 @@ class _Row:
             return None
         if not isinstance(value, str):
             raise self.fail(name, f"must be a string, got {type(value).__name__}")
-        if len(value) > MAX_FIELD_CHARS:
-            raise self.fail(name, f"is {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,}")
+        problem = text_problem(value)
+        if problem:
+            raise self.fail(name, problem)
         if not allow_empty and not value.strip():
             raise self.fail(name, "is empty")
         return value
@@ -210,7 +212,7 @@ class _Row:
     def integer(self, field: str, minimum: int) -> int:
         value = self.get(field)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(field, f"must be an integer, got {value!r}")
+            raise self.fail(field, f"must be an integer, got {value!r:.80}")
         if value < minimum:
             raise self.fail(field, f"must be >= {minimum}, got {value}")
         return value
@@ -223,7 +225,7 @@ def _example_from_dict(row: _Row) -> Example:
     eventual = row.answer("eventual_answer", allow_none=True)
     label = row.get("label")
     if label not in LABELS:
-        raise row.fail("label", f"must be one of {LABELS}, got {label!r}")
+        raise row.fail("label", f"must be one of {LABELS}, got {label!r:.80}")
     if label != label_for(correct, eventual):
         raise row.fail(
             "label", f"is {label!r} but correct_answer={correct} and eventual_answer={eventual}"
@@ -246,6 +248,7 @@ def _example_from_dict(row: _Row) -> Example:
 
 def _read_text(path: Path) -> str:
     """The whole file as UTF-8; a bad byte is reported with its line number."""
+    check_file_size(path)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -262,13 +265,19 @@ def _read_text(path: Path) -> str:
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield (1-based line number, parsed JSON value) for each non-blank line of a JSONL file."""
     path = Path(path)
+    rows = 0
     for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
+        rows += 1
+        check_row_count(rows, path)
         try:
-            yield lineno, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as e:
             raise TirgrpoError(f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # an integer of > 4,300 digits; nesting too deep
+            raise TirgrpoError(f"{path}, line {lineno}: not usable JSON ({type(e).__name__}: {e})") from None
+        yield lineno, value
 
 
 def _suffix(path: Path) -> str:
@@ -286,12 +295,15 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
     path = Path(path)
     if _suffix(path) == ".jsonl":
         return [_example_from_dict(_Row(path, f"line {n}", obj)) for n, obj in iter_jsonl(path)]
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_file_size(path)
     try:
         table = pq.read_table(path)
-    except OSError as e:
+    except (OSError, ValueError, pa.ArrowException) as e:  # a truncated or foreign file: ArrowInvalid
         raise TirgrpoError(f"cannot read {path} as Parquet: {e}") from None
+    check_row_count(table.num_rows, path)
     missing = [f for f in EXAMPLE_FIELDS if f not in table.column_names]
     if missing:
         raise TirgrpoError(f"{path}: missing column(s) {missing}")
@@ -355,6 +367,7 @@ def read_seed_csv(path: str | os.PathLike) -> list[Segment]:
         except csv.Error as e:
             raise TirgrpoError(f"{path}, row {row_no + 1} (line {start_line}): malformed CSV ({e})") from None
         row_no += 1
+        check_row_count(row_no, path)
         where = f"row {row_no} (line {start_line})"
         start_line = reader.line_num + 1
         if not values:  # a blank line
@@ -394,10 +407,10 @@ def _turn_from_dict(row: _Row, i: int, obj: Any, last: bool) -> Turn:
         raise row.fail(f"{name}.output", "is null but later turns follow (only the last turn may end without output)")
     finish = obj.get("finish_reason")
     if finish is not None and not isinstance(finish, str):
-        raise row.fail(f"{name}.finish_reason", f"must be a string or null, got {finish!r}")
+        raise row.fail(f"{name}.finish_reason", f"must be a string or null, got {finish!r:.80}")
     wall = obj.get("wall_s")
     if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float)) or wall < 0):
-        raise row.fail(f"{name}.wall_s", f"must be a number >= 0 or null, got {wall!r}")
+        raise row.fail(f"{name}.wall_s", f"must be a number >= 0 or null, got {wall!r:.80}")
     return Turn(text=text, code=code, output=output, finish_reason=finish, wall_s=wall)
 
 
@@ -406,7 +419,9 @@ def _transcript_from_dict(row: _Row) -> Transcript:
         raise row.fail(None, f"must be a JSON object, got {type(row.data).__name__}")
     problem_id = row.get("problem_id")
     if isinstance(problem_id, bool) or not isinstance(problem_id, (str, int)) or str(problem_id).strip() == "":
-        raise row.fail("problem_id", f"must be a non-empty string or an integer, got {problem_id!r}")
+        raise row.fail("problem_id", f"must be a non-empty string or an integer, got {problem_id!r:.80}")
+    if isinstance(problem_id, str):
+        row.text("problem_id")
     bridge = row.text("bridge")
     if template_fields(bridge) != {"output"} or bridge.count("{output}") != 1:
         raise row.fail("bridge", "must contain the field {output} exactly once and no other {field}")

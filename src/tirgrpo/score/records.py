@@ -1,18 +1,19 @@
-"""Completion records to score: read from JSONL or CSV, each checked before anything is scored.
+"""Completion records to score (`tirgrpo score`): read from JSONL or CSV, each checked before anything is scored.
 
-JSONL: one object per line with `completion`, `correct_answer` and optionally
-`finish_reason` (`eos`/`stop`/`length`) and `stop` (the matched stop string); CSV: those
-columns (such as the seed's sample transcripts; an empty cell counts as absent).
+The same limits as every other reader (data/limits.py): file size, row count, field size and
+NUL characters, checked while reading, before anything is tokenized; every error names the
+file, line (or row) and field.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import sys
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
+from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
 from tirgrpo.errors import TirgrpoError
 
 OPTIONAL_FIELDS = ("finish_reason", "stop")
@@ -26,49 +27,78 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise TirgrpoError(f"input file not found: {path}")
+    check_file_size(path)
     try:
-        if path.suffix.lower() == ".csv":
-            return _read_csv(path)
-        return _read_jsonl(path)
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise TirgrpoError(f"{path}: not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise TirgrpoError(f"cannot read {path}: {e.strerror or e}") from None
+    records = _read_csv(path, text) if path.suffix.lower() == ".csv" else _read_jsonl(path, text)
+    if not records:
+        raise TirgrpoError(f"{path}: no records")
+    for where, record in records:
+        _check_strings(record, where)
+    return [r for _, r in records], [where for where, _ in records]
 
 
-def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
+def _check_strings(record: dict, where: str) -> None:
+    """Refuse an over-long or NUL-carrying string anywhere in a record (values of any depth)."""
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in record.items()]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                raise TirgrpoError(f"{where}, field {name!r}: {problem}")
+        elif isinstance(value, dict):
+            stack += [(f"{name}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    for key in record:
+        problem = text_problem(str(key))
+        if problem:
+            raise TirgrpoError(f"{where}: a field name {problem}")
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, dict]]:
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TirgrpoError(f"{path}, line {lineno}: not valid JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise TirgrpoError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append((f"{path}, line {lineno}", record))
-    return _located(records, path)
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        check_row_count(len(records) + 1, path)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TirgrpoError(f"{path}, line {lineno}: not valid JSON ({e})") from None
+        except (ValueError, RecursionError) as e:  # an integer of > 4,300 digits; nesting too deep
+            raise TirgrpoError(f"{path}, line {lineno}: not usable JSON ({type(e).__name__}: {e})") from None
+        if not isinstance(record, dict):
+            raise TirgrpoError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append((f"{path}, line {lineno}", record))
+    return records
 
 
-def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
-    # Transcripts are long: lift the csv module's 128 kB per-field default.
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+def _read_csv(path: Path, text: str) -> list[tuple[str, dict]]:
+    # Transcripts are long: lift the csv module's 128 kB per-field default; our own limit
+    # (checked per field afterwards, naming it) applies instead.
+    csv.field_size_limit(2**31 - 1)
     records = []
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         for n, row in enumerate(reader, start=1):
-            record = dict(row)
+            check_row_count(n, path)
+            where = f"{path}, row {n} (line {reader.line_num})"
+            if None in row:  # more cells than the header has columns
+                raise TirgrpoError(f"{where}: more fields than the header has columns")
+            record = {k: v for k, v in row.items()}
             for key in OPTIONAL_FIELDS:
                 if record.get(key) == "":
                     record[key] = None
-            records.append((f"{path}, row {n} (line {reader.line_num})", record))
-    return _located(records, path)
-
-
-def _located(records: list[tuple[str, dict]], path: Path) -> tuple[list[dict], list[str]]:
-    if not records:
-        raise TirgrpoError(f"{path}: no records")
-    return [r for _, r in records], [where for where, _ in records]
+            records.append((where, record))
+    except csv.Error as e:
+        raise TirgrpoError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from None
+    return records
 
 
 def check_records(records: list[dict], locations: list[str], reward_set: str) -> None:
@@ -83,6 +113,8 @@ def check_records(records: list[dict], locations: list[str], reward_set: str) ->
 
 def summarize(scores: list[dict]) -> str:
     """Mean of each reward and the decision mix, in a few lines."""
+    from collections import Counter
+
     n = len(scores)
     keys = [k for k in scores[0] if k not in ("valid", "decision") and not k.startswith("w_")]
     weights = {k: scores[0][k] for k in scores[0] if k.startswith("w_")}

@@ -31,7 +31,8 @@ from typing import Any
 
 from tirgrpo.data.records import Transcript, Turn, parse_int_answer, transcript_to_dict
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.tir.sandbox import Sandbox, add_sandbox_options, sandbox_from_args
+from tirgrpo.commands.sandbox import add_sandbox_options, sandbox_from_args
+from tirgrpo.tir.sandbox import Sandbox
 from tirgrpo.data.templates import CODE_BLOCK_START, CODE_PROMPT, SEED_BRIDGE, fields, fill
 
 # The server stops at the end of a code block's closing fence ("```" + newline). "```python\n"
@@ -65,7 +66,10 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     Accepted column names: id or problem_id; problem or question; answer or correct_answer.
     Answers must be integers; an empty answer cell means unknown.
     """
+    from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
+
     path = Path(path)
+    check_file_size(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -88,7 +92,11 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     try:
         for row_no, row in enumerate(reader, start=1):
             where = f"problems file {path}, row {row_no} (after the header)"
+            check_row_count(row_no, path)
             pid, question = (row.get(id_col) or "").strip(), (row.get(q_col) or "").strip()
+            problem = text_problem(question) or text_problem(pid)
+            if problem:
+                raise TirgrpoError(f"{where}: {q_col if text_problem(question) else id_col} {problem}")
             if not pid:
                 raise TirgrpoError(f"{where}: empty {id_col}")
             if pid in seen:

@@ -113,9 +113,9 @@ class UpdateStats:
 # --------------------------------------------------------------------------- setup
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool):
-    """The checkpoint to resume from (None for a fresh run); a fresh run's folder is created
-    and cleared of an earlier run's logs (only with `overwrite` when it holds one)."""
+def find_checkpoint(run_dir: Path, resume: bool, overwrite: bool):
+    """The checkpoint to resume from (None for a fresh run). Refuses a fresh run in a folder
+    that holds one, unless `overwrite`. Writes nothing."""
     from tirgrpo.train.checkpoint import latest_checkpoint
 
     if resume:
@@ -126,10 +126,18 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool):
     if (run_dir / "metrics.jsonl").exists() and not overwrite:
         raise TirgrpoError(f"{run_dir} already holds a run; use --resume {run_dir}, --overwrite, "
                            f"or --set run.out_dir=OTHER")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in FRESH_RUN_FILES:
-        (run_dir / stale).unlink(missing_ok=True)
     return None
+
+
+def claim_run_dir(run_dir: Path, resume: bool, config_toml: str, plan_toml: str) -> None:
+    """Write config.toml and plan.toml; a fresh run first clears an earlier run's logs.
+    Called once every refusal is behind us, so a refused run leaves the folder as it was."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for stale in FRESH_RUN_FILES:
+            (run_dir / stale).unlink(missing_ok=True)
+    atomic_write_text(run_dir / "config.toml", config_toml)
+    atomic_write_text(run_dir / "plan.toml", plan_toml)
 
 
 def make_engine(plan: Plan, model, tokenizer):
@@ -168,8 +176,9 @@ def load_models(cfg: TrainConfig, plan: Plan, device: torch.device):
 
 
 def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: bool) -> Session:
-    """Resolve (or, resuming, read) the plan, write config.toml and plan.toml, then load
-    everything the loop needs. Nothing loads before the plan is known to fit."""
+    """Resolve (or, resuming, read) the plan, load everything the loop needs, then write
+    config.toml and plan.toml. Nothing loads before the plan is known to fit, and nothing is
+    written before every refusal (config, memory, data, model) is behind us."""
     from tirgrpo.data.prompts import load_prompts
     from tirgrpo.data.tokenizer import load_tokenizer
     from tirgrpo.train.checkpoint import load_checkpoint
@@ -181,7 +190,7 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     if cfg.rollout.group_size < 2:
         raise TirgrpoError("rollout.group_size must be >= 2: advantages compare samples within a group")
     run_dir = Path(cfg.run.out_dir)
-    ckpt = prepare_run_dir(run_dir, resume, overwrite)
+    ckpt = find_checkpoint(run_dir, resume, overwrite)
     recorded = run_dir / "plan.toml"
     if resume and not recorded.is_file():  # a run folder of an older tirgrpo, before plans were recorded
         print(f"note: {recorded} is missing; resolving the plan again for this resume")
@@ -189,8 +198,6 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     print(describe_plan(plan))
     config_toml = dumps_toml(to_dict(cfg) if requested is None else requested)
     plan_toml = plan_to_toml(plan)
-    atomic_write_text(run_dir / "config.toml", config_toml)
-    atomic_write_text(run_dir / "plan.toml", plan_toml)
 
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
@@ -205,6 +212,7 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
                       master_fp32=plan.master_fp32, bf16_update=plan.bf16_update, seed=cfg.run.seed)
     engine = make_engine(plan, model, tokenizer)
     progress = Progress(**load_checkpoint(ckpt, model, optimizer)) if ckpt is not None else Progress()
+    claim_run_dir(run_dir, resume, config_toml, plan_toml)
     log = RunLog(run_dir, cfg.run.tensorboard, resume_step=progress.step if resume else None)
     return Session(cfg, plan, run_dir, device, config_toml, plan_toml, tokenizer, train_prompts, eval_prompts, model,
                    ref_model, optimizer, engine, progress, log, last_save=progress.step,
@@ -422,8 +430,21 @@ def train(cfg: TrainConfig, requested: dict | None = None, resume: bool = False,
     """Run GRPO as configured; returns the summary (eval before/after, paths).
 
     requested: what the user asked (the config file plus `--set`, as a dict), written as
-    RUN_DIR/config.toml; None writes `cfg` whole. `cfg` is never changed.
+    RUN_DIR/config.toml; None writes `cfg` whole. `cfg` is never changed. The run folder is
+    locked for the run's life (one writer per folder); a refused run leaves nothing in it.
     """
+    from tirgrpo.train.model import check_model_source, resolve_init
+    from tirgrpo.train.runlock import RunLock
+    from tirgrpo.validate import check_config
+
+    check_config(cfg)  # configs built in code skip load_config's check
+    check_model_source(resolve_init(cfg.model).name_or_path)
+    with RunLock(cfg.run.out_dir):
+        return run_loop(cfg, requested, resume, overwrite)
+
+
+def run_loop(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: bool) -> dict:
+    """setup -> (rollout and score -> update x num_iterations -> log) until total_steps -> finish."""
     from tqdm import tqdm
 
     s = setup(cfg, requested, resume, overwrite)

@@ -95,8 +95,33 @@ def _from_pretrained_kwargs(name: str) -> tuple[str, dict]:
         if not (p / "config.json").is_file():
             raise TirgrpoError(f"{p} is a folder without config.json: not a Hugging Face model folder")
         return str(p), {}
+    check_model_source(name)
     # A hub id: only from the local cache; this project never needs the network.
     return name, {"local_files_only": True}
+
+
+def check_model_source(name: str) -> None:
+    """Raise TirgrpoError when `name` (model.name_or_path) names nothing that can be loaded.
+
+    Known names, `random:SHAPE`, existing files and folders pass. Anything that reads as a
+    path (absolute, relative with ./ or ~, more than one "/", a .gguf) and does not exist is
+    named as a missing path; a plain `owner/name` must be in the local Hugging Face cache,
+    since this project never downloads. Reads nothing but the file system.
+    """
+    if name == "smollm2-135m-instruct" or name.startswith("random:") or Path(name).expanduser().exists():
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith(".gguf") or not name.strip():
+        raise TirgrpoError(f"model path {name!r} does not exist")
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        hit = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:
+        hit = None
+    if not isinstance(hit, str):
+        raise TirgrpoError(f"model {name!r}: no such file or folder, and not a Hugging Face id in the "
+                           f"local cache (nothing is downloaded)")
 
 
 def build_random_model(shape: str, dtype: torch.dtype, attn_implementation: str = "sdpa", seed: int = 0,

@@ -243,14 +243,17 @@ def fit_memory(cfg: TrainConfig, plan: Plan, device: torch.device, requested: in
     available = device_bytes(device)
     if device.type == "cuda" and not fits(shape, wl, available):
         budget = pick_micro_batch_tokens(shape, wl, available)  # 0: not even one sequence per pass fits
-        if requested >= 0 or not budget:
+        if requested < 0 and budget:  # auto: lowered to what fits
+            plan = dataclasses.replace(plan, micro_batch_tokens=budget)
+            wl = dataclasses.replace(wl, micro_batch_tokens=budget)
+        elif not cfg.system.ignore_memory_check:
             refuse(shape, wl, available, device, budget)
-        plan = dataclasses.replace(plan, micro_batch_tokens=budget)
-        wl = dataclasses.replace(wl, micro_batch_tokens=budget)
     est = estimate(shape, wl)
-    if device.type != "cuda" and available and est["peak"] > available:
-        warnings.warn(f"memory: the estimated peak exceeds this machine's {available / GiB:.1f} GiB of RAM: "
-                      f"train {describe(est['train'])}; rollout {describe(est['rollout'])}", stacklevel=3)
+    if device.type != "cuda":  # loading anyway would end in the OOM killer, minutes later
+        from tirgrpo.validate import check_fits_ram
+
+        check_fits_ram(est["peak"], available, f"train {describe(est['train'])}; rollout {describe(est['rollout'])}",
+                       override=cfg.system.ignore_memory_check)
     return dataclasses.replace(plan, memory=memory_of(est, available))
 
 

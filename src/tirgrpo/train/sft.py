@@ -98,6 +98,7 @@ def completion_target_ids(completion: str, tokenizer, append_eos: bool, code_sto
 
 def read_targets(path: str) -> list[tuple[str, str]]:
     """(prompt, completion) pairs of a target-completions JSONL file (see `SFTConfig.targets`)."""
+    from tirgrpo.data.limits import text_problem
     from tirgrpo.data.records import iter_jsonl
 
     pairs = []
@@ -107,6 +108,9 @@ def read_targets(path: str) -> list[tuple[str, str]]:
         for key in ("prompt", "completion"):
             if not isinstance(obj.get(key), str) or not obj[key].strip():
                 raise TirgrpoError(f"{path}, line {n}, field {key!r}: must be a non-empty string")
+            problem = text_problem(obj[key])
+            if problem:
+                raise TirgrpoError(f"{path}, line {n}, field {key!r}: {problem}")
         pairs.append((obj["prompt"], obj["completion"]))
     if not pairs:
         raise TirgrpoError(f"{path}: no target completions")
@@ -136,7 +140,20 @@ def sft_examples(cfg: SFTConfig, tokenizer) -> tuple[list[list[int]], list[list[
 
 def sft(cfg: SFTConfig, requested: dict | None = None) -> dict:
     """Run supervised fine-tuning as configured; returns a summary dict. `requested` (what the
-    user asked, as a dict) is written as RUN_DIR/config.toml (None: `cfg` whole)."""
+    user asked, as a dict) is written as RUN_DIR/config.toml (None: `cfg` whole). The run
+    folder is locked for the run's life; a refused run leaves nothing in it."""
+    from tirgrpo.train.model import check_model_source, resolve_init
+    from tirgrpo.train.runlock import RunLock
+    from tirgrpo.validate import check_config
+
+    check_config(cfg)
+    check_model_source(resolve_init(cfg.model).name_or_path)
+    with RunLock(cfg.run.out_dir):
+        return run_sft(cfg, requested)
+
+
+def run_sft(cfg: SFTConfig, requested: dict | None) -> dict:
+    """The SFT loop: batches of examples -> `grpo_update` with `SFTObjective` -> log."""
     from tqdm import tqdm
 
     from tirgrpo.data.prompts import prompts_for_rollout
@@ -151,10 +168,6 @@ def sft(cfg: SFTConfig, requested: dict | None = None) -> dict:
     plan = resolve_sft_plan(cfg.system)
     print(describe_plan(plan))
     run_dir = Path(cfg.run.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.toml", dumps_toml(to_dict(cfg) if requested is None else requested))
-    write_plan(run_dir, plan)
     torch.manual_seed(cfg.run.seed)
     device = torch.device(plan.device)
     tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
@@ -166,6 +179,10 @@ def sft(cfg: SFTConfig, requested: dict | None = None) -> dict:
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
                       master_fp32=plan.master_fp32, bf16_update=plan.bf16_update, seed=cfg.run.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    # Only now, with every refusal (data, model) behind us, does the run folder change.
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    atomic_write_text(run_dir / "config.toml", dumps_toml(to_dict(cfg) if requested is None else requested))
+    write_plan(run_dir, plan)
     log = RunLog(run_dir, cfg.run.tensorboard)
     total_steps = cfg.optim.total_steps
     loss = float("nan")

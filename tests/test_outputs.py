@@ -1,0 +1,77 @@
+"""Outputs that cannot be written are refused before any work, without a traceback, and nothing
+is written; `score --out` naming a folder is refused before scoring."""
+
+import json
+import os
+
+import pytest
+
+from tirgrpo.cli import main
+from tirgrpo.errors import TirgrpoError
+from tirgrpo.files import check_output_dir, check_output_file
+
+UNWRITABLE = "/proc/tirgrpo-no-such/out"  # /proc takes no new files, even from root
+
+
+def _gsm8k(tmp_path):
+    p = tmp_path / "gsm8k.jsonl"
+    p.write_text(json.dumps({"question": "Tom has 2 apples and buys 3. How many?",
+                             "answer": "2+3=<<2+3=5>>5 apples.\n#### 5"}) + "\n")
+    return p
+
+
+def _score_input(tmp_path):
+    p = tmp_path / "in.jsonl"
+    p.write_text(json.dumps({"completion": "so \\boxed{5}", "correct_answer": "5", "finish_reason": "eos"}) + "\n")
+    return p
+
+
+def test_check_functions(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    check_output_file(tmp_path / "new" / "deeper" / "out.jsonl")
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+    check_output_dir(tmp_path / "folder")
+    with pytest.raises(TirgrpoError, match="is a folder"):
+        check_output_file(tmp_path / "folder")
+    with pytest.raises(TirgrpoError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "file" / "out.jsonl")
+    with pytest.raises(TirgrpoError, match="is a file, not a folder"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(TirgrpoError, match="cannot write in /proc"):
+        check_output_file(UNWRITABLE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]  # no probe left behind
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a mode-555 folder")
+def test_read_only_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(TirgrpoError, match="cannot write in"):
+        check_output_file(ro / "out.jsonl")
+
+
+@pytest.mark.parametrize("out", [UNWRITABLE, "FILE/out"])
+def test_commands_refuse_unwritable_outputs_cleanly(tmp_path, capsys, out):
+    (tmp_path / "FILE").write_text("x")
+    out = out.replace("FILE", str(tmp_path / "FILE"))
+    csv = tmp_path / "in.csv"
+    csv.write_text("prompt,completion,question,correct_answer,eventual_answer\np,c,q,1,1\n")
+    for argv in (["prepare", "--input", str(csv), "--out", out],
+                 ["data", "gsm8k-verify", "--input", str(_gsm8k(tmp_path)), "--out", out + ".jsonl"],
+                 ["score", "--input", str(_score_input(tmp_path)), "--out", out + ".jsonl"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "error:" in err and "Traceback" not in err, err
+
+
+def test_score_out_naming_a_folder_refused_before_work(tmp_path, capsys, monkeypatch):
+    import tirgrpo.score.rewards as rewards
+
+    def never(*a, **k):
+        raise AssertionError("scored before checking --out")
+
+    monkeypatch.setattr(rewards, "score_records", never)
+    (tmp_path / "outdir").mkdir()
+    assert main(["score", "--input", str(_score_input(tmp_path)), "--out", str(tmp_path / "outdir")]) == 2
+    assert "is a folder" in capsys.readouterr().err

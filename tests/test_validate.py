@@ -1,0 +1,89 @@
+"""Range and finiteness checks of config values and numeric options, each refused naming its key."""
+
+import math
+
+import pytest
+
+from tirgrpo.cli import main
+from tirgrpo.config import TrainConfig, load_config
+from tirgrpo.errors import TirgrpoError
+from tirgrpo.train.sft import SFTConfig
+from tirgrpo.validate import RULES, Range, check_fits_ram, check_value, positive_int, temperature
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-1e-5", "optim.lr"),
+    ("rollout.max_new_tokens=0", "rollout.max_new_tokens"),
+    ("rollout.temperature=nan", "rollout.temperature"),
+    ("rollout.temperature=inf", "rollout.temperature"),
+    ("rollout.temperature=2.5", "rollout.temperature"),
+    ("rollout.group_size=1", "rollout.group_size"),
+    ("rollout.top_p=0", "rollout.top_p"),
+    ("rollout.top_p=1.5", "rollout.top_p"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas"),
+    ("optim.betas=[0.9]", "optim.betas"),
+    ("grpo.beta=-0.1", "grpo.beta"),
+    ("optim.total_steps=0", "optim.total_steps"),
+    ("rewards.submit_correct=nan", "rewards.submit_correct"),
+    ("rewards.weights={correctness = inf}", "rewards.weights"),
+    ("run.eval_temperature=-1", "run.eval_temperature"),
+])
+def test_load_config_refuses_out_of_range_naming_the_key(override, key):
+    with pytest.raises(TirgrpoError, match=key.replace(".", r"\.")):
+        load_config(TrainConfig, None, [override])
+
+
+def test_sft_config_checked_too():
+    with pytest.raises(TirgrpoError, match="batch_size"):
+        load_config(SFTConfig, None, ["batch_size=0"])
+
+
+def test_defaults_and_edges_pass():
+    load_config(TrainConfig, None, ["rollout.temperature=0", "rollout.top_p=1", "rollout.temperature=2",
+                                    "grpo.beta=0", "optim.min_lr_ratio=1"])
+    load_config(SFTConfig)
+
+
+def test_every_rule_names_a_real_field():
+    import dataclasses
+
+    cfg = TrainConfig()
+    known = {f"{s.name}.{g.name}" for s in dataclasses.fields(cfg) for g in dataclasses.fields(getattr(cfg, s.name))}
+    known |= {f.name for f in dataclasses.fields(SFTConfig)}
+    assert set(RULES) <= known
+
+
+def test_range_edges():
+    r = Range(0, 1, lo_open=True)
+    assert not r.contains(0) and r.contains(1e-9) and r.contains(1) and not r.contains(1.0000001)
+    assert r.describe() == "in (0, 1]"
+    with pytest.raises(TirgrpoError, match="finite"):
+        check_value("unruled.key", math.nan)
+
+
+def test_argparse_types():
+    assert positive_int("3") == 3 and temperature("0") == 0.0
+    import argparse
+
+    for fn, text in [(positive_int, "-1"), (positive_int, "0"), (positive_int, "x"),
+                     (temperature, "nan"), (temperature, "inf"), (temperature, "3")]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            fn(text)
+
+
+@pytest.mark.parametrize("option", [["--max-new-tokens", "-1"], ["--temperature", "nan"], ["--samples", "0"]])
+def test_eval_refuses_bad_numbers_at_parse_time(option, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--model", "nowhere", "--data", "x.jsonl", *option])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and "Traceback" not in err
+
+
+def test_cpu_ram_check_refuses_unless_overridden():
+    check_fits_ram(10 * 2**30, 20 * 2**30, "parts", override=False)  # fits
+    with pytest.raises(TirgrpoError, match=r"697\.0 GiB exceeds .* 23\.5 GiB"):
+        check_fits_ram(697 * 2**30, 23.5 * 2**30, "parts", override=False)
+    with pytest.warns(UserWarning, match="overridden"):
+        check_fits_ram(697 * 2**30, 23.5 * 2**30, "parts", override=True)
