@@ -180,10 +180,12 @@ class RunConfig:
     """`auto` (CUDA if present), `cpu`, `cuda`, `cuda:1`..."""
     eval_every: int = 0
     """Evaluate every N optimizer steps (0 = only before and after training)."""
-    eval_samples: int = 1
-    """Completions sampled per eval example."""
-    eval_temperature: float = 0.0
-    """Sampling temperature at evaluation (0 = greedy, the same answer every time)."""
+    eval_samples: int = 8
+    """Completions sampled per eval example (K): P(submit) = submitting samples / K gives the
+    AUROC. One greedy completion per example is evaluated besides, and reported separately."""
+    eval_temperature: float = -1.0
+    """Sampling temperature of the K eval samples; negative (the default) = rollout.temperature,
+    so the eval measures the policy GRPO trains; 0 = greedy (then no separate greedy pass)."""
     eval_max_examples: int = 0
     """Evaluate on at most this many examples (0 = all)."""
     save_every: int = 50

@@ -56,8 +56,10 @@ def test_render_report_is_self_contained_and_escaped(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;no\\x12&lt;/think&gt;⟨stop: ```python⟩" in page
     assert "name = &quot;&lt;x&gt;&quot;" in page
     assert "1,000 / 5,000" in page
-    # the eval table: the policy's correctness before/after, then the four baselines
-    assert "<tr><td>correctness</td><td>1.000</td><td>1.000</td><td>1.000</td><td>0.000</td><td>0.500</td>" in page
+    # the eval table: the policy's correctness before/after, then the four baselines, each with its
+    # interval (one question: every resample is that question, so each interval is a point)
+    one = lambda v: f"<td>{v:.3f} [{v:.3f}, {v:.3f}]</td>"  # noqa: E731
+    assert "<tr><td>correctness</td>" + one(1) + one(1) + one(1) + one(0) + one(0.5) in page
 
 
 def test_render_report_without_eval_or_samples(tmp_path):

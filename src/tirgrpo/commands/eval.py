@@ -1,8 +1,14 @@
 """`tirgrpo eval`: the verifier's decision quality on labelled examples, against baselines,
 and (with `--selection`) what it does to answer selection by vote.
 
-    tirgrpo eval --model runs/demo --data bundled:gsm8k-verify-eval --samples 4
-    tirgrpo eval --model runs/demo --transcripts runs.jsonl --samples 4 --selection
+    tirgrpo eval --model runs/demo --data bundled:gsm8k-verify-eval
+    tirgrpo eval --model runs/demo --transcripts runs.jsonl --selection
+
+The protocol: K sampled completions per example (--samples, default 8) at --temperature
+(default 1.0, the training temperature) give P(submit) per example, the headline metrics
+and their bootstrap 95% intervals (resampling questions); one greedy completion per example
+is reported beside them (--no-greedy to skip). Sampling runs through the fast rollout engine
+(prompt KV once per group, CUDA graphs on a GPU).
 
 Writes OUT (default RUN_DIR/eval.json for a run folder, else ./eval.json) and the same
 tables as Markdown next to it (OUT with suffix .md). Metric definitions: evaluate.py and
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
@@ -24,11 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="labelled examples (.jsonl/.parquet or bundled:NAME)")
     src.add_argument("--transcripts", help="transcript JSONL: judge each run at its last code output")
-    p.add_argument("--samples", type=int, default=4, metavar="K", help="completions sampled per example (default 4)")
+    p.add_argument("--samples", type=int, default=8, metavar="K", help="completions sampled per example (default 8)")
+    p.add_argument("--no-greedy", dest="greedy", action="store_false",
+                   help="skip the separate greedy completion per example")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples of the questions for the 95%% intervals (default 1000; 0 = none)")
     p.add_argument("--selection", action="store_true",
                    help="also compare majority vote, verifier-gated vote and P(submit)-weighted vote per question")
     p.add_argument("--threshold", type=float, default=0.5, help="P(submit) at which a transcript counts as submitted")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the K samples (default 1.0; 0 = greedy)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
     p.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many examples (0 = all)")
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="drop longer prompts (0 = no limit)")
@@ -36,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch-size", type=int, default=64, help="most sequences decoded at once")
+    p.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"),
+                   help="decode kernels of the fast engine (auto: Triton on CUDA, else torch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="where to write eval.json (the Markdown goes next to it)")
 
@@ -86,12 +99,14 @@ def run(args) -> int:
     from tirgrpo.files import atomic_write_text
     from tirgrpo.train.model import load_base_model, resolve_device, resolve_dtype, tokenizer_spec
     from tirgrpo.rollout import SamplingParams
-    from tirgrpo.rollout.simple import SimpleEngine
+    from tirgrpo.rollout.engine import FastEngine
     from tirgrpo.eval.selection import compare_selection, group_candidates, selection_table
     from tirgrpo.data.tokenizer import load_tokenizer
 
     if args.samples < 1:
         raise TirgrpoError("--samples must be >= 1")
+    if args.bootstrap < 0:
+        raise TirgrpoError("--bootstrap must be >= 0")
     run_cfg = _run_config(args.model)
     rollout = run_cfg.rollout if run_cfg else None
     rewards = eval_rewards(run_cfg.rewards if run_cfg else None)
@@ -124,13 +139,16 @@ def run(args) -> int:
     device = resolve_device(args.device)
     model = load_base_model(model_cfg, device, resolve_dtype(args.dtype, device), args.seed)
     model.requires_grad_(False).eval()
-    engine = SimpleEngine(model, tokenizer, batch_size=args.batch_size)
+    engine = FastEngine(model, tokenizer, max_batch=args.batch_size, kernels=args.kernels)
+    t0 = time.perf_counter()
     with torch.no_grad():
         result = evaluate_examples(engine, tokenizer, [examples[i] for i in judged],
                                    [tokenizer(prompts[i])["input_ids"] for i in judged],
-                                   params, args.samples, args.seed, rewards) if judged else summarize([], [], [], [], [])
+                                   params, args.samples, args.seed, rewards, greedy=args.greedy,
+                                   bootstrap=args.bootstrap) if judged else summarize([], [], [], [], [])
     result.update({"model": args.model, "data": args.data or args.transcripts, "temperature": args.temperature,
-                   "max_new_tokens": max_new, "unjudged": len(prompts) - len(judged)})
+                   "max_new_tokens": max_new, "unjudged": len(prompts) - len(judged),
+                   "seconds": time.perf_counter() - t0, "device": str(device)})
     md = markdown_table(result)
     if args.selection:
         # Transcripts that never showed a code output have nothing to judge: they count as submitted.

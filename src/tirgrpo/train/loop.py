@@ -147,7 +147,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     from tqdm import tqdm
 
     from tirgrpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples, overall_of
+    from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples, overall_of, resolve_eval_temperature
     from tirgrpo.train.loss import group_advantages
     from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
     from tirgrpo.train.metrics import RunLog
@@ -212,7 +212,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     pad_id = engine.pad_id
     params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
                             cfg.rollout.top_k, list(cfg.rollout.stop))
-    eval_params = SamplingParams(cfg.rollout.max_new_tokens, cfg.run.eval_temperature, cfg.rollout.top_p,
+    eval_temp = resolve_eval_temperature(cfg.run.eval_temperature, cfg.rollout.temperature)
+    eval_params = SamplingParams(cfg.rollout.max_new_tokens, eval_temp, cfg.rollout.top_p,
                                  cfg.rollout.top_k, list(cfg.rollout.stop))
     temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
 
