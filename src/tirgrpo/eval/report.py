@@ -373,6 +373,13 @@ def render_report(run_dir: Path, config_text: str, rows: list[dict], samples: li
             ("entropy", ["train/entropy"]), ("loss", ["train/loss"]), ("gradient norm", ["train/grad_norm"]),
             ("completion tokens", ["completion/tokens_mean"])])),
         ("Decision mix", decision_mix_plot(train_rows)),
+        ("Split by label", line_plots(train_rows, [
+            ("submit rate by label", ["label/correct/submit", "label/wrong/submit"]),
+            ("mean reward by label", ["label/correct/reward", "label/wrong/reward"]),
+            ("skill (submit on correct - on wrong)", ["label/skill"]),
+            ("advantage mass by decision", ["adv/submit", "adv/decline", "adv/invalid"]),
+            ("advantage x tokens by decision", ["adv_tokens/submit", "adv_tokens/decline", "adv_tokens/invalid"]),
+            ("completion tokens by decision", ["length/submit", "length/decline", "length/invalid"])])),
     ]
     eval_rows = [r for r in rows if "eval/correctness" in r]
     if len(eval_rows) > 1:
