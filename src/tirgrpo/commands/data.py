@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "Build the gsm8k-verify task from a GSM8K JSONL file (fields question, answer). Each "
             "solution's <<expr=value>> annotations become a short Python program whose output is "
             "shown after the seed's code-output bridge; each question gives a correct example and "
-            "a wrong twin (one perturbed number or operator, a different integer output). Prompts "
+            "a wrong twin (one perturbed number or operator, a different integer output; with --hard, a "
+            "misreading of the question in plan and code alike). Prompts "
             "over --max-prompt-tokens are dropped. Writes examples (docs/data-format.md) as "
             ".jsonl or .parquet."
         ),
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tokenizer for the token counts and the prompt limit (default r1-distill-qwen)")
     p.add_argument("--max-prompt-tokens", type=int, default=400, metavar="N",
                    help="drop questions whose prompt (with bos) is longer (default 400)")
+    p.add_argument("--hard", action="store_true",
+                   help="hard wrong twins: the code agrees with its own plan, but the plan misreads the question "
+                        "(a number from another sentence, a wrong operation, a unit or rate mix-up)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +55,7 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     items = read_gsm8k(args.input)
     tokenizer = load_tokenizer(args.tokenizer)
     examples, counts = build_examples(
-        items, tokenizer, limit=args.limit, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens
+        items, tokenizer, limit=args.limit, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens, hard=args.hard
     )
     if not examples:
         raise TirgrpoError(f"{args.input}: no usable questions ({counts})")
@@ -63,6 +67,8 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
         f"{counts['skipped_program']} skipped (no usable program), "
         f"{counts['skipped_too_long']} skipped (prompt > {args.max_prompt_tokens} tokens)"
     )
+    kinds = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(counts.items()) if k.startswith("kind:"))
+    print(f"wrong twins by kind: {kinds}")
     print(
         f"wrote {len(examples)} examples ({labels['correct']} correct, {labels['wrong']} wrong; "
         f"longest prompt {longest} tokens) to {out}"
