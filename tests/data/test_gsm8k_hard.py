@@ -128,3 +128,17 @@ def test_hard_command_writes_labelled_pairs(tmp_path, capsys):
         shown = re.search(r"```output\n(.*)\n```", bad.prompt).group(1)
         assert parse_int_answer(shown) == int(bad.eventual_answer) != int(bad.correct_answer)
     assert set(KINDS) >= {"wrong-number", "wrong-operation", "unit-mix-up"}
+
+
+def test_exclude_leaves_out_the_training_questions(tmp_path, capsys):
+    rows = [(TOM_Q, TOM_A), (WENG_Q, WENG_A), (CARL_Q, CARL_A)]
+    src = tmp_path / "g.jsonl"
+    src.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows), encoding="utf-8")
+    train = tmp_path / "train.jsonl"
+    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(train), "--limit", "1"]) == 0
+    held = tmp_path / "eval.jsonl"
+    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(held), "--exclude", str(train)]) == 0
+    assert "1 skipped (in --exclude)" in capsys.readouterr().out
+    train_q = {e.question for e in read_examples(train)}
+    held_q = {e.question for e in read_examples(held)}
+    assert len(train_q) == 1 and len(held_q) == 2 and not train_q & held_q

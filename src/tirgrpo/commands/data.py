@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="DATASET", required=True)
     p = sub.add_parser(
         "gsm8k-verify",
-        help="easy short-context judging task from GSM8K (for CPU runs and sanity checks)",
+        help="short-context judging task from GSM8K (--hard: wrong twins whose plan misreads the question)",
         description=(
             "Build the gsm8k-verify task from a GSM8K JSONL file (fields question, answer). Each "
             "solution's <<expr=value>> annotations become a short Python program whose output is "
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tokenizer for the token counts and the prompt limit (default r1-distill-qwen)")
     p.add_argument("--max-prompt-tokens", type=int, default=400, metavar="N",
                    help="drop questions whose prompt (with bos) is longer (default 400)")
+    p.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                   help="leave out every question of these examples (.jsonl/.parquet or bundled:NAME), e.g. the "
+                        "training file when building a held-out eval file (repeatable)")
     p.add_argument("--hard", action="store_true",
                    help="hard wrong twins: the code agrees with its own plan, but the plan misreads the question "
                         "(a number from another sentence, a wrong operation, a unit or rate mix-up)")
@@ -42,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _gsm8k_verify(args: argparse.Namespace) -> int:
-    from tirgrpo.data.gsm8k import build_examples, read_gsm8k
-    from tirgrpo.data.records import write_examples
+    from tirgrpo.data.bundled import bundled_path
+    from tirgrpo.data.gsm8k import build_examples, question_key, read_gsm8k
+    from tirgrpo.data.records import read_examples, write_examples
     from tirgrpo.errors import TirgrpoError
     from tirgrpo.data.tokenizer import load_tokenizer
 
@@ -53,9 +57,11 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         raise TirgrpoError(f"--out {out}: use a .jsonl or .parquet file name")
     items = read_gsm8k(args.input)
+    exclude = frozenset(question_key(e.question) for path in args.exclude for e in read_examples(bundled_path(path)))
     tokenizer = load_tokenizer(args.tokenizer)
     examples, counts = build_examples(
-        items, tokenizer, limit=args.limit, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens, hard=args.hard
+        items, tokenizer, limit=args.limit, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens, hard=args.hard,
+        exclude=exclude,
     )
     if not examples:
         raise TirgrpoError(f"{args.input}: no usable questions ({counts})")
@@ -64,7 +70,8 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     longest = max(e.prompt_tokens for e in examples)
     print(
         f"{args.input}: {counts['questions_seen']} questions read, {counts['used']} used, "
-        f"{counts['skipped_program']} skipped (no usable program), "
+        + (f"{counts['skipped_excluded']} skipped (in --exclude), " if args.exclude else "")
+        + f"{counts['skipped_program']} skipped (no usable program), "
         f"{counts['skipped_too_long']} skipped (prompt > {args.max_prompt_tokens} tokens)"
     )
     kinds = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(counts.items()) if k.startswith("kind:"))

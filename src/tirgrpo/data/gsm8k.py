@@ -364,6 +364,11 @@ def read_gsm8k(path: str | Path) -> list[tuple[str, str]]:
     return items
 
 
+def question_key(question: str) -> str:
+    """A question compared across files: lower case, whitespace collapsed."""
+    return " ".join(question.lower().split())
+
+
 def build_examples(
     items: Sequence[tuple[str, str]],
     tokenizer,
@@ -371,11 +376,13 @@ def build_examples(
     seed: int = 0,
     max_prompt_tokens: int = MAX_PROMPT_TOKENS,
     hard: bool = False,
+    exclude: frozenset[str] = frozenset(),
 ) -> tuple[list[Example], dict[str, int]]:
     """Examples for up to `limit` questions (2 each: correct, then wrong), in an order shuffled by seed.
 
     hard: wrong twins that misread the question in plan and code alike (gsm8k_hard.py)
-    instead of a code line that contradicts the plan.
+    instead of a code line that contradicts the plan. exclude: questions to leave out (compared
+    by `question_key`), e.g. those of a training file when building a held-out eval file.
     Returns (examples, counts of questions used and skipped by reason, and of the twins by kind).
     """
     from tirgrpo.data.gsm8k_hard import make_hard_pair
@@ -384,12 +391,15 @@ def build_examples(
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     examples: list[Example] = []
-    counts = {"questions_seen": 0, "used": 0, "skipped_program": 0, "skipped_too_long": 0}
+    counts = {"questions_seen": 0, "used": 0, "skipped_excluded": 0, "skipped_program": 0, "skipped_too_long": 0}
     for index in order:
         if limit is not None and counts["used"] >= limit:
             break
         counts["questions_seen"] += 1
         question, solution = items[index]
+        if exclude and question_key(question) in exclude:
+            counts["skipped_excluded"] += 1
+            continue
         try:
             pair = make(question, solution, random.Random(f"{seed}\0{index}"))
         except ProgramError:
