@@ -16,7 +16,8 @@ from tirgrpo.data.records import parse_int_answer, read_examples
 
 TOM_Q = "Tom has 5 apples. He buys 3 more. How many apples does he have?"
 TOM_A = "Tom has 5+3=<<5+3=8>>8 apples.\n#### 8"
-WENG_Q = "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?"
+WENG_Q = ("Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+          "How much did she earn?")
 WENG_A = (
     "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n"
     "Working 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"
@@ -49,7 +50,8 @@ def test_plan_template_and_render():
     program = build_program(WENG_A, WENG_Q)
     assert program.exprs == ("12 / 60", "step1 * 50")
     # an earlier step is written as its value, as GSM8K writes it
-    assert render_plan(template, program) == "- Weng earns 12 / 60 per minute.\n- Working 50 minutes, she earned 0.2 * 50."
+    assert render_plan(template, program) == ("- Weng earns 12 / 60 per minute.\n"
+                                              "- Working 50 minutes, she earned 0.2 * 50.")
     # an expression the text does not write loses its annotation and result, as in the easy plan
     assert plan_template("She has <<3*4=12>>12 apples.\n#### 12") == (["- She has apples."], set())
 

@@ -8,7 +8,7 @@ import torch
 
 from tirgrpo.config import RewardConfig
 from tirgrpo.eval.evaluate import (BASELINES, auroc, baseline_decisions, baseline_metrics, before_after_table,
-                              decision_metrics, eval_rewards, evaluate_examples, markdown_table, overall_of,
+                              decision_metrics, eval_rewards, evaluate_examples, log_values, markdown_table, overall_of,
                               policy_metrics, summarize)
 from tirgrpo.rollout import Completion, SamplingParams
 
@@ -234,6 +234,10 @@ def test_before_after_shows_greedy_and_intervals():
     assert "| skill | 0.000 [0.000, 0.000] | 0.500 [0.000, 1.000] |" in table
     assert table.count("| skill | 0.000 [0.000, 0.000] | 0.500 [0.000, 1.000]") == 2  # sampled and greedy tables
     assert "Greedy (one completion per example)" in table
+    row = log_values(after)
+    assert row["eval/skill"] == 0.5 and (row["eval/skill_lo"], row["eval/skill_hi"]) == (0.0, 1.0)
+    assert row["eval/greedy/skill"] == 0.5 and row["eval/n"] == 4
+    assert log_values({"correctness": 0.25}) == {"eval/correctness": 0.25}  # an older flat result
 
 
 # --------------------------------------------------------------------------- sampling + scoring

@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selection", action="store_true",
                    help="also compare majority vote, verifier-gated vote and P(submit)-weighted vote per question")
     p.add_argument("--threshold", type=float, default=0.5, help="P(submit) at which a transcript counts as submitted")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the K samples (default 1.0; 0 = greedy)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature of the K samples (default 1.0; 0 = greedy)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
     p.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many examples (0 = all)")
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="drop longer prompts (0 = no limit)")

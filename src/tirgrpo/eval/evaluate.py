@@ -340,7 +340,8 @@ def _summarize_sampled(examples, sampled: list[list[dict]], rewards: RewardConfi
 
 
 def evaluate_examples(engine, tokenizer, examples, prompt_ids, params: SamplingParams, samples: int, seed: int,
-                      rewards: RewardConfig | None = None, greedy: bool = True, bootstrap: int = 1000) -> dict[str, Any]:
+                      rewards: RewardConfig | None = None, greedy: bool = True,
+                      bootstrap: int = 1000) -> dict[str, Any]:
     """Sample, score and summarize: `summarize`'s dict plus `samples`, `temperature`, `completions`
     (per example, per sample) and, with `greedy`, `greedy` = {"overall", "intervals"} of one
     greedy completion per example (each completion entry then has its `greedy` sample too).
@@ -375,6 +376,21 @@ def evaluate_policy(engine, tokenizer, examples, prompt_ids, params: SamplingPar
 def resolve_eval_temperature(eval_temperature: float, rollout_temperature: float) -> float:
     """The eval sampling temperature: `run.eval_temperature` when >= 0, else the rollout's (training) one."""
     return eval_temperature if eval_temperature >= 0 else rollout_temperature
+
+
+# What a run's summary.json keeps of an eval result besides `overall` (the numbers, not the completions).
+BRIEF_KEYS = ("baselines", "intervals", "greedy", "samples", "temperature")
+
+
+def log_values(result: dict) -> dict[str, float]:
+    """An eval result as flat metrics.jsonl values: `eval/METRIC` (K samples), `eval/greedy/METRIC`,
+    and `eval/METRIC_lo` / `eval/METRIC_hi` (the 95% interval) for the headline metrics."""
+    out = {f"eval/{k}": v for k, v in overall_of(result).items()}
+    for k, (lo, hi) in _intervals(result, "policy").items():
+        out[f"eval/{k}_lo"], out[f"eval/{k}_hi"] = lo, hi
+    greedy = (result.get("greedy") or {}).get("overall", {}) if isinstance(result, dict) else {}
+    out.update({f"eval/greedy/{k}": v for k, v in greedy.items()})
+    return out
 
 
 def overall_of(result: dict) -> dict:

@@ -147,7 +147,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     from tqdm import tqdm
 
     from tirgrpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples, overall_of, resolve_eval_temperature
+    from tirgrpo.eval.evaluate import BRIEF_KEYS, eval_rewards, evaluate_examples, overall_of, resolve_eval_temperature
     from tirgrpo.train.loss import group_advantages
     from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
     from tirgrpo.train.metrics import RunLog
@@ -362,7 +362,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     plots = plot_run(run_dir)
 
     def brief(m: dict) -> dict:  # the summary keeps the numbers, not the completions
-        return {"overall": overall_of(m), **({"baselines": m["baselines"]} if "baselines" in m else {})} if m else {}
+        return {"overall": overall_of(m), **{k: m[k] for k in BRIEF_KEYS if k in m}} if m else {}
 
     summary = {"run_dir": str(run_dir), "steps": state["step"], "trainable_params": trainable,
                "total_params": total, "eval_before": brief(eval_before), "eval_after": brief(eval_after),
