@@ -27,7 +27,7 @@ from tirgrpo.validate import RULES, Range, check_fits_ram, check_value, positive
     ("optim.total_steps=0", "optim.total_steps"),
     ("rewards.submit_correct=nan", "rewards.submit_correct"),
     ("rewards.weights={correctness = inf}", "rewards.weights"),
-    ("run.eval_temperature=-1", "run.eval_temperature"),
+    ("run.eval_temperature=-1.5", "run.eval_temperature"),
 ])
 def test_load_config_refuses_out_of_range_naming_the_key(override, key):
     with pytest.raises(TirgrpoError, match=key.replace(".", r"\.")):

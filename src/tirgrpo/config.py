@@ -62,6 +62,11 @@ class DataConfig:
     max_prompt_tokens: int = 3072
     """Examples with longer prompts are dropped at load time (0 = no limit)."""
     shuffle: bool = True
+    """Each epoch in a seeded random order (else file order)."""
+    paired: bool = False
+    """Each rollout takes whole pairs: a question's correct example and its wrong twin, so a
+    step holds as many correct-label as wrong-label prompts (rollout.prompts_per_step must be
+    even). Keeps GRPO from drifting to always-submit or always-decline (docs/learning.md)."""
 
 
 @dataclass
@@ -143,10 +148,12 @@ class RunConfig:
     seed: int = 0
     eval_every: int = 0
     """Evaluate every N optimizer steps (0 = only before and after training)."""
-    eval_samples: int = 1
-    """Completions sampled per eval example."""
-    eval_temperature: float = 0.0
-    """Sampling temperature at evaluation (0 = greedy, the same answer every time)."""
+    eval_samples: int = 8
+    """Completions sampled per eval example (K): P(submit) = submitting samples / K gives the
+    AUROC. One greedy completion per example is evaluated besides, and reported separately."""
+    eval_temperature: float = -1.0
+    """Sampling temperature of the K eval samples; negative (the default) = rollout.temperature,
+    so the eval measures the policy GRPO trains; 0 = greedy (then no separate greedy pass)."""
     eval_max_examples: int = 0
     """Evaluate on at most this many examples (0 = all)."""
     save_every: int = 50

@@ -82,7 +82,7 @@ RULES: dict[str, Range] = {
     "system.logprob_chunk_tokens": AT_LEAST_0,
     "run.eval_every": AT_LEAST_0,
     "run.eval_samples": AT_LEAST_1,
-    "run.eval_temperature": TEMPERATURE,
+    "run.eval_temperature": Range(-1, 2),  # -1: the rollout temperature
     "run.eval_max_examples": AT_LEAST_0,
     "run.save_every": AT_LEAST_0,
     "run.keep_samples": AT_LEAST_0,

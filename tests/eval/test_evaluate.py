@@ -8,7 +8,7 @@ import torch
 
 from tirgrpo.config import RewardConfig
 from tirgrpo.eval.evaluate import (BASELINES, auroc, baseline_decisions, baseline_metrics, before_after_table,
-                              decision_metrics, eval_rewards, evaluate_examples, markdown_table, overall_of,
+                              decision_metrics, eval_rewards, evaluate_examples, log_values, markdown_table, overall_of,
                               policy_metrics, summarize)
 from tirgrpo.rollout import Completion, SamplingParams
 
@@ -75,6 +75,8 @@ def test_decision_metrics_hand_numbers():
         "recall": 0.5,                   # on correct examples: submit, decline
         "submit_rate_on_correct": 0.5,
         "submit_rate_on_wrong": 0.5,     # on wrong examples: submit, invalid
+        "skill": 0.0,                    # 0.5 - 0.5
+        "balanced_accuracy": 0.25,       # (submit on correct 0.5 + decline on wrong 0) / 2
     })
 
 
@@ -97,12 +99,38 @@ def test_policy_metrics_with_k_samples():
     assert m["precision"] == pytest.approx(2 / 3)        # submits on correct, correct, wrong
     assert m["recall"] == 1.0
     assert m["auroc"] == 1.0                              # P(submit) = 1, 0.5, 0: the correct one ranks first
+    assert m["balanced_accuracy"] == 0.875                # (submit on correct 2/2 + decline on wrong 3/4) / 2
+    assert m["skill"] == 0.75                             # 1 - 1/4
     assert m["completion_tokens"] == 4.0                  # 24 / 6
     assert (m["n"], m["examples"]) == (6, 3)
     # a tie in P(submit) between the correct example and a wrong one: (0.5 tie + 1 win) / 2 = 0.75
     tied = policy_metrics(labels, [["submit", "decline"], ["submit", "decline"], ["decline", "decline"]],
                           [[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])
     assert tied["auroc"] == 0.75 and "completion_tokens" not in tied
+
+
+def test_sampled_p_submit_tells_skill_from_a_constant_policy():
+    # K = 4 samples on 2 correct and 2 wrong examples.
+    labels = ["correct", "correct", "wrong", "wrong"]
+
+    def run(decisions):
+        corr = [[{"submit": 1.0 if lab == "correct" else -1.0, "decline": 0.0}[d] for d in ds]
+                for ds, lab in zip(decisions, labels)]
+        return policy_metrics(labels, decisions, corr)
+
+    S, D = "submit", "decline"
+    # A policy that flips the same biased coin on every example: P(submit) = 0.5 everywhere.
+    coin = run([[S, S, D, D]] * 4)
+    assert (coin["auroc"], coin["balanced_accuracy"], coin["skill"], coin["correctness"]) == (0.5, 0.5, 0.0, 0.0)
+    # A judge that submits more on correct examples: P(submit) = 3/4, 2/4 vs 1/4, 2/4.
+    # AUROC pairs: 3/4 beats 1/4 and 2/4 (2); 2/4 beats 1/4, ties 2/4 (1.5) -> 3.5/4 = 0.875
+    judge = run([[S, S, S, D], [S, S, D, D], [S, D, D, D], [S, S, D, D]])
+    assert judge["auroc"] == 0.875
+    assert judge["submit_rate_on_correct"] == 0.625 and judge["submit_rate_on_wrong"] == 0.375
+    assert judge["skill"] == 0.25 and judge["balanced_accuracy"] == 0.625  # (5/8 + 5/8) / 2
+    assert judge["correctness"] == pytest.approx((5 - 3) / 16)
+    # Greedy-style constant decisions (one sample each) give AUROC 0.5 whatever they are.
+    assert run([[S]] * 4)["auroc"] == 0.5 and run([[D]] * 4)["balanced_accuracy"] == 0.5
 
 
 # --------------------------------------------------------------------------- baselines
@@ -177,15 +205,39 @@ def test_tables_show_every_metric_and_dashes_for_undefined():
     res = summarize(["a|b", "a|b"], ["correct", "wrong"], [["decline"], ["decline"]], [[0.0], [0.0]], [[2], [2]])
     md = markdown_table(res)
     assert md.splitlines()[0] == "| metric | policy | always-submit | always-decline | random | oracle |"
+    # one question: every resample is that question, so each interval is a point
     assert "| precision | — | 0.500 | — | 0.500 | 1.000 |" in md  # the policy never submits: no precision
+    assert "| skill | 0.000 [0.000, 0.000] | 0.000 [0.000, 0.000] | 0.000 [0.000, 0.000] | 0.000 [0.000, 0.000] | " \
+           "1.000 [1.000, 1.000] |" in md
     assert "| a\\|b | 2 |" in md  # a pipe in a question is escaped
     table = before_after_table(res, res)
     # before, after, then the baselines: always-submit (+1 - 1) / 2 = 0, decline 0, random 0, oracle 0.5
-    assert "| correctness | 0.000 | 0.000 | 0.000 | 0.000 | 0.000 | 0.500 |" in table
-    # an older flat eval file (no baselines) still prints, with before/after columns only
+    assert "| correctness | 0.000 [0.000, 0.000] | 0.000 [0.000, 0.000] | 0.000 [0.000, 0.000] | " \
+           "0.000 [0.000, 0.000] | 0.000 [0.000, 0.000] | 0.500 [0.500, 0.500] |" in table
+    assert "Greedy" not in table
+    # an older flat eval file (no baselines, no intervals) still prints, with before/after columns only
     flat = {"correctness": 0.25, "submit": 0.5}
     assert overall_of(flat) is flat
     assert "| correctness | 0.250 | — |" in before_after_table(flat, {})
+
+
+def test_before_after_shows_greedy_and_intervals():
+    questions, labels = ["q1", "q1", "q2", "q2"], ["correct", "wrong", "correct", "wrong"]
+    before = summarize(questions, labels, [["submit"]] * 4, [[1.0], [-1.0], [1.0], [-1.0]], [[1]] * 4, bootstrap=200)
+    after = summarize(questions, labels, [["submit"], ["decline"], ["submit"], ["submit"]],
+                      [[1.0], [0.0], [1.0], [-1.0]], [[1]] * 4, bootstrap=200)
+    # after: q1 judged right (skill 1), q2 not (skill 0): resamples give skill 1, 0.5 or 0
+    assert after["overall"]["skill"] == 0.5 and after["intervals"]["policy"]["skill"] == [0.0, 1.0]
+    before["greedy"] = {"overall": before["overall"], "intervals": before["intervals"]}
+    after["greedy"] = {"overall": after["overall"], "intervals": after["intervals"]}
+    table = before_after_table(before, after)
+    assert "| skill | 0.000 [0.000, 0.000] | 0.500 [0.000, 1.000] |" in table
+    assert table.count("| skill | 0.000 [0.000, 0.000] | 0.500 [0.000, 1.000]") == 2  # sampled and greedy tables
+    assert "Greedy (one completion per example)" in table
+    row = log_values(after)
+    assert row["eval/skill"] == 0.5 and (row["eval/skill_lo"], row["eval/skill_hi"]) == (0.0, 1.0)
+    assert row["eval/greedy/skill"] == 0.5 and row["eval/n"] == 4
+    assert log_values({"correctness": 0.25}) == {"eval/correctness": 0.25}  # an older flat result
 
 
 # --------------------------------------------------------------------------- sampling + scoring
@@ -199,7 +251,11 @@ class FakeEngine:
         self.model = torch.nn.Linear(1, 1)
 
     def generate(self, prompt_ids, group_size, params, generator):
-        assert len(prompt_ids) == len(self.groups) and all(len(g) == group_size for g in self.groups)
+        assert len(prompt_ids) == len(self.groups)
+        if params.temperature == 0:  # the greedy pass: the first completion of each group
+            assert group_size == 1
+            return [g[:1] for g in self.groups]
+        assert all(len(g) == group_size for g in self.groups)
         return self.groups
 
 
@@ -223,6 +279,15 @@ def test_evaluate_examples_scores_decisions_from_finish_reasons(byte_tokenizer):
     assert o["auroc"] == 0.5  # P(submit) 0.5 on both
     assert [s["decision"] for s in res["completions"][1]["samples"]] == ["submit", "invalid"]
     assert res["samples"] == 2 and res["baselines"]["oracle"]["correctness"] == 0.5
+    # the greedy pass (here each group's first completion): submit right, submit wrong
+    g = res["greedy"]["overall"]
+    assert (g["n"], g["submit"], g["correctness"], g["skill"]) == (2, 1.0, 0.0, 0.0)
+    assert res["completions"][1]["greedy"]["decision"] == "submit"
+    assert "intervals" in res["greedy"] and res["intervals"]["policy"]["correctness"][0] <= -0.25
+    # at temperature 0 the samples are the greedy ones: no second pass
+    res0 = evaluate_examples(FakeEngine([g[:1] for g in groups]), byte_tokenizer, [ex_right, ex_wrong], [[1], [1]],
+                             SamplingParams(8, 0.0), samples=1, seed=0, bootstrap=0)
+    assert "greedy" not in res0 and res0["intervals"]["policy"] == {}
 
 
 # --------------------------------------------------------------------------- the command
@@ -245,7 +310,7 @@ def test_eval_command_on_examples_with_selection(tmp_path, tiny_model_dir, byte_
     assert (res["overall"]["examples"], res["overall"]["n"], res["samples"]) == (4, 8, 2)
     assert len(res["per_question"]) == len({ex.question for ex in examples})
     md = out.with_suffix(".md").read_text()
-    assert md.startswith("| metric | policy |") and "| gated |" in md and md in capsys.readouterr().out
+    assert md.startswith("| metric | policy (K=2) | greedy |") and "| gated |" in md and md in capsys.readouterr().out
     # the selection is the one computed from the sampled decisions
     p = [sum(s["decision"] == "submit" for s in c["samples"]) / 2 for c in res["completions"]]
     again = compare_selection(group_candidates([e.question for e in examples], [e.correct_answer for e in examples],

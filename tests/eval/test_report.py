@@ -15,6 +15,7 @@ from tirgrpo.cli import main
 from tirgrpo.data.records import write_examples
 from tirgrpo.data.synthetic import compare_examples
 from tirgrpo.eval.evaluate import summarize
+from tirgrpo.eval.label_split import label_split_metrics
 from tirgrpo.eval.report import Movement, movement_html, render_report, token_color
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +30,9 @@ def hand_made_logs():
              "reward/formatting": 0.3, "weight/correctness": 0.5 * s, "weight/length": 1 - 0.5 * s,
              "decision/submit": 0.25 * s, "decision/decline": 0.5, "decision/invalid": 0.5 - 0.25 * s,
              "train/kl": 0.01 * s, "train/clip_low": 0.0, "train/clip_high": 0.1, "train/entropy": 2.0,
-             "train/loss": 0.5, "train/grad_norm": 1.0, "completion/tokens_mean": 12.0} for s in (1, 2)]
+             "train/loss": 0.5, "train/grad_norm": 1.0, "completion/tokens_mean": 12.0,
+             **label_split_metrics(["correct", "wrong"], ["submit", "decline"], [1.0, 0.0], [0.5 * s, -0.5], [4, 9])}
+            for s in (1, 2)]
     samples = [{"step": 2, "prompt_tail": "expected 3 <output>", "label": "wrong", "correct_answer": "12",
                 "completion": "<script>alert(1)</script>no\x12</think>", "finish_reason": "stop", "stop": "```python",
                 "decision": "decline", "length": 0.2, "formatting": 0.1, "correctness": 0.0, "total": 0.15,
@@ -43,11 +46,11 @@ def test_render_report_is_self_contained_and_escaped(tmp_path):
     page = render_report(tmp_path / "run", "[model]\nname = \"<x>\"\n", rows, samples, ev, ev,
                          {"steps": 2, "trainable_params": 1000, "total_params": 5000}, "<p>movement</p>")
     for anchor in ("id=\"eval\"", "Reward components", "Schedule", "KL, clipping, entropy", "Decision mix",
-                   "id=\"samples\"", "id=\"logprobs\"", "id=\"config\"", "<p>movement</p>"):
+                   "Split by label", "id=\"samples\"", "id=\"logprobs\"", "id=\"config\"", "<p>movement</p>"):
         assert anchor in page, anchor
-    # four plots, each a PNG inside the page; nothing loaded from elsewhere
+    # five plots, each a PNG inside the page; nothing loaded from elsewhere
     uris = data_uris(page)
-    assert len(uris) == 4
+    assert len(uris) == 5
     for uri in uris:
         assert base64.b64decode(uri.split(",", 1)[1]).startswith(PNG_MAGIC)
     assert not re.search(r"(src|href)=['\"](?!data:)", page)
@@ -56,8 +59,10 @@ def test_render_report_is_self_contained_and_escaped(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;no\\x12&lt;/think&gt;⟨stop: ```python⟩" in page
     assert "name = &quot;&lt;x&gt;&quot;" in page
     assert "1,000 / 5,000" in page
-    # the eval table: the policy's correctness before/after, then the four baselines
-    assert "<tr><td>correctness</td><td>1.000</td><td>1.000</td><td>1.000</td><td>0.000</td><td>0.500</td>" in page
+    # the eval table: the policy's correctness before/after, then the four baselines, each with its
+    # interval (one question: every resample is that question, so each interval is a point)
+    one = lambda v: f"<td>{v:.3f} [{v:.3f}, {v:.3f}]</td>"  # noqa: E731
+    assert "<tr><td>correctness</td>" + one(1) + one(1) + one(1) + one(0) + one(0.5) in page
 
 
 def test_render_report_without_eval_or_samples(tmp_path):

@@ -13,12 +13,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="DATASET", required=True)
     p = sub.add_parser(
         "gsm8k-verify",
-        help="easy short-context judging task from GSM8K (for CPU runs and sanity checks)",
+        help="short-context judging task from GSM8K (--hard: wrong twins whose plan misreads the question)",
         description=(
             "Build the gsm8k-verify task from a GSM8K JSONL file (fields question, answer). Each "
             "solution's <<expr=value>> annotations become a short Python program whose output is "
             "shown after the seed's code-output bridge; each question gives a correct example and "
-            "a wrong twin (one perturbed number or operator, a different integer output). Prompts "
+            "a wrong twin (one perturbed number or operator, a different integer output; with --hard, a "
+            "misreading of the question in plan and code alike). Prompts "
             "over --max-prompt-tokens are dropped. Writes examples (docs/data-format.md) as "
             ".jsonl or .parquet."
         ),
@@ -33,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="drop questions whose prompt (with bos) is longer (default 400)")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="keep repeated questions (same question and answer) instead of dropping them")
+    p.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                   help="leave out every question of these examples (.jsonl/.parquet or bundled:NAME), e.g. the "
+                        "training file when building a held-out eval file (repeatable)")
+    p.add_argument("--hard", action="store_true",
+                   help="hard wrong twins: the code agrees with its own plan, but the plan misreads the question "
+                        "(a number from another sentence, a wrong operation, a unit or rate mix-up)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _gsm8k_verify(args: argparse.Namespace) -> int:
-    from tirgrpo.data.gsm8k import build_examples, read_gsm8k
+    from tirgrpo.data.bundled import bundled_path
+    from tirgrpo.data.gsm8k import build_examples, question_key, read_gsm8k
     from tirgrpo.data.limits import drop_duplicates, report_duplicates
-    from tirgrpo.data.records import write_examples
+    from tirgrpo.data.records import read_examples, write_examples
     from tirgrpo.errors import TirgrpoError
     from tirgrpo.data.tokenizer import load_tokenizer
 
@@ -58,10 +66,13 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     check_output_file(out)
     items, duplicates = drop_duplicates(read_gsm8k(args.input), key=lambda qa: qa, keep=args.keep_duplicates)
     report_duplicates(duplicates, "questions (same question and answer)", args.keep_duplicates)
+    exclude = frozenset(question_key(e.question) for path in args.exclude for e in read_examples(bundled_path(path)))
     tokenizer = load_tokenizer(args.tokenizer)
-    examples, counts = build_examples(
-        items, tokenizer, limit=args.limit, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens
-    )
+    from tirgrpo.data.gsm8k_hard import make_hard_pair
+
+    examples, counts = build_examples(items, tokenizer, limit=args.limit, seed=args.seed,
+                                      max_prompt_tokens=args.max_prompt_tokens,
+                                      make=make_hard_pair if args.hard else None, exclude=exclude)
     if not examples:
         raise TirgrpoError(f"{args.input}: no usable questions ({counts})")
     write_examples(out, examples)
@@ -69,9 +80,12 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     longest = max(e.prompt_tokens for e in examples)
     print(
         f"{args.input}: {counts['questions_seen']} questions read, {counts['used']} used, "
-        f"{counts['skipped_program']} skipped (no usable program), "
+        + (f"{counts['skipped_excluded']} skipped (in --exclude), " if args.exclude else "")
+        + f"{counts['skipped_program']} skipped (no usable program), "
         f"{counts['skipped_too_long']} skipped (prompt > {args.max_prompt_tokens} tokens)"
     )
+    kinds = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(counts.items()) if k.startswith("kind:"))
+    print(f"wrong twins by kind: {kinds}")
     print(
         f"wrote {len(examples)} examples ({labels['correct']} correct, {labels['wrong']} wrong; "
         f"longest prompt {longest} tokens) to {out}"

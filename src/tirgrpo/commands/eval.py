@@ -1,8 +1,14 @@
 """`tirgrpo eval`: the verifier's decision quality on labelled examples, against baselines,
 and (with `--selection`) what it does to answer selection by vote.
 
-    tirgrpo eval --model runs/demo --data bundled:gsm8k-verify-eval --samples 4
-    tirgrpo eval --model runs/demo --transcripts runs.jsonl --samples 4 --selection
+    tirgrpo eval --model runs/demo --data bundled:gsm8k-verify-eval
+    tirgrpo eval --model runs/demo --transcripts runs.jsonl --selection
+
+The protocol: K sampled completions per example (--samples, default 8) at --temperature
+(default 1.0, the training temperature) give P(submit) per example, the headline metrics
+and their bootstrap 95% intervals (resampling questions); one greedy completion per example
+is reported beside them (--no-greedy to skip). Sampling runs through the fast rollout engine
+(prompt KV once per group, CUDA graphs on a GPU).
 
 Writes OUT (default RUN_DIR/eval.json for a run folder, else ./eval.json) and the same
 tables as Markdown next to it (OUT with suffix .md). Metric definitions: evaluate.py and
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
@@ -26,11 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="labelled examples (.jsonl/.parquet or bundled:NAME)")
     src.add_argument("--transcripts", help="transcript JSONL: judge each run at its last code output")
-    p.add_argument("--samples", type=positive_int, default=4, metavar="K", help="completions sampled per example (default 4)")
+    p.add_argument("--samples", type=positive_int, default=8, metavar="K", help="completions sampled per example (default 8)")
+    p.add_argument("--no-greedy", dest="greedy", action="store_false",
+                   help="skip the separate greedy completion per example")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="B",
+                   help="bootstrap resamples of the questions for the 95%% intervals (default 1000; 0 = none)")
     p.add_argument("--selection", action="store_true",
                    help="also compare majority vote, verifier-gated vote and P(submit)-weighted vote per question")
     p.add_argument("--threshold", type=unit_interval, default=0.5, help="P(submit) at which a transcript counts as submitted")
-    p.add_argument("--temperature", type=temperature, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--temperature", type=temperature, default=1.0,
+                   help="sampling temperature of the K samples (default 1.0; 0 = greedy)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
     p.add_argument("--max-examples", type=non_negative_int, default=0, help="evaluate at most this many examples (0 = all)")
     p.add_argument("--max-prompt-tokens", type=non_negative_int, default=0, help="drop longer prompts (0 = no limit)")
@@ -38,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=64, help="most sequences decoded at once")
+    p.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"),
+                   help="decode kernels of the fast engine (auto: Triton on CUDA, else torch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="where to write eval.json (the Markdown goes next to it)")
 
@@ -80,11 +94,13 @@ def run(args) -> int:
     device = resolve_device(args.device)
     model = load_base_model(model_cfg, device, resolve_dtype(args.dtype, device), args.seed)
     model.requires_grad_(False).eval()
+    start = time.perf_counter()
     result = judge(model, tokenizer, examples, prompts, params, args.samples, args.seed,
-                   eval_rewards(run_cfg.rewards if run_cfg else None), args.batch_size)
+                   eval_rewards(run_cfg.rewards if run_cfg else None), args.batch_size, greedy=args.greedy,
+                   bootstrap=args.bootstrap, kernels=args.kernels)
     judged = result.pop("judged")
     result.update({"model": args.model, "data": args.data or args.transcripts, "temperature": args.temperature,
-                   "max_new_tokens": max_new})
+                   "max_new_tokens": max_new, "seconds": time.perf_counter() - start, "device": str(device)})
     md = markdown_table(result)
     if args.selection:
         result["selection"] = selection(result, judged, examples, problem_ids, args.threshold, args.seed)

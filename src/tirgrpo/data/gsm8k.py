@@ -68,12 +68,16 @@ class Program:
         """The Python source shown in the prompt (no trailing newline)."""
         return "\n".join(self.lines() + [f"print({self.names[-1]})"])
 
-    def run(self) -> str:
-        """What running the program prints (without the trailing newline)."""
+    def values(self) -> list[int | float]:
+        """The value of every step, in order; ProgramError if a step cannot be evaluated."""
         env: dict[str, int | float] = {}
         for name, expr in zip(self.names, self.exprs):
             env[name] = evaluate(expr, env)
-        return str(env[self.names[-1]])
+        return [env[n] for n in self.names]
+
+    def run(self) -> str:
+        """What running the program prints (without the trailing newline)."""
+        return str(self.values()[-1])
 
 
 def evaluate(expr: str, env: dict[str, int | float]) -> int | float:
@@ -220,7 +224,12 @@ def perturbations(program: Program) -> list[tuple[int, str]]:
 
 @dataclass(frozen=True)
 class VerifyPair:
-    """One question's correct example and wrong twin, before tokenization."""
+    """One question's correct example and wrong twin, before tokenization.
+
+    kind: how the twin is wrong: `perturbed-code` (easy: one code line contradicts the plan)
+    or a misreading of the question in plan and code alike (gsm8k_hard.KINDS), in which case
+    `wrong_plan` is the twin's own plan (None: the twin shows `plan`).
+    """
 
     question: str
     answer: int
@@ -230,6 +239,8 @@ class VerifyPair:
     wrong_program: Program
     wrong_output: str
     wrong_step: int
+    wrong_plan: str | None = None
+    kind: str = "perturbed-code"
 
 
 def plan_text(solution: str) -> str:
@@ -250,14 +261,20 @@ def plan_text(solution: str) -> str:
     return "\n".join(lines)
 
 
-def make_pair(question: str, solution: str, rng: random.Random) -> VerifyPair:
-    """Build the correct example and its wrong twin for one GSM8K item; ProgramError if unusable."""
+def checked_answer(solution: str) -> int:
+    """GSM8K's final answer (after `####`) as an integer; ProgramError if missing or not an integer."""
     final = solution.rsplit("####", 1)
     if len(final) != 2:
         raise ProgramError("no '#### answer' line")
     answer = parse_int_answer(final[1].strip().replace(",", ""))
     if answer is None:
         raise ProgramError(f"answer {final[1].strip()!r} is not an integer")
+    return answer
+
+
+def make_pair(question: str, solution: str, rng: random.Random) -> VerifyPair:
+    """Build the correct example and its wrong twin for one GSM8K item; ProgramError if unusable."""
+    answer = checked_answer(solution)
     program = build_program(solution, question)
     output = program.run()
     if parse_int_answer(output) != answer:
@@ -277,8 +294,8 @@ def make_pair(question: str, solution: str, rng: random.Random) -> VerifyPair:
     raise ProgramError("no perturbation gives a different non-negative integer")
 
 
-def _prompt(pair: VerifyPair, program: Program, output: str) -> str:
-    first = fill(GSM8K_CODE_PROMPT, question=pair.question, plan=pair.plan, code=program.source())
+def _prompt(pair: VerifyPair, plan: str, program: Program, output: str) -> str:
+    first = fill(GSM8K_CODE_PROMPT, question=pair.question, plan=plan, code=program.source())
     return first + fill(BRIDGE, output=output)
 
 
@@ -294,8 +311,15 @@ def wrong_completion(pair: VerifyPair) -> str:
     """Target for the wrong twin: the faulty line, then the start of a corrected code block."""
     bad = pair.wrong_program.lines()[pair.wrong_step]
     good = pair.program.lines()[pair.wrong_step]
+    if pair.kind == "perturbed-code":
+        why = f"the line `{bad}` does not match the problem: it should be `{good}`."
+    else:
+        reason = {"wrong-number": "takes a number from the wrong part of the problem",
+                  "wrong-operation": "uses the wrong operation",
+                  "unit-mix-up": "mixes up a unit or a rate"}.get(pair.kind, "misreads the problem")
+        why = f"the line `{bad}` follows my plan, but the plan {reason}: it should be `{good}`."
     return (
-        f"Looking at my code, the line `{bad}` does not match the problem: it should be `{good}`. "
+        f"Looking at my code, {why} "
         f"So the output {pair.wrong_output} is wrong, and I will fix the code.\n</think>\n\n{CODE_BLOCK_START}\n"
     )
 
@@ -317,9 +341,10 @@ def pair_examples(pair: VerifyPair, tokenizer) -> tuple[Example, Example]:
         )
 
     return (
-        example(_prompt(pair, pair.program, pair.output), correct_completion(pair), str(pair.answer), "correct"),
+        example(_prompt(pair, pair.plan, pair.program, pair.output), correct_completion(pair), str(pair.answer),
+                "correct"),
         example(
-            _prompt(pair, pair.wrong_program, pair.wrong_output),
+            _prompt(pair, pair.wrong_plan or pair.plan, pair.wrong_program, pair.wrong_output),
             wrong_completion(pair),
             str(parse_int_answer(pair.wrong_output)),
             "wrong",
@@ -343,28 +368,42 @@ def read_gsm8k(path: str | Path) -> list[tuple[str, str]]:
     return items
 
 
+def question_key(question: str) -> str:
+    """A question compared across files: lower case, whitespace collapsed."""
+    return " ".join(question.lower().split())
+
+
 def build_examples(
     items: Sequence[tuple[str, str]],
     tokenizer,
     limit: int | None = None,
     seed: int = 0,
     max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    make=None,
+    exclude: frozenset[str] = frozenset(),
 ) -> tuple[list[Example], dict[str, int]]:
     """Examples for up to `limit` questions (2 each: correct, then wrong), in an order shuffled by seed.
 
-    Returns (examples, counts of questions used and skipped by reason).
+    make: the pair builder, `make_pair` (a wrong twin's code line contradicts its plan; the
+    default) or `gsm8k_hard.make_hard_pair` (plan and code alike misread the question). exclude: questions to leave out (compared
+    by `question_key`), e.g. those of a training file when building a held-out eval file.
+    Returns (examples, counts of questions used and skipped by reason, and of the twins by kind).
     """
+    make = make or make_pair
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     examples: list[Example] = []
-    counts = {"questions_seen": 0, "used": 0, "skipped_program": 0, "skipped_too_long": 0}
+    counts = {"questions_seen": 0, "used": 0, "skipped_excluded": 0, "skipped_program": 0, "skipped_too_long": 0}
     for index in order:
         if limit is not None and counts["used"] >= limit:
             break
         counts["questions_seen"] += 1
         question, solution = items[index]
+        if exclude and question_key(question) in exclude:
+            counts["skipped_excluded"] += 1
+            continue
         try:
-            pair = make_pair(question, solution, random.Random(f"{seed}\0{index}"))
+            pair = make(question, solution, random.Random(f"{seed}\0{index}"))
         except ProgramError:
             counts["skipped_program"] += 1
             continue
@@ -374,4 +413,5 @@ def build_examples(
             continue
         examples += [good, bad]
         counts["used"] += 1
+        counts[f"kind:{pair.kind}"] = counts.get(f"kind:{pair.kind}", 0) + 1
     return examples, counts

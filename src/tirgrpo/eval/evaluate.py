@@ -14,12 +14,21 @@ hand-made predictions); `evaluate_examples` samples the completions and applies 
 - submit / decline / invalid: the share of completions with that decision;
 - decision_accuracy: share of completions that submit on a `correct` example or decline on
   a `wrong` one (an invalid completion is never right);
+- balanced_accuracy: (submit rate on `correct` examples + decline rate on `wrong` ones) / 2:
+  0.5 for every constant policy whatever the label mix, 1 for the oracle;
+- submit_rate_on_correct / submit_rate_on_wrong: the submit rate on each label, and
+  skill = their difference (0 for a policy that ignores the example, 1 for the oracle);
 - precision (of submit): of the completions that submit, the share on `correct` examples;
   recall (of submit): of the completions on `correct` examples, the share that submit;
 - auroc: P(submit) of an example = its submitting samples / K; the AUROC of that score for
   telling `correct` examples from `wrong` ones (ties count one half; NaN when all examples
   share one label);
 - completion_tokens: mean generated tokens per completion.
+
+The protocol (the trainer's before/after eval and `tirgrpo eval`): K sampled completions
+per example at the training temperature (the headline numbers, with bootstrap 95% intervals
+that resample questions, see bootstrap.py) plus one greedy completion per example,
+reported separately.
 
 Baselines on the same examples (no model; a submitted answer is the transcript's own
 eventual answer, so it is right exactly on `correct` examples):
@@ -30,19 +39,21 @@ oracle (submit exactly on `correct` examples).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from typing import Any, Sequence
 
 import torch
 
 from tirgrpo.config import RewardConfig
+from tirgrpo.eval.bootstrap import HEADLINE, bootstrap_intervals
 from tirgrpo.rollout import SamplingParams
 
 NAN = float("nan")
 BASELINES = ("always-submit", "always-decline", "random", "oracle")
 # The metrics of one policy or baseline, in table order.
-METRICS = ("correctness", "decision_accuracy", "submit", "decline", "invalid", "precision", "recall", "auroc",
-           "completion_tokens")
+METRICS = ("correctness", "balanced_accuracy", "auroc", "submit_rate_on_correct", "submit_rate_on_wrong", "skill",
+           "decision_accuracy", "submit", "decline", "invalid", "precision", "recall", "completion_tokens")
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -88,16 +99,19 @@ def decision_metrics(decisions: list[str], labels: list[str], correctness: list[
     def rate(xs, what):
         return sum(x == what for x in xs) / len(xs) if xs else NAN
 
+    on_c, on_w = rate(on_correct, "submit"), rate(on_wrong, "submit")
     return {
         "correctness": sum(correctness) / n,
         "submit": rate(decisions, "submit"),
         "decline": rate(decisions, "decline"),
         "invalid": rate(decisions, "invalid"),
         "decision_accuracy": sum(right) / n,
+        "balanced_accuracy": (on_c + rate(on_wrong, "decline")) / 2,
         "precision": rate(submitted_labels, "correct"),
-        "recall": rate(on_correct, "submit"),
-        "submit_rate_on_correct": rate(on_correct, "submit"),
-        "submit_rate_on_wrong": rate(on_wrong, "submit"),
+        "recall": on_c,
+        "submit_rate_on_correct": on_c,
+        "submit_rate_on_wrong": on_w,
+        "skill": on_c - on_w,
     }
 
 
@@ -168,17 +182,26 @@ def baseline_metrics(labels: list[str], rewards: RewardConfig | None = None) -> 
 
 def summarize(questions: list[str], labels: list[str], decisions: list[list[str]],
               correctness: list[list[float]], tokens: list[list[int]],
-              rewards: RewardConfig | None = None) -> dict[str, Any]:
-    """Overall and per-question metrics of the policy and the baselines.
+              rewards: RewardConfig | None = None, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Overall and per-question metrics of the policy and the baselines, with intervals.
 
-    Returns {"overall": metrics, "baselines": {name: metrics}, "per_question": [{"question",
-    "overall", "baselines"}, ...]} with questions in order of first appearance.
+    Returns {"overall": metrics, "baselines": {name: metrics}, "intervals": {"policy" or a
+    baseline name: {headline metric: [low, high]}}, "per_question": [{"question", "overall",
+    "baselines"}, ...]} with questions in order of first appearance. The intervals are
+    bootstrap 95% intervals over `bootstrap` resamples of the questions (seeded by `seed`;
+    `bootstrap` = 0: none).
     """
     result: dict[str, Any] = {
         "overall": policy_metrics(labels, decisions, correctness, tokens),
         "baselines": baseline_metrics(labels, rewards),
+        "intervals": {"policy": bootstrap_intervals(questions, labels, decisions, correctness, bootstrap, seed)},
         "per_question": [],
     }
+    rewards = rewards or RewardConfig(set="default")
+    for name in BASELINES:
+        ds = baseline_decisions(labels, name)
+        cs = [[decision_reward(d, lab, rewards) for d in row] for row, lab in zip(ds, labels)]
+        result["intervals"][name] = bootstrap_intervals(questions, labels, ds, cs, bootstrap, seed)
     order: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         order.setdefault(q, []).append(i)
@@ -203,15 +226,42 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def markdown_table(result: dict[str, Any], max_questions: int = 50) -> str:
-    """The overall table (policy and baselines, one row per metric) and a per-question table."""
-    cols = ["policy", *BASELINES]
-    rows = [result["overall"], *(result["baselines"][b] for b in BASELINES)]
-    lines = ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+def format_cell(value: Any, interval: Sequence[float] | None = None) -> str:
+    """A metric as table text: `0.447 [0.410, 0.480]` with its 95% interval, `0.447` without, `—` if undefined."""
+    text = _fmt(value)
+    if text == "—" or not interval or any(math.isnan(x) for x in interval):
+        return text
+    return f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _intervals(result: dict, who: str) -> dict:
+    return (result.get("intervals") or {}).get(who) or {}
+
+
+def _table(columns: list[tuple[str, dict, dict]]) -> list[str]:
+    """Markdown rows: one column per (name, metrics, intervals), one row per METRICS entry present."""
+    lines = ["| metric | " + " | ".join(c[0] for c in columns) + " |", "|---|" + "---:|" * len(columns)]
     for m in METRICS:
-        lines.append(f"| {m} | " + " | ".join(_fmt(r.get(m)) for r in rows) + " |")
+        if all(m not in c[1] for c in columns):
+            continue
+        lines.append(f"| {m} | " + " | ".join(format_cell(c[1].get(m), c[2].get(m)) for c in columns) + " |")
+    return lines
+
+
+def markdown_table(result: dict[str, Any], max_questions: int = 50) -> str:
+    """The overall table (sampled policy, greedy, baselines; one row per metric) and a per-question table."""
+    k = result.get("samples")
+    cols = [(f"policy (K={k})" if k else "policy", result["overall"], _intervals(result, "policy"))]
+    greedy = result.get("greedy") or {}
+    if greedy:
+        cols.append(("greedy", greedy.get("overall", {}), _intervals(greedy, "policy")))
+    cols += [(b, result["baselines"][b], _intervals(result, b)) for b in BASELINES]
+    lines = _table(cols)
     o = result["overall"]
-    lines.append(f"\n{o.get('examples', 0)} examples, {o.get('n', 0)} completions.")
+    lines.append(f"\n{o.get('examples', 0)} examples, {o.get('n', 0)} sampled completions"
+                 + (f" at temperature {result['temperature']}" if "temperature" in result else "")
+                 + (", plus one greedy completion each" if greedy else "")
+                 + ". Brackets: bootstrap 95% interval, resampling questions.")
     per_q = result.get("per_question") or []
     if per_q:
         lines += ["", "| question | examples | correctness | oracle | decision_accuracy | submit | auroc |",
@@ -230,20 +280,26 @@ def markdown_table(result: dict[str, Any], max_questions: int = 50) -> str:
 
 
 def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """A Markdown table of the policy before and after training next to the baselines.
+    """A Markdown table of the policy before and after training next to the baselines, with intervals.
 
-    `before`/`after` are eval results (`summarize`'s dict); either may be empty.
+    `before`/`after` are eval results (`summarize`'s dict, or an older flat dict of
+    metrics); either may be empty. When they hold greedy results, a second table shows those.
     """
     ref = after or before
     base = ref.get("baselines", {})
-    cols = ["before", "after", *[b for b in BASELINES if b in base]]
-    lines = ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for m in METRICS:
-        vals = [overall_of(before or {}).get(m), overall_of(after or {}).get(m)]
-        vals += [base[b].get(m) for b in BASELINES if b in base]
-        lines.append(f"| {m} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    cols = [("before", overall_of(before or {}), _intervals(before or {}, "policy")),
+            ("after", overall_of(after or {}), _intervals(after or {}, "policy"))]
+    cols += [(b, base[b], _intervals(ref, b)) for b in BASELINES if b in base]
+    lines = _table(cols)
     o = overall_of(ref)
-    lines.append(f"\n{o.get('examples', '?')} eval examples, {o.get('n', '?')} completions each time.")
+    k = ref.get("samples")
+    lines.append(f"\n{o.get('examples', '?')} eval examples, {o.get('n', '?')} completions each time"
+                 + (f" ({k} sampled per example)" if k else "") + "; brackets: bootstrap 95% interval by question.")
+    gb, ga = (before or {}).get("greedy") or {}, (after or {}).get("greedy") or {}
+    if gb or ga:
+        lines += ["", "Greedy (one completion per example):", ""]
+        lines += _table([("before", gb.get("overall", {}), _intervals(gb, "policy")),
+                         ("after", ga.get("overall", {}), _intervals(ga, "policy"))])
     return "\n".join(lines) + "\n"
 
 
@@ -276,23 +332,65 @@ def sample_decisions(engine, tokenizer, examples, prompt_ids, params: SamplingPa
     return out
 
 
+def _summarize_sampled(examples, sampled: list[list[dict]], rewards: RewardConfig, bootstrap: int,
+                       seed: int) -> dict[str, Any]:
+    return summarize([ex.question for ex in examples], [ex.label for ex in examples],
+                     [[s["decision"] for s in g] for g in sampled], [[s["correctness"] for s in g] for g in sampled],
+                     [[s["tokens"] for s in g] for g in sampled], rewards, bootstrap, seed)
+
+
 def evaluate_examples(engine, tokenizer, examples, prompt_ids, params: SamplingParams, samples: int, seed: int,
-                      rewards: RewardConfig | None = None) -> dict[str, Any]:
-    """Sample, score and summarize: `summarize`'s dict plus `completions` (per example, per sample)."""
+                      rewards: RewardConfig | None = None, greedy: bool = True,
+                      bootstrap: int = 1000) -> dict[str, Any]:
+    """Sample, score and summarize: `summarize`'s dict plus `samples`, `temperature`, `completions`
+    (per example, per sample) and, with `greedy`, `greedy` = {"overall", "intervals"} of one
+    greedy completion per example (each completion entry then has its `greedy` sample too).
+
+    `params.temperature` should be the training temperature (the policy GRPO samples); at
+    temperature 0 the samples are greedy already and no separate greedy pass runs.
+    `bootstrap`: resamples for the 95% intervals (0 = none).
+    """
     rewards = rewards or RewardConfig(set="default")
     sampled = sample_decisions(engine, tokenizer, examples, prompt_ids, params, samples, seed, rewards)
-    result = summarize([ex.question for ex in examples], [ex.label for ex in examples],
-                       [[s["decision"] for s in g] for g in sampled], [[s["correctness"] for s in g] for g in sampled],
-                       [[s["tokens"] for s in g] for g in sampled], rewards)
+    result = _summarize_sampled(examples, sampled, rewards, bootstrap, seed)
     result["samples"] = samples
+    result["temperature"] = params.temperature
     result["completions"] = [{"question": ex.question, "label": ex.label, "correct_answer": ex.correct_answer,
                               "eventual_answer": ex.eventual_answer, "samples": g} for ex, g in zip(examples, sampled)]
+    if greedy and params.temperature > 0:
+        greedy_params = dataclasses.replace(params, temperature=0.0)
+        picked = sample_decisions(engine, tokenizer, examples, prompt_ids, greedy_params, 1, seed, rewards)
+        g = _summarize_sampled(examples, picked, rewards, bootstrap, seed)
+        result["greedy"] = {"overall": g["overall"], "intervals": {"policy": g["intervals"]["policy"]}}
+        for entry, rows in zip(result["completions"], picked):
+            entry["greedy"] = rows[0]
     return result
 
 
 def evaluate_policy(engine, tokenizer, examples, prompt_ids, params: SamplingParams, samples: int, seed: int) -> dict:
     """The overall metrics only (a flat dict of numbers), as `evaluate_examples` computes them."""
-    return evaluate_examples(engine, tokenizer, examples, prompt_ids, params, samples, seed)["overall"]
+    return evaluate_examples(engine, tokenizer, examples, prompt_ids, params, samples, seed, greedy=False,
+                             bootstrap=0)["overall"]
+
+
+def resolve_eval_temperature(eval_temperature: float, rollout_temperature: float) -> float:
+    """The eval sampling temperature: `run.eval_temperature` when >= 0, else the rollout's (training) one."""
+    return eval_temperature if eval_temperature >= 0 else rollout_temperature
+
+
+# What a run's summary.json keeps of an eval result besides `overall` (the numbers, not the completions).
+BRIEF_KEYS = ("baselines", "intervals", "greedy", "samples", "temperature")
+
+
+def log_values(result: dict) -> dict[str, float]:
+    """An eval result as flat metrics.jsonl values: `eval/METRIC` (K samples), `eval/greedy/METRIC`,
+    and `eval/METRIC_lo` / `eval/METRIC_hi` (the 95% interval) for the headline metrics."""
+    out = {f"eval/{k}": v for k, v in overall_of(result).items()}
+    for k, (lo, hi) in _intervals(result, "policy").items():
+        out[f"eval/{k}_lo"], out[f"eval/{k}_hi"] = lo, hi
+    greedy = (result.get("greedy") or {}).get("overall", {}) if isinstance(result, dict) else {}
+    out.update({f"eval/greedy/{k}": v for k, v in greedy.items()})
+    return out
 
 
 def overall_of(result: dict) -> dict:

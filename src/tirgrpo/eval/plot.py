@@ -1,7 +1,10 @@
 """`tirgrpo plot RUN_DIR`: PNG dashboards of a run's metrics.jsonl.
 
 rewards.png has one panel per reward component (and the total), like the original run's
-dashboard; training.png shows loss, KL, clipping, entropy, lengths and the decision mix.
+dashboard; training.png shows loss, KL, clipping, entropy, lengths and the decision mix;
+labels.png the metrics split by label (label_split.py): decision rates and reward on
+`correct` and on `wrong` prompts, the skill, the advantage mass on each decision and the
+completion length by decision.
 """
 
 from __future__ import annotations
@@ -18,7 +21,26 @@ PANELS = {
                      "decision/submit", "decision/decline", "decision/invalid", "adv/zero_std_groups"],
     "speed.png": ["time/rollout_s", "time/score_s", "time/train_s", "throughput/train_tokens_per_s",
                   "throughput/gen_tokens_per_s", "memory/peak_gib"],
+    # Panels with several lines: (title, keys).
+    "labels.png": [
+        ("submit rate by label", ["label/correct/submit", "label/wrong/submit"]),
+        ("decline rate by label", ["label/correct/decline", "label/wrong/decline"]),
+        ("invalid rate by label", ["label/correct/invalid", "label/wrong/invalid"]),
+        ("mean reward by label", ["label/correct/reward", "label/wrong/reward"]),
+        ("skill (submit on correct - on wrong)", ["label/skill"]),
+        ("advantage mass by decision", ["adv/submit", "adv/decline", "adv/invalid"]),
+        ("advantage on submits by label", ["adv/correct/submit", "adv/wrong/submit"]),
+        ("advantage on declines by label", ["adv/correct/decline", "adv/wrong/decline"]),
+        ("advantage on invalids by label", ["adv/correct/invalid", "adv/wrong/invalid"]),
+        ("advantage x tokens by decision", ["adv_tokens/submit", "adv_tokens/decline", "adv_tokens/invalid"]),
+        ("completion tokens by decision", ["length/submit", "length/decline", "length/invalid"]),
+    ],
 }
+
+
+def _panels(spec: list) -> list[tuple[str, list[str]]]:
+    """PANELS entries as (title, keys): a plain key is a panel of its own, titled by the key."""
+    return [(item, [item]) if isinstance(item, str) else item for item in spec]
 
 
 def plot_run(run_dir: Path) -> list[Path]:
@@ -34,21 +56,25 @@ def plot_run(run_dir: Path) -> list[Path]:
     if not rows:  # e.g. an eval-only run (optim.total_steps = 0)
         return []
     written = []
-    for name, keys in PANELS.items():
-        keys = [k for k in keys if any(k in r for r in rows)]
-        if not keys:
+    for name, spec in PANELS.items():
+        panels = [(t, [k for k in keys if any(k in r for r in rows)]) for t, keys in _panels(spec)]
+        panels = [(t, keys) for t, keys in panels if keys]
+        if not panels:
             continue
         cols = 3
-        nrows = (len(keys) + cols - 1) // cols
+        nrows = (len(panels) + cols - 1) // cols
         fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
-        for ax, key in zip(axes.flat, keys):
-            xs = [r["step"] for r in rows if isinstance(r.get(key), (int, float))]
-            ys = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, linewidth=1)
-            ax.set_title(key, fontsize=9)
+        for ax, (title, keys) in zip(axes.flat, panels):
+            for key in keys:
+                xs = [r["step"] for r in rows if isinstance(r.get(key), (int, float))]
+                ys = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+                ax.plot(xs, ys, marker="." if len(xs) < 50 else None, linewidth=1, label=key)
+            ax.set_title(title, fontsize=9)
             ax.set_xlabel("optimizer step", fontsize=8)
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(keys):]:
+            if len(keys) > 1:
+                ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
         fig.tight_layout()
         out = run_dir / name

@@ -144,25 +144,48 @@ def decision_mix_plot(rows: list[dict]) -> str | None:
 # --------------------------------------------------------------------------- sections
 
 
+def _eval_table(columns: list[tuple[str, dict, dict]]) -> str:
+    """An HTML table: one column per (name, metrics, intervals), one row per metric present."""
+    from tirgrpo.eval.evaluate import METRICS, format_cell
+
+    head = "".join(f"<th>{esc(c)}</th>" for c in ["metric", *(c[0] for c in columns)])
+    body = []
+    for m in METRICS:
+        if all(m not in c[1] for c in columns):
+            continue
+        cells = "".join(f"<td>{esc(format_cell(c[1].get(m), c[2].get(m)))}</td>" for c in columns)
+        body.append(f"<tr><td>{esc(m)}</td>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
 def eval_section(before: dict, after: dict) -> str:
-    """The before/after table with the baselines (eval results as `evaluate.summarize` writes them)."""
-    from tirgrpo.eval.evaluate import BASELINES, METRICS, overall_of
+    """The before/after table with the baselines and 95% intervals, and the greedy before/after
+    (eval results as `evaluate.summarize` writes them)."""
+    from tirgrpo.eval.evaluate import BASELINES, overall_of
 
     if not before and not after:
         return "<p class=note>No evaluation in this run (data.eval is empty).</p>"
-    base = (after or before).get("baselines", {})
-    names = [b for b in BASELINES if b in base]
-    head = "".join(f"<th>{esc(c)}</th>" for c in ["metric", "before", "after", *names])
-    body = []
+    ref = after or before
+
+    def ci(result: dict, who: str) -> dict:
+        return (result.get("intervals") or {}).get(who) or {}
+
+    base = ref.get("baselines", {})
+    cols = [("before", overall_of(before or {}), ci(before or {}, "policy")),
+            ("after", overall_of(after or {}), ci(after or {}, "policy"))]
+    cols += [(b, base[b], ci(ref, b)) for b in BASELINES if b in base]
+    html = _eval_table(cols)
     b_over, a_over = overall_of(before or {}), overall_of(after or {})
-    for m in METRICS:
-        cells = [b_over.get(m), a_over.get(m), *[base[n].get(m) for n in names]]
-        body.append(f"<tr><td>{esc(m)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in cells) + "</tr>")
     n = a_over.get("examples", b_over.get("examples"))
-    k = (after or before).get("samples")
-    note = f"<p class=note>{_fmt(n)} eval examples" + (f", {k} sample(s) each" if k else "") + \
-           ". Baselines need no model: a submission boxes the transcript's own eventual answer.</p>"
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>{note}"
+    k = ref.get("samples")
+    html += (f"<p class=note>{_fmt(n)} eval examples" + (f", {k} sample(s) each" if k else "") +
+             ". Brackets: bootstrap 95% interval, resampling questions. Baselines need no model: a "
+             "submission boxes the transcript's own eventual answer.</p>")
+    gb, ga = (before or {}).get("greedy") or {}, (after or {}).get("greedy") or {}
+    if gb or ga:
+        html += "<h3>Greedy (one completion per example)</h3>" + _eval_table(
+            [("before", gb.get("overall", {}), ci(gb, "policy")), ("after", ga.get("overall", {}), ci(ga, "policy"))])
+    return html
 
 
 def samples_section(samples: list[dict], steps_shown: int = 3) -> str:
@@ -329,6 +352,13 @@ def render_report(run_dir: Path, config_text: str, rows: list[dict], samples: li
             ("entropy", ["train/entropy"]), ("loss", ["train/loss"]), ("gradient norm", ["train/grad_norm"]),
             ("completion tokens", ["completion/tokens_mean"])])),
         ("Decision mix", decision_mix_plot(train_rows)),
+        ("Split by label", line_plots(train_rows, [
+            ("submit rate by label", ["label/correct/submit", "label/wrong/submit"]),
+            ("mean reward by label", ["label/correct/reward", "label/wrong/reward"]),
+            ("skill (submit on correct - on wrong)", ["label/skill"]),
+            ("advantage mass by decision", ["adv/submit", "adv/decline", "adv/invalid"]),
+            ("advantage x tokens by decision", ["adv_tokens/submit", "adv_tokens/decline", "adv_tokens/invalid"]),
+            ("completion tokens by decision", ["length/submit", "length/decline", "length/invalid"])])),
     ]
     eval_rows = [r for r in rows if "eval/correctness" in r]
     if len(eval_rows) > 1:

@@ -58,20 +58,22 @@ def examples_to_judge(data: str | None, transcripts: str | None, tokenizer, max_
 
 
 def judge(model, tokenizer, examples: list, prompts: list, params, samples: int, seed: int, rewards,
-          batch_size: int) -> dict:
-    """Sample `samples` decisions of `model` for every example that has a prompt, with the
-    metrics and baselines of `evaluate.evaluate_examples` ("unjudged": examples without one)."""
+          batch_size: int, greedy: bool = True, bootstrap: int = 1000, kernels: str = "auto") -> dict:
+    """Sample `samples` decisions of `model` (and one greedy decision) for every example that
+    has a prompt, through the fast engine, with the metrics, baselines and bootstrap intervals
+    of `evaluate.evaluate_examples` ("unjudged": examples without a prompt)."""
     import torch
 
     from tirgrpo.eval.evaluate import evaluate_examples, summarize
-    from tirgrpo.rollout.simple import SimpleEngine
+    from tirgrpo.rollout.engine import FastEngine
 
     judged = [i for i, p in enumerate(prompts) if p is not None]
-    engine = SimpleEngine(model, tokenizer, batch_size=batch_size)
+    engine = FastEngine(model, tokenizer, max_batch=batch_size, kernels=kernels)
     with torch.no_grad():
         result = evaluate_examples(engine, tokenizer, [examples[i] for i in judged],
                                    [tokenizer(prompts[i])["input_ids"] for i in judged],
-                                   params, samples, seed, rewards) if judged else summarize([], [], [], [], [])
+                                   params, samples, seed, rewards, greedy=greedy,
+                                   bootstrap=bootstrap) if judged else summarize([], [], [], [], [])
     result["unjudged"] = len(prompts) - len(judged)
     result["judged"] = judged
     return result

@@ -64,6 +64,7 @@ class Session:
     engine: object
     progress: Progress
     log: object
+    train_pairs: list = field(default_factory=list)  # (correct, wrong) prompt indices, with data.paired
     eval_before: dict = field(default_factory=dict)
     last_save: int = 0
     counts: tuple[int, int] = (0, 0)  # (trainable, total) parameters
@@ -175,6 +176,25 @@ def load_models(cfg: TrainConfig, plan: Plan, device: torch.device):
     return model, ref_model
 
 
+def training_pairs(cfg: TrainConfig, prompts: list) -> list[tuple[int, int]]:
+    """With data.paired, the (correct, wrong) pairs of training prompts that share a question
+    (refused when there are none or prompts_per_step is odd); else []."""
+    from tirgrpo.data.prompts import question_pairs
+
+    if not cfg.data.paired:
+        return []
+    if cfg.rollout.prompts_per_step % 2:
+        raise TirgrpoError(f"data.paired takes whole correct/wrong pairs: rollout.prompts_per_step must be even, "
+                           f"got {cfg.rollout.prompts_per_step}")
+    pairs, unpaired = question_pairs([p.example.question for p in prompts], [p.example.label for p in prompts])
+    if not pairs:
+        raise TirgrpoError(f"data.paired: no question of {cfg.data.train} has both a correct and a wrong example")
+    if unpaired:
+        print(f"note: data.paired leaves out {unpaired} of {len(prompts)} training examples without a partner "
+              f"of the other label")
+    return pairs
+
+
 def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: bool) -> Session:
     """Resolve (or, resuming, read) the plan, load everything the loop needs, then write
     config.toml and plan.toml. Nothing loads before the plan is known to fit, and nothing is
@@ -204,6 +224,7 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     device = torch.device(plan.device)
     tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
     train_prompts = load_prompts(cfg.data.train, tokenizer, cfg.data.max_prompt_tokens)
+    train_pairs = training_pairs(cfg, train_prompts)
     eval_prompts = load_prompts(cfg.data.eval, tokenizer, cfg.data.max_prompt_tokens) if cfg.data.eval else []
     if cfg.run.eval_max_examples > 0:
         eval_prompts = eval_prompts[: cfg.run.eval_max_examples]
@@ -215,7 +236,7 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     claim_run_dir(run_dir, resume, config_toml, plan_toml)
     log = RunLog(run_dir, cfg.run.tensorboard, resume_step=progress.step if resume else None)
     return Session(cfg, plan, run_dir, device, config_toml, plan_toml, tokenizer, train_prompts, eval_prompts, model,
-                   ref_model, optimizer, engine, progress, log, last_save=progress.step,
+                   ref_model, optimizer, engine, progress, log, train_pairs=train_pairs, last_save=progress.step,
                    counts=count_parameters(model))
 
 
@@ -232,15 +253,16 @@ def sampling_params(cfg: TrainConfig, temperature: float):
 def run_eval(s: Session, tag: str) -> dict:
     """Evaluate on the eval prompts; write eval_{tag}.json (overall, baselines, per question,
     completions) and return it ({} without eval data)."""
-    from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples
+    from tirgrpo.eval.evaluate import eval_rewards, evaluate_examples, resolve_eval_temperature
     from tirgrpo.train.model import eager_layers
 
     if not s.eval_prompts:
         return {}
     start = time.perf_counter()
+    temperature = resolve_eval_temperature(s.cfg.run.eval_temperature, s.cfg.rollout.temperature)
     with eager_layers():
         result = evaluate_examples(s.engine, s.tokenizer, [p.example for p in s.eval_prompts],
-                                   [p.ids for p in s.eval_prompts], sampling_params(s.cfg, s.cfg.run.eval_temperature),
+                                   [p.ids for p in s.eval_prompts], sampling_params(s.cfg, temperature),
                                    s.cfg.run.eval_samples, seed=s.cfg.run.seed + 7919,
                                    rewards=eval_rewards(s.cfg.rewards))
     result["seconds"] = time.perf_counter() - start
@@ -248,18 +270,27 @@ def run_eval(s: Session, tag: str) -> dict:
     return result
 
 
+def next_prompts(s: Session) -> list[int]:
+    """Indices of the training prompts of the next rollout: a pure function of the position in
+    the stream (`data.paired`: whole correct/wrong pairs of one question, data/prompts.py)."""
+    from tirgrpo.data.prompts import paired_prompts, prompts_for_rollout
+
+    cfg = s.cfg
+    count, position = cfg.rollout.prompts_per_step, s.progress.data_pos
+    if cfg.data.paired:
+        return paired_prompts(s.train_pairs, position, count, cfg.run.seed, cfg.data.shuffle)
+    return prompts_for_rollout(len(s.train_prompts), position, count, cfg.run.seed, cfg.data.shuffle)
+
+
 def rollout_and_score(s: Session) -> Rollout:
     """Sample G completions for each of the next prompts and score them."""
-    from tirgrpo.data.prompts import prompts_for_rollout
     from tirgrpo.score.rewards import score_records
     from tirgrpo.train.loss import group_advantages
     from tirgrpo.train.model import eager_layers
 
     cfg, group_size = s.cfg, s.cfg.rollout.group_size
     start = time.perf_counter()
-    picked = prompts_for_rollout(len(s.train_prompts), s.progress.data_pos, cfg.rollout.prompts_per_step,
-                                 cfg.run.seed, cfg.data.shuffle)
-    batch_prompts = [s.train_prompts[i] for i in picked]
+    batch_prompts = [s.train_prompts[i] for i in next_prompts(s)]
     generator = torch.Generator(device=s.device).manual_seed(cfg.run.seed * 1_000_003 + s.progress.rollout)
     with eager_layers():
         groups = s.engine.generate([p.ids for p in batch_prompts], group_size, sampling_params(cfg, cfg.rollout.temperature),
@@ -324,6 +355,8 @@ def mean(values: list[float]) -> float:
 
 def metrics_row(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
     """The metrics.jsonl row of one rollout and its updates."""
+    from tirgrpo.eval.label_split import label_split_metrics
+
     scores, completions, advantages = rollout.scores, rollout.completions, rollout.advantages
     count = len(completions)
     completion_tokens = sum(len(c.token_ids) for c in completions)
@@ -334,6 +367,9 @@ def metrics_row(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
             row[f"weight/{key[2:]}" if key.startswith("w_") else f"reward/{key}"] = mean(values)
     for decision in ("submit", "decline", "invalid"):
         row[f"decision/{decision}"] = sum(score["decision"] == decision for score in scores) / len(scores)
+    row.update(label_split_metrics([p.example.label for p in rollout.prompts], [score["decision"] for score in scores],
+                                   [score["total"] for score in scores], advantages.tolist(),
+                                   [len(c.token_ids) for c in completions]))
     row.update({f"train/{k}": v / (stats.stat_tokens or 1.0) for k, v in stats.stat_sums.items()})
     row.update({
         "train/loss": mean(stats.losses), "train/grad_norm": mean(stats.grad_norms),
@@ -373,7 +409,7 @@ def sample_record(rollout: Rollout, i: int) -> dict:
 
 def after_rollout(s: Session, step_before: int) -> None:
     """Stop on too many non-finite updates; evaluate and save when their interval is crossed."""
-    from tirgrpo.eval.evaluate import overall_of
+    from tirgrpo.eval.evaluate import log_values
 
     cfg, step = s.cfg, s.progress.step
     if s.progress.nonfinite >= cfg.run.max_nonfinite:
@@ -384,7 +420,7 @@ def after_rollout(s: Session, step_before: int) -> None:
     every = cfg.run.eval_every
     if every and step // every > step_before // every and step < s.total_steps:
         result = run_eval(s, f"step_{step:06d}")
-        s.log.log({"step": step, **{f"eval/{k}": v for k, v in overall_of(result).items()}})
+        s.log.log({"step": step, **log_values(result)})
     if cfg.run.save_every and step - s.last_save >= cfg.run.save_every and step < s.total_steps:
         s.save()
 
@@ -392,20 +428,20 @@ def after_rollout(s: Session, step_before: int) -> None:
 def finish(s: Session) -> dict:
     """Last checkpoint, the final model (a plain transformers folder), the evaluation after
     training; writes and returns the summary."""
-    from tirgrpo.eval.evaluate import overall_of
+    from tirgrpo.eval.evaluate import BRIEF_KEYS, log_values, overall_of
     from tirgrpo.train.model import save_hf_folder
 
     s.save()
     save_hf_folder(s.model, s.tokenizer, s.run_dir / "final")
     eval_after = run_eval(s, "after")
     if eval_after:
-        s.log.log({"step": s.progress.step, **{f"eval/{k}": v for k, v in overall_of(eval_after).items()}})
+        s.log.log({"step": s.progress.step, **log_values(eval_after)})
     s.log.close()
 
     def brief(result: dict) -> dict:  # the summary keeps the numbers, not the completions
         if not result:
             return {}
-        return {"overall": overall_of(result), **({"baselines": result["baselines"]} if "baselines" in result else {})}
+        return {"overall": overall_of(result), **{k: result[k] for k in BRIEF_KEYS if k in result}}
 
     summary = {"run_dir": str(s.run_dir), "steps": s.progress.step, "trainable_params": s.counts[0],
                "total_params": s.counts[1], "eval_before": brief(s.eval_before), "eval_after": brief(eval_after),

@@ -1,0 +1,26 @@
+"""`tirgrpo plot`: the PNG dashboards of a run folder, including the split by label."""
+
+import json
+
+from tirgrpo.eval.label_split import label_split_metrics
+from tirgrpo.eval.plot import PANELS, _panels, plot_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_run_writes_the_label_split_dashboard(tmp_path):
+    rows = [{"step": s, "reward/total": 0.1 * s, "decision/submit": 0.5,
+             **label_split_metrics(["correct", "correct", "wrong", "wrong"], ["submit", "decline", "submit", "invalid"],
+                                   [1.0, 0.0, -1.0, -1.0], [0.8, -0.2, -0.3, -0.3], [5, 12, 6, 40])}
+            for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    written = plot_run(tmp_path)
+    assert sorted(p.name for p in written) == ["labels.png", "rewards.png", "training.png"]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.png", "metrics.jsonl", "rewards.png", "training.png"]
+
+
+def test_every_label_split_key_is_plotted():
+    keys = set(label_split_metrics(["correct"], ["submit"], [1.0], [0.0], [1]))
+    plotted = {k for _, ks in _panels(PANELS["labels.png"]) for k in ks}
+    assert keys == plotted
