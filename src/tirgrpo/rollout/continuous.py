@@ -203,6 +203,7 @@ class ContinuousBatcher:
         self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.cancelled_rows = 0  # rows released because their request went away (for /health)
 
     # ------------------------------------------------------------------ the outside view
 
@@ -366,6 +367,7 @@ class ContinuousBatcher:
         for r, (s, tok, lp) in enumerate(zip(self.rows, tokens.tolist(), logp.tolist())):
             if s.group.cancelled:
                 s.finish = "cancelled"
+                self.cancelled_rows += 1
                 continue
             self.next_token[r] = tok
             u = self._record(s, tok, lp)
