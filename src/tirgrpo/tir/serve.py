@@ -292,23 +292,42 @@ def submit(service: Service, req: ParsedRequest) -> Flight:
 
 
 async def updates(flight: Flight):
-    """(choice index, RowUpdate) as they come, until every row has finished; raises on a model error."""
+    """Lists of (choice index, RowUpdate): whatever arrived since the last wake-up, until every row
+    has finished. Raises RuntimeError on a model error.
+
+    Draining all that is queued (rather than one step at a time) lets a busy event loop send
+    several tokens per event instead of falling behind the batcher.
+    """
     n = flight.req.n
     remaining = [n] * len(flight.groups)
     while flight.open_groups:
-        i, batch = await flight.queue.get()
-        group = flight.groups[i]
-        if not batch:  # the group ended without rows: cancelled or failed
-            if group.error:
-                raise RuntimeError(group.error)
-            remaining[i] = 0
-        for u in batch:
-            if u.completion is not None:
-                remaining[i] -= 1
-            yield i * n + u.index, u
-        if remaining[i] == 0:
-            remaining[i] = -1
-            flight.open_groups -= 1
+        arrived = [await flight.queue.get()]
+        while not flight.queue.empty():
+            arrived.append(flight.queue.get_nowait())
+        out = []
+        for i, batch in arrived:
+            group = flight.groups[i]
+            if not batch:  # the group ended without rows: cancelled or failed
+                if group.error:
+                    raise RuntimeError(group.error)
+                remaining[i] = 0
+            for u in batch:
+                if u.completion is not None:
+                    remaining[i] -= 1
+                out.append((i * n + u.index, u))
+            if remaining[i] == 0:
+                remaining[i] = -1
+                flight.open_groups -= 1
+        yield out
+
+
+def merged(pairs) -> dict:
+    """Per choice index, the RowUpdates of one wake-up joined: {index: (text, token_ids, logprobs, completion)}."""
+    out: dict[int, tuple] = {}
+    for index, u in pairs:
+        text, ids, lps, _ = out.get(index, ("", [], [], None))
+        out[index] = (text + u.text, ids + u.token_ids, lps + u.logprobs, u.completion)
+    return out
 
 
 def finish_reason(completion) -> str:
@@ -344,9 +363,10 @@ async def complete(service: Service, flight: Flight) -> dict:
     """The whole response of a non-streamed request."""
     req = flight.req
     done = {}
-    async for index, u in updates(flight):
-        if u.completion is not None:
-            done[index] = u.completion
+    async for pairs in updates(flight):
+        for index, u in pairs:
+            if u.completion is not None:
+                done[index] = u.completion
     choices = []
     for index in sorted(done):
         c = done[index]
@@ -371,19 +391,19 @@ async def stream(service: Service, flight: Flight):
                  for i in range(len(req.prompts) * req.n)]
         yield _event({**head, "choices": first})
     try:
-        async for index, u in updates(flight):
-            tokens += len(u.token_ids)
-            done = u.completion
-            if not u.text and done is None and req.logprobs is None:
-                continue
-            lp = token_logprobs(service.tokenizer, u.token_ids, u.logprobs, req.chat) if req.logprobs is not None else None
-            choice = {"index": index, "logprobs": lp, "finish_reason": finish_reason(done) if done else None,
-                      "stop_reason": done.stop if done else None}
-            if req.chat:
-                choice["delta"] = {"content": u.text}
-            else:
-                choice["text"] = u.text
-            yield _event({**head, "choices": [choice]})
+        async for pairs in updates(flight):
+            choices = []
+            for index, (text, ids, lps, done) in sorted(merged(pairs).items()):
+                tokens += len(ids)
+                if not text and done is None and req.logprobs is None:
+                    continue
+                lp = token_logprobs(service.tokenizer, ids, lps, req.chat) if req.logprobs is not None else None
+                choice = {"index": index, "logprobs": lp, "finish_reason": finish_reason(done) if done else None,
+                          "stop_reason": done.stop if done else None}
+                choice["delta" if req.chat else "text"] = {"content": text} if req.chat else text
+                choices.append(choice)
+            if choices:
+                yield _event({**head, "choices": choices})
     except RuntimeError as e:  # the model failed mid-stream: say so in the stream, then end it
         yield _event(error_body(500, f"generation failed: {e}"))
         return
