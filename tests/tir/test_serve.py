@@ -31,6 +31,12 @@ BRIDGE = "\n<｜User｜>```output\n{output}\n```\n<｜Assistant｜><think>\nLook
 QUESTIONS = [("q1", "What is 6*7?", 42), ("q2", "What is 2+3?", 5), ("q3", "What is 10-4?", 6)]
 CODE_TEXT = " multiply.\n```python\nprint(6*7)\n```"
 ANSWER_TEXT = " it prints 42.\n</think>\n\n\\boxed{42}"
+# A chat template that renders PROMPT and BRIDGE (minus bos) from their user texts and pre-fills.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}\n"
+    "{% else %}<｜Assistant｜>{{ m.content }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
+)
 
 
 def train_tiny_policy(path):
@@ -73,6 +79,7 @@ def train_tiny_policy(path):
     finally:
         torch.set_num_threads(threads)
     model.save_pretrained(path)
+    tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(path)
     return path
 
@@ -98,11 +105,6 @@ def policy_dir(tmp_path_factory):
     return train_tiny_policy(tmp_path_factory.mktemp("tiny-policy"))
 
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}"
-    "{% else %}<｜Assistant｜>{{ m.content }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
-)
 
 
 def start_server(model_dir, tmp_dir, *extra):
@@ -186,7 +188,7 @@ def test_streaming_token_by_token(server):
 
 
 def test_chat_completions_with_the_chat_template(server):
-    messages = [{"role": "user", "content": "What is 6*7?\nWrite a plan and Python code.\n"},
+    messages = [{"role": "user", "content": "What is 6*7?\nWrite a plan and Python code."},
                 {"role": "assistant", "content": "<think>\nPlan:\n"}]
     body = {"messages": messages, "continue_final_message": True, "add_generation_prompt": False, "max_tokens": 60,
             "temperature": 0, "stop": ["```\n"]}
@@ -364,8 +366,24 @@ def test_queue_limit_answers_429(policy_dir):
     assert asyncio.run(go()) == 429 and batcher.queued() == 2
 
 
+def test_chat_templates_render_the_seed_texts_in_the_solver_format(policy_dir):
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.tir.generate import chat_templates
+
+    tok = load_tokenizer(str(policy_dir))
+    assert chat_templates(PROMPT, BRIDGE, tok) == (PROMPT, BRIDGE)  # bos left to the server
+    tok = byte_level_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    prompt, bridge = chat_templates(PROMPT, BRIDGE, tok)
+    assert prompt == "<|im_start|>user\n{question}\nWrite a plan and Python code.<|im_end|>\n<|im_start|>assistant\n<think>\nPlan:\n"
+    assert bridge == ("<|im_end|>\n<|im_start|>user\n```output\n{output}\n```<|im_end|>\n<|im_start|>assistant\n"
+                      "<think>\nLooking at my code,")
+
+
 @pytest.mark.skipif(not sb.available_modes(), reason="no isolating sandbox mode works here")
-def test_end_to_end_serve_generate_prepare(server, policy_dir, tmp_path):
+@pytest.mark.parametrize("chat", [False, True], ids=["seed-text", "chat-template"])
+def test_end_to_end_serve_generate_prepare(server, policy_dir, tmp_path, chat):
     from tirgrpo.cli import main
 
     problems = tmp_path / "problems.csv"
@@ -375,7 +393,9 @@ def test_end_to_end_serve_generate_prepare(server, policy_dir, tmp_path):
     out = tmp_path / "transcripts.jsonl"
     args = ["generate", "--problems", str(problems), "--base-url", server, "--model", "tiny", "--out", str(out),
             "--templates", str(templates), "--temperature", "0", "--max-turns", "3", "--max-tokens", "200",
-            "--concurrency", "2", "--no-progress", "--request-timeout", "120"]
+            "--concurrency", "3", "--no-progress", "--request-timeout", "120"]
+    if chat:  # the prompt and bridge rendered with the solver's chat template: here the same text
+        args += ["--chat-template", str(policy_dir)]
     assert main(args) == 0
     transcripts = sorted(read_transcripts(out), key=lambda t: t.problem_id)
     assert [t.problem_id for t in transcripts] == ["q1", "q2", "q3"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tirgrpo.data.records import transcript_to_dict
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.tir.generate import (CompletionsClient, SampleFailed, Settings, _Appender, errors_path, finished_pairs,
-                                  load_templates, read_problems, run_sample)
+from tirgrpo.tir.generate import (CompletionsClient, SampleFailed, Settings, _Appender, chat_templates, errors_path,
+                                  finished_pairs, load_chat_tokenizer, load_templates, read_problems, run_sample)
 from tirgrpo.tir.sandbox import add_sandbox_options, sandbox_from_args
 
 
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None, help="per-request seeds (servers that honour them)")
     parser.add_argument("--templates", default=None, help="TOML file overriding code_prompt and/or bridge")
+    parser.add_argument("--chat-template", default=None, metavar="TOKENIZER",
+                        help="render the prompt and bridge in this solver's chat format (its tokenizer: a folder, "
+                             ".gguf or name, with a chat template); default: the seed's DeepSeek-R1 text as is")
     parser.add_argument("--request-timeout", type=float, default=600.0, help="longest silence from the server, s")
     parser.add_argument("--retries", type=int, default=3, help="retries of a failed request")
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
@@ -48,6 +51,8 @@ def run(args) -> int:
         print(f"tirgrpo generate: note: {args.problems} has no answer column; transcripts get correct_answer null "
               "and `tirgrpo prepare` will skip them", file=sys.stderr)
     prompt_t, bridge_t = load_templates(args.templates)
+    if args.chat_template:
+        prompt_t, bridge_t = chat_templates(prompt_t, bridge_t, load_chat_tokenizer(args.chat_template))
     sandbox = sandbox_from_args(args)
     mode = sandbox.resolved_mode()  # refuse before any request when code cannot run safely
     out = Path(args.out)

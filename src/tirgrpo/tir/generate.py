@@ -9,6 +9,11 @@ docs/data-format.md), so an interrupted run loses nothing and a re-run skips fin
 problem/sample pairs. Samples that fail for reasons outside the model (the server errs or cuts
 the stream after retries) are written, with their partial turns, to `OUT.errors.jsonl` and are
 retried by the next run.
+
+The templates are the seed's text in DeepSeek-R1's chat format. A solver with another chat
+format (Qwen's <|im_start|>...) gets the same texts with its own turn markers
+(`--chat-template TOKENIZER`, `chat_templates`): the user's instructions, the code output and
+the assistant's pre-fills are unchanged, and the transcript records the rendered prompt and bridge.
 """
 
 from __future__ import annotations
@@ -144,6 +149,70 @@ def load_templates(path: str | None) -> tuple[str, str]:
     if fields(bridge) != {"output"} or bridge.count("{output}") != 1:
         raise TirgrpoError("bridge template must contain the field {output} exactly once and no other field")
     return prompt, bridge
+
+
+USER, ASSISTANT, END = "<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"
+_MARK = "\u2063TIRGRPO-END-OF-ASSISTANT\u2063"  # invisible separators: no template or text has this
+
+
+def r1_turns(template: str) -> tuple[str, str]:
+    """(user text, assistant pre-fill) of a one-exchange template in DeepSeek-R1's format.
+
+    "<｜end▁of▁sentence｜><｜User｜>U<｜Assistant｜>A" -> (U stripped, A verbatim); leading
+    whitespace and the end-of-sentence token before the user turn are dropped.
+    """
+    body = template.lstrip().removeprefix(END)  # the space between turns is the chat template's to decide
+    if not body.startswith(USER) or body.count(USER) != 1 or body.count(ASSISTANT) != 1:
+        raise TirgrpoError(f"a template to render with --chat-template must be {USER}...{ASSISTANT}... "
+                           f"(one user turn, then the assistant's pre-fill); got {template[:80]!r}")
+    user, assistant = body[len(USER):].split(ASSISTANT)
+    return user.strip(), assistant
+
+
+def chat_templates(prompt_t: str, bridge_t: str, tokenizer) -> tuple[str, str]:
+    """The code prompt and bridge re-written in a solver's own chat format.
+
+    The seed's texts stay the same (the user's instructions, the assistant's pre-fills, the
+    code output); only the turn markers become the solver's: the prompt is the template's
+    rendering of the user turn with a generation prompt, then the assistant pre-fill; the
+    bridge is what the template puts between the end of an assistant turn and the next
+    assistant turn, then the bridge's pre-fill. The {question}/{output} fields pass through.
+    """
+    user1, prefill1 = r1_turns(prompt_t)
+    user2, prefill2 = r1_turns(bridge_t)
+
+    def render(messages):
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # Jinja errors, a template's raise_exception()
+            raise TirgrpoError(f"the solver's chat template failed: {type(e).__name__}: {e}") from None
+
+    prompt = render([{"role": "user", "content": user1}]) + prefill1
+    bos = tokenizer.bos_token
+    if bos and prompt.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        prompt = prompt[len(bos):]  # the server's tokenizer puts it back: not twice
+    full = render([{"role": "user", "content": user1}, {"role": "assistant", "content": _MARK},
+                   {"role": "user", "content": user2}])
+    if full.count(_MARK) != 1:
+        raise TirgrpoError("the solver's chat template does not show an assistant turn's text as it is")
+    bridge = full[full.index(_MARK) + len(_MARK):] + prefill2
+    if fields(prompt) != {"question"} or fields(bridge) != {"output"} or bridge.count("{output}") != 1:
+        raise TirgrpoError("the solver's chat template adds {fields} of its own; the rendered prompt must have "
+                           "exactly {question} and the bridge {output} once")
+    return prompt, bridge
+
+
+def load_chat_tokenizer(spec: str):
+    """The solver's tokenizer (folder, .gguf or name), which must have a chat template."""
+    from tirgrpo.data.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(spec)
+    except (OSError, ValueError) as e:
+        raise TirgrpoError(f"--chat-template {spec}: cannot load a tokenizer: {e}") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise TirgrpoError(f"--chat-template {spec}: this tokenizer has no chat template")
+    return tokenizer
 
 
 # ----------------------------------------------------------------------------- the server client
