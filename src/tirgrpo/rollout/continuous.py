@@ -333,11 +333,12 @@ class ContinuousBatcher:
                            device=eng.device)
         mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long().to(eng.device)
         out = eng.decoder(input_ids=ids, attention_mask=mask if len(batch) > 1 else None, use_cache=True)
+        slots = torch.tensor([g.slot for g in batch], device=eng.device)
         for layer in range(eng.n_layers):
+            # One copy per layer; the padding's keys land past each prompt's length, never read.
             k, v = _cache_kv(out.past_key_values, layer)  # [G, Hkv, width, D]
-            for i, g in enumerate(batch):
-                cache.k_prompt[layer, g.slot, :, : lengths[i]] = k[i, :, : lengths[i]]
-                cache.v_prompt[layer, g.slot, :, : lengths[i]] = v[i, :, : lengths[i]]
+            cache.k_prompt[layer, :, :, :width].index_copy_(0, slots, k)
+            cache.v_prompt[layer, :, :, :width].index_copy_(0, slots, v)
         last = out.last_hidden_state[torch.arange(len(batch), device=eng.device),
                                      torch.tensor(lengths, device=eng.device) - 1]
         return eng.lm_head(last).float()
