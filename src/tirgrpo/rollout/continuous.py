@@ -160,6 +160,10 @@ class Group:
     seqs: list["_Seq"] = field(default_factory=list)
     slot: int = -1
 
+    def __post_init__(self):
+        self.stops = [x for x in self.params.stop if x]
+        self.hold = max((len(x) for x in self.stops), default=1) - 1  # text that may still become a stop string
+
 
 @dataclass
 class _Seq:
@@ -277,8 +281,9 @@ class ContinuousBatcher:
     def step(self) -> None:
         """Admit, sample, release, decode: one token for every live row."""
         model = self.engine.model
-        was_training = model.training
-        model.eval()
+        was_training = model.training  # a model shared with a trainer; .eval() walks every module: only if needed
+        if was_training:
+            model.eval()
         try:
             new_logits = self._admit()
             logits = [t for t in (self.logits, new_logits) if t is not None]
@@ -289,7 +294,8 @@ class ContinuousBatcher:
             self._release()
             self.logits = self._decode() if self.rows else None
         finally:
-            model.train(was_training)
+            if was_training:
+                model.train()
 
     def _admit(self) -> torch.Tensor | None:
         """Prefill the waiting groups that fit; returns their rows' next-token logits [rows, V]."""
@@ -378,12 +384,11 @@ class ContinuousBatcher:
 
     def _record(self, s: _Seq, tok: int, lp: float) -> RowUpdate:
         """Append one token to a row; decide whether it has finished (same rules as SequenceTracker)."""
-        p = s.group.params
+        p, stops = s.group.params, s.group.stops
         s.tokens.append(tok)
         s.logps.append(lp)
         before = len(s.text)
         s.text += self.text.push(s.state, s.tokens)
-        stops = [x for x in p.stop if x]
         if tok in self.engine.eos:
             s.finish = "eos"
         elif len(s.tokens) >= p.min_new_tokens and stops:
@@ -398,8 +403,7 @@ class ContinuousBatcher:
             completion = self._completion(s)
             text = completion.text[s.streamed :]
         else:
-            hold = max((len(x) for x in stops), default=1) - 1  # a stop string may still be forming
-            safe = len(s.text) - hold
+            safe = len(s.text) - s.group.hold
             if safe > s.streamed:
                 text = s.text[s.streamed : safe]
         s.streamed += len(text)
