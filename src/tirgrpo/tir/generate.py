@@ -226,6 +226,13 @@ class ServerError(Exception):
         self.retry = retry
 
 
+class ContextFull(ServerError):
+    """The prompt and max_tokens do not fit the server's context: the transcript ends here ("length")."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retry=False)
+
+
 @dataclass
 class Generation:
     text: str
@@ -245,6 +252,7 @@ class CompletionsClient:
         if not self.base.endswith("/v1"):
             self.base += "/v1"
         self.model, self.temperature, self.top_p, self.retries = model, temperature, top_p, retries
+        self.max_request_tokens: int | None = None  # the server's own cap, learnt by check()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # read= is the longest silence between two stream chunks: a stalled server fails, never hangs.
         self.http = httpx.Client(timeout=httpx.Timeout(request_timeout, connect=10.0), headers=headers)
@@ -267,6 +275,10 @@ class CompletionsClient:
             raise TirgrpoError(f"server at {self.base}: GET /models did not return an OpenAI model list") from None
         if self.model not in names:
             raise TirgrpoError(f"server at {self.base} does not serve model {self.model!r}; it serves {names}")
+        # tirgrpo serve says the largest max_tokens it takes; ask for no more than that per request.
+        info = next(m for m in r.json()["data"] if m["id"] == self.model)
+        cap = info.get("max_tokens") if isinstance(info, dict) else None
+        self.max_request_tokens = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
         return names
 
     def complete(self, prompt: str, max_tokens: int, stop: list[str], seed: int | None) -> Generation:
@@ -283,6 +295,8 @@ class CompletionsClient:
         raise AssertionError("unreachable")
 
     def _stream(self, prompt: str, max_tokens: int, stop: list[str], seed: int | None) -> Generation:
+        if self.max_request_tokens is not None:
+            max_tokens = min(max_tokens, self.max_request_tokens)
         body = {
             "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": self.temperature,
             "top_p": self.top_p, "stop": stop, "stream": True, "stream_options": {"include_usage": True},
@@ -295,6 +309,8 @@ class CompletionsClient:
             with self.http.stream("POST", self.base + "/completions", json=body) as r:
                 if r.status_code != 200:
                     detail = r.read().decode("utf-8", "replace")[:300]
+                    if r.status_code == 400 and "maximum context length" in detail:
+                        raise ContextFull(detail)
                     raise ServerError(f"HTTP {r.status_code} from /completions: {detail}", retry=r.status_code >= 500 or r.status_code == 429)
                 for line in r.iter_lines():
                     if not line.startswith("data:"):
@@ -352,7 +368,10 @@ def _generate_turn(client: CompletionsClient, context: str, budget: int, seed: i
     """
     text, used = "", 0
     for _ in range(MAX_CONTINUATIONS + 1):
-        g = client.complete(context + text, budget - used, [CODE_FENCE_STOP], seed)
+        try:
+            g = client.complete(context + text, budget - used, [CODE_FENCE_STOP], seed)
+        except ContextFull:
+            return text, "length", used
         used += g.tokens
         text += g.text
         found = find_code(text)

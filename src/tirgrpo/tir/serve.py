@@ -124,7 +124,8 @@ class Service:
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
-                                            "owned_by": "tirgrpo", "max_model_len": self.limits.max_model_len}]}
+                                            "owned_by": "tirgrpo", "max_model_len": self.limits.max_model_len,
+                                            "max_tokens": self.limits.max_tokens}]}
 
     def parse(self, body: Any, chat: bool) -> ParsedRequest:
         """A checked request (RequestError on anything wrong)."""
