@@ -114,3 +114,40 @@ def test_token_text_streams_multibyte_characters(byte_tokenizer):
         out += piece
     assert out == byte_tokenizer.decode(ids, skip_special_tokens=False)
     assert "" in pieces  # the first byte of "é" and of "✓" wait for the rest of the character
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_in_the_background_thread_give_the_one_at_a_time_tokens(tiny_model_dir, byte_tokenizer):
+    import threading
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().cuda()
+    tok = byte_tokenizer
+    prompts = [tok(t)["input_ids"] for t in ("hello", "a much longer prompt than the others", "x", "fourth one")]
+    params = SamplingParams(max_new_tokens=40, temperature=0.0)
+    engine = FastEngine(model, tok, max_batch=8, length_buckets=(64,))
+    refs = [engine.generate([p], 3, params)[0] for p in prompts]
+    batcher = ContinuousBatcher(FastEngine(model, tok, max_batch=8, length_buckets=(64,)), max_rows=8,
+                                max_prompt_len=64, max_new_tokens=64)
+    batcher.warmup()  # graphs captured here, replayed by the batcher's thread
+    batcher.start()
+    try:
+        finished = threading.Semaphore(0)
+        runs = []
+        for p in prompts:  # 12 rows through 8: the last group waits for rows
+            done = [None] * 3
+
+            def sink(updates, done=done):
+                for u in updates:
+                    if u.completion is not None:
+                        done[u.index] = u.completion
+                        finished.release()
+
+            batcher.submit(Group(p, 3, params, sink))
+            runs.append(done)
+        for _ in range(12):
+            assert finished.acquire(timeout=60)
+    finally:
+        batcher.stop()
+    for done, ref in zip(runs, refs):
+        assert [c.token_ids for c in done] == [r.token_ids for r in ref]

@@ -287,7 +287,11 @@ def submit(service: Service, req: ParsedRequest) -> Flight:
         generator = None if req.seed is None else torch.Generator().manual_seed((req.seed + i) % 2**63)
         flight.groups.append(Group(ids, req.n, params, sink, generator))
     for g in flight.groups:
-        batcher.submit(g)
+        try:
+            batcher.submit(g)
+        except ValueError as e:  # parse() checks the same limits; this is the batcher's word on them
+            flight.cancel(batcher)
+            raise RequestError(str(e)) from None
     flight.open_groups = len(flight.groups)
     return flight
 
