@@ -249,6 +249,8 @@ class ContinuousBatcher:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        if self.engine.device.type == "cuda":  # a new thread starts on device 0
+            torch.cuda.set_device(self.engine.device)
         while True:
             with self.lock:
                 while not self._stopping and not self.busy():
@@ -371,7 +373,10 @@ class ContinuousBatcher:
         tokens, logp = sample_rows(logits, settings[:, 0].to(logits.device), settings[:, 1].to(logits.device),
                                    settings[:, 2].long().to(logits.device), uniform.to(logits.device))
         updates: dict[int, tuple[Group, list[RowUpdate]]] = {}
-        for r, (s, tok, lp) in enumerate(zip(self.rows, tokens.tolist(), logp.tolist())):
+        # One device-to-host copy: token ids are exact in fp32 (vocabularies are under 2**24).
+        host_tokens, host_logp = torch.stack([tokens.to(logp.dtype), logp]).tolist()
+        for r, (s, tok, lp) in enumerate(zip(self.rows, host_tokens, host_logp)):
+            tok = int(tok)
             if s.group.cancelled:
                 s.finish = "cancelled"
                 self.cancelled_rows += 1
