@@ -90,10 +90,12 @@ def test_sample_rows_matches_sample_next_per_row():
     temperature = torch.tensor([0.0, 0.7, 1.0, 1.3])
     top_p = torch.tensor([1.0, 0.9, 1.0, 0.5])
     top_k = torch.tensor([0, 0, 5, 3])
+    reps = 2000  # each row 2,000 times, in one batch
+    tokens, logp = sample_rows(logits.repeat(reps, 1), temperature.repeat(reps), top_p.repeat(reps),
+                               top_k.repeat(reps), 1.0 - torch.rand(4 * reps))
     counts = torch.zeros(4, 50)
-    for _ in range(2000):
-        tokens, logp = sample_rows(logits, temperature, top_p, top_k, 1.0 - torch.rand(4))
-        counts[torch.arange(4), tokens] += 1
+    counts.index_put_((torch.arange(4).repeat(reps), tokens), torch.ones(4 * reps), accumulate=True)
+    tokens, logp = tokens[:4], logp[:4]
     assert counts[0, logits[0].argmax()] == 2000
     for r in range(1, 4):
         want = torch.softmax(filter_logits(logits[r : r + 1] / temperature[r], int(top_k[r]), float(top_p[r])), -1)[0]
