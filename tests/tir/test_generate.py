@@ -228,3 +228,14 @@ def test_a_full_context_ends_the_transcript_and_max_tokens_respects_the_server_c
     t = read_transcripts(out)[0]
     assert [turn.finish_reason for turn in t.turns] == ["code", "length"] and t.turns[1].text == ""
     assert script.requests[0]["max_tokens"] == 100  # the server's advertised cap, not the 1,000 budget
+
+
+def test_read_problems_from_gsm8k_jsonl(tmp_path):
+    p = tmp_path / "test.jsonl"
+    p.write_text(json.dumps({"question": "What is 40+2?", "answer": "40 + 2 = <<40+2=42>>42\n#### 42"}) + "\n\n"
+                 + json.dumps({"id": "x7", "problem": "What is 1,000+1?", "answer": "#### 1,001"}) + "\n")
+    problems, has = read_problems(p)
+    assert has and [(q.id, q.answer) for q in problems] == [("test-1", "42"), ("x7", "1001")]
+    p.write_text(json.dumps({"question": "q", "answer": "#### many"}) + "\n")
+    with pytest.raises(TirgrpoError, match="line 1.*integer"):
+        read_problems(p)

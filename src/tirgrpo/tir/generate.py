@@ -62,10 +62,13 @@ _ANSWER_COLUMNS = ("answer", "correct_answer")
 
 
 def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
-    """Read a problems CSV (columns id, problem, optional answer). Returns (problems, has_answers).
+    """Read a problems CSV (columns id, problem, optional answer) or GSM8K-style JSONL.
+    Returns (problems, has_answers).
 
     Accepted column names: id or problem_id; problem or question; answer or correct_answer.
-    Answers must be integers; an empty answer cell means unknown.
+    Answers must be integers; an empty answer cell means unknown. A .jsonl file has one
+    object per line with the same keys; without an id the problem is named FILESTEM-LINE;
+    an answer in GSM8K's form (the working, then "#### 72") counts by its last "####" part.
     """
     path = Path(path)
     try:
@@ -74,6 +77,8 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
         raise TirgrpoError(f"cannot read problems file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise TirgrpoError(f"problems file {path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if path.suffix == ".jsonl":
+        return _problems_from_jsonl(path, text)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     if not header:
@@ -110,6 +115,40 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     if not problems:
         raise TirgrpoError(f"problems file {path}: no problems after the header")
     return problems, a_col is not None
+
+
+def _problems_from_jsonl(path: Path, text: str) -> tuple[list[Problem], bool]:
+    problems, seen, has_answers = [], set(), True
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"problems file {path}, line {line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TirgrpoError(f"{where}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise TirgrpoError(f"{where}: expected a JSON object")
+        pid = str(next((row[k] for k in _ID_COLUMNS if row.get(k) is not None), f"{path.stem}-{line_no}"))
+        question = next((row[k] for k in _QUESTION_COLUMNS if isinstance(row.get(k), str)), "").strip()
+        if not question:
+            raise TirgrpoError(f"{where}: no problem or question text")
+        if pid in seen:
+            raise TirgrpoError(f"{where}: duplicate id {pid!r}")
+        raw = next((row[k] for k in _ANSWER_COLUMNS if row.get(k) is not None), None)
+        answer = None
+        if raw is not None:
+            raw = str(raw).rsplit("####", 1)[-1].replace(",", "").strip()
+            n = parse_int_answer(raw)
+            if n is None:
+                raise TirgrpoError(f"{where}: the answer must be an integer, got {raw[:40]!r}")
+            answer = str(n)
+        has_answers = has_answers and answer is not None
+        seen.add(pid)
+        problems.append(Problem(pid, question, answer))
+    if not problems:
+        raise TirgrpoError(f"problems file {path}: no problems")
+    return problems, has_answers
 
 
 # ----------------------------------------------------------------------------- transcript pieces
