@@ -9,13 +9,14 @@ fixed by `max_rows`, `max_prompt_len` and `max_new_tokens`) and runs a loop of s
    are free: their prompts are prefilled together (right-padded, one HF forward, at most
    `max_prefill_tokens` padded tokens per step) into free prompt slots, and their rows are
    appended after the live rows;
-2. samples one token for every live row (per-row temperature, top-p, top-k), records it,
-   and reports it to the group's `sink` (token ids, log-probs, the text that is safe to
-   stream, and the finished `Completion` when a row ends);
-3. releases finished and cancelled rows: the last live rows move into their places
-   (only their completion keys are copied), so live rows stay 0..n_live-1;
-4. runs one decode step over the live rows, padded to a batch bucket (a CUDA graph per
-   bucket on GPU; the graphs are captured by `warmup()`).
+2. samples one token for every live row (per-row temperature, top-p, top-k);
+3. launches the next decode step over the live rows with those tokens, padded to a batch
+   bucket (a CUDA graph per bucket on GPU, captured by `warmup()`);
+4. while the GPU decodes, records the tokens on the host and reports them to each group's
+   `sink` (token ids, log-probs, the text that is safe to stream, and the finished
+   `Completion` when a row ends);
+5. releases finished and cancelled rows: the last live rows move into their places (their
+   completion keys and next-token logits are copied), so live rows stay 0..n_live-1.
 
 Rows keep pointing at their group's prompt slot: a prompt's keys are stored once however
 many rows sample from it, as in FastEngine. FIFO admission means no request waits behind
@@ -202,7 +203,8 @@ class ContinuousBatcher:
         self.waiting: collections.deque[Group] = collections.deque()
         self.free_slots = list(range(max_rows - 1, -1, -1))
         self.rows: list[_Seq] = []  # live rows, in cache-row order
-        self.slot, self.prefix_len, self.comp_pos, self.next_token = [], [], [], []
+        self.slot, self.prefix_len, self.comp_pos = [], [], []
+        self._pinned: torch.Tensor | None = None  # host buffer of each step's tokens (CUDA)
         self.logits: torch.Tensor | None = None  # next-token logits of the live rows
         self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -281,7 +283,12 @@ class ContinuousBatcher:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Admit, sample, release, decode: one token for every live row."""
+        """Admit, sample, decode, record, release: one token for every live row.
+
+        The next decode step is launched before the host looks at this step's tokens, so on a
+        GPU the host's bookkeeping (stop strings, text, the sinks) runs while the GPU decodes.
+        Rows that finish in this step ride along in that decode once (their output is dropped).
+        """
         model = self.engine.model
         was_training = model.training  # a model shared with a trainer; .eval() walks every module: only if needed
         if was_training:
@@ -292,9 +299,11 @@ class ContinuousBatcher:
             if not self.rows:
                 self.logits = None
                 return
-            self._sample_and_record(torch.cat(logits) if len(logits) > 1 else logits[0])
+            tokens, logp = self._sample(torch.cat(logits) if len(logits) > 1 else logits[0])
+            host = self._to_host(tokens, logp)
+            self.logits = self._decode(tokens)
+            self._record_all(host)
             self._release()
-            self.logits = self._decode() if self.rows else None
         finally:
             if was_training:
                 model.train()
@@ -328,7 +337,6 @@ class ContinuousBatcher:
                 self.slot.append(g.slot)
                 self.prefix_len.append(len(g.prompt_ids))
                 self.comp_pos.append(0)
-                self.next_token.append(self.engine.pad_id)
             out.append(last[i : i + 1].expand(g.n, -1))
         return torch.cat(out)
 
@@ -351,8 +359,8 @@ class ContinuousBatcher:
                                      torch.tensor(lengths, device=eng.device) - 1]
         return eng.lm_head(last).float()
 
-    def _sample_and_record(self, logits: torch.Tensor) -> None:
-        """Sample one token per live row, append it, find finished rows, report to the sinks."""
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per live row (device tensors [rows]: ids, log-probs), each row with its group's settings."""
         eng = self.engine
         n = len(self.rows)
         params = [s.group.params for s in self.rows]
@@ -370,19 +378,39 @@ class ContinuousBatcher:
         for gen, rows_of in by_generator.values():  # a seeded group draws from its own generator
             uniform[rows_of] = 1.0 - torch.rand(len(rows_of), generator=gen)  # (0, 1]
         settings = torch.tensor([[p.temperature, p.top_p, p.top_k] for p in params], dtype=torch.float32)
-        tokens, logp = sample_rows(logits, settings[:, 0].to(logits.device), settings[:, 1].to(logits.device),
-                                   settings[:, 2].long().to(logits.device), uniform.to(logits.device))
+        return sample_rows(logits, settings[:, 0].to(logits.device), settings[:, 1].to(logits.device),
+                           settings[:, 2].long().to(logits.device), uniform.to(logits.device))
+
+    def _to_host(self, tokens: torch.Tensor, logp: torch.Tensor):
+        """Start copying the sampled tokens and log-probs to the host; `_record_all` waits for it.
+
+        One copy: token ids are exact in fp32 (vocabularies are under 2**24). On CUDA it goes
+        into pinned memory behind an event, so that the decode launched next is not waited for.
+        """
+        both = torch.stack([tokens.to(logp.dtype), logp])
+        if both.device.type != "cuda":
+            return both, None
+        if self._pinned is None:
+            self._pinned = torch.empty((2, self.max_rows), dtype=both.dtype, pin_memory=True)
+        dst = self._pinned[:, : both.shape[1]]
+        dst.copy_(both, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return dst, done
+
+    def _record_all(self, host) -> None:
+        """Append each row's token, find finished rows, report to the sinks."""
+        values, event = host
+        if event is not None:
+            event.synchronize()
+        host_tokens, host_logp = values.tolist()
         updates: dict[int, tuple[Group, list[RowUpdate]]] = {}
-        # One device-to-host copy: token ids are exact in fp32 (vocabularies are under 2**24).
-        host_tokens, host_logp = torch.stack([tokens.to(logp.dtype), logp]).tolist()
-        for r, (s, tok, lp) in enumerate(zip(self.rows, host_tokens, host_logp)):
-            tok = int(tok)
+        for s, tok, lp in zip(self.rows, host_tokens, host_logp):
             if s.group.cancelled:
                 s.finish = "cancelled"
                 self.cancelled_rows += 1
                 continue
-            self.next_token[r] = tok
-            u = self._record(s, tok, lp)
+            u = self._record(s, int(tok), lp)
             updates.setdefault(id(s.group), (s.group, []))[1].append(u)
         for g, us in updates.values():
             g.sink(us)
@@ -422,23 +450,30 @@ class ContinuousBatcher:
         return Completion(text, list(s.tokens), list(s.logps), s.finish, s.stop)
 
     def _release(self) -> None:
-        """Drop finished rows; the last live rows move into the holes (their completion keys copied)."""
+        """Drop finished rows; the last live rows move into the holes (their completion keys and
+        next-token logits with them)."""
         done = [r for r, s in enumerate(self.rows) if s.finish is not None]
         if not done:
             return
+        order = list(range(len(self.rows)))
         finished_groups = {id(self.rows[r].group): self.rows[r].group for r in done}
         keep = len(self.rows) - len(done)
         holes = [r for r in done if r < keep]
         movers = [r for r in range(keep, len(self.rows)) if self.rows[r].finish is None]
         cache = self.cache
         for dst, src in zip(holes, movers):
-            n = self.comp_pos[src] + 1  # the keys it has written (and the one it writes next)
+            n = self.comp_pos[src]  # the keys it has written (the step launched last included)
             cache.k_comp[:, dst, :, :n] = cache.k_comp[:, src, :, :n]
             cache.v_comp[:, dst, :, :n] = cache.v_comp[:, src, :, :n]
-            for lst in (self.rows, self.slot, self.prefix_len, self.comp_pos, self.next_token):
+            order[dst] = src
+            for lst in (self.rows, self.slot, self.prefix_len, self.comp_pos):
                 lst[dst] = lst[src]
-        for lst in (self.rows, self.slot, self.prefix_len, self.comp_pos, self.next_token):
+        for lst in (self.rows, self.slot, self.prefix_len, self.comp_pos):
             del lst[keep:]
+        if keep:
+            self.logits = self.logits[torch.tensor(order[:keep], device=self.logits.device)]
+        else:
+            self.logits = None
         live_groups = {id(s.group) for s in self.rows}
         with self.lock:
             for key, g in finished_groups.items():
@@ -447,16 +482,17 @@ class ContinuousBatcher:
                     if g.cancelled:
                         g.sink([])
 
-    def _decode(self) -> torch.Tensor:
-        """One decode step over the live rows (padded to a bucket); returns their logits [rows, V]."""
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One decode step of `tokens` [rows] (on the device) for the live rows, padded to a
+        bucket; returns their next-token logits [rows, V]."""
         eng = self.engine
         n = len(self.rows)
         width = _bucket(n, BATCH_BUCKETS)
         pad = width - n
-        inputs = torch.tensor([self.next_token + [eng.pad_id] * pad, self.slot + [0] * pad,
-                               self.prefix_len + [0] * pad, self.comp_pos + [0] * pad], dtype=torch.long)
-        inputs = inputs.to(eng.device, non_blocking=True)
-        logits = eng._step_fn(width)(*inputs)
+        rows = torch.tensor([self.slot + [0] * pad, self.prefix_len + [0] * pad, self.comp_pos + [0] * pad],
+                            dtype=torch.long).to(eng.device, non_blocking=True)
+        tokens = torch.cat([tokens, tokens.new_full((pad,), eng.pad_id)]) if pad else tokens
+        logits = eng._step_fn(width)(tokens, *rows)
         for r in range(n):
             self.comp_pos[r] += 1
         return logits[:n]
@@ -476,7 +512,7 @@ class ContinuousBatcher:
             groups.update({id(g): g for g in self.waiting})
             self.waiting.clear()
             self.rows.clear()
-            for lst in (self.slot, self.prefix_len, self.comp_pos, self.next_token):
+            for lst in (self.slot, self.prefix_len, self.comp_pos):
                 lst.clear()
             self.logits = None
             self.free_slots = list(range(self.max_rows - 1, -1, -1))
