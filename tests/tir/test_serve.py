@@ -219,6 +219,8 @@ BAD_REQUESTS = [
     ({"prompt": "x" * 400, "max_tokens": 200}, "max_tokens"),  # over the 512-token context
     ({"prompt": "x", "temperature": "hot"}, "temperature"),
     ({"prompt": "x", "temperature": -0.5}, "temperature"),
+    ({"prompt": "x", "temperature": 10**400}, "temperature"),  # no float holds it
+    ({"prompt": "x", "n": 10**400}, "n"),
     ({"prompt": "x", "top_p": 0}, "top_p"),
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "n": 1000}, "n"),
@@ -424,3 +426,31 @@ def test_end_to_end_serve_generate_prepare(server, policy_dir, tmp_path, chat):
     # Re-running finds every problem done and asks the server for nothing.
     assert main(args) == 0 and len(read_transcripts(out)) == 3
 
+
+
+def test_random_bodies_are_answered_or_refused_never_crash(policy_dir):
+    """Every field given a random value of a random type: parse() returns or raises RequestError."""
+    import random
+
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.tir.serve import Limits, RequestError, Service
+
+    service = Service(None, load_tokenizer(str(policy_dir)), "tiny", Limits(512, 256, 256, 8, max_request_tokens=10_000))
+    values = [None, True, False, 0, 1, -1, 7, 2**70, -(2**70), 0.5, -0.0, 1e308, 3.7, "", "x", "5", [], [1], [[]],
+              ["a", "b"], [1, "a"], {}, {"include_usage": "yes"}, [{"role": "user", "content": "hi"}],
+              [{"role": "user"}], [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]]
+    fields = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+              "n", "stop", "seed", "logprobs", "min_tokens", "ignore_eos", "stream", "stream_options", "echo",
+              "best_of", "presence_penalty", "frequency_penalty", "continue_final_message", "add_generation_prompt"]
+    rng = random.Random(0)
+    accepted = 0
+    for i in range(600):
+        body = {"prompt": "hello", "messages": [{"role": "user", "content": "hi"}]}
+        for name in rng.sample(fields, rng.randint(1, 6)):
+            body[name] = rng.choice(values)
+        try:
+            service.parse(body, chat=bool(i % 2))
+            accepted += 1
+        except RequestError as e:
+            assert 400 <= e.status < 500 and str(e)
+    assert 0 < accepted < 600

@@ -67,7 +67,7 @@ def _number(body: dict, name: str, default, integer: bool, low=None, high=None, 
         return default
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", param=name)
-    if not integer and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # ints are finite, however long
         raise RequestError(f"'{name}' must be a finite number, got {value!r}", param=name)
     if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
         lo = f"({low}" if low_open else f"[{low}"
