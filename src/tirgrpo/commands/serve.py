@@ -66,6 +66,8 @@ def run(args) -> int:
                  "max_prefill_tokens"):
         if getattr(args, name) < 1:
             raise TirgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise TirgrpoError(f"--port must be in 0..65535, got {args.port}")
     if args.max_batch > BATCH_BUCKETS[-1]:
         raise TirgrpoError(f"--max-batch must be <= {BATCH_BUCKETS[-1]}, got {args.max_batch}")
     if not _is_loopback(args.host):
