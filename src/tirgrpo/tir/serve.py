@@ -312,10 +312,10 @@ async def updates(flight: Flight):
         out = []
         for i, batch in arrived:
             group = flight.groups[i]
-            if not batch:  # the group ended without rows: cancelled or failed
+            if not batch:  # the group ended without (more) rows: cancelled or failed
                 if group.error:
                     raise RuntimeError(group.error)
-                remaining[i] = 0
+                remaining[i] = min(remaining[i], 0)  # -1 (already closed) stays closed
             for u in batch:
                 if u.completion is not None:
                     remaining[i] -= 1
