@@ -391,8 +391,8 @@ class ContinuousBatcher:
         if both.device.type != "cuda":
             return both, None
         if self._pinned is None:
-            self._pinned = torch.empty((2, self.max_rows), dtype=both.dtype, pin_memory=True)
-        dst = self._pinned[:, : both.shape[1]]
+            self._pinned = torch.empty(2 * self.max_rows, dtype=both.dtype, pin_memory=True)
+        dst = self._pinned[: both.numel()].view(both.shape)  # contiguous, or the copy would not be async
         dst.copy_(both, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
