@@ -378,8 +378,8 @@ class ContinuousBatcher:
         for gen, rows_of in by_generator.values():  # a seeded group draws from its own generator
             uniform[rows_of] = 1.0 - torch.rand(len(rows_of), generator=gen)  # (0, 1]
         settings = torch.tensor([[p.temperature, p.top_p, p.top_k] for p in params], dtype=torch.float32)
-        return sample_rows(logits, settings[:, 0].to(logits.device), settings[:, 1].to(logits.device),
-                           settings[:, 2].long().to(logits.device), uniform.to(logits.device))
+        temperature, top_p, top_k, uniform = torch.cat([settings, uniform[:, None]], 1).to(logits.device).unbind(1)
+        return sample_rows(logits, temperature, top_p, top_k.long(), uniform)  # top_k is exact in fp32
 
     def _to_host(self, tokens: torch.Tensor, logp: torch.Tensor):
         """Start copying the sampled tokens and log-probs to the host; `_record_all` waits for it.
