@@ -41,7 +41,7 @@ def start_server(script: Script):
             pass
 
         def do_GET(self):
-            data = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode()
+            data = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model", "max_tokens": 100}]}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -50,6 +50,13 @@ def start_server(script: Script):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             script.requests.append(body)
+            if script.behaviour == "full" and "```output" in body["prompt"]:
+                data = b'{"error": {"message": "This model\'s maximum context length is 64 tokens."}}'
+                self.send_response(400)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             if script.behaviour == "error":
                 data = b'{"error": {"message": "boom"}}'
                 self.send_response(500)
@@ -210,3 +217,25 @@ def test_cut_off_last_line_is_dropped_on_resume(tmp_path):
     out.write_text('garbage\n{"problem_id": "a", "sample": 0}\n')
     with pytest.raises(TirgrpoError, match="line 1"):
         finished_pairs(out)
+
+
+@needs_sandbox
+def test_a_full_context_ends_the_transcript_and_max_tokens_respects_the_server_cap(fake, tmp_path):
+    script, url = fake
+    script.behaviour = "full"  # the second turn's prompt no longer fits the server's context
+    out = tmp_path / "t.jsonl"
+    assert main(gen_args(problems_csv(tmp_path, with_answers=False), url, out, "--max-tokens", "1000")) == 0
+    t = read_transcripts(out)[0]
+    assert [turn.finish_reason for turn in t.turns] == ["code", "length"] and t.turns[1].text == ""
+    assert script.requests[0]["max_tokens"] == 100  # the server's advertised cap, not the 1,000 budget
+
+
+def test_read_problems_from_gsm8k_jsonl(tmp_path):
+    p = tmp_path / "test.jsonl"
+    p.write_text(json.dumps({"question": "What is 40+2?", "answer": "40 + 2 = <<40+2=42>>42\n#### 42"}) + "\n\n"
+                 + json.dumps({"id": "x7", "problem": "What is 1,000+1?", "answer": "#### 1,001"}) + "\n")
+    problems, has = read_problems(p)
+    assert has and [(q.id, q.answer) for q in problems] == [("test-1", "42"), ("x7", "1001")]
+    p.write_text(json.dumps({"question": "q", "answer": "#### many"}) + "\n")
+    with pytest.raises(TirgrpoError, match="line 1.*integer"):
+        read_problems(p)

@@ -31,6 +31,12 @@ BRIDGE = "\n<｜User｜>```output\n{output}\n```\n<｜Assistant｜><think>\nLook
 QUESTIONS = [("q1", "What is 6*7?", 42), ("q2", "What is 2+3?", 5), ("q3", "What is 10-4?", 6)]
 CODE_TEXT = " multiply.\n```python\nprint(6*7)\n```"
 ANSWER_TEXT = " it prints 42.\n</think>\n\n\\boxed{42}"
+# A chat template that renders PROMPT and BRIDGE (minus bos) from their user texts and pre-fills.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}\n"
+    "{% else %}<｜Assistant｜>{{ m.content }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
+)
 
 
 def train_tiny_policy(path):
@@ -73,6 +79,7 @@ def train_tiny_policy(path):
     finally:
         torch.set_num_threads(threads)
     model.save_pretrained(path)
+    tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(path)
     return path
 
@@ -98,29 +105,37 @@ def policy_dir(tmp_path_factory):
     return train_tiny_policy(tmp_path_factory.mktemp("tiny-policy"))
 
 
-@pytest.fixture(scope="module")
-def server(policy_dir):
-    """`tirgrpo serve` on 127.0.0.1 (a free port) with the tiny trained policy; yields its /v1 URL."""
+
+
+def start_server(model_dir, tmp_dir, *extra):
+    """`tirgrpo serve` on 127.0.0.1 (a free port) in a subprocess; returns (process, its /v1 URL)."""
     import os
 
-    model_dir = policy_dir
+    template = tmp_dir / "chat.jinja"
+    template.write_text(CHAT_TEMPLATE)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tirgrpo", "serve", "--model", str(model_dir), "--port", "0", "--device", "cpu",
-         "--served-model-name", "tiny"],
+         "--served-model-name", "tiny", "--chat-template", str(template), *extra],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        m = re.search(r"serving 'tiny' on (http://\S+/v1)", line)
+        if m:
+            return proc, m.group(1)
+    proc.terminate()
+    raise AssertionError("tirgrpo serve did not start")
+
+
+@pytest.fixture(scope="module")
+def server(policy_dir, tmp_path_factory):
+    """The server over the tiny trained policy, 8 rows at most (so requests queue); yields its /v1 URL."""
+    proc, url = start_server(policy_dir, tmp_path_factory.mktemp("serve"), "--max-batch", "8",
+                              "--max-request-tokens", "10000")
     try:
-        deadline = time.monotonic() + 120
-        url = None
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"serving 'tiny' on (http://\S+/v1)", line)
-            if m:
-                url = m.group(1)
-                break
-        assert url, "tirgrpo serve did not start"
         yield url
     finally:
         proc.terminate()
@@ -142,43 +157,235 @@ def test_models_and_plain_completion(server):
         assert len(lp["tokens"]) == len(lp["token_logprobs"]) and all(x <= 0 for x in lp["token_logprobs"])
     assert r["usage"]["completion_tokens"] == 2 * len(lp["tokens"])
     short = httpx.post(server + "/completions", json={"prompt": prompt, "max_tokens": 3, "temperature": 0.8,
-                                                      "top_p": 0.9, "seed": 1}, timeout=60).json()
+                                                      "top_p": 0.9, "top_k": 20, "seed": 1}, timeout=60).json()
     assert short["choices"][0]["finish_reason"] == "length" and short["usage"]["completion_tokens"] == 3
 
 
-def test_streaming(server):
-    prompt = fill(PROMPT, question="What is 2+3?")
+def stream_chunks(url, body):
     events = []
-    with httpx.stream("POST", server + "/completions", json={
-        "prompt": prompt, "max_tokens": 60, "temperature": 0, "stop": "```\n", "stream": True,
-        "stream_options": {"include_usage": True},
-    }, timeout=60) as r:
-        assert r.headers["content-type"].startswith("text/event-stream")
+    with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: "):
                 events.append(line[6:])
     assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    text = "".join(c["text"] for ev in chunks for c in ev["choices"])
-    assert text == CODE_TEXT[:-3]
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_streaming_token_by_token(server):
+    prompt = fill(PROMPT, question="What is 2+3?")
+    chunks = stream_chunks(server + "/completions", {
+        "prompt": prompt, "max_tokens": 60, "temperature": 0, "stop": "```\n", "stream_options": {"include_usage": True}})
+    texts = [c["text"] for ev in chunks for c in ev["choices"]]
+    assert "".join(texts) == CODE_TEXT[:-3]
     assert [c["finish_reason"] for ev in chunks for c in ev["choices"]][-1] == "stop"
-    assert chunks[-1]["usage"]["completion_tokens"] > 0
+    assert chunks[-1]["usage"]["completion_tokens"] == len(CODE_TEXT) + 1  # with the stop string "```\n"
+    # Text comes as it is made: a long completion arrives in many events, the first one small.
+    # (A client that reads slowly gets several tokens per event, so the count is not exact.)
+    chunks = stream_chunks(server + "/completions", {"prompt": "x", "max_tokens": 300, "ignore_eos": True})
+    texts = [c["text"] for ev in chunks for c in ev["choices"] if c["text"]]
+    assert len(texts) >= 5 and len(texts[0]) < 30 and len("".join(texts)) >= 100
 
 
-def test_bad_requests(server):
-    r = httpx.post(server + "/completions", content=b"{not json", timeout=30)
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
-    r = httpx.post(server + "/completions", json={"prompt": "x", "max_tokens": 10_000}, timeout=30)
-    assert r.status_code == 400 and "maximum context length is 512" in r.json()["error"]["message"]
+def test_chat_completions_with_the_chat_template(server):
+    messages = [{"role": "user", "content": "What is 6*7?\nWrite a plan and Python code."},
+                {"role": "assistant", "content": "<think>\nPlan:\n"}]
+    body = {"messages": messages, "continue_final_message": True, "add_generation_prompt": False, "max_tokens": 60,
+            "temperature": 0, "stop": ["```\n"]}
+    r = httpx.post(server + "/chat/completions", json=body, timeout=60).json()
+    assert r["object"] == "chat.completion"
+    assert r["choices"][0]["message"] == {"role": "assistant", "content": CODE_TEXT[:-3]}
+    chunks = stream_chunks(server + "/chat/completions", body)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["delta"].get("content", "") for ev in chunks for c in ev["choices"]) == CODE_TEXT[:-3]
+
+
+def raw_http(url: str, request: bytes) -> tuple[int, dict]:
+    """Send bytes as they are (no client-side checks); returns (status, JSON body)."""
+    import socket
+
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+BAD_REQUESTS = [
+    ({"prompt": "x", "max_tokens": 10_000}, "max_tokens"),
+    ({"prompt": "x" * 400, "max_tokens": 200}, "max_tokens"),  # over the 512-token context
+    ({"prompt": "x", "temperature": "hot"}, "temperature"),
+    ({"prompt": "x", "temperature": -0.5}, "temperature"),
+    ({"prompt": "x", "temperature": 10**400}, "temperature"),  # no float holds it
+    ({"prompt": "x", "n": 10**400}, "n"),
+    ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "n": 1000}, "n"),
+    ({"prompt": "x", "n": 1.5}, "n"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": -5}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": True}, "max_tokens"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [[]]}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": [1, 2, 10**9]}, "prompt"),
+    ({"prompt": ["a"] * 300}, "prompt"),
+    ({"prompt": ["a"] * 20, "n": 8, "max_tokens": 100}, "max_tokens"),  # over the per-request cap of 10,000
+    ({"prompt": "x", "stop": 5}, "stop"),
+    ({"prompt": "x", "stream": "yes"}, "stream"),
+    ({"prompt": "x", "seed": -1}, "seed"),
+    ({"prompt": "x", "logprobs": 9}, "logprobs"),
+    ({"prompt": "x", "echo": True}, "echo"),
+    ({"prompt": "x", "stream_options": 3}, "stream_options"),
+    ([1, 2], None),
+]
+
+
+def test_bad_requests_get_4xx_with_an_error_body(server):
+    for body, param in BAD_REQUESTS:
+        r = httpx.post(server + "/completions", json=body, timeout=30)
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+        error = r.json()["error"]
+        assert error["message"] and error["code"] == r.status_code
+        if param is not None:
+            assert error["param"] == param, (body, error)
+    for raw in (b"{not json", b'{"prompt": "x", "temperature": NaN}', b'{"prompt": "x", "top_p": Infinity}',
+                b'{"prompt": "x", "temperature": 1e999}', b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b""):
+        r = httpx.post(server + "/completions", content=raw, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["message"], raw[:40]
+    chat = [{"messages": []}, {"messages": [{"role": "wizard", "content": "x"}]},
+            {"messages": [{"role": "user", "content": 3}]},
+            {"messages": [{"role": "user", "content": "x"}], "continue_final_message": True}]
+    for body in chat:
+        r = httpx.post(server + "/chat/completions", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] in ("messages", "continue_final_message"), body
     r = httpx.post(server + "/completions", json={"model": "other", "prompt": "x"}, timeout=30)
-    assert r.status_code == 404
-    r = httpx.post(server + "/completions", json={"prompt": "x", "temperature": "hot"}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
-    assert httpx.get(server + "/nothing", timeout=30).status_code == 404
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    assert httpx.get(server + "/nothing", timeout=30).json()["error"]["code"] == 404
+    assert httpx.get(server + "/completions", timeout=30).json()["error"]["code"] == 405
+    status, body = raw_http(server, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                            b"Content-Length: " + str(17 * 1024 * 1024).encode() + b"\r\n\r\n{}")
+    assert status == 413 and body["error"]["code"] == 413
+    for length in (b"-5", b"abc", b"1, 2"):
+        status, body = raw_http(server, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+                                + b"\r\n\r\n{}")
+        assert status == 400 and body["error"]["message"], length
+    assert httpx.get(server.rsplit("/v1", 1)[0] + "/health", timeout=30).json()["status"] == "ok"  # still serving
+
+
+def health(server):
+    return httpx.get(server.rsplit("/v1", 1)[0] + "/health", timeout=30).json()
+
+
+def wait_for(predicate, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_client_that_leaves_frees_its_rows(server):
+    before = health(server)["cancelled_rows"]
+    body = {"prompt": "x", "max_tokens": 400, "n": 4, "ignore_eos": True, "temperature": 1.0}
+    with httpx.stream("POST", server + "/completions", json={**body, "stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
+                break  # one token seen: leave
+    assert wait_for(lambda: health(server)["running_rows"] == 0)
+    assert health(server)["cancelled_rows"] - before >= 4  # released by the disconnect, not run to the end
+    import socket
+
+    host, port = server.split("//")[1].split("/")[0].split(":")
+    data = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as s:  # not streamed: leave without reading
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+        assert wait_for(lambda: health(server)["running_rows"] == 4)
+    assert wait_for(lambda: health(server)["running_rows"] == 0)
+    assert health(server)["cancelled_rows"] - before >= 8
+
+
+def test_concurrent_requests_all_complete_and_none_starves(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    long_body = {"prompt": "x", "max_tokens": 300, "n": 4, "ignore_eos": True}
+    finished = {}
+
+    def one(i):
+        if i == 0:
+            r = httpx.post(server + "/completions", json=long_body, timeout=120).json()
+            finished[i] = time.monotonic()
+            return r["usage"]["completion_tokens"] == 1200
+        question = QUESTIONS[i % 3][1]
+        body = {"prompt": fill(PROMPT, question=question), "max_tokens": 60, "temperature": 0, "stop": ["```\n"],
+                "n": 1 + i % 2}
+        if i % 3 == 0:
+            texts = {}
+            for ev in stream_chunks(server + "/completions", body):
+                for c in ev["choices"]:
+                    texts[c["index"]] = texts.get(c["index"], "") + c["text"]
+            ok = texts == {k: CODE_TEXT[:-3] for k in range(1 + i % 2)}
+        else:
+            r = httpx.post(server + "/completions", json=body, timeout=120).json()
+            ok = [c["text"] for c in r["choices"]] == [CODE_TEXT[:-3]] * (1 + i % 2)
+        finished[i] = time.monotonic()
+        return ok
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    assert all(results)
+    # 8 rows: the long request holds 4, the 11 short ones (17 rows) pass through the other 4.
+    assert max(t for i, t in finished.items() if i) < finished[0]
+
+
+def test_queue_limit_answers_429(policy_dir):
+    import asyncio
+
+    from transformers import AutoModelForCausalLM
+
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.rollout.continuous import ContinuousBatcher
+    from tirgrpo.rollout.engine import FastEngine
+    from tirgrpo.tir.serve import Limits, RequestError, Service, submit
+
+    tok = load_tokenizer(str(policy_dir))
+    model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+    batcher = ContinuousBatcher(FastEngine(model, tok, max_batch=4), max_rows=4, max_prompt_len=64, max_new_tokens=8)
+    service = Service(batcher, tok, "tiny", Limits(512, 64, 8, 4, max_queue=2))  # the batcher is not started
+
+    async def go():
+        submit(service, service.parse({"prompt": ["a", "b"]}, chat=False))
+        with pytest.raises(RequestError) as e:
+            submit(service, service.parse({"prompt": "c"}, chat=False))
+        return e.value.status
+
+    assert asyncio.run(go()) == 429 and batcher.queued() == 2
+
+
+def test_chat_templates_render_the_seed_texts_in_the_solver_format(policy_dir):
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.tir.generate import chat_templates
+
+    tok = load_tokenizer(str(policy_dir))
+    assert chat_templates(PROMPT, BRIDGE, tok) == (PROMPT, BRIDGE)  # bos left to the server
+    tok = byte_level_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    prompt, bridge = chat_templates(PROMPT, BRIDGE, tok)
+    assert prompt == "<|im_start|>user\n{question}\nWrite a plan and Python code.<|im_end|>\n<|im_start|>assistant\n<think>\nPlan:\n"
+    assert bridge == ("<|im_end|>\n<|im_start|>user\n```output\n{output}\n```<|im_end|>\n<|im_start|>assistant\n"
+                      "<think>\nLooking at my code,")
 
 
 @pytest.mark.skipif(not sb.available_modes(), reason="no isolating sandbox mode works here")
-def test_end_to_end_serve_generate_prepare(server, policy_dir, tmp_path):
+@pytest.mark.parametrize("chat", [False, True], ids=["seed-text", "chat-template"])
+def test_end_to_end_serve_generate_prepare(server, policy_dir, tmp_path, chat):
     from tirgrpo.cli import main
 
     problems = tmp_path / "problems.csv"
@@ -188,7 +395,9 @@ def test_end_to_end_serve_generate_prepare(server, policy_dir, tmp_path):
     out = tmp_path / "transcripts.jsonl"
     args = ["generate", "--problems", str(problems), "--base-url", server, "--model", "tiny", "--out", str(out),
             "--templates", str(templates), "--temperature", "0", "--max-turns", "3", "--max-tokens", "200",
-            "--concurrency", "2", "--no-progress", "--request-timeout", "120"]
+            "--concurrency", "3", "--no-progress", "--request-timeout", "120"]
+    if chat:  # the prompt and bridge rendered with the solver's chat template: here the same text
+        args += ["--chat-template", str(policy_dir)]
     assert main(args) == 0
     transcripts = sorted(read_transcripts(out), key=lambda t: t.problem_id)
     assert [t.problem_id for t in transcripts] == ["q1", "q2", "q3"]
@@ -217,3 +426,31 @@ def test_end_to_end_serve_generate_prepare(server, policy_dir, tmp_path):
     # Re-running finds every problem done and asks the server for nothing.
     assert main(args) == 0 and len(read_transcripts(out)) == 3
 
+
+
+def test_random_bodies_are_answered_or_refused_never_crash(policy_dir):
+    """Every field given a random value of a random type: parse() returns or raises RequestError."""
+    import random
+
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.tir.serve import Limits, RequestError, Service
+
+    service = Service(None, load_tokenizer(str(policy_dir)), "tiny", Limits(512, 256, 256, 8, max_request_tokens=10_000))
+    values = [None, True, False, 0, 1, -1, 7, 2**70, -(2**70), 0.5, -0.0, 1e308, 3.7, "", "x", "5", [], [1], [[]],
+              ["a", "b"], [1, "a"], {}, {"include_usage": "yes"}, [{"role": "user", "content": "hi"}],
+              [{"role": "user"}], [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]]
+    fields = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+              "n", "stop", "seed", "logprobs", "min_tokens", "ignore_eos", "stream", "stream_options", "echo",
+              "best_of", "presence_penalty", "frequency_penalty", "continue_final_message", "add_generation_prompt"]
+    rng = random.Random(0)
+    accepted = 0
+    for i in range(600):
+        body = {"prompt": "hello", "messages": [{"role": "user", "content": "hi"}]}
+        for name in rng.sample(fields, rng.randint(1, 6)):
+            body[name] = rng.choice(values)
+        try:
+            service.parse(body, chat=bool(i % 2))
+            accepted += 1
+        except RequestError as e:
+            assert 400 <= e.status < 500 and str(e)
+    assert 0 < accepted < 600

@@ -9,13 +9,16 @@ docs/data-format.md), so an interrupted run loses nothing and a re-run skips fin
 problem/sample pairs. Samples that fail for reasons outside the model (the server errs or cuts
 the stream after retries) are written, with their partial turns, to `OUT.errors.jsonl` and are
 retried by the next run.
+
+The templates are the seed's text in DeepSeek-R1's chat format. A solver with another chat
+format (Qwen's <|im_start|>...) gets the same texts with its own turn markers
+(`--chat-template TOKENIZER`, `chat_templates`): the user's instructions, the code output and
+the assistant's pre-fills are unchanged, and the transcript records the rendered prompt and bridge.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -24,14 +27,12 @@ import sys
 import threading
 import time
 import tomllib
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tirgrpo.data.records import Transcript, Turn, parse_int_answer, transcript_to_dict
+from tirgrpo.data.records import Transcript, Turn, parse_int_answer
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.commands.sandbox import add_sandbox_options, sandbox_from_args
 from tirgrpo.tir.sandbox import Sandbox
 from tirgrpo.data.templates import CODE_BLOCK_START, CODE_PROMPT, SEED_BRIDGE, fields, fill
 
@@ -61,10 +62,13 @@ _ANSWER_COLUMNS = ("answer", "correct_answer")
 
 
 def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
-    """Read a problems CSV (columns id, problem, optional answer). Returns (problems, has_answers).
+    """Read a problems CSV (columns id, problem, optional answer) or GSM8K-style JSONL.
+    Returns (problems, has_answers).
 
     Accepted column names: id or problem_id; problem or question; answer or correct_answer.
-    Answers must be integers; an empty answer cell means unknown.
+    Answers must be integers; an empty answer cell means unknown. A .jsonl file has one
+    object per line with the same keys; without an id the problem is named FILESTEM-LINE;
+    an answer in GSM8K's form (the working, then "#### 72") counts by its last "####" part.
     """
     from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
 
@@ -76,6 +80,8 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
         raise TirgrpoError(f"cannot read problems file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise TirgrpoError(f"problems file {path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if path.suffix == ".jsonl":
+        return _problems_from_jsonl(path, text)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     if not header:
@@ -118,6 +124,40 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     return problems, a_col is not None
 
 
+def _problems_from_jsonl(path: Path, text: str) -> tuple[list[Problem], bool]:
+    problems, seen, has_answers = [], set(), True
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"problems file {path}, line {line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TirgrpoError(f"{where}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise TirgrpoError(f"{where}: expected a JSON object")
+        pid = str(next((row[k] for k in _ID_COLUMNS if row.get(k) is not None), f"{path.stem}-{line_no}"))
+        question = next((row[k] for k in _QUESTION_COLUMNS if isinstance(row.get(k), str)), "").strip()
+        if not question:
+            raise TirgrpoError(f"{where}: no problem or question text")
+        if pid in seen:
+            raise TirgrpoError(f"{where}: duplicate id {pid!r}")
+        raw = next((row[k] for k in _ANSWER_COLUMNS if row.get(k) is not None), None)
+        answer = None
+        if raw is not None:
+            raw = str(raw).rsplit("####", 1)[-1].replace(",", "").strip()
+            n = parse_int_answer(raw)
+            if n is None:
+                raise TirgrpoError(f"{where}: the answer must be an integer, got {raw[:40]!r}")
+            answer = str(n)
+        has_answers = has_answers and answer is not None
+        seen.add(pid)
+        problems.append(Problem(pid, question, answer))
+    if not problems:
+        raise TirgrpoError(f"problems file {path}: no problems")
+    return problems, has_answers
+
+
 # ----------------------------------------------------------------------------- transcript pieces
 
 
@@ -157,6 +197,70 @@ def load_templates(path: str | None) -> tuple[str, str]:
     return prompt, bridge
 
 
+USER, ASSISTANT, END = "<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"
+_MARK = "\u2063TIRGRPO-END-OF-ASSISTANT\u2063"  # invisible separators: no template or text has this
+
+
+def r1_turns(template: str) -> tuple[str, str]:
+    """(user text, assistant pre-fill) of a one-exchange template in DeepSeek-R1's format.
+
+    "<｜end▁of▁sentence｜><｜User｜>U<｜Assistant｜>A" -> (U stripped, A verbatim); leading
+    whitespace and the end-of-sentence token before the user turn are dropped.
+    """
+    body = template.lstrip().removeprefix(END)  # the space between turns is the chat template's to decide
+    if not body.startswith(USER) or body.count(USER) != 1 or body.count(ASSISTANT) != 1:
+        raise TirgrpoError(f"a template to render with --chat-template must be {USER}...{ASSISTANT}... "
+                           f"(one user turn, then the assistant's pre-fill); got {template[:80]!r}")
+    user, assistant = body[len(USER):].split(ASSISTANT)
+    return user.strip(), assistant
+
+
+def chat_templates(prompt_t: str, bridge_t: str, tokenizer) -> tuple[str, str]:
+    """The code prompt and bridge re-written in a solver's own chat format.
+
+    The seed's texts stay the same (the user's instructions, the assistant's pre-fills, the
+    code output); only the turn markers become the solver's: the prompt is the template's
+    rendering of the user turn with a generation prompt, then the assistant pre-fill; the
+    bridge is what the template puts between the end of an assistant turn and the next
+    assistant turn, then the bridge's pre-fill. The {question}/{output} fields pass through.
+    """
+    user1, prefill1 = r1_turns(prompt_t)
+    user2, prefill2 = r1_turns(bridge_t)
+
+    def render(messages):
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # Jinja errors, a template's raise_exception()
+            raise TirgrpoError(f"the solver's chat template failed: {type(e).__name__}: {e}") from None
+
+    prompt = render([{"role": "user", "content": user1}]) + prefill1
+    bos = tokenizer.bos_token
+    if bos and prompt.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        prompt = prompt[len(bos):]  # the server's tokenizer puts it back: not twice
+    full = render([{"role": "user", "content": user1}, {"role": "assistant", "content": _MARK},
+                   {"role": "user", "content": user2}])
+    if full.count(_MARK) != 1:
+        raise TirgrpoError("the solver's chat template does not show an assistant turn's text as it is")
+    bridge = full[full.index(_MARK) + len(_MARK):] + prefill2
+    if fields(prompt) != {"question"} or fields(bridge) != {"output"} or bridge.count("{output}") != 1:
+        raise TirgrpoError("the solver's chat template adds {fields} of its own; the rendered prompt must have "
+                           "exactly {question} and the bridge {output} once")
+    return prompt, bridge
+
+
+def load_chat_tokenizer(spec: str):
+    """The solver's tokenizer (folder, .gguf or name), which must have a chat template."""
+    from tirgrpo.data.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(spec)
+    except (OSError, ValueError) as e:
+        raise TirgrpoError(f"--chat-template {spec}: cannot load a tokenizer: {e}") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise TirgrpoError(f"--chat-template {spec}: this tokenizer has no chat template")
+    return tokenizer
+
+
 # ----------------------------------------------------------------------------- the server client
 
 
@@ -166,6 +270,13 @@ class ServerError(Exception):
     def __init__(self, message: str, retry: bool):
         super().__init__(message)
         self.retry = retry
+
+
+class ContextFull(ServerError):
+    """The prompt and max_tokens do not fit the server's context: the transcript ends here ("length")."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retry=False)
 
 
 @dataclass
@@ -187,6 +298,7 @@ class CompletionsClient:
         if not self.base.endswith("/v1"):
             self.base += "/v1"
         self.model, self.temperature, self.top_p, self.retries = model, temperature, top_p, retries
+        self.max_request_tokens: int | None = None  # the server's own cap, learnt by check()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # read= is the longest silence between two stream chunks: a stalled server fails, never hangs.
         self.http = httpx.Client(timeout=httpx.Timeout(request_timeout, connect=10.0), headers=headers)
@@ -209,6 +321,10 @@ class CompletionsClient:
             raise TirgrpoError(f"server at {self.base}: GET /models did not return an OpenAI model list") from None
         if self.model not in names:
             raise TirgrpoError(f"server at {self.base} does not serve model {self.model!r}; it serves {names}")
+        # tirgrpo serve says the largest max_tokens it takes; ask for no more than that per request.
+        info = next(m for m in r.json()["data"] if m["id"] == self.model)
+        cap = info.get("max_tokens") if isinstance(info, dict) else None
+        self.max_request_tokens = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
         return names
 
     def complete(self, prompt: str, max_tokens: int, stop: list[str], seed: int | None) -> Generation:
@@ -225,6 +341,8 @@ class CompletionsClient:
         raise AssertionError("unreachable")
 
     def _stream(self, prompt: str, max_tokens: int, stop: list[str], seed: int | None) -> Generation:
+        if self.max_request_tokens is not None:
+            max_tokens = min(max_tokens, self.max_request_tokens)
         body = {
             "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": self.temperature,
             "top_p": self.top_p, "stop": stop, "stream": True, "stream_options": {"include_usage": True},
@@ -237,6 +355,8 @@ class CompletionsClient:
             with self.http.stream("POST", self.base + "/completions", json=body) as r:
                 if r.status_code != 200:
                     detail = r.read().decode("utf-8", "replace")[:300]
+                    if r.status_code == 400 and "maximum context length" in detail:
+                        raise ContextFull(detail)
                     raise ServerError(f"HTTP {r.status_code} from /completions: {detail}", retry=r.status_code >= 500 or r.status_code == 429)
                 for line in r.iter_lines():
                     if not line.startswith("data:"):
@@ -294,7 +414,10 @@ def _generate_turn(client: CompletionsClient, context: str, budget: int, seed: i
     """
     text, used = "", 0
     for _ in range(MAX_CONTINUATIONS + 1):
-        g = client.complete(context + text, budget - used, [CODE_FENCE_STOP], seed)
+        try:
+            g = client.complete(context + text, budget - used, [CODE_FENCE_STOP], seed)
+        except ContextFull:
+            return text, "length", used
         used += g.tokens
         text += g.text
         found = find_code(text)
@@ -397,90 +520,3 @@ class _Appender:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--problems", required=True, help="CSV with columns id, problem and (optional) answer")
-    parser.add_argument("--base-url", required=True, help="the server, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--model", required=True, help="model name the server serves")
-    parser.add_argument("--out", required=True, help="transcript JSONL (appended to; finished pairs are skipped)")
-    parser.add_argument("--samples-per-problem", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=4, help="samples in flight at once")
-    parser.add_argument("--max-turns", type=int, default=4, help="model turns per sample")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="generated tokens per sample, all turns together")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None, help="per-request seeds (servers that honour them)")
-    parser.add_argument("--templates", default=None, help="TOML file overriding code_prompt and/or bridge")
-    parser.add_argument("--request-timeout", type=float, default=600.0, help="longest silence from the server, s")
-    parser.add_argument("--retries", type=int, default=3, help="retries of a failed request")
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
-    parser.add_argument("--no-progress", action="store_true")
-    add_sandbox_options(parser)
-
-
-def run(args) -> int:
-    from tqdm import tqdm
-
-    for name in ("samples_per_problem", "concurrency", "max_turns", "max_tokens"):
-        if getattr(args, name) < 1:
-            raise TirgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    problems, has_answers = read_problems(args.problems)
-    if not has_answers:
-        print(f"tirgrpo generate: note: {args.problems} has no answer column; transcripts get correct_answer null "
-              "and `tirgrpo prepare` will skip them", file=sys.stderr)
-    prompt_t, bridge_t = load_templates(args.templates)
-    sandbox = sandbox_from_args(args)
-    mode = sandbox.resolved_mode()  # refuse before any request when code cannot run safely
-    out = Path(args.out)
-    done = finished_pairs(out)
-    jobs = [(p, k) for p in problems for k in range(args.samples_per_problem) if (p.id, k) not in done]
-    print(f"tirgrpo generate: {len(problems)} problems x {args.samples_per_problem} samples; "
-          f"{len(done)} already done, {len(jobs)} to run; sandbox mode {mode}", file=sys.stderr)
-    if not jobs:
-        return 0
-    client = CompletionsClient(args.base_url, args.model, args.temperature, args.top_p, args.request_timeout,
-                               args.retries, args.api_key)
-    settings = Settings(args.max_turns, args.max_tokens, prompt_t, bridge_t, args.seed)
-    writer, failures = _Appender(out), _Appender(errors_path(out))
-    remaining = {p.id: 0 for p in problems}
-    for p, _ in jobs:
-        remaining[p.id] += 1
-    n_failed = n_ok = 0
-    try:
-        client.check()
-        with ThreadPoolExecutor(max_workers=args.concurrency) as pool, tqdm(
-            total=sum(1 for v in remaining.values() if v), unit="problem", desc="generate",
-            disable=args.no_progress, file=sys.stderr,
-        ) as bar:
-            futures = {pool.submit(run_sample, client, sandbox, p, k, settings): (p, k) for p, k in jobs}
-            try:
-                for fut in as_completed(futures):
-                    p, k = futures[fut]
-                    try:
-                        writer.write(transcript_to_dict(fut.result()))
-                        n_ok += 1
-                    except SampleFailed as e:
-                        n_failed += 1
-                        failures.write({"problem_id": p.id, "sample": k, "error": str(e), "time": time.time(),
-                                        "turns": [dataclasses.asdict(t) for t in e.turns]})
-                        bar.write(f"problem {p.id} sample {k} failed: {e}")
-                    remaining[p.id] -= 1
-                    if remaining[p.id] == 0:
-                        bar.update(1)
-                    bar.set_postfix(ok=n_ok, failed=n_failed)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    finally:
-        client.close()
-    print(f"tirgrpo generate: wrote {n_ok} transcripts to {out}", file=sys.stderr)
-    if n_failed:
-        print(f"tirgrpo generate: {n_failed} samples failed (server errors); details in {errors_path(out)}; "
-              "run the same command again to retry them", file=sys.stderr)
-        return 1
-    return 0

@@ -1,31 +1,31 @@
-"""`tirgrpo serve`: an OpenAI-compatible completions server over the built-in rollout engine.
+"""`tirgrpo serve`: an OpenAI-compatible server over the fast engine, with continuous batching.
 
-Endpoints: `GET /v1/models`, `POST /v1/completions` (prompt as a string or a list of strings;
-`max_tokens`, `temperature`, `top_p`, `n`, `stop`, `logprobs`, `seed`, `stream` with
-`stream_options.include_usage`), and `GET /health`. Enough for `tirgrpo generate`, the `openai`
-client and tools written for vLLM to use a trained verifier or a small policy.
+Endpoints: `GET /v1/models`, `GET /health`, `POST /v1/completions` (prompt: a string, a list of
+strings, or token ids) and `POST /v1/chat/completions` (messages rendered with the model's chat
+template, or `--chat-template`; `continue_final_message` continues a pre-filled assistant
+turn). Options: `max_tokens`, `temperature`, `top_p`, `top_k`, `n`, `stop`, `seed`, `logprobs`,
+`min_tokens`, `ignore_eos`, `stream` with `stream_options.include_usage`.
 
-The standard library's ThreadingHTTPServer answers; generation itself runs one request at a
-time under a lock (the engine and the model are not thread-safe). `SimpleEngine` returns whole
-completions, so a streamed response sends each choice's text in one chunk, then its finish
-reason, (optionally) the usage, and `[DONE]`: the wire format is OpenAI's, the delivery is not
-token by token. Binds to 127.0.0.1 unless told otherwise: the server has no authentication.
+Every request becomes one `Group` per prompt (n rows sharing the prompt's keys) in a
+`ContinuousBatcher` running in its own thread: groups join the running batch at the next step
+and leave when done, so a long request never holds up a short one. Streams send each step's
+new text as it is made (a stop string's possible beginning is held back until it is ruled
+out). When a client disconnects, its rows are released at the next step.
+
+Bad requests get 400 (413 for a body over 16 MiB, 404 for an unknown model or route, 429 when
+the queue is full) with an OpenAI-style error body `{"error": {"message", "type", "param",
+"code"}}`, never a 500. Binds to 127.0.0.1 unless told otherwise: there is no authentication.
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
+import asyncio
 import json
-import sys
-import threading
+import math
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
-
-from tirgrpo.errors import TirgrpoError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -38,267 +38,495 @@ class RequestError(Exception):
         self.status, self.param = status, param
 
 
-def _number(body: dict, name: str, default, kind, low=None, high=None):
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    kind = {404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+@dataclass
+class Limits:
+    """What one request may ask for; the cache sizes bound max_prompt_tokens and max_tokens."""
+
+    max_model_len: int
+    max_prompt_tokens: int
+    max_tokens: int
+    max_n: int
+    max_prompts: int = 256
+    max_request_tokens: int = 1 << 20  # prompts x n x max_tokens
+    max_queue: int = 1024  # groups waiting for rows before new requests get 429
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _number(body: dict, name: str, default, integer: bool, low=None, high=None, low_open: bool = False):
+    """body[name] (or default) checked: the right type, finite, within [low, high] (or (low, high])."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", param=name)
+    if isinstance(value, float) and not math.isfinite(value):  # ints are finite, however long
+        raise RequestError(f"'{name}' must be a finite number, got {value!r}", param=name)
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        lo = f"({low}" if low_open else f"[{low}"
+        raise RequestError(f"'{name}' must be in {lo}, {high if high is not None else 'inf'}], got {value}", param=name)
+    return value if integer else float(value)
+
+
+def _flag(body: dict, name: str, default: bool = False) -> bool:
     value = body.get(name, default)
     if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise RequestError(f"'{name}' must be {'a number' if kind is float else 'an integer'}, got {value!r}", param=name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise RequestError(f"'{name}' must be in [{low}, {high}], got {value}", param=name)
-    return kind(value)
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(f"'{name}' must be true or false, got {value!r}", param=name)
+    return value
 
 
-class CompletionService:
-    """Turns OpenAI completion requests into `SimpleEngine.generate` calls."""
+def parse_json(raw: bytes) -> Any:
+    """The request body as JSON; NaN and Infinity (which Python's json accepts) are refused."""
 
-    def __init__(self, model, tokenizer, model_name: str, max_model_len: int, batch_size: int = 16, seed: int = 0):
-        import torch
+    def refuse(name):
+        raise ValueError(f"{name} is not a JSON number")
 
-        from tirgrpo.rollout.simple import SimpleEngine
+    try:
+        return json.loads(raw, parse_constant=refuse)
+    except (ValueError, RecursionError) as e:
+        raise RequestError(f"the body is not valid JSON: {e}") from None
 
-        self.engine = SimpleEngine(model, tokenizer, batch_size=batch_size)
-        self.tokenizer = tokenizer
-        self.model_name = model_name
-        self.max_model_len = max_model_len
-        self.lock = threading.Lock()
-        self.device = next(model.parameters()).device
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+@dataclass
+class ParsedRequest:
+    prompts: list[list[int]]
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_tokens: int
+    stop: list[str]
+    logprobs: int | None
+    stream: bool
+    include_usage: bool
+    seed: int | None
+    chat: bool = False
+    prompt_tokens: int = 0
+
+
+class Service:
+    """Checks requests and turns them into batcher groups. Lives on the server's event loop."""
+
+    def __init__(self, batcher, tokenizer, model_name: str, limits: Limits):
+        self.batcher, self.tokenizer, self.model_name, self.limits = batcher, tokenizer, model_name, limits
         self.created = int(time.time())
+        self.vocab = len(tokenizer)
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
-                                            "owned_by": "tirgrpo", "max_model_len": self.max_model_len}]}
+                                            "owned_by": "tirgrpo", "max_model_len": self.limits.max_model_len,
+                                            "max_tokens": self.limits.max_tokens}]}
 
-    def parse(self, body: Any) -> dict:
-        """Check a request body; returns the normalised request."""
+    def parse(self, body: Any, chat: bool) -> ParsedRequest:
+        """A checked request (RequestError on anything wrong)."""
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
         model = body.get("model")
         if model is not None and model != self.model_name:
             raise RequestError(f"the model {model!r} does not exist; this server serves {self.model_name!r}", 404, "model")
-        prompt = body.get("prompt")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise RequestError("'prompt' must be a string or a non-empty list of strings", param="prompt")
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 8:
-            raise RequestError("'stop' must be a string or a list of up to 8 strings", param="stop")
-        if body.get("echo"):
-            raise RequestError("'echo' is not supported", param="echo")
-        if body.get("best_of") not in (None, 1) and body.get("best_of") != body.get("n"):
+        prompts = self._chat_prompt(body) if chat else self._prompts(body.get("prompt"))
+        lim = self.limits
+        longest = max(len(p) for p in prompts)
+        default_max = min(lim.max_tokens, lim.max_model_len - longest) if chat else min(16, lim.max_tokens)
+        n = _number(body, "n", 1, True, 1, lim.max_n)
+        max_tokens = _number(body, "max_tokens", None, True, 1, lim.max_tokens)
+        if chat and body.get("max_completion_tokens") is not None:
+            max_tokens = _number(body, "max_completion_tokens", None, True, 1, lim.max_tokens)
+        max_tokens = default_max if max_tokens is None else max_tokens
+        if longest > lim.max_prompt_tokens:
+            raise RequestError(f"a prompt of {longest} tokens; this server takes at most {lim.max_prompt_tokens}",
+                               param="messages" if chat else "prompt")
+        if longest + max_tokens > lim.max_model_len or max_tokens < 1:
+            raise RequestError(
+                f"This model's maximum context length is {lim.max_model_len} tokens. However, you requested "
+                f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} for the completion). "
+                "Please reduce the prompt or max_tokens.", param="max_tokens")
+        if len(prompts) * n * max_tokens > lim.max_request_tokens:
+            raise RequestError(f"prompts x n x max_tokens = {len(prompts)} x {n} x {max_tokens} is over this "
+                               f"server's per-request cap of {lim.max_request_tokens} tokens", param="max_tokens")
+        stop = body.get("stop")
+        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or len(stop) > 8 or not all(isinstance(s, str) and len(s) <= 256 for s in stop):
+            raise RequestError("'stop' must be a string or a list of up to 8 strings of up to 256 characters", param="stop")
+        for name in ("echo",):
+            if _flag(body, name):
+                raise RequestError(f"'{name}' is not supported", param=name)
+        if body.get("best_of") not in (None, 1, n):
             raise RequestError("'best_of' is not supported", param="best_of")
-        logprobs = body.get("logprobs")
-        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= 5):
-            raise RequestError("'logprobs' must be an integer in [0, 5] or null", param="logprobs")
-        stream_options = body.get("stream_options") or {}
-        if not isinstance(stream_options, dict):
+        for name in ("presence_penalty", "frequency_penalty"):
+            if _number(body, name, 0.0, False, -2.0, 2.0) != 0.0:
+                raise RequestError(f"'{name}' is not supported (only 0)", param=name)
+        if chat:
+            logprobs = 0 if _flag(body, "logprobs") else None
+        else:
+            logprobs = _number(body, "logprobs", None, True, 0, 5)
+        stream_options = body.get("stream_options")
+        if stream_options is not None and not isinstance(stream_options, dict):
             raise RequestError("'stream_options' must be an object", param="stream_options")
-        seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise RequestError("'seed' must be an integer", param="seed")
-        req = {
-            "prompts": prompts,
-            "max_tokens": _number(body, "max_tokens", 16, int, 1, None),
-            "temperature": _number(body, "temperature", 1.0, float, 0.0, 2.0),
-            "top_p": _number(body, "top_p", 1.0, float, 1e-6, 1.0),
-            "n": _number(body, "n", 1, int, 1, 64),
-            "stop": [s for s in stop if s],
-            "logprobs": logprobs,
-            "stream": bool(body.get("stream", False)),
-            "include_usage": bool(stream_options.get("include_usage", False)),
-            "seed": seed,
-        }
-        req["prompt_ids"] = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        for ids in req["prompt_ids"]:
-            if len(ids) + req["max_tokens"] > self.max_model_len:
-                raise RequestError(
-                    f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                    f"{len(ids) + req['max_tokens']} tokens ({len(ids)} in the prompt, {req['max_tokens']} for the "
-                    "completion). Please reduce the prompt or max_tokens.", param="max_tokens")
-        return req
+        top_k = _number(body, "top_k", 0, True, -1, self.vocab)
+        ignore_eos = _flag(body, "ignore_eos")
+        min_tokens = max_tokens if ignore_eos else _number(body, "min_tokens", 0, True, 0, max_tokens)
+        return ParsedRequest(
+            prompts=prompts, n=n, max_tokens=max_tokens,
+            temperature=_number(body, "temperature", 1.0, False, 0.0, 2.0),
+            top_p=_number(body, "top_p", 1.0, False, 0.0, 1.0, low_open=True), top_k=max(top_k, 0),
+            min_tokens=min_tokens, stop=[s for s in stop if s], logprobs=logprobs, stream=_flag(body, "stream"),
+            include_usage=_flag(stream_options or {}, "include_usage"),
+            seed=_number(body, "seed", None, True, 0, 2**63 - 1), chat=chat,
+            prompt_tokens=sum(len(p) for p in prompts))
 
-    def generate(self, req: dict) -> dict:
-        """Run the engine; returns an OpenAI completion object (choices in prompt-major order)."""
-        import torch
-
-        from tirgrpo.rollout.types import SamplingParams
-
-        params = SamplingParams(max_new_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
-                                stop=req["stop"])
-        with self.lock:
-            generator = self.generator
-            if req["seed"] is not None:
-                generator = torch.Generator(device=self.device).manual_seed(req["seed"])
-            groups = self.engine.generate(req["prompt_ids"], req["n"], params, generator)
-        choices, completion_tokens = [], 0
-        for i, group in enumerate(groups):
-            for c in group:
-                completion_tokens += len(c.token_ids)
-                choices.append({
-                    "index": len(choices),
-                    "text": c.text,
-                    "logprobs": self._logprobs(c) if req["logprobs"] is not None else None,
-                    # OpenAI has one "stop" for both eos and stop strings; vLLM's stop_reason tells them apart.
-                    "finish_reason": "length" if c.finish_reason == "length" else "stop",
-                    "stop_reason": c.stop,
-                })
-        prompt_tokens = sum(len(ids) for ids in req["prompt_ids"])
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
-
-    def _logprobs(self, c) -> dict:
-        """OpenAI's legacy logprobs object: the sampled tokens and their log-probs (no top-k lists)."""
-        tokens = [self.tokenizer.decode([t], skip_special_tokens=False) for t in c.token_ids]
-        offsets, pos = [], 0
-        for t in tokens:
-            offsets.append(pos)
-            pos += len(t)
-        return {"tokens": tokens, "token_logprobs": [round(float(x), 6) for x in c.logprobs], "top_logprobs": None,
-                "text_offset": offsets}
-
-
-def stream_events(result: dict, include_usage: bool) -> list[dict]:
-    """The chunks of a streamed response: each choice's text, then its finish reason, then usage."""
-    base = {k: result[k] for k in ("id", "object", "created", "model")}
-    events = []
-    for ch in result["choices"]:
-        events.append({**base, "choices": [{**ch, "finish_reason": None, "stop_reason": None}]})
-        events.append({**base, "choices": [{"index": ch["index"], "text": "", "logprobs": None,
-                                            "finish_reason": ch["finish_reason"], "stop_reason": ch["stop_reason"]}]})
-    if include_usage:
-        events.append({**base, "choices": [], "usage": result["usage"]})
-    return events
-
-
-def make_handler(service: CompletionService):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "tirgrpo-serve"
-
-        def log_message(self, fmt, *args):  # one short line per request on stderr
-            sys.stderr.write(f"tirgrpo serve: {self.address_string()} {fmt % args}\n")
-
-        def _json(self, status: int, obj: dict) -> None:
-            data = json.dumps(obj).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, status: int, message: str, param: str | None = None) -> None:
-            kind = "invalid_request_error" if status < 500 else "server_error"
-            self._json(status, {"error": {"message": message, "type": kind, "param": param, "code": status}})
-
-        def do_GET(self):
-            path = self.path.split("?")[0].rstrip("/")
-            if path in ("/v1/models", "/models"):
-                self._json(200, service.models())
-            elif path == "/health":
-                self._json(200, {"status": "ok"})
+    def _prompts(self, prompt: Any) -> list[list[int]]:
+        """Token ids of each prompt: a string, a list of strings, a list of ids, or a list of id lists."""
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            prompt = [prompt]
+        if not isinstance(prompt, list) or not prompt:
+            raise RequestError("'prompt' must be a string, a list of strings, or token ids", param="prompt")
+        if len(prompt) > self.limits.max_prompts:
+            raise RequestError(f"{len(prompt)} prompts in one request; at most {self.limits.max_prompts}", param="prompt")
+        out = []
+        for p in prompt:
+            if isinstance(p, str):
+                if not p:
+                    raise RequestError("an empty prompt: give at least one character", param="prompt")
+                out.append(self.tokenizer(p, add_special_tokens=True)["input_ids"])
+            elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab
+                                                   for t in p):
+                out.append(list(p))
             else:
-                self._error(404, f"no route GET {self.path}")
+                raise RequestError("each prompt must be a non-empty string or a non-empty list of token ids "
+                                   f"in [0, {self.vocab})", param="prompt")
+            if not out[-1]:
+                raise RequestError("a prompt that tokenizes to nothing", param="prompt")
+        return out
 
-        def do_POST(self):
-            path = self.path.split("?")[0].rstrip("/")
-            if path not in ("/v1/completions", "/completions"):
-                self._error(404, f"no route POST {self.path} (this server has /v1/completions)")
-                return
+    def _chat_prompt(self, body: dict) -> list[list[int]]:
+        """The messages rendered with the chat template, as token ids (one prompt)."""
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError("'messages' must be a non-empty list", param="messages")
+        clean = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+                raise RequestError(f"messages[{i}] must be an object with role system, user, assistant or tool",
+                                   param="messages")
+            content = m.get("content")
+            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+                if not all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+                           for c in content):
+                    raise RequestError(f"messages[{i}].content: only text parts are supported", param="messages")
+                content = "".join(c["text"] for c in content)
+            if not isinstance(content, str):
+                raise RequestError(f"messages[{i}].content must be a string", param="messages")
+            clean.append({"role": m["role"], "content": content})
+        continue_final = _flag(body, "continue_final_message")
+        add_generation = _flag(body, "add_generation_prompt", not continue_final)
+        if continue_final and (add_generation or clean[-1]["role"] != "assistant"):
+            raise RequestError("continue_final_message needs a last assistant message and no add_generation_prompt",
+                               param="continue_final_message")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise RequestError("this model has no chat template (start the server with --chat-template FILE)",
+                               param="messages")
+        try:
+            text = self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation,
+                                                      continue_final_message=continue_final)
+        except Exception as e:  # a template's own raise_exception(), or a Jinja error on these messages
+            raise RequestError(f"the chat template failed on these messages: {e}", param="messages") from None
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise RequestError("the rendered conversation is empty", param="messages")
+        return [ids]
+
+
+# ----------------------------------------------------------------------------- one request in flight
+
+
+@dataclass
+class Flight:
+    """A request's groups in the batcher; their updates arrive on `queue` (from the batcher thread)."""
+
+    req: ParsedRequest
+    groups: list = field(default_factory=list)
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    open_groups: int = 0
+
+    def cancel(self, batcher) -> None:
+        for g in self.groups:
+            batcher.cancel(g)
+
+
+def submit(service: Service, req: ParsedRequest) -> Flight:
+    """Queue the request's groups (429 when the queue is full). Call on the event loop."""
+    import torch
+
+    from tirgrpo.rollout.continuous import Group
+    from tirgrpo.rollout.types import SamplingParams
+
+    batcher = service.batcher
+    if batcher.queued() + len(req.prompts) > service.limits.max_queue:
+        raise RequestError(f"the server is busy ({batcher.queued()} groups queued); try again shortly", 429)
+    loop = asyncio.get_running_loop()
+    flight = Flight(req)
+    params = SamplingParams(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                            top_k=req.top_k, stop=req.stop, min_new_tokens=req.min_tokens)
+    for i, ids in enumerate(req.prompts):
+        def sink(updates, i=i):
+            loop.call_soon_threadsafe(flight.queue.put_nowait, (i, updates))
+
+        generator = None if req.seed is None else torch.Generator().manual_seed((req.seed + i) % 2**63)
+        flight.groups.append(Group(ids, req.n, params, sink, generator))
+    for g in flight.groups:
+        try:
+            batcher.submit(g)
+        except ValueError as e:  # parse() checks the same limits; this is the batcher's word on them
+            flight.cancel(batcher)
+            raise RequestError(str(e)) from None
+    flight.open_groups = len(flight.groups)
+    return flight
+
+
+async def updates(flight: Flight):
+    """Lists of (choice index, RowUpdate): whatever arrived since the last wake-up, until every row
+    has finished. Raises RuntimeError on a model error.
+
+    Draining all that is queued (rather than one step at a time) lets a busy event loop send
+    several tokens per event instead of falling behind the batcher.
+    """
+    n = flight.req.n
+    remaining = [n] * len(flight.groups)
+    while flight.open_groups:
+        arrived = [await flight.queue.get()]
+        while not flight.queue.empty():
+            arrived.append(flight.queue.get_nowait())
+        out = []
+        for i, batch in arrived:
+            group = flight.groups[i]
+            if not batch:  # the group ended without (more) rows: cancelled or failed
+                if group.error:
+                    raise RuntimeError(group.error)
+                remaining[i] = min(remaining[i], 0)  # -1 (already closed) stays closed
+            for u in batch:
+                if u.completion is not None:
+                    remaining[i] -= 1
+                out.append((i * n + u.index, u))
+            if remaining[i] == 0:
+                remaining[i] = -1
+                flight.open_groups -= 1
+        yield out
+
+
+def merged(pairs) -> dict:
+    """Per choice index, the RowUpdates of one wake-up joined: {index: (text, token_ids, logprobs, completion)}."""
+    out: dict[int, tuple] = {}
+    for index, u in pairs:
+        text, ids, lps, _ = out.get(index, ("", [], [], None))
+        out[index] = (text + u.text, ids + u.token_ids, lps + u.logprobs, u.completion)
+    return out
+
+
+def finish_reason(completion) -> str:
+    # OpenAI has one "stop" for both eos and stop strings; vLLM's stop_reason tells them apart.
+    return "length" if completion.finish_reason == "length" else "stop"
+
+
+def token_logprobs(tokenizer, token_ids: list[int], logprobs: list[float], chat: bool) -> dict:
+    """OpenAI's logprobs object for sampled tokens (no top-k alternatives)."""
+    tokens = [tokenizer.decode([t], skip_special_tokens=False) for t in token_ids]
+    values = [round(float(x), 6) for x in logprobs]
+    if chat:
+        return {"content": [{"token": t, "logprob": v, "top_logprobs": []} for t, v in zip(tokens, values)]}
+    offsets, pos = [], 0
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": None, "text_offset": offsets}
+
+
+def response_head(service: Service, chat: bool, chunk: bool) -> dict:
+    kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
+            "model": service.model_name}
+
+
+def usage(req: ParsedRequest, completion_tokens: int) -> dict:
+    return {"prompt_tokens": req.prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": req.prompt_tokens + completion_tokens}
+
+
+async def complete(service: Service, flight: Flight) -> dict:
+    """The whole response of a non-streamed request."""
+    req = flight.req
+    done = {}
+    async for pairs in updates(flight):
+        for index, u in pairs:
+            if u.completion is not None:
+                done[index] = u.completion
+    choices = []
+    for index in sorted(done):
+        c = done[index]
+        lp = token_logprobs(service.tokenizer, c.token_ids, c.logprobs, req.chat) if req.logprobs is not None else None
+        choice = {"index": index, "logprobs": lp, "finish_reason": finish_reason(c), "stop_reason": c.stop}
+        if req.chat:
+            choice["message"] = {"role": "assistant", "content": c.text}
+        else:
+            choice["text"] = c.text
+        choices.append(choice)
+    return {**response_head(service, req.chat, False), "choices": choices,
+            "usage": usage(req, sum(len(c.token_ids) for c in done.values()))}
+
+
+async def stream(service: Service, flight: Flight):
+    """Server-sent events: the new text of each step, each choice's finish, usage, [DONE]."""
+    req = flight.req
+    head = response_head(service, req.chat, True)
+    tokens = 0
+    if req.chat:
+        first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                 for i in range(len(req.prompts) * req.n)]
+        yield _event({**head, "choices": first})
+    try:
+        async for pairs in updates(flight):
+            choices = []
+            for index, (text, ids, lps, done) in sorted(merged(pairs).items()):
+                tokens += len(ids)
+                if not text and done is None and req.logprobs is None:
+                    continue
+                lp = token_logprobs(service.tokenizer, ids, lps, req.chat) if req.logprobs is not None else None
+                choice = {"index": index, "logprobs": lp, "finish_reason": finish_reason(done) if done else None,
+                          "stop_reason": done.stop if done else None}
+                choice["delta" if req.chat else "text"] = {"content": text} if req.chat else text
+                choices.append(choice)
+            if choices:
+                yield _event({**head, "choices": choices})
+    except RuntimeError as e:  # the model failed mid-stream: say so in the stream, then end it
+        yield _event(error_body(500, f"generation failed: {e}"))
+        return
+    if req.include_usage:
+        yield _event({**head, "choices": [], "usage": usage(req, tokens)})
+    yield b"data: [DONE]\n\n"
+
+
+def _event(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+# ----------------------------------------------------------------------------- the ASGI app
+
+
+async def read_body(request) -> bytes:
+    """The body, refused (413) past MAX_BODY_BYTES whether or not Content-Length says so."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or len(length) > 12):
+        raise RequestError(f"bad Content-Length {length[:40]!r}")
+    if length is not None and int(length) > MAX_BODY_BYTES:
+        raise RequestError(f"request body of {length} bytes; at most {MAX_BODY_BYTES}", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise RequestError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+    return bytes(body)
+
+
+async def _wait_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def make_app(service: Service):
+    """The Starlette application: routes, JSON errors, streaming, cancellation on disconnect."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    def error(status: int, message: str, param: str | None = None) -> JSONResponse:
+        headers = {"Retry-After": "1"} if status == 429 else None
+        return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+    async def models(request):
+        return JSONResponse(service.models())
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "running_rows": len(service.batcher.rows),
+                             "queued_groups": service.batcher.queued(),
+                             "cancelled_rows": service.batcher.cancelled_rows})
+
+    def generation(chat: bool):
+        async def endpoint(request):
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    raise RequestError(f"request body over {MAX_BODY_BYTES} bytes", 413)
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise RequestError(f"the body is not valid JSON: {e}") from None
-                req = service.parse(body)
-                result = service.generate(req)
+                req = service.parse(parse_json(await read_body(request)), chat)
+                flight = submit(service, req)
             except RequestError as e:
-                self._error(e.status, str(e), e.param)
-                return
-            except Exception as e:  # a failure in the model: answer, keep serving
-                self._error(500, f"{type(e).__name__}: {e}")
-                return
-            if not req["stream"]:
-                self._json(200, result)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
+                return error(e.status, str(e), e.param)
+            if req.stream:
+                return StreamingResponse(_cancel_on_exit(service, flight, stream(service, flight)),
+                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            # Not streamed: the answer races the client's disconnect, which cancels the rows.
+            answer = asyncio.ensure_future(complete(service, flight))
+            gone = asyncio.ensure_future(_wait_disconnect(request.receive))
             try:
-                for event in stream_events(result, req["include_usage"]):
-                    self.wfile.write(b"data: " + json.dumps(event).encode("utf-8") + b"\n\n")
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client went away (e.g. it had what it needed)
+                await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not answer.done():
+                    flight.cancel(service.batcher)
+                    answer.cancel()
+            if answer.cancelled():
+                return error(499, "the client closed the connection")
+            try:
+                return JSONResponse(answer.result())
+            except RuntimeError as e:
+                return error(500, f"generation failed: {e}")
 
-    return Handler
+        return endpoint
+
+    async def http_error(request, exc: HTTPException):
+        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+    routes = [Route(p, models, methods=["GET"]) for p in ("/v1/models", "/models")]
+    routes += [Route("/health", health, methods=["GET"])]
+    routes += [Route(p, generation(False), methods=["POST"]) for p in ("/v1/completions", "/completions")]
+    routes += [Route(p, generation(True), methods=["POST"]) for p in ("/v1/chat/completions", "/chat/completions")]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
-def make_server(service: CompletionService, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(service))
-    server.daemon_threads = True
-    return server
-
-
-def _is_loopback(host: str) -> bool:
+async def _cancel_on_exit(service: Service, flight: Flight, events):
+    """Pass the stream on; when it stops early (the client left), release the rows."""
+    finished = False
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder, run folder, .gguf, or random:SHAPE")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--served-model-name", default=None, help="name in /v1/models (default: the folder's name)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's own)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--batch-size", type=int, default=16, help="rows the engine decodes at once")
-    parser.add_argument("--max-model-len", type=int, default=None, help="prompt + completion tokens (default: model's)")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args) -> int:
-    from tirgrpo.config import ModelConfig
-    from tirgrpo.train.model import load_base_model, resolve_device, resolve_dtype, tokenizer_spec
-    from tirgrpo.data.tokenizer import load_tokenizer
-
-    if not _is_loopback(args.host):
-        print(f"tirgrpo serve: warning: binding {args.host}: anyone who can reach it can use the model "
-              "(there is no authentication)", file=sys.stderr)
-    cfg = ModelConfig(name_or_path=args.model, tokenizer=args.tokenizer or "")
-    device = resolve_device(args.device)
-    model = load_base_model(cfg, device, resolve_dtype(args.dtype, device), seed=args.seed)
-    tokenizer = load_tokenizer(tokenizer_spec(cfg))
-    max_len = args.max_model_len or int(getattr(model.config, "max_position_embeddings", 4096))
-    name = args.served_model_name or Path(args.model.rstrip("/")).name
-    service = CompletionService(model, tokenizer, name, max_len, args.batch_size, args.seed)
-    try:
-        server = make_server(service, args.host, args.port)
-    except OSError as e:
-        raise TirgrpoError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    host, port = server.server_address[:2]
-    # One parseable line: tests and scripts wait for it (with --port 0 it names the chosen port).
-    print(f"tirgrpo serve: serving {name!r} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
+        async for chunk in events:
+            yield chunk
+        finished = True
     finally:
-        server.server_close()
-    return 0
+        if not finished:
+            flight.cancel(service.batcher)
+
+
+def json_error_protocol():
+    """uvicorn's h11 protocol, answering unparseable HTTP (a negative Content-Length...) with a JSON 400."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            data = json.dumps(error_body(400, f"invalid HTTP request: {msg}")).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=data),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JsonErrorH11Protocol
