@@ -156,7 +156,13 @@ class RunConfig:
     so the eval measures the policy GRPO trains; 0 = greedy (then no separate greedy pass)."""
     eval_max_examples: int = 0
     """Evaluate on at most this many examples (0 = all)."""
+    eval_before: bool = True
+    """Evaluate the starting model before training (off: only after; e.g. when another run
+    already measured the same starting model on the same examples)."""
     save_every: int = 50
+    save_final_checkpoint: bool = True
+    """End with a resumable checkpoint besides the final model. Off: the final model only
+    (full fine-tuning of a 1.5B model keeps ~25 GB of optimizer state in a checkpoint)."""
     keep_samples: int = 4
     """Completions kept per step in samples.jsonl."""
     max_nonfinite: int = 3

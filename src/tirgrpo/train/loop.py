@@ -431,7 +431,8 @@ def finish(s: Session) -> dict:
     from tirgrpo.eval.evaluate import BRIEF_KEYS, log_values, overall_of
     from tirgrpo.train.model import save_hf_folder
 
-    s.save()
+    if s.cfg.run.save_final_checkpoint:
+        s.save()
     save_hf_folder(s.model, s.tokenizer, s.run_dir / "final")
     eval_after = run_eval(s, "after")
     if eval_after:
@@ -485,7 +486,10 @@ def run_loop(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: 
 
     s = setup(cfg, requested, resume, overwrite)
     before = s.run_dir / "eval_before.json"
-    s.eval_before = json.loads(before.read_text()) if resume and before.is_file() else run_eval(s, "before")
+    if resume and before.is_file():
+        s.eval_before = json.loads(before.read_text())
+    elif cfg.run.eval_before:
+        s.eval_before = run_eval(s, "before")
     bar = tqdm(total=s.total_steps, initial=s.progress.step, desc="GRPO steps", unit="step", dynamic_ncols=True)
     while s.progress.step < s.total_steps:
         step_before = s.progress.step
