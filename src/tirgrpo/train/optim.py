@@ -2,7 +2,7 @@
 
 Why not `torch.optim.AdamW` on bf16 parameters: bf16 has 8 bits of mantissa, so an
 update smaller than about 1/256 of a weight rounds away to nothing; with lr 3e-5 most
-updates are that small and full bf16 training silently stops learning. Two remedies:
+updates are that small and full bf16 training silently stops learning. Three remedies:
 
 * `master_fp32=True` (`system.optimizer = "fp32-master"`): an fp32 copy of each trainable
   weight plus fp32 moments; the bf16 weight is refreshed from the copy after each step
