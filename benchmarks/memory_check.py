@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(DEFAULT), help=f"comma-separated, or 'all'; known: {','.join(CASES)}")
     ap.add_argument("--decode-tokens", type=int, default=8, help="decode steps of the measured rollout")
-    ap.add_argument("--micro-batch-tokens", type=int, default=16384, help="optim.micro_batch_tokens (the default)")
+    ap.add_argument("--micro-batch-tokens", type=int, default=16384, help="system.micro_batch_tokens of every case")
     ap.add_argument("--time-budget", type=float, default=420, help="seconds; later cases are skipped past it")
     ap.add_argument("--json", help="write the rows here (rewritten after every case)")
     ap.add_argument("--dry-run", action="store_true", help="estimates only (no GPU)")

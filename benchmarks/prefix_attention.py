@@ -1,4 +1,4 @@
-"""Attention of one shared-prefix group, per decoder layer: the forms of prefix.py against
+"""Attention of one shared-prefix group, per decoder layer: the forms of train/prefix.py against
 the unshared batch. Random bf16 q/k/v of the 1.5B shape (12 query heads, 2 KV
 heads, head dim 128), CUDA events, medians.
 

@@ -11,7 +11,8 @@ timed with CUDA events:
   phase_with_old_pass  phase + a separate no-grad forward for the old log-probs (the
                log-probs recorded, reference, forward/backward, step)
   opt          clipping + AdamW step + zero_grad
-and the peak of torch.cuda.max_memory_allocated over the whole case.
+and the peak of torch.cuda.max_memory_allocated over the whole case (GiB = 2**30 bytes; the
+JSON also gives GB = 1e9 bytes).
 
     python benchmarks/train_phase.py --cases g4,g16 --repeats 3
 """

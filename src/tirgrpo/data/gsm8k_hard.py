@@ -1,6 +1,6 @@
 """Hard wrong twins for gsm8k-verify: the code agrees with its own plan, the plan misreads the question.
 
-In the easy task (gsm8k.py) the wrong twin's code contradicts the plan written just above
+In the easy task (data/gsm8k.py) the wrong twin's code contradicts the plan written just above
 it, so comparing the two lines is enough. Here one step of the solution is misread in the
 plan *and* the code alike, and every later plan line is rewritten with the values the
 misread program computes, so plan and code always agree; only reading the question shows

@@ -8,7 +8,7 @@ always-decline or a coin flip score 0.
 
 The metrics are pure functions of per-example labels and per-sample decisions (tested on
 hand-made predictions); `evaluate_examples` samples the completions and applies them, and
-`tirgrpo eval` (eval_cli.py) is its command line. Definitions (n = completions):
+`tirgrpo eval` (commands/eval.py) is its command line. Definitions (n = completions):
 
 - correctness: mean correctness reward per completion;
 - submit / decline / invalid: the share of completions with that decision;

@@ -1,1 +1,2 @@
-"""Performance: the memory estimate and measurement, and the speed benchmarks."""
+"""Performance: the memory estimate (model shape, workload, estimate, what would fit) and its
+measurement, and the speed benchmarks. The trainer's memory check is `train.plan.fit_memory`."""

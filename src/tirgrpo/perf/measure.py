@@ -209,7 +209,8 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
 
 def measure_config(cfg, device) -> dict[str, int]:
     """Load the configured model (weights, LoRA, checkpointing), reference and optimizer as
-    `train.py` does, then `measure_step` on synthetic prompts of the configured length."""
+    `tirgrpo train` does (train/loop.py), then `measure_step` on synthetic prompts of the
+    configured length."""
     import torch
 
     from tirgrpo.train.model import load_base_model, load_policy, resolve_init

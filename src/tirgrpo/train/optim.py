@@ -2,19 +2,19 @@
 
 Why not `torch.optim.AdamW` on bf16 parameters: bf16 has 8 bits of mantissa, so an
 update smaller than about 1/256 of a weight rounds away to nothing; with lr 3e-5 most
-updates are that small and full bf16 training silently stops learning. Two remedies:
+updates are that small and full bf16 training silently stops learning. Three remedies:
 
-* `master_fp32=True`: an fp32 copy of each trainable weight plus fp32 moments; the bf16
-  weight is refreshed from the copy after each step (16 bytes per trainable parameter:
-  2 bf16 weight + 2 bf16 grad + 4 master + 8 moments).
-* `master_fp32=False, bf16_update="kahan"`: bf16 weights, bf16 moments (stochastically
-  rounded, see below) and a bf16 Kahan
-  compensation buffer that carries the rounding error of each update into the next
-  (10 bytes per parameter), as torchdistx's AnyPrecisionAdamW does.
-* `master_fp32=False, bf16_update="stochastic"`: bf16 weights and moments, and each new
-  weight rounded up or down at random with the probabilities that make the rounding
-  unbiased, so small updates accumulate in expectation (8 bytes per parameter: the same
-  memory as plain bf16 AdamW, which loses them).
+* `master_fp32=True` (`system.optimizer = "fp32-master"`): an fp32 copy of each trainable
+  weight plus fp32 moments; the bf16 weight is refreshed from the copy after each step
+  (16 bytes per trainable parameter: 2 bf16 weight + 2 bf16 grad + 4 master + 8 moments).
+* `master_fp32=False, bf16_update="kahan"` (`bf16-kahan`): bf16 weights, bf16 moments
+  (stochastically rounded, see below) and a bf16 Kahan compensation buffer that carries the
+  rounding error of each update into the next (10 bytes per parameter), as torchdistx's
+  AnyPrecisionAdamW does.
+* `master_fp32=False, bf16_update="stochastic"` (`bf16-stochastic`): bf16 weights and
+  moments, and each new weight rounded up or down at random with the probabilities that make
+  the rounding unbiased, so small updates accumulate in expectation (8 bytes per parameter:
+  the same memory as plain bf16 AdamW, which loses them).
 
 fp32 parameters (CPU runs, LoRA adapters kept in fp32) need neither and are updated in place.
 """

@@ -104,7 +104,7 @@ def hostile_cases(ctx: dict) -> list[HostileCase]:
         HostileCase("infinite loop", "spin forever", "while True:\n    pass\n"),
         HostileCase("fork bomb", "fork without end",
                     "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"),
-        # One 8 GB block: filling smaller blocks first takes seconds on a busy machine, and the
+        # One 8 GiB block: filling smaller blocks first takes seconds on a busy machine, and the
         # address-space limit refuses the reservation whatever its size.
         HostileCase("memory bomb", "allocate 8 GB",
                     "block = bytearray(8 * 2**30)\nprint('allocated')\n"),
