@@ -114,9 +114,8 @@ def build_models(case: Case, shape: str, dev):
     from tirgrpo.train.optim import AdamW
 
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    cfg = ModelConfig(name_or_path=shape, gradient_checkpointing=case.checkpointing, lora=case.lora, lora_r=16,
-                      lora_alpha=32)
-    model = load_policy(cfg, dev, dtype, seed=0)
+    cfg = ModelConfig(name_or_path=shape, lora=case.lora, lora_r=16, lora_alpha=32)
+    model = load_policy(cfg, dev, dtype, seed=0, checkpointing=case.checkpointing)
     ref = None if case.lora else load_base_model(cfg, dev, dtype, seed=0).requires_grad_(False).eval()
     optimizer = AdamW(model.parameters(), lr=3e-5, master_fp32=case.optimizer == "master", bf16_update="stochastic")
     return model, ref, optimizer

@@ -103,6 +103,11 @@ class RewardConfig:
     a name may be `my_module:my_function` for a user's own reward. With `curriculum` on,
     only names other than length/formatting/correctness may appear here (they are added at
     their fixed weight next to the schedule's three; see docs/rewards.md)."""
+    judge_only: bool = False
+    """A submission counts only when it boxes the transcript's own answer (`eventual_answer`,
+    what its code printed); boxing any other number is `invalid`. On, the reward pays for
+    judging the code's output, not for re-solving the problem from the plan in the prompt
+    (docs/learning.md). Needs examples with `eventual_answer` (default reward set)."""
     submit_correct: float = 1.0
     submit_wrong: float = -1.0
     decline: float = 0.0

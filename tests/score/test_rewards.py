@@ -436,3 +436,30 @@ def test_t_think_equals_the_original_definition_with_r1(r1, text):
     assert ids[0] == 151646  # bos
     original_t_think = ids.index(151649) if 151649 in ids else 0
     assert token_counts(text, r1) == (original_t_think, len(ids))
+
+
+def test_judge_only_pays_for_the_transcripts_own_answer_only():
+    """A judge that boxes the right answer of its own making instead of the code's output
+    (re-solving from the plan) earns +1 under the plain reward and -1 (invalid) under judge_only."""
+    from tirgrpo.score.rewards import score_records
+
+    class Tok:
+        def encode(self, text):
+            return [0] * len(text)
+
+    records = [
+        # code printed 7 (wrong, right is 5): boxing 5 re-solves, boxing 7 submits the output, declining is right
+        {"completion": "so \\boxed{5}", "correct_answer": "5", "eventual_answer": "7", "finish_reason": "eos"},
+        {"completion": "so \\boxed{7}", "correct_answer": "5", "eventual_answer": "7", "finish_reason": "eos"},
+        {"completion": "fix it\n", "correct_answer": "5", "eventual_answer": "7", "finish_reason": "stop",
+         "stop": "```python"},
+        # code printed 5 (right): submitting it is right either way
+        {"completion": "\\boxed{5}", "correct_answer": "5", "eventual_answer": "5", "finish_reason": "eos"},
+    ]
+    weights = {"correctness": 1.0}
+    plain = score_records(records, RewardConfig(curriculum=False, weights=weights), Tok(), 0, 1)
+    judge = score_records(records, RewardConfig(curriculum=False, weights=weights, judge_only=True), Tok(), 0, 1)
+    assert [(s["decision"], s["correctness"]) for s in plain] == [
+        ("submit", 1.0), ("submit", -1.0), ("decline", 0.0), ("submit", 1.0)]
+    assert [(s["decision"], s["correctness"]) for s in judge] == [
+        ("invalid", -1.0), ("submit", -1.0), ("decline", 0.0), ("submit", 1.0)]

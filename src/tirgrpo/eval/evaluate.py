@@ -159,7 +159,7 @@ def eval_rewards(run_rewards: RewardConfig | None = None) -> RewardConfig:
     if run_rewards is None:
         return RewardConfig(set="default")
     return RewardConfig(set="default", submit_correct=run_rewards.submit_correct, submit_wrong=run_rewards.submit_wrong,
-                        decline=run_rewards.decline, invalid=run_rewards.invalid)
+                        decline=run_rewards.decline, invalid=run_rewards.invalid, judge_only=run_rewards.judge_only)
 
 
 def decision_reward(decision: str, label: str, rewards: RewardConfig) -> float:
@@ -319,7 +319,7 @@ def sample_decisions(engine, tokenizer, examples, prompt_ids, params: SamplingPa
     gen = torch.Generator(device=device).manual_seed(seed)
     groups = engine.generate(prompt_ids, samples, params, gen)
     records = [{"completion": c.text, "correct_answer": ex.correct_answer, "finish_reason": c.finish_reason,
-                "stop": c.stop} for ex, group in zip(examples, groups) for c in group]
+                "stop": c.stop, "eventual_answer": ex.eventual_answer} for ex, group in zip(examples, groups) for c in group]
     scores = iter(score_records(records, rewards, tokenizer, step=0, total_steps=1))
     out = []
     for group in groups:

@@ -51,6 +51,9 @@ class RewardInput:
     that did not record it (then the decision is judged from the text alone)."""
     stop: str | None = None
     """The stop string that matched when finish_reason is `stop`."""
+    eventual_answer: Any = None
+    """The transcript's own answer (what its code printed), when known: with
+    `rewards.judge_only`, a submission must box this one."""
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,17 @@ def _decision(c: RewardInput) -> str:
     return decide(c.text, c.finish_reason, c.stop)
 
 
+def judged_decision(c: RewardInput, cfg: RewardConfig) -> str:
+    """`decide`, except that with `cfg.judge_only` a submission whose boxed answer is not the
+    transcript's own (`c.eventual_answer`) is `invalid`: the judge may accept or decline the
+    code's output, not replace it with an answer of its own."""
+    decision = _decision(c)
+    if decision == "submit" and cfg.judge_only and c.eventual_answer is not None:
+        if submitted_answer(c) != parse_integer_answer(c.eventual_answer):
+            return "invalid"
+    return decision
+
+
 def default_length(c: RewardInput, ctx: RewardContext) -> float:
     """The seed's length shape; the -1 applies when the decision is invalid."""
     return length_value(*token_counts(c.text, ctx.tokenizer), _decision(c) != "invalid")
@@ -327,7 +341,7 @@ def default_correctness(c: RewardInput, ctx: RewardContext) -> float:
     always-decline or a coin flip earn 0, so submitting is worth it only when right.
     """
     cfg = ctx.config
-    decision = _decision(c)
+    decision = judged_decision(c, cfg)
     if decision == "invalid":
         return cfg.invalid
     if decision == "decline":
@@ -434,8 +448,9 @@ def score_records(
         problem = record_problem(record, cfg.set)
         if problem:
             raise TirgrpoError(f"record {i}: {problem}")
-        c = RewardInput(record["completion"], record["correct_answer"], record.get("finish_reason"), record.get("stop"))
-        decision = seed_decision(c.text) if cfg.set == "seed" else _decision(c)
+        c = RewardInput(record["completion"], record["correct_answer"], record.get("finish_reason"), record.get("stop"),
+                        record.get("eventual_answer"))
+        decision = seed_decision(c.text) if cfg.set == "seed" else judged_decision(c, cfg)
         row: dict[str, Any] = {"valid": decision != "invalid", "decision": decision}
         for n in names:
             value = float(fns[n](c, ctx))

@@ -103,12 +103,15 @@ def _from_pretrained_kwargs(name: str) -> tuple[str, dict]:
 def check_model_source(name: str) -> None:
     """Raise TirgrpoError when `name` (model.name_or_path) names nothing that can be loaded.
 
-    Known names, `random:SHAPE`, existing files and folders pass. Anything that reads as a
+    Named models (`data.bundled.NAMED_MODELS`, whose missing file is named with the command
+    that fetches it), `random:SHAPE`, existing files and folders pass. Anything that reads as a
     path (absolute, relative with ./ or ~, more than one "/", a .gguf) and does not exist is
     named as a missing path; a plain `owner/name` must be in the local Hugging Face cache,
     since this project never downloads. Reads nothing but the file system.
     """
-    if name == "smollm2-135m-instruct" or name.startswith("random:") or Path(name).expanduser().exists():
+    if name.startswith("random:") or Path(name).expanduser().exists():
+        return
+    if named_model_file(name) is not None:  # a named model (raises naming get.sh when its file is missing)
         return
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith(".gguf") or not name.strip():
         raise TirgrpoError(f"model path {name!r} does not exist")
