@@ -1,0 +1,103 @@
+"""Two ranks (gloo, CPU processes) update exactly as one process on the same data: FSDP2
+sharding, gradients summed over ranks, the loss normalised by global counts, ranks with
+different numbers of micro-batches, and one checkpoint saved at 2 ranks resumed at 1."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tirgrpo.config import GRPOConfig
+from tirgrpo.train import dist
+from tirgrpo.train.optim import AdamW
+from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
+
+from test_step import GROUP, PAD, hand_made_rollout, tiny_policy
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(fn, *args) -> None:
+    """Run fn(rank, *args) in WORLD processes joined by gloo."""
+    port = free_port()
+    mp.start_processes(_entry, args=(fn, port, args), nprocs=WORLD, join=True, start_method="spawn")
+
+
+def _entry(rank: int, fn, port: int, args) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init()
+    try:
+        fn(rank, *args)
+    finally:
+        dist.teardown()
+
+
+def update_once(model_dir, loss_type: str, lora: bool, groups: list[int]):
+    """One update of the hand-made rollout's `groups` (all of them in one process, one group per
+    rank at world size 2), with a KL term; returns (result, full trainable parameters, counts)."""
+    model = tiny_policy(model_dir, lora, "off")
+    reference = None
+    if not lora:
+        reference = copy.deepcopy(model).requires_grad_(False)
+        with torch.no_grad():
+            for p in reference.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    dist.shard(model)
+    dist.shard(reference) if reference is not None else None
+    prompt_ids, completions, advantages = hand_made_rollout()
+    rows = [g * GROUP + j for g in groups for j in range(GROUP)]
+    prompt_ids, completions = [prompt_ids[i] for i in rows], [completions[i] for i in rows]
+    advantages = advantages[rows]
+    # budget 16: group 0 takes 3 micro-batches, group 1 two, so the ranks differ in passes
+    batches = build_micro_batches(prompt_ids, completions, GROUP, 16, "off", PAD, "cpu")
+    with dist.gathered(reference if reference is not None else model):
+        refs = [reference_logprobs(model, reference, b, 4, 1.0) for b in batches]
+    num_sequences, num_tokens = dist.global_sum(len(completions), sum(map(len, completions)))
+    cfg = GRPOConfig(beta=0.1, epsilon=0.02, epsilon_high=0.03, loss_type=loss_type)
+    objective = GRPOObjective(cfg, [advantages[b.rows] for b in batches], refs, max_completion_tokens=6,
+                              num_sequences=int(num_sequences), num_tokens=int(num_tokens))
+    optimizer = AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    result = grpo_update(model, optimizer, batches, objective, max_grad_norm=0.05, chunk_tokens=4)
+    params = {n: dist.full_tensor(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad}
+    return result, params, len(batches)
+
+
+def _update_rank(rank: int, model_dir, loss_type: str, lora: bool, out: str) -> None:
+    result, params, count = update_once(model_dir, loss_type, lora, [rank])
+    counts = dist.gather_objects(count)
+    if dist.is_main():
+        torch.save({"result": result, "params": params, "counts": counts}, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type,lora", [("dapo", False), ("grpo", True)], ids=["dapo-full", "grpo-lora"])
+def test_two_ranks_update_as_one_process(tiny_model_dir, tmp_path, loss_type, lora):
+    torch.set_num_threads(1)
+    one, one_params, _ = update_once(tiny_model_dir, loss_type, lora, [0, 1])
+    run_ranks(_update_rank, tiny_model_dir, loss_type, lora, str(tmp_path / "two.pt"))
+    two = torch.load(tmp_path / "two.pt", weights_only=False)
+    assert two["counts"] == [3, 2]  # the ranks ran different numbers of micro-batches
+    assert two["result"].applied and one.applied
+    assert two["result"].loss == pytest.approx(one.loss, abs=1e-5)
+    assert two["result"].grad_norm == pytest.approx(one.grad_norm, abs=1e-5)
+    assert one.grad_norm > 0.05  # clipping is active: the global norm scales every shard
+    assert two["result"].num_tokens == one.num_tokens
+    for key, value in one.stats.items():
+        assert two["result"].stats[key] == pytest.approx(value, abs=1e-5), key
+    assert two["params"].keys() == one_params.keys()
+    for name, p in one_params.items():
+        torch.testing.assert_close(two["params"][name], p, atol=1e-5, rtol=0, msg=name)
