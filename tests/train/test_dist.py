@@ -101,3 +101,83 @@ def test_two_ranks_update_as_one_process(tiny_model_dir, tmp_path, loss_type, lo
     assert two["params"].keys() == one_params.keys()
     for name, p in one_params.items():
         torch.testing.assert_close(two["params"][name], p, atol=1e-5, rtol=0, msg=name)
+
+
+# --------------------------------------------------------------------------- checkpoints across sizes
+
+
+def grpo_step(model, optimizer, model_dir_groups: list[int]):
+    """One on-policy update (beta 0) of the hand-made rollout's groups on this rank."""
+    prompt_ids, completions, advantages = hand_made_rollout()
+    rows = [g * GROUP + j for g in model_dir_groups for j in range(GROUP)]
+    prompt_ids, completions, advantages = [prompt_ids[i] for i in rows], [completions[i] for i in rows], advantages[rows]
+    batches = build_micro_batches(prompt_ids, completions, GROUP, 16, "off", PAD, "cpu")
+    num_sequences, num_tokens = dist.global_sum(len(completions), sum(map(len, completions)))
+    objective = GRPOObjective(GRPOConfig(beta=0.0, loss_type="dapo"), [advantages[b.rows] for b in batches],
+                              [None] * len(batches), 6, int(num_sequences), int(num_tokens))
+    model.train()
+    return grpo_update(model, optimizer, batches, objective, max_grad_norm=0.05, chunk_tokens=4)
+
+
+def checkpoint_texts(model_dir) -> tuple[str, str]:
+    """config.toml and plan.toml of a checkpoint of the tiny model (what an export reads)."""
+    from tirgrpo.config import TrainConfig, dumps_toml, to_dict
+    from tirgrpo.train.plan import Plan, plan_to_toml
+
+    cfg = TrainConfig()
+    cfg.model.name_or_path = str(model_dir)
+    plan = Plan(device="cpu", dtype="fp32", attention="sdpa", gradient_checkpointing=False, compile_layers=False,
+                micro_batch_tokens=16, logprob_chunk_tokens=4, optimizer="fp32", world_size=dist.world_size())
+    return dumps_toml(to_dict(cfg)), plan_to_toml(plan)
+
+
+def full_params(model) -> dict[str, torch.Tensor]:
+    return {n: dist.full_tensor(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_then_step_rank(rank: int, model_dir, run_dir: str, out: str) -> None:
+    from pathlib import Path
+
+    from tirgrpo.train.checkpoint import save_checkpoint
+
+    model = tiny_policy(model_dir, False, "off")
+    dist.shard(model)
+    optimizer = AdamW(model.parameters(), lr=1e-2)
+    grpo_step(model, optimizer, [rank])
+    saved = full_params(model)
+    save_checkpoint(Path(run_dir), 1, model, optimizer, {"rollout": 1}, *checkpoint_texts(model_dir))
+    result = grpo_step(model, optimizer, [rank])
+    after = full_params(model)
+    if dist.is_main():
+        torch.save({"saved": saved, "after": after, "result": result}, out)
+
+
+@pytest.mark.slow
+def test_checkpoint_of_two_ranks_resumes_and_exports_at_one(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tirgrpo.train.checkpoint import export_hf_folder, latest_checkpoint, load_checkpoint
+
+    torch.set_num_threads(1)
+    run_ranks(_save_then_step_rank, tiny_model_dir, str(tmp_path / "run"), str(tmp_path / "two.pt"))
+    two = torch.load(tmp_path / "two.pt", weights_only=False)
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt.name == "step_000001" and (ckpt / "dcp" / ".metadata").is_file()
+    assert not (ckpt / "trainable.safetensors").exists()  # sharded, not gathered into one file
+
+    model = tiny_policy(tiny_model_dir, False, "off")
+    optimizer = AdamW(model.parameters(), lr=1e-2)
+    state = load_checkpoint(ckpt, model, optimizer)
+    assert state["step"] == 1 and optimizer.steps == 1
+    for name, p in full_params(model).items():
+        torch.testing.assert_close(p, two["saved"][name], atol=0, rtol=0, msg=name)
+    result = grpo_step(model, optimizer, [0, 1])  # the next step at one process, on both ranks' data
+    assert result.loss == pytest.approx(two["result"].loss, abs=1e-5)
+    assert result.grad_norm == pytest.approx(two["result"].grad_norm, abs=1e-5)
+    for name, p in full_params(model).items():
+        torch.testing.assert_close(p, two["after"][name], atol=1e-5, rtol=0, msg=name)
+
+    exported = export_hf_folder(ckpt, tmp_path / "hf")
+    plain = AutoModelForCausalLM.from_pretrained(exported)
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(p, two["saved"][name], atol=0, rtol=0, msg=name)

@@ -66,8 +66,9 @@ def local_rank() -> int:
 
 
 def is_main() -> bool:
-    """The rank that writes logs, plots, evaluations, checkpoint metadata and the report."""
-    return rank() == 0
+    """The rank that writes logs, plots, evaluations, checkpoint metadata and the report
+    (after `teardown` too: then from torchrun's RANK)."""
+    return rank() == 0 if active() else int(os.environ.get("RANK", "0")) == 0
 
 
 def device_for(spec: str) -> str:
@@ -134,6 +135,13 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 def collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if td.get_backend() == "nccl" else torch.device("cpu")
+
+
+def my_share(items: list) -> list:
+    """This rank's contiguous share of `items` (len(items) a multiple of the world size): whole
+    groups and adjacent pairs stay on one rank."""
+    n = len(items) // world_size()
+    return items[rank() * n:(rank() + 1) * n]
 
 
 def gather_objects(obj) -> list:
