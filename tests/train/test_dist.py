@@ -181,3 +181,43 @@ def test_checkpoint_of_two_ranks_resumes_and_exports_at_one(tiny_model_dir, tmp_
     plain = AutoModelForCausalLM.from_pretrained(exported)
     for name, p in plain.named_parameters():
         torch.testing.assert_close(p, two["saved"][name], atol=0, rtol=0, msg=name)
+
+
+# --------------------------------------------------------------------------- the trainer at two ranks
+
+
+def _train_rank(rank: int, config: str) -> None:
+    from tirgrpo.cli import main
+
+    code = main(["train", "--config", config, "--set", "optim.total_steps=2"])
+    assert code == 0, f"rank {rank}: tirgrpo train exited {code}"
+
+
+@pytest.mark.slow
+def test_train_at_two_ranks_then_resume_at_one(tiny_model_dir, byte_tokenizer, tmp_path):
+    import json
+    import tomllib
+
+    from test_checkpoint_resume import write_config
+
+    from tirgrpo.cli import main
+    from tirgrpo.train.metrics import read_jsonl
+
+    torch.set_num_threads(1)
+    config, run = write_config(tmp_path, tiny_model_dir, byte_tokenizer, "two", False, 0.1, 1, True)
+    run_ranks(_train_rank, str(config))
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]  # one row per rollout, written once
+    assert all(r["train/micro_batches"] >= 2 for r in rows)  # both ranks' micro-batches counted
+    assert tomllib.loads((run / "plan.toml").read_text())["system"]["world_size"] == 2
+    assert (run / "checkpoints" / "step_000002" / "dcp").is_dir()
+    assert (run / "final" / "config.json").is_file() and (run / "eval_after.json").is_file()
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    samples = read_jsonl(run / "samples.jsonl")
+    assert len(samples) == 2 * 4  # keep_samples of each rollout, from both ranks' 2 x 2 completions
+
+    assert main(["train", "--resume", str(run), "--set", "optim.total_steps=4"]) == 0
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert tomllib.loads((run / "plan.toml").read_text())["system"]["world_size"] == 1
+    assert (run / "checkpoints" / "step_000004" / "trainable.safetensors").is_file()
