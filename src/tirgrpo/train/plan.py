@@ -193,7 +193,7 @@ def workload(cfg: TrainConfig, plan: Plan):
         master_fp32=plan.master_fp32, bf16_update=plan.bf16_update,
         fused_optimizer=plan.device.startswith("cuda") and bf16 and plan.optimizer != "bf16-kahan",
         prefix=plan.shared_prefix, engine=plan.engine if plan.engine != "none" else "fast",
-        device="cuda" if plan.device.startswith("cuda") else "cpu")
+        device="cuda" if plan.device.startswith("cuda") else "cpu", world_size=plan.world_size)
 
 
 def planned_workload(cfg: TrainConfig, device: torch.device):
