@@ -215,6 +215,11 @@ def test_train_at_two_ranks_then_resume_at_one(tiny_model_dir, byte_tokenizer, t
     assert json.loads((run / "summary.json").read_text())["world_size"] == 2
     samples = read_jsonl(run / "samples.jsonl")
     assert len(samples) == 2 * 4  # keep_samples of each rollout, from both ranks' 2 x 2 completions
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0  # the run's latest: the DCP checkpoint
+    from safetensors.torch import load_file
+
+    final, exported = load_file(run / "final" / "model.safetensors"), load_file(tmp_path / "exported" / "model.safetensors")
+    assert final.keys() == exported.keys() and all(torch.equal(final[k], exported[k]) for k in final)
 
     assert main(["train", "--resume", str(run), "--set", "optim.total_steps=4"]) == 0
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r]
