@@ -82,3 +82,30 @@ def test_memory_command_per_gpu(capsys):
     assert "(74.5 GiB): yes" in out
     assert main(args + ["--world-size", "3"]) == 2  # 8 prompts do not split over 3 ranks
     assert "--world-size 3" in capsys.readouterr().err
+
+
+def test_step_table_speed_up_over_one_gpu():
+    from tirgrpo.perf.step_bench import table
+
+    row = {"shape": "s", "prompts": 4, "G": 16, "context": "3072+1024", "step_s": 10.0, "rollout_s": 8.0,
+           "train_s": 2.0, "tokens_per_s": 1000.0, "peak_gib": 30.0, "estimate_gib": 31.5, "lora": False}
+    text = table([{**row, "gpus": 1}, {**row, "gpus": 2, "tokens_per_s": 1900.0, "estimate_gib": None},
+                  {**row, "gpus": 2, "shape": "other"}])
+    lines = text.splitlines()
+    assert "1.00x" in lines[1] and "1.90x" in lines[2] and lines[3].split()[-3] == "-"  # no 1-GPU row for "other"
+    assert lines[2].split()[-1] == "-"  # no estimate
+
+
+@pytest.mark.slow
+def test_bench_step_runs_the_trainer_phases(tmp_path, capsys):
+    from tirgrpo.cli import main
+
+    results = tmp_path / "r.jsonl"
+    assert main(["bench", "step", "--shape", "tiny-qwen2", "--group-size", "2", "--prompts", "2",
+                 "--prompt-tokens", "48", "--new-tokens", "4", "--work", str(tmp_path / "w"),
+                 "--results", str(results)]) == 0
+    import json
+
+    row = json.loads(results.read_text())
+    assert row["gpus"] == 1 and row["tokens"] > 0 and row["step_s"] > 0
+    assert "tiny-qwen2" in capsys.readouterr().out.splitlines()[-1]
