@@ -226,3 +226,41 @@ def test_train_at_two_ranks_then_resume_at_one(tiny_model_dir, byte_tokenizer, t
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert tomllib.loads((run / "plan.toml").read_text())["system"]["world_size"] == 1
     assert (run / "checkpoints" / "step_000004" / "trainable.safetensors").is_file()
+
+
+def _resume_then_step_rank(rank: int, model_dir, ckpt: str, out: str) -> None:
+    from pathlib import Path
+
+    from tirgrpo.train.checkpoint import load_checkpoint
+
+    model = tiny_policy(model_dir, False, "off")
+    dist.shard(model)
+    optimizer = AdamW(model.parameters(), lr=1e-2)
+    load_checkpoint(Path(ckpt), model, optimizer)
+    loaded = full_params(model)
+    result = grpo_step(model, optimizer, [rank])
+    after = full_params(model)
+    if dist.is_main():
+        torch.save({"loaded": loaded, "after": after, "result": result}, out)
+
+
+@pytest.mark.slow
+def test_checkpoint_of_one_process_resumes_at_two_ranks(tiny_model_dir, tmp_path):
+    from tirgrpo.train.checkpoint import save_checkpoint
+
+    torch.set_num_threads(1)
+    model = tiny_policy(tiny_model_dir, False, "off")
+    optimizer = AdamW(model.parameters(), lr=1e-2)
+    grpo_step(model, optimizer, [0, 1])
+    saved = full_params(model)
+    ckpt = save_checkpoint(tmp_path / "run", 1, model, optimizer, {"rollout": 1}, *checkpoint_texts(tiny_model_dir))
+    assert (ckpt / "trainable.safetensors").is_file()
+    result = grpo_step(model, optimizer, [0, 1])
+    run_ranks(_resume_then_step_rank, tiny_model_dir, str(ckpt), str(tmp_path / "two.pt"))
+    two = torch.load(tmp_path / "two.pt", weights_only=False)
+    for name, p in saved.items():
+        torch.testing.assert_close(two["loaded"][name], p, atol=0, rtol=0, msg=name)
+    assert two["result"].loss == pytest.approx(result.loss, abs=1e-5)
+    assert two["result"].grad_norm == pytest.approx(result.grad_norm, abs=1e-5)
+    for name, p in full_params(model).items():
+        torch.testing.assert_close(two["after"][name], p, atol=1e-5, rtol=0, msg=name)
