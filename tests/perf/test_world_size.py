@@ -89,10 +89,11 @@ def test_step_table_speed_up_over_one_gpu():
 
     row = {"shape": "s", "prompts": 4, "G": 16, "context": "3072+1024", "step_s": 10.0, "rollout_s": 8.0,
            "train_s": 2.0, "tokens_per_s": 1000.0, "peak_gib": 30.0, "estimate_gib": 31.5, "lora": False}
-    text = table([{**row, "gpus": 1}, {**row, "gpus": 2, "tokens_per_s": 1900.0, "estimate_gib": None},
-                  {**row, "gpus": 2, "shape": "other"}])
+    text = table([{**row, "gpus": 1}, {**row, "gpus": 2, "prompts": 8, "tokens_per_s": 1900.0, "estimate_gib": None},
+                  {**row, "gpus": 2}])
     lines = text.splitlines()
-    assert "1.00x" in lines[1] and "1.90x" in lines[2] and lines[3].split()[-3] == "-"  # no 1-GPU row for "other"
+    assert "1.00x" in lines[1] and "1.90x" in lines[2]  # the same 4 prompts per GPU
+    assert lines[3].split()[-3] == "-"  # 2 prompts per GPU: no 1-GPU row to compare with
     assert lines[2].split()[-1] == "-"  # no estimate
 
 

@@ -6,7 +6,9 @@ It runs the loop's own phases (train/loop.py: `setup`, `rollout_and_score`, `upd
 compilation and CUDA-graph capture); no evaluation, no checkpoint. Each call appends one
 row to `--results` (JSON lines) and prints the table of every row there, so calls at 1 and
 N GPUs print side by side. Throughput = completion tokens of the whole step (all ranks) per
-second of the step. Memory: the largest `torch.cuda.max_memory_allocated` of any rank in
+second of the step; the speed-up compares rows with the same work per GPU (N GPUs with N
+times the prompts of one), since splitting one GPU's prompts over two leaves each with a
+decode step that costs about as much (decoding is bound by reading the weights). Memory: the largest `torch.cuda.max_memory_allocated` of any rank in
 GiB (2**30 bytes), beside the plan's per-rank estimate (train/plan.py).
 """
 
@@ -92,18 +94,22 @@ def bench_step(args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """Rows side by side; `speed-up` is tokens/s over the 1-GPU row of the same shape and step."""
-    base = {(r["shape"], r["prompts"], r["G"], r["context"]): r["tokens_per_s"] for r in rows if r["gpus"] == 1}
-    head = (f"{'shape':<22}{'gpus':>5}{'prompts':>8}{'G':>4}{'context':>11}{'step s':>8}{'rollout s':>10}"
+    """Rows side by side. `speed-up`: tokens/s over the 1-GPU row with the same work per GPU
+    (shape, prompts per GPU, G, lengths), i.e. throughput when each GPU keeps its load."""
+    def key(r):
+        return r["shape"], r["prompts"] // r["gpus"], r["G"], r["context"]
+
+    base = {key(r): r["tokens_per_s"] for r in rows if r["gpus"] == 1}
+    head = (f"{'shape':<22}{'gpus':>5}{'prompts':>8}{'/gpu':>5}{'G':>4}{'context':>11}{'step s':>8}{'rollout s':>10}"
             f"{'train s':>9}{'tok/s':>8}{'speed-up':>9}{'peak GiB':>9}{'est GiB':>8}")
     lines = [head]
     for r in rows:
-        one = base.get((r["shape"], r["prompts"], r["G"], r["context"]))
+        one = base.get(key(r))
         speed = f"{r['tokens_per_s'] / one:.2f}x" if one else "-"
         est = f"{r['estimate_gib']:.1f}" if r["estimate_gib"] is not None else "-"
-        lines.append(f"{r['shape']:<22}{r['gpus']:>5}{r['prompts']:>8}{r['G']:>4}{r['context']:>11}"
-                     f"{r['step_s']:>8.1f}{r['rollout_s']:>10.1f}{r['train_s']:>9.1f}{r['tokens_per_s']:>8.0f}"
-                     f"{speed:>9}{r['peak_gib']:>9.1f}{est:>8}")
+        lines.append(f"{r['shape']:<22}{r['gpus']:>5}{r['prompts']:>8}{r['prompts'] // r['gpus']:>5}{r['G']:>4}"
+                     f"{r['context']:>11}{r['step_s']:>8.1f}{r['rollout_s']:>10.1f}{r['train_s']:>9.1f}"
+                     f"{r['tokens_per_s']:>8.0f}{speed:>9}{r['peak_gib']:>9.1f}{est:>8}")
     return "\n".join(lines)
 
 
