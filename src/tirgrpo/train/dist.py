@@ -71,13 +71,6 @@ def is_main() -> bool:
     return rank() == 0 if active() else int(os.environ.get("RANK", "0")) == 0
 
 
-def device_for(spec: str) -> str:
-    """The device string of this rank: with several ranks on CUDA, `cuda:LOCAL_RANK`."""
-    if active() and spec.startswith("cuda"):
-        return f"cuda:{local_rank()}"
-    return spec
-
-
 def barrier() -> None:
     if active():
         td.barrier()

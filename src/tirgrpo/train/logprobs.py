@@ -275,7 +275,7 @@ def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
     if hasattr(head, "base_layer") and not getattr(head, "disable_adapters", True):
         raise NotImplementedError("token_logprobs: adapters on the LM head are not supported; train it fully or not at all")
     # sharded across ranks (train/dist.py): the decoder through the root unit's FSDP hooks
-    return getattr(base, "sharded_decoder", decoder), head
+    return getattr(base, "sharded_decoder", decoder), head  # dist.SHARDED_DECODER
 
 
 def token_logprobs(
