@@ -45,10 +45,10 @@ def _entry(rank: int, fn, port: int, args) -> None:
         dist.teardown()
 
 
-def update_once(model_dir, loss_type: str, lora: bool, groups: list[int]):
+def update_once(model_dir, loss_type: str, lora: bool, groups: list[int], prefix: str = "off"):
     """One update of the hand-made rollout's `groups` (all of them in one process, one group per
     rank at world size 2), with a KL term; returns (result, full trainable parameters, counts)."""
-    model = tiny_policy(model_dir, lora, "off")
+    model = tiny_policy(model_dir, lora, prefix)
     reference = None
     if not lora:
         reference = copy.deepcopy(model).requires_grad_(False)
@@ -61,8 +61,9 @@ def update_once(model_dir, loss_type: str, lora: bool, groups: list[int]):
     rows = [g * GROUP + j for g in groups for j in range(GROUP)]
     prompt_ids, completions = [prompt_ids[i] for i in rows], [completions[i] for i in rows]
     advantages = advantages[rows]
-    # budget 16: group 0 takes 3 micro-batches, group 1 two, so the ranks differ in passes
-    batches = build_micro_batches(prompt_ids, completions, GROUP, 16, "off", PAD, "cpu")
+    # "off", budget 16: group 0 takes 3 micro-batches, group 1 two, so the ranks differ in passes;
+    # "split", budget 15: packed parts that repeat the prompt (group 0 two, group 1 one)
+    batches = build_micro_batches(prompt_ids, completions, GROUP, 16 if prefix == "off" else 15, prefix, PAD, "cpu")
     with dist.gathered(reference if reference is not None else model):
         refs = [reference_logprobs(model, reference, b, 4, 1.0) for b in batches]
     num_sequences, num_tokens = dist.global_sum(len(completions), sum(map(len, completions)))
@@ -76,21 +77,23 @@ def update_once(model_dir, loss_type: str, lora: bool, groups: list[int]):
     return result, params, len(batches)
 
 
-def _update_rank(rank: int, model_dir, loss_type: str, lora: bool, out: str) -> None:
-    result, params, count = update_once(model_dir, loss_type, lora, [rank])
+def _update_rank(rank: int, model_dir, loss_type: str, lora: bool, prefix: str, out: str) -> None:
+    result, params, count = update_once(model_dir, loss_type, lora, [rank], prefix)
     counts = dist.gather_objects(count)
     if dist.is_main():
         torch.save({"result": result, "params": params, "counts": counts}, out)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_type,lora", [("dapo", False), ("grpo", True)], ids=["dapo-full", "grpo-lora"])
-def test_two_ranks_update_as_one_process(tiny_model_dir, tmp_path, loss_type, lora):
+@pytest.mark.parametrize("loss_type,lora,prefix", [("dapo", False, "off"), ("grpo", True, "off"),
+                                                   ("dr_grpo", False, "split")],
+                         ids=["dapo-full", "grpo-lora", "dr_grpo-split"])
+def test_two_ranks_update_as_one_process(tiny_model_dir, tmp_path, loss_type, lora, prefix):
     torch.set_num_threads(1)
-    one, one_params, _ = update_once(tiny_model_dir, loss_type, lora, [0, 1])
-    run_ranks(_update_rank, tiny_model_dir, loss_type, lora, str(tmp_path / "two.pt"))
+    one, one_params, _ = update_once(tiny_model_dir, loss_type, lora, [0, 1], prefix)
+    run_ranks(_update_rank, tiny_model_dir, loss_type, lora, prefix, str(tmp_path / "two.pt"))
     two = torch.load(tmp_path / "two.pt", weights_only=False)
-    assert two["counts"] == [3, 2]  # the ranks ran different numbers of micro-batches
+    assert two["counts"][0] != two["counts"][1]  # the ranks ran different numbers of micro-batches
     assert two["result"].applied and one.applied
     assert two["result"].loss == pytest.approx(one.loss, abs=1e-5)
     assert two["result"].grad_norm == pytest.approx(one.grad_norm, abs=1e-5)
