@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("tirgrpo.commands.schedule", "print (and plot) the curriculum weights over training"),
     "sft": ("tirgrpo.commands.sft", "supervised warm start on example completions (before GRPO)"),
     "train": ("tirgrpo.commands.train", "GRPO training from a TOML config (resumable)"),
+    "export": ("tirgrpo.commands.export", "a checkpoint (also a sharded one from torchrun) as a plain transformers folder"),
     "plot": ("tirgrpo.commands.plot", "write PNG plots of a run's metrics"),
     "memory": ("tirgrpo.commands.memory", "estimate (or --measure) the GPU memory of a training config, part by part"),
     "generate": ("tirgrpo.commands.generate", "generate TIR transcripts with an OpenAI-compatible server (code runs in the sandbox)"),

@@ -23,9 +23,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--repeats", type=int, default=2, help="timed calls per row (median)")
     r.add_argument("--bandwidth-tbs", type=float, default=3.0, help="memory bandwidth for the floor (TB/s)")
     r.add_argument("--json", help="write the rows here too")
+    st = sub.add_parser("step", help="the whole GRPO step (rollout + update) of the trainer; under torchrun: N GPUs")
+    st.add_argument("--shape", default="r1-distill-qwen-1.5b", help="random weights of a named shape")
+    st.add_argument("--group-size", type=int, default=16)
+    st.add_argument("--prompts", type=int, default=4, help="prompts per step (all ranks together)")
+    st.add_argument("--prompt-tokens", type=int, default=3072)
+    st.add_argument("--new-tokens", type=int, default=1024)
+    st.add_argument("--rollouts", type=int, default=2, help="rollouts run; the last is reported")
+    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+    st.add_argument("--work", default="runs/bench-step", help="folder for the synthetic data and run folders")
+    st.add_argument("--results", default="runs/bench-step/results.jsonl",
+                    help="JSON lines file the row is appended to; the table prints all its rows")
 
 
 def run(args) -> int:
+    if args.bench == "step":
+        from tirgrpo.perf.step_bench import run_bench_step
+
+        return run_bench_step(args)
     from tirgrpo.perf.bench import bench_rollout
 
     rows = bench_rollout(args)

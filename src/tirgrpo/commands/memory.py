@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def format_table(est: dict, measured: dict | None = None, gpu_bytes: int | None 
              f"layout: shared prefix {wl['prefix']}{' (packed groups)' if wl['prefix'] != 'off' else ' (padded rows)'}, "
              f"{wl['engine']} rollout engine, micro-batch budget {wl['micro_batch_tokens']} tokens",
              ""]
+    if wl.get("world_size", 1) > 1:
+        lines.insert(-1, f"per rank of {wl['world_size']} (FSDP2): 1/{wl['world_size']} of weights, gradients and "
+                         f"optimizer states, {wl['prompts_per_step'] // wl['world_size']} prompts each")
     for phase in ("rollout", "train"):
         r = est[phase]
         plan = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["plan"].items())
@@ -76,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-memory", default="80GB", help="GPU memory to fit (e.g. 80GB, 79.6GiB); default 80GB")
     p.add_argument("--device", default="cuda",
                    help="device the estimate is for (cuda: bf16 under dtype=auto; cpu: fp32)")
+    p.add_argument("--world-size", "--gpus", type=int, default=1, metavar="N",
+                   help="ranks (GPUs) the run is sharded over with torchrun; the estimate is per GPU (default 1)")
     p.add_argument("--measure", action="store_true",
                    help="also run one real step (rollout + train phase) and print the measured peaks")
     p.add_argument("--json", metavar="FILE", help="write the estimate (and measurement) as JSON")
@@ -93,6 +99,13 @@ def run(args) -> int:
 
     device_type = "cpu" if args.device == "cpu" else "cuda"
     wl = planned_workload(cfg, torch.device(device_type))[1]
+    if args.world_size != 1:
+        if args.world_size < 1 or cfg.rollout.prompts_per_step % args.world_size:
+            raise TirgrpoError(f"--world-size {args.world_size}: must be >= 1 and divide rollout.prompts_per_step "
+                               f"({cfg.rollout.prompts_per_step})")
+        if args.measure:
+            raise TirgrpoError("--measure runs one process; measure several ranks with torchrun (docs/distributed.md)")
+        wl = dataclasses.replace(wl, world_size=args.world_size)
     measured = None
     if args.measure:
         from tirgrpo.train.model import resolve_device

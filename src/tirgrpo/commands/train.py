@@ -37,15 +37,20 @@ def requested_config(args) -> dict:
 
 
 def run(args) -> int:
+    from tirgrpo.train import dist
     from tirgrpo.train.loop import train
 
     requested = requested_config(args)
     cfg = from_dict(TrainConfig, requested)
     if args.resume:
         cfg.run.out_dir = args.resume
-    summary = train(cfg, requested, resume=bool(args.resume), overwrite=args.overwrite)
-    add_plots_and_report(summary)
-    print_summary(summary)
+    try:
+        summary = train(cfg, requested, resume=bool(args.resume), overwrite=args.overwrite)
+    finally:
+        dist.teardown()  # under torchrun; nothing in one process
+    if dist.is_main():  # rank 0 of a torchrun launch (torchrun sets RANK), or the one process
+        add_plots_and_report(summary)
+        print_summary(summary)
     return 0
 
 

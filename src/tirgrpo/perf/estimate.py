@@ -48,7 +48,7 @@ from dataclasses import asdict, replace
 from tirgrpo.perf.shape import LINEARS, ModelShape
 from tirgrpo.perf.workload import (BATCH_BUCKETS, GiB, Workload, budget_for_rows, fast_engine_kept, fast_engine_plan,
                                    lora_params, max_rows, micro_batch_plan, optimizer_bytes_per_param,
-                                   optimizer_step_temporaries, resident_parts)
+                                   gathered_parts, optimizer_step_temporaries, resident_parts)
 from tirgrpo.train.logprobs import WEIGHT_GRAD_TOKENS
 
 
@@ -167,6 +167,7 @@ def train_phase(shape: ModelShape, wl: Workload) -> dict:
     resident = {k: v for k, v in res.items() if k != "gradients"}
     if wl.engine == "fast":  # the engine keeps its cache between rollouts
         resident["rollout caches (fast engine)"] = sum(fast_engine_kept(shape, wl).values())
+    resident.update(gathered_parts(shape, wl, "train"))
     grads = res["gradients"]
     fw = train_forward(shape, wl, plan)
     mask = fw["mask"]
@@ -182,8 +183,9 @@ def train_phase(shape: ModelShape, wl: Workload) -> dict:
     many = plan["micro_batches"] > 1
 
     def g_after(i: int) -> int:
-        """Gradients present while layer i runs its backward (full after the first micro-batch)."""
-        return grads if many else g_head + (Lyr - 1 - i) * per_layer_grad
+        """Gradients present while layer i runs its backward (full after the first micro-batch;
+        with several ranks, the shards: at most all of them)."""
+        return grads if many or wl.world_size > 1 else g_head + (Lyr - 1 - i) * per_layer_grad
 
     moments: dict[str, dict[str, int]] = {}
     acts = "layer inputs (checkpoints)" if wl.checkpointing else "saved activations, all layers"
@@ -205,6 +207,8 @@ def train_phase(shape: ModelShape, wl: Workload) -> dict:
     moments["optimizer step"] = {"gradients": grads, "optimizer temporaries": optimizer_step_temporaries(shape, wl)}
     moments["no-grad log-probs"] = {"rotary, masks, ids": shared, "layer working set": nograd + mask["additive"],
                                     "LM-head chunks": head["forward"] + b * H * N}
+    if wl.world_size > 1 and (wl.reference_model or wl.lora):  # the reference's weights gathered whole
+        moments["no-grad log-probs"]["gathered reference weights"] = shape.params() * b
     name, parts = max(moments.items(), key=lambda kv: sum(kv[1].values()))
     parts = {**resident, **parts}
     sizes = {"one layer, saved (no checkpointing)": layer_full, "one layer, checkpoint": layer_ckpt,
@@ -238,9 +242,10 @@ def simple_rollout(shape: ModelShape, wl: Workload, decode_tokens: int | None = 
     b, V, Lyr = wl.dtype_bytes, shape.vocab, shape.layers
     C = wl.completion_tokens if decode_tokens is None else decode_tokens
     G, Tp = wl.group_size, wl.prompt_tokens
-    per_batch = max(1, min(wl.prompts_per_step, wl.rollout_batch_size // G))
+    per_batch = max(1, min(wl.rank_prompts, wl.rollout_batch_size // G))
     rows = per_batch * G
     resident = {k: v for k, v in resident_parts(shape, wl).items() if k != "gradients"}
+    resident.update(gathered_parts(shape, wl, "rollout"))
     kv_tok = 2 * Lyr * shape.kv_dim * b  # K and V of one token, all layers
     n_p = per_batch * Tp
     masked = wl.variable_lengths and per_batch > 1
@@ -276,6 +281,7 @@ def fast_rollout(shape: ModelShape, wl: Workload) -> dict:
     kept = fast_engine_kept(shape, wl)
     resident = {k: v for k, v in resident_parts(shape, wl).items() if k != "gradients"}
     resident["rollout caches (fast engine)"] = sum(kept.values())
+    resident.update(gathered_parts(shape, wl, "rollout"))
     kv_tok = 2 * Lyr * shape.kv_dim * b
     P, rows = wl.prompt_tokens, plan["completion rows"]
     caps = plan["prompt capacity"] + plan["completion capacity"]

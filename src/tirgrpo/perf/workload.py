@@ -57,6 +57,10 @@ class Workload:
     device: str = "cuda"
     """Where the step runs: "cuda" (the fast engine decodes with Triton kernels inside CUDA
     graphs) or "cpu" (its plain-torch kernels, no graphs)."""
+    world_size: int = 1
+    """Ranks (GPUs) the run is sharded over (train/dist.py): each rank holds 1/world_size of
+    the weights, gradients and optimizer states (FSDP2), gathers layers as they run, and
+    rolls out and trains prompts_per_step / world_size prompts. The estimate is per rank."""
 
     def __post_init__(self):
         if self.prefix not in PREFIX_FORMS:
@@ -65,6 +69,8 @@ class Workload:
             raise TirgrpoError(f"Workload.engine must be one of {ENGINES}, got {self.engine!r}")
         if self.device not in ("cuda", "cpu"):
             raise TirgrpoError(f"Workload.device must be 'cuda' or 'cpu', got {self.device!r}")
+        if self.world_size < 1:
+            raise TirgrpoError(f"Workload.world_size must be >= 1, got {self.world_size}")
 
     @property
     def packed(self) -> bool:
@@ -76,8 +82,14 @@ class Workload:
         return self.prompt_tokens + self.completion_tokens
 
     @property
+    def rank_prompts(self) -> int:
+        """Prompts of the step one rank rolls out and trains."""
+        return max(1, self.prompts_per_step // self.world_size)
+
+    @property
     def sequences(self) -> int:
-        return self.group_size * self.prompts_per_step
+        """Completions one rank trains per step."""
+        return self.group_size * self.rank_prompts
 
 
 # --------------------------------------------------------------------------- parameters and states
@@ -104,7 +116,33 @@ def optimizer_bytes_per_param(param_bytes: int, wl: Workload) -> dict[str, int]:
 
 def resident_parts(shape: ModelShape, wl: Workload) -> dict[str, int]:
     """Tensors that live for the whole run: weights, reference copy, gradients (full
-    size; present in the train phase only), optimizer moments and master weights."""
+    size; present in the train phase only), optimizer moments and master weights; with
+    several ranks, this rank's shard of each (1/world_size)."""
+    parts = unsharded_resident_parts(shape, wl)
+    if wl.world_size == 1:
+        return parts
+    return {k: -(-v // wl.world_size) for k, v in parts.items()}
+
+
+def gathered_parts(shape: ModelShape, wl: Workload, phase: str) -> dict[str, int]:
+    """Full-size weights a rank holds beside its shards (none in one process). rollout: the
+    whole model, gathered once for generation (train/dist.py `gathered`). train: FSDP's
+    units as they run (the root unit: embeddings, final norm and LM head, kept from the
+    forward to the end of the backward; the running decoder layer and the prefetched next),
+    and their gradients before the reduce-scatter (the root's until the backward ends)."""
+    if wl.world_size == 1:
+        return {}
+    b = wl.dtype_bytes
+    if phase == "rollout":
+        return {"gathered weights (generation, all layers)": shape.params() * b}
+    root = shape.params() - shape.layers * shape.layer_params()
+    grads = 0 if wl.lora else (root + shape.layer_params()) * optimizer_bytes_per_param(b, wl)["grad"]
+    return {"gathered units (root + 2 layers)": (root + 2 * shape.layer_params()) * b,
+            "unsharded gradients (root + 1 layer)": grads}
+
+
+def unsharded_resident_parts(shape: ModelShape, wl: Workload) -> dict[str, int]:
+    """`resident_parts` of one process."""
     b = wl.dtype_bytes
     base = shape.params() * b
     if wl.lora:
@@ -158,7 +196,7 @@ def micro_batch_plan(wl: Workload) -> dict[str, int]:
     tokens = P + rows * C
     if wl.prefix == "block":
         tokens = -(-tokens // BLOCK) * BLOCK
-    return {"rows": rows, "micro_batches": wl.prompts_per_step * parts, "tokens": tokens,
+    return {"rows": rows, "micro_batches": wl.rank_prompts * parts, "tokens": tokens,
             "completion_tokens": rows * C, "parts per group": parts}
 
 
@@ -184,7 +222,7 @@ def fast_engine_plan(wl: Workload) -> dict[str, int]:
     completion capacity; capacities are the length buckets that hold the longest prompt and
     `max_new_tokens`. The cache only grows, so the largest batch of the step sizes it."""
     G = wl.group_size
-    slots = max(1, min(wl.prompts_per_step, wl.rollout_batch_size // G))
+    slots = max(1, min(wl.rank_prompts, wl.rollout_batch_size // G))
     return {"prompt slots": slots, "prompt capacity": bucket(wl.prompt_tokens, LENGTH_BUCKETS),
             "completion rows": bucket(slots * G, BATCH_BUCKETS),
             "completion capacity": bucket(wl.completion_tokens, LENGTH_BUCKETS)}

@@ -121,6 +121,7 @@ class FastEngine:
         self.graphs_enabled = (self.device.type == "cuda") if use_cuda_graphs is None else use_cuda_graphs
         self._cache: KVCache | None = None
         self._graphs: dict[int, tuple] = {}  # batch bucket -> (graph, its input buffers, logits)
+        self._graph_weights: tuple[int, ...] = ()  # the weights' addresses the graphs read
         self.graph_capture_s = 0.0
 
     # ------------------------------------------------------------------ the decode step
@@ -229,6 +230,13 @@ class FastEngine:
         """
         was_training = self.model.training
         self.model.eval()
+        if self.graphs_enabled:
+            # graphs read weights at the addresses of their capture; weights gathered anew for each
+            # rollout (FSDP, train/dist.py) may live elsewhere, so the graphs are captured again
+            weights = tuple(p.data_ptr() for p in self.model.parameters())
+            if weights != self._graph_weights:
+                self._graphs.clear()
+                self._graph_weights = weights
         out: list[Completion] = []
         per_batch = max(1, self.max_batch // group_size)
         try:

@@ -5,6 +5,13 @@ A checkpoint folder `RUN_DIR/checkpoints/step_NNNNNN/` holds the trainable weigh
 optimizer (`optimizer.pt`), RNG states (`rng.pt`), the loop's position (`state.json`),
 the config (`config.toml`) and the system plan that ran (`plan.toml`).
 `RUN_DIR/checkpoints/latest` names the newest complete one.
+
+Several ranks (train/dist.py) write the weights and optimizer states as one sharded
+`torch.distributed.checkpoint` folder, `dcp/` (each rank its shards, by parameter name), in
+place of `trainable.safetensors` and `optimizer.pt` (`optimizer.json` keeps its step count
+and learning rate). DCP reshards on load, so such a checkpoint resumes at any number of
+ranks, one included, and `export_hf_folder` turns it into a plain transformers folder.
+A single-process checkpoint also resumes at several ranks (each rank takes its shards).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tirgrpo.files import atomic_dir, atomic_write_text
+from tirgrpo.train import dist
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -30,6 +38,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, con
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`."""
     root = run_dir / "checkpoints"
     path = root / f"step_{step:06d}"
+    if dist.active():
+        return save_sharded(root, path, model, optimizer, {**state, "step": step}, config_toml, plan_toml, keep)
     with atomic_dir(path) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -44,6 +54,51 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, con
     return path
 
 
+def sharded_state(model, optimizer=None) -> dict:
+    """The tensors of a DCP checkpoint, by name: {"model": {param name: tensor}, "optim":
+    {param name + "." + state key: tensor}}; DTensors when sharded, plain tensors otherwise.
+    `dcp.load` fills these tensors in place."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    out = {"model": {n: p.data for n, p in named}}
+    if optimizer is not None:
+        if len(optimizer.state) != len(named):
+            raise ValueError(f"optimizer has {len(optimizer.state)} tensors, model {len(named)} trainable ones")
+        out["optim"] = {f"{n}.{k}": t for (n, _), st in zip(named, optimizer.state) for k, t in st.items()}
+    return out
+
+
+def save_sharded(root: Path, path: Path, model, optimizer, state: dict, config_toml: str, plan_toml: str,
+                 keep: int) -> Path:
+    """`save_checkpoint` at several ranks: every rank writes its shards into one temporary
+    folder (named by rank 0), rank 0 the rest; the folder becomes `path` once all are done."""
+    import torch.distributed.checkpoint as dcp
+
+    tmp = None
+    if dist.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{path.name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    tmp = Path(dist.broadcast_object(str(tmp)))
+    dcp.save(sharded_state(model, optimizer), checkpoint_id=tmp / "dcp")
+    if dist.is_main():
+        (tmp / "optimizer.json").write_text(json.dumps({"steps": optimizer.steps, "lr": optimizer.lr}), encoding="utf-8")
+        torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+        (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
+        if plan_toml:
+            (tmp / "plan.toml").write_text(plan_toml, encoding="utf-8")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+        atomic_write_text(root / "latest", path.name + "\n")
+        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old)
+    dist.barrier()
+    return path
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
     pointer = run_dir / "checkpoints" / "latest"
@@ -54,17 +109,68 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Load weights, optimizer and RNG states from `path` in place; return the loop state."""
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise ValueError(f"checkpoint {path} has weights the model lacks: {missing[:3]}")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    """Load weights, optimizer and RNG states from `path` in place; return the loop state.
+    Either kind of checkpoint, at any number of ranks (the model and optimizer may be sharded)."""
+    if (path / "dcp").is_dir():
+        load_sharded(path, model, optimizer)
+    else:
+        weights = load_file(str(path / "trainable.safetensors"))
+        params = dict(model.named_parameters())
+        missing = [n for n in weights if n not in params]
+        if missing:
+            raise ValueError(f"checkpoint {path} has weights the model lacks: {missing[:3]}")
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(dist.shard_like(t, params[n]))
+        sd = torch.load(path / "optimizer.pt", weights_only=False)
+        sd["state"] = [{k: dist.shard_like(t, mine[k]) for k, t in theirs.items()}
+                       for theirs, mine in zip(sd["state"], optimizer.state)]
+        optimizer.load_state_dict(sd)
     rng = torch.load(path / "rng.pt", weights_only=False)
     random.setstate(rng["python"])
     torch.set_rng_state(rng["torch"])
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+def load_sharded(path: Path, model, optimizer=None, collective: bool = True) -> None:
+    """Fill the model's trainable weights (and the optimizer) from the DCP folder of `path`,
+    resharded to this run's ranks. collective False: this process alone (an export)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = sharded_state(model, optimizer)
+    dcp.load(state, checkpoint_id=path / "dcp", no_dist=not (collective and dist.active()))
+    if optimizer is None:
+        return
+    meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
+    optimizer.steps, optimizer.lr = meta["steps"], meta["lr"]
+    with torch.no_grad():
+        for p, st in zip(optimizer.params, optimizer.state):
+            if "master" in st:
+                p.data.copy_(st["master"])
+
+
+def export_hf_folder(checkpoint: Path, out: Path) -> Path:
+    """A plain transformers folder (`model.save_hf_folder`: LoRA merged) of a checkpoint of
+    either kind, built in this process on the CPU in the run's dtype from the checkpoint's
+    config.toml and plan.toml. Returns `out`."""
+    from tirgrpo.config import TrainConfig, from_dict, read_config_dict
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.train.model import load_policy, resolve_init, save_hf_folder, tokenizer_spec
+    from tirgrpo.train.plan import read_plan
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "state.json").is_file() or not (checkpoint / "config.toml").is_file():
+        raise TirgrpoError(f"{checkpoint}: not a tirgrpo checkpoint folder (state.json, config.toml)")
+    cfg = from_dict(TrainConfig, read_config_dict(str(checkpoint / "config.toml")))
+    plan = read_plan(checkpoint / "plan.toml")
+    model = load_policy(cfg.model, torch.device("cpu"), plan.torch_dtype, cfg.run.seed, checkpointing=False)
+    if (checkpoint / "dcp").is_dir():
+        load_sharded(checkpoint, model, collective=False)
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in load_file(str(checkpoint / "trainable.safetensors")).items():
+                params[n].copy_(t)
+    save_hf_folder(model, load_tokenizer(tokenizer_spec(resolve_init(cfg.model))), out)
+    return Path(out)

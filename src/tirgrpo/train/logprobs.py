@@ -274,7 +274,8 @@ def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
     # adapter delta, so the chunked head would compute the wrong logits
     if hasattr(head, "base_layer") and not getattr(head, "disable_adapters", True):
         raise NotImplementedError("token_logprobs: adapters on the LM head are not supported; train it fully or not at all")
-    return decoder, head
+    # sharded across ranks (train/dist.py): the decoder through the root unit's FSDP hooks
+    return getattr(base, "sharded_decoder", decoder), head  # dist.SHARDED_DECODER
 
 
 def token_logprobs(

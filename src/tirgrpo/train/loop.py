@@ -12,10 +12,15 @@
 Plots and the HTML report are made from the run folder afterwards (`tirgrpo train` does).
 Checkpoints make the run resumable so that a resumed run's metrics equal an uninterrupted
 run's (CPU, seeded).
+
+Under torchrun (train/dist.py, docs/distributed.md) every rank runs this loop on its share of
+each step's prompts, with the weights sharded by FSDP2; one process is the same loop with
+every `dist` call a no-op. Rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -28,6 +33,7 @@ import torch
 from tirgrpo.config import TrainConfig, dumps_toml, to_dict
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_write_text
+from tirgrpo.train import dist
 from tirgrpo.train.plan import Plan
 
 FRESH_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json")
@@ -195,6 +201,30 @@ def training_pairs(cfg: TrainConfig, prompts: list) -> list[tuple[int, int]]:
     return pairs
 
 
+def check_world_size(cfg: TrainConfig) -> None:
+    """Each rank takes whole groups of an equal share of the step's prompts (with data.paired,
+    whole correct/wrong pairs): refuse a prompts_per_step that does not split so."""
+    world = dist.world_size()
+    unit = 2 * world if cfg.data.paired else world
+    if cfg.rollout.prompts_per_step % unit:
+        raise TirgrpoError(f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step} does not split into {world} "
+                           f"equal shares{' of whole pairs (data.paired)' if cfg.data.paired else ''}: use a multiple "
+                           f"of {unit}")
+
+
+class NullLog:
+    """The run log of ranks other than 0: they write nothing."""
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def samples(self, step: int, records: list) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: bool) -> Session:
     """Resolve (or, resuming, read) the plan, load everything the loop needs, then write
     config.toml and plan.toml. Nothing loads before the plan is known to fit, and nothing is
@@ -209,13 +239,18 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
 
     if cfg.rollout.group_size < 2:
         raise TirgrpoError("rollout.group_size must be >= 2: advantages compare samples within a group")
+    check_world_size(cfg)
     run_dir = Path(cfg.run.out_dir)
     ckpt = find_checkpoint(run_dir, resume, overwrite)
+    dist.barrier()  # every rank has read the folder before rank 0 writes to it
     recorded = run_dir / "plan.toml"
     if resume and not recorded.is_file():  # a run folder of an older tirgrpo, before plans were recorded
         print(f"note: {recorded} is missing; resolving the plan again for this resume")
     plan = read_plan(recorded) if resume and recorded.is_file() else resolve_plan(cfg)
-    print(describe_plan(plan))
+    if resume and plan.world_size != dist.world_size():  # resumed at another number of ranks
+        plan = dataclasses.replace(plan, world_size=dist.world_size())
+    if dist.is_main():
+        print(describe_plan(plan))
     config_toml = dumps_toml(to_dict(cfg) if requested is None else requested)
     plan_toml = plan_to_toml(plan)
 
@@ -229,12 +264,18 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     if cfg.run.eval_max_examples > 0:
         eval_prompts = eval_prompts[: cfg.run.eval_max_examples]
     model, ref_model = load_models(cfg, plan, device)
+    for m in (model, ref_model):
+        if m is not None:
+            dist.shard(m)  # FSDP2 across ranks; one process: nothing
     optimizer = AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
                       master_fp32=plan.master_fp32, bf16_update=plan.bf16_update, seed=cfg.run.seed)
     engine = make_engine(plan, model, tokenizer)
     progress = Progress(**load_checkpoint(ckpt, model, optimizer)) if ckpt is not None else Progress()
-    claim_run_dir(run_dir, resume, config_toml, plan_toml)
-    log = RunLog(run_dir, cfg.run.tensorboard, resume_step=progress.step if resume else None)
+    if dist.is_main():
+        claim_run_dir(run_dir, resume, config_toml, plan_toml)
+        log = RunLog(run_dir, cfg.run.tensorboard, resume_step=progress.step if resume else None)
+    else:
+        log = NullLog()
     return Session(cfg, plan, run_dir, device, config_toml, plan_toml, tokenizer, train_prompts, eval_prompts, model,
                    ref_model, optimizer, engine, progress, log, train_pairs=train_pairs, last_save=progress.step,
                    counts=count_parameters(model))
@@ -260,7 +301,9 @@ def run_eval(s: Session, tag: str) -> dict:
         return {}
     start = time.perf_counter()
     temperature = resolve_eval_temperature(s.cfg.run.eval_temperature, s.cfg.rollout.temperature)
-    with eager_layers():
+    with eager_layers(), dist.gathered(s.model):  # several ranks: rank 0 evaluates, on the gathered weights
+        if not dist.is_main():
+            return {}
         result = evaluate_examples(s.engine, s.tokenizer, [p.example for p in s.eval_prompts],
                                    [p.ids for p in s.eval_prompts], sampling_params(s.cfg, temperature),
                                    s.cfg.run.eval_samples, seed=s.cfg.run.seed + 7919,
@@ -290,9 +333,10 @@ def rollout_and_score(s: Session) -> Rollout:
 
     cfg, group_size = s.cfg, s.cfg.rollout.group_size
     start = time.perf_counter()
-    batch_prompts = [s.train_prompts[i] for i in next_prompts(s)]
-    generator = torch.Generator(device=s.device).manual_seed(cfg.run.seed * 1_000_003 + s.progress.rollout)
-    with eager_layers():
+    batch_prompts = [s.train_prompts[i] for i in dist.my_share(next_prompts(s))]
+    seed = cfg.run.seed * 1_000_003 + s.progress.rollout + dist.rank() * 1_000_000_007
+    generator = torch.Generator(device=s.device).manual_seed(seed)
+    with eager_layers(), dist.gathered(s.model):  # several ranks: full weights while generating
         groups = s.engine.generate([p.ids for p in batch_prompts], group_size, sampling_params(cfg, cfg.rollout.temperature),
                                    generator)
     generated = time.perf_counter()
@@ -323,9 +367,13 @@ def update(s: Session, rollout: Rollout) -> UpdateStats:
     s.model.train()
     refs = [None] * len(batches)
     if cfg.grpo.beta > 0:
-        refs = [reference_logprobs(s.model, s.ref_model, b, plan.logprob_chunk_tokens, temperature) for b in batches]
+        with dist.gathered(s.ref_model if s.ref_model is not None else s.model):  # ranks differ in passes
+            refs = [reference_logprobs(s.model, s.ref_model, b, plan.logprob_chunk_tokens, temperature)
+                    for b in batches]
+    # the loss is normalised by the counts of all ranks' completions (exact across ranks)
+    num_sequences, num_tokens = dist.global_sum(len(completion_ids), sum(len(c) for c in completion_ids))
     objective = GRPOObjective(cfg.grpo, [rollout.advantages[b.rows].to(s.device) for b in batches], refs,
-                              cfg.rollout.max_new_tokens, len(completion_ids), sum(len(c) for c in completion_ids))
+                              cfg.rollout.max_new_tokens, int(num_sequences), int(num_tokens))
     stats = UpdateStats(forward_tokens=sum(b.tokens for b in batches), micro_batches=len(batches),
                         row_tokens=sum(len(a) + len(b) for a, b in zip(prompt_ids, completion_ids)))
     for _ in range(cfg.grpo.num_iterations):
@@ -388,9 +436,30 @@ def metrics_row(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
     return row
 
 
+def merge_ranks(s: Session, rollout: Rollout, stats: UpdateStats) -> tuple[Rollout, UpdateStats, float]:
+    """Every rank's rollout and update statistics as one (in rank order), and the largest peak
+    memory of any rank. The loss, grad norm and objective statistics are already global."""
+    parts = dist.gather_objects((rollout, stats, peak_memory_gib(s.device)))
+    rollouts, all_stats = [p[0] for p in parts], [p[1] for p in parts]
+    merged = Rollout([p for r in rollouts for p in r.prompts], [c for r in rollouts for c in r.completions],
+                     [x for r in rollouts for x in r.scores], torch.cat([r.advantages for r in rollouts]),
+                     sum(r.zero_std_groups for r in rollouts), max(r.rollout_seconds for r in rollouts),
+                     max(r.score_seconds for r in rollouts))
+    total = dataclasses.replace(stats, forward_tokens=sum(x.forward_tokens for x in all_stats),
+                                micro_batches=sum(x.micro_batches for x in all_stats),
+                                row_tokens=sum(x.row_tokens for x in all_stats),
+                                seconds=max(x.seconds for x in all_stats))
+    return merged, total, max(p[2] for p in parts)
+
+
 def log_rollout(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
-    """Append the metrics row and the kept samples; return the row."""
+    """Append the metrics row and the kept samples (rank 0; every rank's completions); return the row."""
+    peak = None
+    if dist.active():
+        rollout, stats, peak = merge_ranks(s, rollout, stats)
     row = metrics_row(s, rollout, stats)
+    if peak is not None:
+        row["memory/peak_gib"] = peak  # the largest of any rank
     s.log.log(row)
     keep = min(s.cfg.run.keep_samples, len(rollout.completions))
     s.log.samples(s.progress.step, [sample_record(rollout, i) for i in range(keep)])
@@ -431,9 +500,17 @@ def finish(s: Session) -> dict:
     from tirgrpo.eval.evaluate import BRIEF_KEYS, log_values, overall_of
     from tirgrpo.train.model import save_hf_folder
 
-    if s.cfg.run.save_final_checkpoint:
+    # a sharded run reaches a plain folder through its checkpoint, so it always saves one
+    if s.cfg.run.save_final_checkpoint or dist.active():
         s.save()
-    save_hf_folder(s.model, s.tokenizer, s.run_dir / "final")
+    if dist.active():
+        from tirgrpo.train.checkpoint import export_hf_folder
+
+        if dist.is_main():
+            export_hf_folder(s.run_dir / "checkpoints" / f"step_{s.progress.step:06d}", s.run_dir / "final")
+        dist.barrier()
+    else:
+        save_hf_folder(s.model, s.tokenizer, s.run_dir / "final")
     eval_after = run_eval(s, "after")
     if eval_after:
         s.log.log({"step": s.progress.step, **log_values(eval_after)})
@@ -447,7 +524,10 @@ def finish(s: Session) -> dict:
     summary = {"run_dir": str(s.run_dir), "steps": s.progress.step, "trainable_params": s.counts[0],
                "total_params": s.counts[1], "eval_before": brief(s.eval_before), "eval_after": brief(eval_after),
                "final_model": str(s.run_dir / "final"), "device": str(s.device)}
-    atomic_write_text(s.run_dir / "summary.json", json.dumps(summary, indent=1))
+    if dist.active():
+        summary["world_size"] = dist.world_size()
+    if dist.is_main():
+        atomic_write_text(s.run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
@@ -476,7 +556,8 @@ def train(cfg: TrainConfig, requested: dict | None = None, resume: bool = False,
 
     check_config(cfg)  # configs built in code skip load_config's check
     check_model_source(resolve_init(cfg.model).name_or_path)
-    with RunLock(cfg.run.out_dir):
+    dist.init()  # under torchrun: join the ranks; one process: nothing
+    with RunLock(cfg.run.out_dir) if dist.is_main() else contextlib.nullcontext():
         return run_loop(cfg, requested, resume, overwrite)
 
 
@@ -490,7 +571,8 @@ def run_loop(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: 
         s.eval_before = json.loads(before.read_text())
     elif cfg.run.eval_before:
         s.eval_before = run_eval(s, "before")
-    bar = tqdm(total=s.total_steps, initial=s.progress.step, desc="GRPO steps", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=s.total_steps, initial=s.progress.step, desc="GRPO steps", unit="step", dynamic_ncols=True,
+               disable=not dist.is_main())
     while s.progress.step < s.total_steps:
         step_before = s.progress.step
         if s.device.type == "cuda":

@@ -37,6 +37,15 @@ RANDOM_SHAPES: dict[str, dict] = {
         tokenizer="r1-distill-qwen",
     ),
 }
+# DeepSeek-R1-Distill-Qwen-7B's shape (its config.json: untied, 28/4 heads).
+RANDOM_SHAPES["r1-distill-qwen-7b"] = {
+    **RANDOM_SHAPES["r1-distill-qwen-1.5b"],
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "vocab_size": 152064,
+}
 # A small Qwen2 with the R1 tokenizer's vocabulary: CPU tests of the real code path.
 RANDOM_SHAPES["tiny-qwen2"] = {
     **RANDOM_SHAPES["r1-distill-qwen-1.5b"],

@@ -26,6 +26,7 @@ import math
 import torch
 
 from tirgrpo.kernels import adamw as adamw_kernels
+from tirgrpo.train.dist import local
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
@@ -103,8 +104,9 @@ class AdamW:
             if self.fused and self._fused_kernel(p, st):
                 self._fused_update(p, st, bias_corr, self._seed(i, 0))
                 continue
-            flat = {k: t.view(-1) for k, t in st.items()}
-            w, g = p.data.view(-1), p.grad.reshape(-1)
+            # sharded (FSDP) parameters: the update is elementwise, so each rank updates its shard
+            flat = {k: local(t).view(-1) for k, t in st.items()}
+            w, g = local(p.data).view(-1), local(p.grad).reshape(-1)
             for j, start in enumerate(range(0, w.numel(), CHUNK)):
                 sl = slice(start, start + CHUNK)
                 self._update(w[sl], g[sl], {k: t[sl] for k, t in flat.items()}, self._seed(i, j))
@@ -114,12 +116,14 @@ class AdamW:
         return (self.seed * 1_000_003 + self.steps * 7919 + i * 131 + j) % 2**31
 
     def _fused_update(self, p: torch.Tensor, st: dict, bias_corr: tuple[float, float], seed: int) -> None:
-        grad = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
+        grad = local(p.grad)
+        grad = grad if grad.is_contiguous() else grad.contiguous()
         args = (self.lr, self.betas, bias_corr, self.eps, self.weight_decay)
+        st = {k: local(t) for k, t in st.items()}
         if "master" in st:
-            adamw_kernels.adamw_master_(p.data, grad, st["m"], st["v"], st["master"], *args)
+            adamw_kernels.adamw_master_(local(p.data), grad, st["m"], st["v"], st["master"], *args)
         else:
-            adamw_kernels.adamw_stochastic_(p.data, grad, st["m"], st["v"], *args, seed=seed)
+            adamw_kernels.adamw_stochastic_(local(p.data), grad, st["m"], st["v"], *args, seed=seed)
 
     @staticmethod
     def _fused_kernel(p: torch.Tensor, st: dict) -> bool:

@@ -62,6 +62,7 @@ class Plan:
     kernels: str = "none"  # "triton" | "torch" (the fast engine's decode kernels)
     rollout_batch_size: int = 0
     shared_prefix: str = "off"  # "off" | "dense" | "block" | "split"
+    world_size: int = 1  # ranks (GPUs) the run is sharded over (train/dist.py)
     memory: MemoryEstimate | None = None
 
     @property
@@ -135,7 +136,9 @@ def resolve_execution(system: ExecutionConfig, device: torch.device) -> Plan:
         raise TirgrpoError(f"system.micro_batch_tokens must be >= 0 (0: the whole step) or 'auto'; got {budget}")
     if system.logprob_chunk_tokens < 0:
         raise TirgrpoError(f"system.logprob_chunk_tokens must be >= 0; got {system.logprob_chunk_tokens}")
-    return Plan(device=str(device), dtype=dtype, attention=attention,
+    from tirgrpo.train import dist
+
+    return Plan(device=str(device), dtype=dtype, attention=attention, world_size=dist.world_size(),
                 gradient_checkpointing=system.gradient_checkpointing,
                 compile_layers=compile_layers == "on" or (compile_layers == "auto" and device.type == "cuda"),
                 micro_batch_tokens=budget, logprob_chunk_tokens=system.logprob_chunk_tokens,
@@ -190,7 +193,7 @@ def workload(cfg: TrainConfig, plan: Plan):
         master_fp32=plan.master_fp32, bf16_update=plan.bf16_update,
         fused_optimizer=plan.device.startswith("cuda") and bf16 and plan.optimizer != "bf16-kahan",
         prefix=plan.shared_prefix, engine=plan.engine if plan.engine != "none" else "fast",
-        device="cuda" if plan.device.startswith("cuda") else "cpu")
+        device="cuda" if plan.device.startswith("cuda") else "cpu", world_size=plan.world_size)
 
 
 def planned_workload(cfg: TrainConfig, device: torch.device):

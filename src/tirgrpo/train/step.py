@@ -159,6 +159,14 @@ class GRPOObjective:
 # --------------------------------------------------------------------------- the update
 
 
+def idle_pass(model, mb: MicroBatch, chunk_tokens: int, temperature: float) -> None:
+    """A forward and backward that adds nothing to the gradients (loss x 0). Under FSDP every
+    pass gathers weights and reduces gradients with all ranks, so a rank with fewer
+    micro-batches than another runs these until the counts match."""
+    logp, _ = micro_batch_logprobs(model, mb, chunk_tokens, temperature, grad=True)
+    (logp.sum() * 0.0).backward()
+
+
 @dataclass
 class UpdateResult:
     """What one update did. `stats`: the objective's statistics and `entropy`, averaged
@@ -180,10 +188,14 @@ def grpo_update(model, optimizer, batches: list[MicroBatch], objective: Objectiv
     A non-finite loss or gradient norm skips the step (`applied` False). One device sync per
     update: the loss and statistics stay tensors until the end.
     """
+    from tirgrpo.train import dist
+
     params = [p for p in model.parameters() if p.requires_grad]
     total_loss = torch.zeros((), dtype=torch.float32)
     stat_sums: dict[str, torch.Tensor] = {}
     total_tokens = torch.zeros(())
+    for _ in range(dist.global_max(len(batches)) - len(batches)):
+        idle_pass(model, batches[-1], chunk_tokens, temperature)
     for i, mb in enumerate(batches):
         logp, entropy = micro_batch_logprobs(model, mb, chunk_tokens, temperature, grad=True)
         loss, stats = objective(i, mb, logp, entropy)
@@ -196,7 +208,12 @@ def grpo_update(model, optimizer, batches: list[MicroBatch], objective: Objectiv
         for key, value in stats.items():
             stat_sums[key] = stat_sums.get(key, 0.0) + value.float() * tokens
         del logp, entropy, loss
+    # several ranks: each loss is normalised by the global counts, so the sums over ranks are the
+    # single-process loss and statistics (and FSDP sums the gradients); one rank: no-op
+    total_loss, total_tokens, *sums = dist.sum_tensors([total_loss, total_tokens, *stat_sums.values()])
+    stat_sums = dict(zip(stat_sums, sums))
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if params else torch.zeros(())
+    grad_norm = dist.full_tensor(grad_norm)  # sharded gradients: the norm over all ranks' shards
     finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total_loss))  # the one sync
     if finite:
         optimizer.step()

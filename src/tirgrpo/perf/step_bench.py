@@ -1,0 +1,132 @@
+"""`tirgrpo bench step`: the trainer's whole GRPO step (rollout + update), on one GPU or under
+torchrun on several, with random weights and synthetic prompts of a fixed length.
+
+It runs the loop's own phases (train/loop.py: `setup`, `rollout_and_score`, `update`,
+`log_rollout`) for `--rollouts` rollouts and reports the last one (the first pays for
+compilation and CUDA-graph capture); no evaluation, no checkpoint. Each call appends one
+row to `--results` (JSON lines) and prints the table of every row there, so calls at 1 and
+N GPUs print side by side. Throughput = completion tokens of the whole step (all ranks) per
+second of the step; the speed-up compares rows with the same work per GPU (N GPUs with N
+times the prompts of one), since splitting one GPU's prompts over two leaves each with a
+decode step that costs about as much (decoding is bound by reading the weights). Memory: the largest `torch.cuda.max_memory_allocated` of any rank in
+GiB (2**30 bytes), beside the plan's per-rank estimate (train/plan.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def synthetic_examples(tokenizer, n: int, prompt_tokens: int, seed: int) -> list:
+    """`n` examples whose prompts are `prompt_tokens` tokens (bos included) of digits and spaces
+    (which tokenize and decode back to the same tokens)."""
+    from tirgrpo.data.records import Example
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        text = " ".join(str(rng.randrange(10**6)) for _ in range(prompt_tokens))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: prompt_tokens - 8]
+        prompt = tokenizer.decode(ids)
+        count = len(tokenizer(prompt)["input_ids"])
+        out.append(Example(question=f"q{i}", prompt=prompt, completion="unused", correct_answer="1", eventual_answer="1" if i % 2 == 0 else "2",
+                           label="correct" if i % 2 == 0 else "wrong", prompt_tokens=count, completion_tokens=0,
+                           source="synthetic"))
+    return out
+
+
+def bench_config(args, data: Path, out_dir: Path):
+    """The seed config with the benchmark's shape, group, lengths and a throwaway run folder."""
+    from tirgrpo.config import TrainConfig, load_config
+
+    sets = [f"model.name_or_path=random:{args.shape}", f"data.train={data}", "data.eval=", "data.paired=false",
+            f"data.max_prompt_tokens={args.prompt_tokens}", f"rollout.group_size={args.group_size}",
+            f"rollout.prompts_per_step={args.prompts}", f"rollout.max_new_tokens={args.new_tokens}",
+            "optim.total_steps=100000", "run.eval_every=0", "run.save_every=0", f"run.out_dir={out_dir}",
+            *args.set]
+    return load_config(TrainConfig, ROOT / "configs" / "seed-r1-distill-1.5b.toml", sets)
+
+
+def bench_step(args) -> dict:
+    """Run the rollouts; return the last one's row (the same on every rank)."""
+    from tirgrpo.data.records import write_examples
+    from tirgrpo.data.tokenizer import load_tokenizer
+    from tirgrpo.train import dist, loop
+    from tirgrpo.train.model import RANDOM_SHAPES
+
+    dist.init()
+    work = Path(args.work)
+    data = work / "train.jsonl"
+    if dist.is_main():
+        work.mkdir(parents=True, exist_ok=True)
+        tokenizer = load_tokenizer(RANDOM_SHAPES[args.shape]["tokenizer"])
+        write_examples(data, synthetic_examples(tokenizer, 4 * args.prompts, args.prompt_tokens, 0))
+    dist.barrier()
+    cfg = bench_config(args, data, work / f"run-{args.shape}-{dist.world_size()}")
+    s = loop.setup(cfg, None, resume=False, overwrite=True)
+    for _ in range(args.rollouts):
+        if s.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(s.device)
+        dist.barrier()
+        start = time.perf_counter()
+        rollout = loop.rollout_and_score(s)
+        stats = loop.update(s, rollout)
+        if s.device.type == "cuda":
+            torch.cuda.synchronize(s.device)
+        seconds = max(dist.gather_objects(time.perf_counter() - start))
+        s.progress.rollout += 1
+        s.progress.data_pos += cfg.rollout.prompts_per_step
+        row = loop.log_rollout(s, rollout, stats)
+    s.log.close()
+    tokens = row["completion/tokens_mean"] * cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    return {"shape": args.shape, "gpus": dist.world_size(), "prompts": cfg.rollout.prompts_per_step,
+            "G": cfg.rollout.group_size, "context": f"{args.prompt_tokens}+{args.new_tokens}",
+            "lora": cfg.model.lora, "step_s": seconds, "rollout_s": row["time/rollout_s"],
+            "train_s": row["time/train_s"], "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "peak_gib": row["memory/peak_gib"], "estimate_gib": s.plan.memory.peak_gib if s.plan.memory else None}
+
+
+def table(rows: list[dict]) -> str:
+    """Rows side by side. `speed-up`: tokens/s over the 1-GPU row with the same work per GPU
+    (shape, prompts per GPU, G, lengths), i.e. throughput when each GPU keeps its load."""
+    def key(r):
+        return r["shape"], r["prompts"] // r["gpus"], r["G"], r["context"]
+
+    base = {key(r): r["tokens_per_s"] for r in rows if r["gpus"] == 1}
+    head = (f"{'shape':<22}{'gpus':>5}{'prompts':>8}{'/gpu':>5}{'G':>4}{'context':>11}{'step s':>8}{'rollout s':>10}"
+            f"{'train s':>9}{'tok/s':>8}{'speed-up':>9}{'peak GiB':>9}{'est GiB':>8}")
+    lines = [head]
+    for r in rows:
+        one = base.get(key(r))
+        speed = f"{r['tokens_per_s'] / one:.2f}x" if one else "-"
+        est = f"{r['estimate_gib']:.1f}" if r["estimate_gib"] is not None else "-"
+        lines.append(f"{r['shape']:<22}{r['gpus']:>5}{r['prompts']:>8}{r['prompts'] // r['gpus']:>5}{r['G']:>4}"
+                     f"{r['context']:>11}{r['step_s']:>8.1f}{r['rollout_s']:>10.1f}{r['train_s']:>9.1f}"
+                     f"{r['tokens_per_s']:>8.0f}{speed:>9}{r['peak_gib']:>9.1f}{est:>8}")
+    return "\n".join(lines)
+
+
+def run_bench_step(args) -> int:
+    """Bench, append the row (rank 0), print the table of all rows."""
+    from tirgrpo.train import dist
+
+    try:
+        row = bench_step(args)
+    finally:
+        dist.teardown()
+    if not dist.is_main():
+        return 0
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
+    print(table(rows))
+    return 0
