@@ -43,11 +43,46 @@ def _panels(spec: list) -> list[tuple[str, list[str]]]:
     return [(item, [item]) if isinstance(item, str) else item for item in spec]
 
 
-def plot_run(run_dir: Path) -> list[Path]:
-    """Write the PNGs for `run_dir` (atomically) and return their paths (none without training rows)."""
+def number(v) -> float | None:
+    """A metrics value as a float, or None when it is not a number (a missing key, "nan" text)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def panel_figure(rows: list[dict], groups: list[tuple[str, list[str]]], label=lambda key: key):
+    """A grid of line plots, three a row: one panel per (title, keys) that has data, each key a
+    line over the optimizer step; None when no panel has data. `label` names a key's line."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(t, [k for k in keys if any(number(r.get(k)) is not None for r in rows)]) for t, keys in groups]
+    panels = [(t, keys) for t, keys in panels if keys]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
+    for ax, (title, keys) in zip(axes.flat, panels):
+        for key in keys:
+            points = [(r["step"], number(r.get(key))) for r in rows if number(r.get(key)) is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="." if len(points) < 50 else None,
+                    linewidth=1, label=label(key))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Write the PNGs for `run_dir` (atomically) and return their paths (none without training rows)."""
     import matplotlib.pyplot as plt
 
     from tirgrpo.files import atomic_path
@@ -57,26 +92,9 @@ def plot_run(run_dir: Path) -> list[Path]:
         return []
     written = []
     for name, spec in PANELS.items():
-        panels = [(t, [k for k in keys if any(k in r for r in rows)]) for t, keys in _panels(spec)]
-        panels = [(t, keys) for t, keys in panels if keys]
-        if not panels:
+        fig = panel_figure(rows, _panels(spec))
+        if fig is None:
             continue
-        cols = 3
-        nrows = (len(panels) + cols - 1) // cols
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
-        for ax, (title, keys) in zip(axes.flat, panels):
-            for key in keys:
-                xs = [r["step"] for r in rows if isinstance(r.get(key), (int, float))]
-                ys = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-                ax.plot(xs, ys, marker="." if len(xs) < 50 else None, linewidth=1, label=key)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("optimizer step", fontsize=8)
-            ax.grid(alpha=0.3)
-            if len(keys) > 1:
-                ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(panels):]:
-            ax.axis("off")
-        fig.tight_layout()
         out = run_dir / name
         with atomic_path(out) as tmp:
             fig.savefig(tmp, format="png", dpi=90)

@@ -91,32 +91,10 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def line_plots(rows: list[dict], groups: list[tuple[str, list[str]]]) -> str | None:
     """One figure with one panel per (title, keys): each key a line over optimizer steps; None if no data."""
-    import matplotlib
+    from tirgrpo.eval.plot import panel_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(t, [k for k in keys if any(_num(r.get(k)) is not None for r in rows)]) for t, keys in groups]
-    panels = [(t, keys) for t, keys in panels if keys]
-    if not panels:
-        return None
-    cols = min(3, len(panels))
-    nrows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.3 * cols, 2.9 * nrows), squeeze=False)
-    for ax, (title, keys) in zip(axes.flat, panels):
-        for k in keys:
-            pts = [(r["step"], _num(r.get(k))) for r in rows if _num(r.get(k)) is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None,
-                    linewidth=1, label=k.split("/", 1)[-1])
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("optimizer step", fontsize=8)
-        ax.grid(alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return png_data_uri(fig)
+    fig = panel_figure(rows, groups, label=lambda key: key.split("/", 1)[-1])
+    return None if fig is None else png_data_uri(fig)
 
 
 def decision_mix_plot(rows: list[dict]) -> str | None:
