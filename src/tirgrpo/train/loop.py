@@ -273,7 +273,8 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     progress = Progress(**load_checkpoint(ckpt, model, optimizer)) if ckpt is not None else Progress()
     if dist.is_main():
         claim_run_dir(run_dir, resume, config_toml, plan_toml)
-        log = RunLog(run_dir, cfg.run.tensorboard, resume_step=progress.step if resume else None)
+        log = RunLog(run_dir, cfg.run.tensorboard, resume_step=progress.step if resume else None,
+                     redo_evals=resume and progress.step >= cfg.optim.total_steps)
     else:
         log = NullLog()
     return Session(cfg, plan, run_dir, device, config_toml, plan_toml, tokenizer, train_prompts, eval_prompts, model,

@@ -24,16 +24,23 @@ class RunLog:
     """Appends metric rows and samples to a run folder; mirrors scalars to TensorBoard.
 
     On resume, rows after the checkpoint's step are dropped first, so the log of a resumed
-    run reads as if it had never stopped.
+    run reads as if it had never stopped. `redo_evals` (resuming from the last step, whose
+    final evaluation runs again) also drops the evaluation rows logged at that step.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
+                 redo_evals: bool = False):
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         if resume_step is not None:
+            def kept(row: dict) -> bool:
+                step = row.get("step", 0)
+                redone = redo_evals and step == resume_step and "reward/total" not in row and "completion" not in row
+                return step <= resume_step and not redone
+
             for path in (self.metrics_path, self.samples_path):
-                rows = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
+                rows = [r for r in read_jsonl(path) if kept(r)]
                 path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         self.tb = None
         if tensorboard:

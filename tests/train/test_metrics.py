@@ -1,0 +1,22 @@
+"""RunLog on resume: rows after the checkpoint go, and a final evaluation about to run again goes too."""
+
+import json
+
+from tirgrpo.train.metrics import RunLog, read_jsonl
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_resume_drops_rows_after_the_checkpoint_and_the_final_eval_it_redoes(tmp_path):
+    train = lambda step: {"step": step, "reward/total": 0.1 * step}  # noqa: E731
+    rows = [train(2), {"step": 2, "eval/correctness": 0.1}, train(4), train(6), {"step": 6, "eval/correctness": 0.3}]
+    _write(tmp_path / "metrics.jsonl", rows)
+    _write(tmp_path / "samples.jsonl", [{"step": 6, "completion": "x"}])
+    RunLog(tmp_path, tensorboard=False, resume_step=4)
+    assert read_jsonl(tmp_path / "metrics.jsonl") == rows[:3]
+    _write(tmp_path / "metrics.jsonl", rows)
+    RunLog(tmp_path, tensorboard=False, resume_step=6, redo_evals=True)  # killed during/after the final eval
+    assert read_jsonl(tmp_path / "metrics.jsonl") == rows[:4]
+    assert read_jsonl(tmp_path / "samples.jsonl") == [{"step": 6, "completion": "x"}]
