@@ -17,6 +17,7 @@ def test_resume_drops_rows_after_the_checkpoint_and_the_final_eval_it_redoes(tmp
     RunLog(tmp_path, tensorboard=False, resume_step=4)
     assert read_jsonl(tmp_path / "metrics.jsonl") == rows[:3]
     _write(tmp_path / "metrics.jsonl", rows)
+    _write(tmp_path / "samples.jsonl", [{"step": 6, "completion": "x"}])
     RunLog(tmp_path, tensorboard=False, resume_step=6, redo_evals=True)  # killed during/after the final eval
     assert read_jsonl(tmp_path / "metrics.jsonl") == rows[:4]
     assert read_jsonl(tmp_path / "samples.jsonl") == [{"step": 6, "completion": "x"}]
