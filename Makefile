@@ -30,8 +30,11 @@ install: $(VENV)/.installed
 	  fi; \
 	done
 
+# The CPU demo: a short supervised warm start (the answer format), then GRPO from it; the
+# train step ends with the before/after table and where the plots and report are.
 demo: install
-	$(VENV)/bin/tirgrpo train --config configs/demo-cpu.toml --overwrite
+	$(VENV)/bin/tirgrpo sft --config configs/demo-cpu-sft.toml
+	$(VENV)/bin/tirgrpo train --config configs/demo-cpu.toml --overwrite --set model.init_from=runs/demo-sft
 
 test: install
 	$(VENV)/bin/pytest -q
@@ -40,4 +43,4 @@ test-fast: install
 	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs/demo
+	rm -rf $(VENV) runs/demo runs/demo-sft
