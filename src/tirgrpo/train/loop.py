@@ -1,13 +1,15 @@
 """The GRPO loop on one device: `train(cfg)`, in named phases.
 
-    setup             resolve the system plan (before any weights load), write config.toml and
-                      plan.toml, load data, models, optimizer, rollout engine; restore a checkpoint
+    setup             resolve the system plan (before any weights load), load data, models,
+                      optimizer, rollout engine, restore a checkpoint; then, every refusal behind
+                      it, lock-held, write config.toml and plan.toml
     rollout_and_score take `prompts_per_step` prompts, sample G completions each (`rollout/`),
                       score them (`score/rewards.py`), group advantages (`loss.group_advantages`)
     update            `num_iterations` optimizer steps on that rollout, each one `step.grpo_update`
                       over the same micro-batches
     log_rollout       one metrics row and the kept samples; evaluate and save as scheduled
-    finish            last checkpoint, final model, evaluation after training, summary.json
+    finish            last checkpoint (run.save_final_checkpoint), final model, evaluation after
+                      training, summary.json
 
 Plots and the HTML report are made from the run folder afterwards (`tirgrpo train` does).
 Checkpoints make the run resumable so that a resumed run's metrics equal an uninterrupted
