@@ -46,8 +46,10 @@ def run(args) -> int:
         cfg.run.out_dir = args.resume
     try:
         summary = train(cfg, requested, resume=bool(args.resume), overwrite=args.overwrite)
-    finally:
-        dist.teardown()  # under torchrun; nothing in one process
+    except BaseException:
+        dist.teardown(finished=False)
+        raise
+    dist.teardown()  # under torchrun; nothing in one process
     if dist.is_main():  # rank 0 of a torchrun launch (torchrun sets RANK), or the one process
         add_plots_and_report(summary)
         print_summary(summary)

@@ -119,8 +119,10 @@ def run_bench_step(args) -> int:
 
     try:
         row = bench_step(args)
-    finally:
-        dist.teardown()
+    except BaseException:
+        dist.teardown(finished=False)
+        raise
+    dist.teardown()
     if not dist.is_main():
         return 0
     results = Path(args.results)

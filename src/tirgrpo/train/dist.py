@@ -76,9 +76,13 @@ def barrier() -> None:
         td.barrier()
 
 
-def teardown() -> None:
-    """Leave the process group (end of a launched run)."""
+def teardown(finished: bool = True) -> None:
+    """Leave the process group (end of a launched run). `finished`: every rank got here the
+    normal way, so they first wait for each other (a rank that leaves while another still talks
+    to the store rank 0 hosts aborts it); after an error there is no such wait (it could hang)."""
     if td.is_available() and td.is_initialized():
+        if finished:
+            td.barrier()
         td.destroy_process_group()
 
 
