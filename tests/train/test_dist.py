@@ -4,7 +4,6 @@ different numbers of micro-batches, and one checkpoint saved at 2 ranks resumed 
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 
@@ -17,7 +16,7 @@ from tirgrpo.train import dist
 from tirgrpo.train.optim import AdamW
 from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
 
-from test_step import GROUP, PAD, hand_made_rollout, tiny_policy
+from test_step import GROUP, PAD, hand_made_rollout, perturbed_copy, tiny_policy
 
 WORLD = 2
 
@@ -54,12 +53,7 @@ def update_once(model_dir, loss_type: str, lora: bool, groups: list[int], prefix
     """One update of the hand-made rollout's `groups` (all of them in one process, one group per
     rank at world size 2), with a KL term; returns (result, full trainable parameters, counts)."""
     model = tiny_policy(model_dir, lora, prefix)
-    reference = None
-    if not lora:
-        reference = copy.deepcopy(model).requires_grad_(False)
-        with torch.no_grad():
-            for p in reference.parameters():
-                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    reference = None if lora else perturbed_copy(model)
     dist.shard(model)
     dist.shard(reference) if reference is not None else None
     prompt_ids, completions, advantages = hand_made_rollout()

@@ -47,17 +47,21 @@ def tiny_policy(model_dir, lora: bool, prefix: str):
     return model
 
 
+def perturbed_copy(model):
+    """A frozen copy of `model` with seeded noise added: a reference that differs from the policy."""
+    reference = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return reference
+
+
 def two_updates(model_dir, lora: bool, prefix: str, budget: int):
     """Two updates of one rollout (the second off-policy: ratio != 1, clipping active), with a
     KL term to a reference (a perturbed frozen copy, or the LoRA base). Returns the two
     `UpdateResult`s, the trainable parameters after, and the micro-batches."""
     model = tiny_policy(model_dir, lora, prefix)
-    reference = None
-    if not lora:
-        reference = copy.deepcopy(model).requires_grad_(False)
-        with torch.no_grad():
-            for p in reference.parameters():
-                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    reference = None if lora else perturbed_copy(model)
     prompt_ids, completions, advantages = hand_made_rollout()
     batches = build_micro_batches(prompt_ids, completions, GROUP, budget, prefix, PAD, "cpu")
     cfg = GRPOConfig(beta=0.1, epsilon=0.02, epsilon_high=0.03)  # narrow clip: the second update clips
