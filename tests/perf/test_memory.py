@@ -446,3 +446,15 @@ def test_device_script_runs_and_survives_a_failing_case(tmp_path, capsys, monkey
         assert rows[name]["meas_train"] > 0 and rows[name]["meas_rollout"] > 0, rows[name]["status"]
         assert rows[name]["status"] in ("ok", "off by >10%")
     assert "error: RuntimeError: boom" in capsys.readouterr().out
+
+
+def test_lora_forward_transient_on_hand_numbers():
+    """peft's fp32 temporaries of the largest adapted linear, n = 10 tokens of TINY (H 64, I 192,
+    kv_dim 32): gate/up 4 * 10 * (64 + 2 * 192) = 17,920 bytes; q/v only: q 4 * 10 * (64 + 2 * 64) = 7,680."""
+    from tirgrpo.perf.estimate import lora_forward_transient
+
+    wl = Workload(lora=True, dtype_bytes=2)
+    assert lora_forward_transient(TINY, wl, 10) == 17_920
+    assert lora_forward_transient(TINY, replace(wl, lora_targets=("q_proj", "v_proj")), 10) == 7_680
+    assert lora_forward_transient(TINY, replace(wl, dtype_bytes=4), 10) == 0  # no cast in fp32
+    assert lora_forward_transient(TINY, replace(wl, lora=False), 10) == 0

@@ -226,13 +226,25 @@ def rollout_phase(shape: ModelShape, wl: Workload, decode_tokens: int | None = N
     return simple_rollout(shape, wl, decode_tokens)
 
 
+def lora_forward_transient(shape: ModelShape, wl: Workload, tokens: int) -> int:
+    """Bytes a peft LoRA linear adds, in a no-grad forward of `tokens` tokens, on top of the
+    base layer's output, for the largest adapted linear: the input cast to the adapters' fp32
+    [tokens, in], and lora_B's fp32 output [tokens, out] beside its scaled copy (or the fp32
+    sum with the base output, the same size) before the cast back. 0 without LoRA or in fp32."""
+    if not wl.lora or wl.dtype_bytes == 4:
+        return 0
+    dims = shape.linear_dims()
+    return max((4 * tokens * (dims[m][0] + 2 * dims[m][1]) for m in wl.lora_targets if m in dims), default=0)
+
+
 def prefill_working_set(shape: ModelShape, wl: Workload, rows: int, seq: int, masked: bool) -> int:
     """One decoder layer's transients in a no-grad forward of rows x seq tokens (the MLP's
-    [tokens, I] tensors dominate), with sdpa's repeated k, v and masks when masked."""
+    [tokens, I] tensors dominate), with sdpa's repeated k, v and masks when masked, and a
+    LoRA linear's fp32 temporaries (`lora_forward_transient`)."""
     b, H, n = wl.dtype_bytes, shape.hidden, rows * seq
     mask = attention_mask_bytes(rows, seq, b) if masked else {"bool": 0, "additive": 0}
     return ((2 * b * H + 8 * H + 3 * b * shape.intermediate) * n + (2 * b * shape.q_dim * n if masked else 0)
-            + mask["bool"] + mask["additive"])
+            + mask["bool"] + mask["additive"] + lora_forward_transient(shape, wl, n))
 
 
 def simple_rollout(shape: ModelShape, wl: Workload, decode_tokens: int | None = None) -> dict:
