@@ -90,7 +90,10 @@ def bench_step(args) -> dict:
             "G": cfg.rollout.group_size, "context": f"{args.prompt_tokens}+{args.new_tokens}",
             "lora": cfg.model.lora, "step_s": seconds, "rollout_s": row["time/rollout_s"],
             "train_s": row["time/train_s"], "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "peak_gib": row["memory/peak_gib"], "estimate_gib": s.plan.memory.peak_gib if s.plan.memory else None}
+            "peak_gib": row["memory/peak_gib"], "estimate_gib": s.plan.memory.peak_gib if s.plan.memory else None,
+            "rollout_peak_gib": row["memory/rollout_peak_gib"], "train_peak_gib": row["memory/train_peak_gib"],
+            "estimate_rollout_gib": s.plan.memory.rollout_gib if s.plan.memory else None,
+            "estimate_train_gib": s.plan.memory.train_gib if s.plan.memory else None}
 
 
 def table(rows: list[dict]) -> str:

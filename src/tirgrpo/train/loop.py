@@ -101,6 +101,8 @@ class Rollout:
     zero_std_groups: int
     rollout_seconds: float
     score_seconds: float
+    peak_gib: float = float("nan")
+    """Peak accelerator memory of the rollout phase (GiB; CPU: peak RSS so far)."""
 
 
 @dataclass
@@ -117,6 +119,8 @@ class UpdateStats:
     micro_batches: int = 0
     row_tokens: int = 0
     seconds: float = 0.0
+    peak_gib: float = float("nan")
+    """Peak accelerator memory of the update phase: reference pass + updates (GiB; CPU: peak RSS so far)."""
 
 
 # --------------------------------------------------------------------------- setup
@@ -343,6 +347,9 @@ def rollout_and_score(s: Session) -> Rollout:
         groups = s.engine.generate([p.ids for p in batch_prompts], group_size, sampling_params(cfg, cfg.rollout.temperature),
                                    generator)
     generated = time.perf_counter()
+    peak = peak_memory_gib(s.device)
+    if s.device.type == "cuda":  # the update phase's peak is measured on its own
+        torch.cuda.reset_peak_memory_stats(s.device)
     completions = [c for g in groups for c in g]
     prompts = [p for p in batch_prompts for _ in range(group_size)]
     records = [{"completion": c.text, "correct_answer": p.example.correct_answer, "finish_reason": c.finish_reason,
@@ -351,7 +358,7 @@ def rollout_and_score(s: Session) -> Rollout:
     rewards = torch.tensor([score["total"] for score in scores], dtype=torch.float32)
     advantages, zero_std_groups = group_advantages(rewards, group_size, cfg.grpo.scale_rewards)
     return Rollout(prompts, completions, scores, advantages, zero_std_groups, generated - start,
-                   time.perf_counter() - generated)
+                   time.perf_counter() - generated, peak)
 
 
 def update(s: Session, rollout: Rollout) -> UpdateStats:
@@ -397,6 +404,7 @@ def update(s: Session, rollout: Rollout) -> UpdateStats:
             s.progress.nonfinite += 1
         s.progress.step += 1
     stats.seconds = time.perf_counter() - start
+    stats.peak_gib = peak_memory_gib(s.device)
     return stats
 
 
@@ -434,35 +442,35 @@ def metrics_row(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
         "throughput/train_tokens_per_s": stats.row_tokens * s.cfg.grpo.num_iterations / max(1e-9, stats.seconds),
         # tokens the forward passes ran (fewer than prompt + completion per row with a shared prefix)
         "train/forward_tokens": stats.forward_tokens, "train/micro_batches": stats.micro_batches,
-        "memory/peak_gib": peak_memory_gib(s.device),
+        # per phase, as the plan's estimate splits it (plan.toml [memory])
+        "memory/rollout_peak_gib": rollout.peak_gib, "memory/train_peak_gib": stats.peak_gib,
+        "memory/peak_gib": max(rollout.peak_gib, stats.peak_gib),
     })
     return row
 
 
-def merge_ranks(s: Session, rollout: Rollout, stats: UpdateStats) -> tuple[Rollout, UpdateStats, float]:
-    """Every rank's rollout and update statistics as one (in rank order), and the largest peak
-    memory of any rank. The loss, grad norm and objective statistics are already global."""
-    parts = dist.gather_objects((rollout, stats, peak_memory_gib(s.device)))
+def merge_ranks(s: Session, rollout: Rollout, stats: UpdateStats) -> tuple[Rollout, UpdateStats]:
+    """Every rank's rollout and update statistics as one (in rank order), peak memory the
+    largest of any rank. The loss, grad norm and objective statistics are already global."""
+    parts = dist.gather_objects((rollout, stats))
     rollouts, all_stats = [p[0] for p in parts], [p[1] for p in parts]
     merged = Rollout([p for r in rollouts for p in r.prompts], [c for r in rollouts for c in r.completions],
                      [x for r in rollouts for x in r.scores], torch.cat([r.advantages for r in rollouts]),
                      sum(r.zero_std_groups for r in rollouts), max(r.rollout_seconds for r in rollouts),
-                     max(r.score_seconds for r in rollouts))
+                     max(r.score_seconds for r in rollouts), max(r.peak_gib for r in rollouts))
     total = dataclasses.replace(stats, forward_tokens=sum(x.forward_tokens for x in all_stats),
                                 micro_batches=sum(x.micro_batches for x in all_stats),
                                 row_tokens=sum(x.row_tokens for x in all_stats),
-                                seconds=max(x.seconds for x in all_stats))
-    return merged, total, max(p[2] for p in parts)
+                                seconds=max(x.seconds for x in all_stats),
+                                peak_gib=max(x.peak_gib for x in all_stats))
+    return merged, total
 
 
 def log_rollout(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
     """Append the metrics row and the kept samples (rank 0; every rank's completions); return the row."""
-    peak = None
     if dist.active():
-        rollout, stats, peak = merge_ranks(s, rollout, stats)
+        rollout, stats = merge_ranks(s, rollout, stats)
     row = metrics_row(s, rollout, stats)
-    if peak is not None:
-        row["memory/peak_gib"] = peak  # the largest of any rank
     s.log.log(row)
     keep = min(s.cfg.run.keep_samples, len(rollout.completions))
     s.log.samples(s.progress.step, [sample_record(rollout, i) for i in range(keep)])
