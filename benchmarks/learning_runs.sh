@@ -13,6 +13,9 @@
 #   sft        SFT, then GRPO from it (configs/...-sft.toml, configs/...-grpo.toml); GRPO's
 #              eval_before is the SFT model's evaluation
 #   hard       from-base and sft on the hard task (gsm8k-verify-hard)
+#   from-base-short  GRPO from the base model with completions cut to 32 tokens (the decision
+#              is most of every completion, so its credit is not spread over a long preamble),
+#              G = 16, lr 1e-5, 60 steps
 # Each run writes RUNS/NAME/ (metrics.jsonl, eval_before.json, eval_after.json, plots, report)
 # and RUNS/NAME.log; a finished run is skipped when the script is run again. EXTRA adds
 # --set KEY=VALUE to every GRPO run.
@@ -51,6 +54,9 @@ waves=("$@")
 for wave in "${waves[@]}"; do
   case $wave in
     from-base) TASK=gsm8k-verify train grpo-from-base "$BASE" ;;
+    from-base-short)
+      TASK=gsm8k-verify train grpo-from-base-short "$BASE" --set rollout.max_new_tokens=32 \
+        --set rollout.group_size=16 --set optim.lr=1e-5 --set optim.total_steps=60 ;;
     ablations)
       TASK=gsm8k-verify train grpo-from-base-original "$BASE" "${plain[@]}" --set data.paired=false &
       TASK=gsm8k-verify train grpo-from-base-paired-seqmean "$BASE" "${plain[@]}" --set grpo.loss_type=grpo &
@@ -60,6 +66,6 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard train grpo-from-base-hard "$BASE" &
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
-    *) echo "unknown wave $wave (from-base, ablations, sft, hard)"; exit 2 ;;
+    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard)"; exit 2 ;;
   esac
 done
