@@ -11,7 +11,8 @@ CUDA (policy, reference copy unless LoRA, `optim.AdamW` with its states), then r
            as [prompt, c_1, ..., c_G] and split into parts within the micro-batch budget),
            reference log-probs, then `train.step.grpo_update` (forward + backward of every
            micro-batch, clipping, the optimizer step), with the engine's cache still held.
-Decoder layers run eagerly (not compiled). A case that fails (out of memory, any error) is
+Decoder layers run eagerly unless the case says `compiled` (then as the trainer runs them:
+compiled for the train phase, eager while generating). A case that fails (out of memory, any error) is
 recorded as such and the next case runs; the JSON is rewritten after every case, so a run
 cut short keeps what it measured. Sizes are bytes in the JSON, GiB (2^30 bytes) in the table.
 
@@ -56,6 +57,8 @@ class Case:
     prefix: str = "split"
     """The trainer's default on CUDA in bf16; "off" = padded rows."""
     engine: str = "fast"
+    compiled: bool = False
+    """Decoder layers compiled (`system.compile_layers`, what the trainer runs on CUDA by default)."""
 
 
 CASES = {
@@ -68,13 +71,15 @@ CASES = {
     "g64-4k-lora": Case(1, 64, 3072, 1024, lora=True),
     "g16-16k-lora": Case(1, 16, 12288, 4096, lora=True),
     "g16-4k-unshared": Case(4, 16, 3072, 1024, prefix="off", engine="simple"),
+    "g16-4k-compiled": Case(4, 16, 3072, 1024, compiled=True),
+    "g16-4k-lora-compiled": Case(4, 16, 3072, 1024, lora=True, compiled=True),
     "g16-4k-dense": Case(1, 16, 3072, 1024, prefix="dense"),
     "g16-4k-block": Case(1, 16, 3072, 1024, prefix="block"),
 }
 # In order of importance: the defaults at G = 4, 16, 64 (4k) and G = 16 at 16k, LoRA and full,
-# no checkpointing, then the old layout (padded rows, simple engine) as a cross-check.
+# no checkpointing, the old layout (padded rows, simple engine) as a cross-check, then compiled layers.
 DEFAULT = ["g4-4k", "g16-4k-lora", "g16-4k", "g64-4k", "g16-16k", "g4-4k-nockpt", "g64-4k-lora", "g16-16k-lora",
-           "g16-4k-unshared"]
+           "g16-4k-unshared", "g16-4k-compiled", "g16-4k-lora-compiled"]
 
 
 def workload(case: Case, micro_batch_tokens: int, device: str = "cuda") -> Workload:
@@ -110,12 +115,14 @@ def build_models(case: Case, shape: str, dev):
     import torch
 
     from tirgrpo.config import ModelConfig
-    from tirgrpo.train.model import load_base_model, load_policy
+    from tirgrpo.train.model import compile_decoder_layers, load_base_model, load_policy
     from tirgrpo.train.optim import AdamW
 
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     cfg = ModelConfig(name_or_path=shape, lora=case.lora, lora_r=16, lora_alpha=32)
     model = load_policy(cfg, dev, dtype, seed=0, checkpointing=case.checkpointing)
+    if case.compiled:
+        compile_decoder_layers(model)
     ref = None if case.lora else load_base_model(cfg, dev, dtype, seed=0).requires_grad_(False).eval()
     optimizer = AdamW(model.parameters(), lr=3e-5, master_fp32=case.optimizer == "master", bf16_update="stochastic")
     return model, ref, optimizer

@@ -171,6 +171,7 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
 
     from tirgrpo.config import GRPOConfig
     from tirgrpo.rollout import SamplingParams
+    from tirgrpo.train.model import eager_layers
     from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
 
     G, C = wl.group_size, wl.completion_tokens
@@ -186,7 +187,7 @@ def measure_step(model, ref_model, optimizer, prompt_ids: list[list[int]], wl: W
     params = SamplingParams(dec, 1.0, 1.0, 0, [], min_new_tokens=dec)
     gen = torch.Generator(device=device).manual_seed(seed)
     resident = [x for x in (model, ref_model, optimizer) if x is not None]
-    with PeakMeter(device, resident + [engine]) as m_roll:
+    with PeakMeter(device, resident + [engine]) as m_roll, eager_layers():  # as the trainer generates
         groups = engine.generate(prompt_ids, G, params, gen)
     comps = training_completions(groups, wl, model.config.vocab_size, seed + 1)
     prompts = [p for p in prompt_ids for _ in range(G)]
