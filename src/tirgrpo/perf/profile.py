@@ -10,7 +10,8 @@ call / decode steps run (a call of N new tokens runs N samplings and N - 1 decod
 
 On CUDA the times are kernel times on the device (gaps between kernels are not counted: a
 CUDA-graph step takes longer than their sum); on a CPU they are each op's own (self) CPU
-time.
+time, and the Python time between ops counts for the labelled range it ran in (the step's
+own: copies / other).
 """
 
 from __future__ import annotations
