@@ -117,3 +117,40 @@ def test_labelled_engine_samples_the_same_tokens_and_is_put_back(tiny_model_dir,
     assert labelled == before
     assert engine.kernels is kernels and engine.lm_head is lm_head
     assert "_step_fn" not in vars(engine) and "_prefill" not in vars(engine)
+
+
+def test_profile_entries_names_cuda_kernels_by_their_launching_range():
+    """The CUDA branch on hand-made profiler events: each kernel takes the labelled range of the
+    op whose correlation id it links to (no GPU needed)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from tirgrpo.perf.profile import profile_entries
+
+    def op(id_, name, parent=None):
+        return SimpleNamespace(id=id_, name=name, cpu_parent=parent, device_type=DeviceType.CPU, is_async=False,
+                               linked_correlation_id=0, self_cpu_time_total=1.0)
+
+    def kernel(name, launcher, us):
+        return SimpleNamespace(id=0, name=name, device_type=DeviceType.CUDA, is_async=False,
+                               linked_correlation_id=launcher, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    step1, step2 = op(1, "decode::step"), op(10, "decode::step")
+    head = op(2, "decode::lm_head", step1)
+    mm = op(3, "aten::mm", head)
+    norm = op(4, "decode::add_rmsnorm", step1)
+    qkv = op(5, "aten::addmm", step1)
+    events = [step1, head, mm, norm, qkv, step2,
+              kernel("nvjet_lm", 3, 40.0), kernel("_add_rmsnorm_kernel", 4, 5.0), kernel("nvjet_qkv", 5, 20.0),
+              kernel("Memcpy DtoH", 99, 1.0)]  # launcher not recorded: its name decides
+    prof = SimpleNamespace(events=lambda: events)
+    entries, steps = profile_entries(prof, "cuda")
+    assert steps == 2
+    assert entries == [("decode::lm_head > nvjet_lm", 40.0, 1), ("decode::add_rmsnorm > _add_rmsnorm_kernel", 5.0, 1),
+                       ("nvjet_qkv", 20.0, 1), ("Memcpy DtoH", 1.0, 1)]
+    rows = {r["category"]: r["ms_per_step"] for r in per_step_table(entries, steps)["categories"]}
+    assert rows["LM head / logits"] == pytest.approx(0.02) and rows["matmul"] == pytest.approx(0.01)
+    entries, _ = profile_entries(prof, "cpu")  # the ops' own CPU time, each in its range
+    assert ("decode::lm_head > aten::mm", 1.0, 1) in entries and ("decode::lm_head", 1.0, 1) in entries
+    assert ("aten::addmm", 1.0, 1) in entries and len(entries) == 6

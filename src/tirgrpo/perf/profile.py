@@ -160,7 +160,7 @@ def profile_entries(prof, device_type: str) -> tuple[list[tuple[str, float, int]
     steps = sum(e.name == STEP_LABEL for e in ops)
 
     def named(scope, name):
-        return f"{scope}{SCOPE_SEP}{name}" if scope else name
+        return f"{scope}{SCOPE_SEP}{name}" if scope and scope != name else name
 
     if device_type == "cuda":
         launcher = {e.id: e for e in ops}
