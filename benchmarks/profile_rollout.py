@@ -1,35 +1,96 @@
-"""Profile FastEngine decode steps (CPU and CUDA time per op) on the random 1.5B shape.
+"""Profile FastEngine decode steps on a random-weight shape.
+
+Default: torch.profiler's op tables (CPU and CUDA time per op) of one generate call, run as
+the engine runs it (in CUDA graphs on CUDA).
+
+--by-category: the decode steps run eagerly (no CUDA graph), and the time of one decode step
+is grouped into matmul, attention, rotary + cache write, add + RMSNorm, silu * mul, LM head,
+sampling and copies / other (`tirgrpo.perf.profile`): CUDA kernel times on a GPU, each op's
+own CPU time on a CPU. One table per --batch; --json writes them all.
 
     PYTHONPATH=$PWD/src python3 benchmarks/profile_rollout.py --batch 8 --new-tokens 64 --kernels triton
+    PYTHONPATH=$PWD/src python3 benchmarks/profile_rollout.py --by-category --batch 8 64 --json profile.json
 """
 
+from __future__ import annotations
+
 import argparse
+import json
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-from tirgrpo.train.model import build_random_model
+from tirgrpo.data.tokenizer import load_tokenizer
+from tirgrpo.perf.profile import format_table, profile_decode
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.rollout.engine import FastEngine
-from tirgrpo.data.tokenizer import load_tokenizer
+from tirgrpo.train.model import RANDOM_SHAPES, build_random_model, resolve_device, resolve_dtype
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--batch", type=int, default=8)
-ap.add_argument("--group", type=int, default=4)
-ap.add_argument("--prompt-tokens", type=int, default=3072)
-ap.add_argument("--new-tokens", type=int, default=64)
-ap.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto")
-a = ap.parse_args()
-model = build_random_model("r1-distill-qwen-1.5b", torch.bfloat16, device="cuda").eval()
-tok = load_tokenizer("r1-distill-qwen")
-eng = FastEngine(model, tok, max_batch=a.batch, kernels=a.kernels)
-g = torch.Generator().manual_seed(0)
-ids = [torch.randint(0, 150000, (a.prompt_tokens,), generator=g).tolist() for _ in range(a.batch // a.group)]
-params = SamplingParams(a.new_tokens, 1.0, min_new_tokens=a.new_tokens)
-eng.generate(ids, a.group, params)
-torch.cuda.synchronize()
-with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-    eng.generate(ids, a.group, params)
-    torch.cuda.synchronize()
-print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=50))
-print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="r1-distill-qwen-1.5b", choices=sorted(RANDOM_SHAPES))
+    ap.add_argument("--batch", type=int, nargs="+", default=[8], help="rows decoded at once (prompts * G)")
+    ap.add_argument("--group", type=int, default=4, help="G: samples per prompt")
+    ap.add_argument("--prompt-tokens", type=int, default=3072)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto")
+    ap.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+    ap.add_argument("--by-category", action="store_true",
+                    help="eager decode steps, time per step grouped by kernel category")
+    ap.add_argument("--json", help="with --by-category: write the tables here (a list, one per --batch)")
+    a = ap.parse_args(argv)
+    if a.json and not a.by_category:
+        ap.error("--json needs --by-category")
+    return a
+
+
+def main(argv=None) -> list[dict]:
+    """Print the profile of each --batch; return the --by-category tables (empty otherwise)."""
+    a = parse_args(argv)
+    device = resolve_device(a.device)
+    model = build_random_model(a.shape, resolve_dtype("auto", device), device=device).eval()
+    tok = load_tokenizer(RANDOM_SHAPES[a.shape]["tokenizer"])
+    vocab = min(len(tok), model.config.vocab_size) - 32
+    params = SamplingParams(a.new_tokens, 1.0, min_new_tokens=a.new_tokens)  # eos masked: every row runs all steps
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    tables = []
+    for batch in a.batch:
+        g = torch.Generator().manual_seed(0)
+        ids = [torch.randint(0, vocab, (a.prompt_tokens,), generator=g).tolist() for _ in range(max(1, batch // a.group))]
+        gen = torch.Generator(device=device).manual_seed(0)
+        if a.by_category:
+            eng = FastEngine(model, tok, max_batch=batch, kernels=a.kernels, use_cuda_graphs=False)
+            table = {"shape": a.shape, "batch": len(ids) * a.group, "group": a.group, "prompt_tokens": a.prompt_tokens,
+                     "new_tokens": a.new_tokens, "kernels": eng.kernels.name, "device": str(device), "gpu": gpu,
+                     **profile_decode(eng, ids, a.group, params, gen)}
+            print(f"\n{a.shape}, batch {table['batch']} (G = {a.group}), {a.prompt_tokens} + {a.new_tokens} tokens, "
+                  f"{table['kernels']} kernels, eager, {table['time']} time per decode step on {gpu}:")
+            print(format_table(table), flush=True)
+            tables.append(table)
+        else:
+            profile_ops(FastEngine(model, tok, max_batch=batch, kernels=a.kernels), ids, a.group, params, gen)
+    if a.json:
+        from tirgrpo.files import atomic_write_text
+
+        atomic_write_text(a.json, json.dumps(tables, indent=1))
+    return tables
+
+
+def profile_ops(eng, ids, group, params, gen) -> None:
+    """torch.profiler's tables of one generate call after a warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = eng.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    eng.generate(ids, group, params, gen)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        eng.generate(ids, group, params, gen)
+        sync()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=50))
+    if cuda:
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

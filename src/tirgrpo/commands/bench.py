@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+
+
+def bandwidth_arg(text: str) -> str | float:
+    """`--bandwidth-tbs`: "measure" or a positive number of TB/s."""
+    if text == "measure":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected 'measure' or a positive number of TB/s, got {text!r}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="FastEngine's decode-step kernels; several: one row each")
     r.add_argument("--compare-hf", action="store_true", help="also time transformers generate() (dynamic cache)")
     r.add_argument("--repeats", type=int, default=2, help="timed calls per row (median)")
-    r.add_argument("--bandwidth-tbs", type=float, default=3.0, help="memory bandwidth for the floor (TB/s)")
+    r.add_argument("--bandwidth-tbs", type=bandwidth_arg, default="measure",
+                   help="memory bandwidth of the floors in TB/s, or 'measure' (default): a device-to-device "
+                        "copy timed once per call (read + write counted)")
     r.add_argument("--json", help="write the rows here too")
     st = sub.add_parser("step", help="the whole GRPO step (rollout + update) of the trainer; under torchrun: N GPUs")
     st.add_argument("--shape", default="r1-distill-qwen-1.5b", help="random weights of a named shape")
@@ -41,15 +57,11 @@ def run(args) -> int:
         from tirgrpo.perf.step_bench import run_bench_step
 
         return run_bench_step(args)
-    from tirgrpo.perf.bench import bench_rollout
+    from tirgrpo.perf.bench import bench_rollout, rollout_table
 
     rows = bench_rollout(args)
-    print(f"\n{'engine':<13}{'batch':>6}{'G':>4}{'prefill s':>11}{'ms/step':>9}{'floor ms':>10}{'shared floor':>13}"
-          f"{'tok/s':>9}{'peak GiB':>9}{'capture s':>11}")
-    for r in rows:
-        print(f"{r['engine']:<13}{r['batch']:>6}{r['group']:>4}{r['prefill_s']:>11.3f}{r['ms_per_step']:>9.2f}"
-              f"{r['floor_ms']:>10.2f}{r['shared_floor_ms']:>13.2f}{r['tokens_per_s']:>9.0f}{r['peak_gib']:>9.2f}"
-              f"{r['capture_s']:>11.1f}")
+    print()
+    print(rollout_table(rows))
     if args.json:
         from tirgrpo.files import atomic_write_text
 
