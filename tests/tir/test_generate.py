@@ -158,6 +158,15 @@ def test_transcripts_resume_and_prepare_format(fake, tmp_path):
 
 
 @needs_sandbox
+def test_max_problems_takes_the_first_n(fake, tmp_path):
+    _, url = fake
+    out = tmp_path / "t.jsonl"
+    assert main(gen_args(problems_csv(tmp_path), url, out, "--max-problems", "1", "--samples-per-problem", "2")) == 0
+    assert sorted((t.problem_id, t.sample) for t in read_transcripts(out)) == [("p1", 0), ("p1", 1)]
+    assert main(gen_args(problems_csv(tmp_path), url, out, "--max-problems", "-1")) == 2
+
+
+@needs_sandbox
 def test_turn_and_token_limits(fake, tmp_path):
     _, url = fake
     out = tmp_path / "t.jsonl"
