@@ -8,7 +8,8 @@
 #                (stopped after GEN_SECONDS; the run goes on with what was written)
 #   3. solver    the solver's own report: pass@1, majority@K, pass@K, segments, tokens, time
 #   4. split     transcripts -> training / held-out problems (HELDOUT_FRACTION, by a hash of
-#                the problem id); prepare --judge-targets on each side (paired by question)
+#                the problem id); prepare --judge-targets on each side (one correct and one
+#                wrong segment per question; PREPARE_ARGS=--no-pairing keeps every segment)
 #   5. sft       the judge, from the same MODEL, on the training problems' examples
 #   6. eval      the judge (and the untrained MODEL, EVAL_BASE=1) on the held-out problems'
 #                examples, K sampled judgements each (AUROC, correctness, bootstrap intervals,
@@ -27,15 +28,22 @@
 # sample; delete WORK/generate.done to generate more). Each command's own output is in
 # WORK/logs/STEP.log. Run from the repository root.
 set -euo pipefail
+# This checkout's code, whatever else is installed.
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)/src${PYTHONPATH:+:$PYTHONPATH}"
 
 MODEL=${MODEL:-smollm2-135m-instruct}             # a .gguf path, a model folder or a named model
-PROBLEMS=${PROBLEMS:-../shared/data/gsm8k/test.jsonl}
+if [ -z "${PROBLEMS:-}" ]; then  # GSM8K test beside the repository, else a copy inside it
+  for PROBLEMS in ../shared/data/gsm8k/test.jsonl shared/data/gsm8k/test.jsonl data/gsm8k/test.jsonl; do
+    [ -f "$PROBLEMS" ] && break
+  done
+fi
 N_PROBLEMS=${N_PROBLEMS:-0}                       # the first N problems (0 = all)
 K=${K:-8}                                         # samples per problem
 WORK=${WORK:-runs/real-pipeline}
 MAX_BATCH=${MAX_BATCH:-64}                        # rows the server decodes at once
 CONCURRENCY=${CONCURRENCY:-64}                    # samples generate keeps in flight
 GEN_SECONDS=${GEN_SECONDS:-0}                     # wall-clock cap on generation (0 = none)
+GEN_GRACE=${GEN_GRACE:-30}                        # then seconds for samples in flight to finish
 MAX_TOKENS=${MAX_TOKENS:-2048}                    # generated tokens per transcript, all turns
 TEMPERATURE=${TEMPERATURE:-0.7}
 SFT_STEPS=${SFT_STEPS:-60}
@@ -49,8 +57,11 @@ HELDOUT_FRACTION=${HELDOUT_FRACTION:-0.3}
 SEED=${SEED:-0}
 PORT=${PORT:-8765}
 DEVICE=${DEVICE:-auto}
+SERVE_ARGS=${SERVE_ARGS:-}                        # more serve options, e.g. "--kernels torch"
 GENERATE_ARGS=${GENERATE_ARGS:-}                  # more generate options, e.g. sandbox ones
+PREPARE_ARGS=${PREPARE_ARGS:-}                    # more prepare options, e.g. --no-pairing
 SERVE_WAIT=${SERVE_WAIT:-1200}                    # seconds to wait for the server to load
+STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft or eval
 PYTHON=${PYTHON:-python3}
 TIRGRPO=${TIRGRPO:-$PYTHON -m tirgrpo}
 
@@ -67,9 +78,27 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   SERVER_PID=
+  rm -f "$WORK/serve.pid"
 }
 trap stop_server EXIT
 trap 'exit 130' INT TERM  # so that the EXIT trap runs
+
+# A server of an earlier run of this WORK that was killed before it could stop it (SIGKILL):
+# stop it by its recorded pid, if that process is still a tirgrpo server.
+if [ -f "$WORK/serve.pid" ]; then
+  old=$(cat "$WORK/serve.pid")
+  if grep -q "tirgrpo" "/proc/$old/cmdline" 2>/dev/null && grep -q "serve" "/proc/$old/cmdline" 2>/dev/null; then
+    log "serve: stopping the server an earlier run left (pid $old)"
+    kill "$old" 2>/dev/null || true
+    sleep 5
+  fi
+  rm -f "$WORK/serve.pid"
+fi
+
+# stop_after NAME: end here (exit 0) when STOP_AFTER=NAME.
+stop_after() {
+  if [ "$STOP_AFTER" = "$1" ]; then log "real_pipeline: stopping after $1 (STOP_AFTER); run again to go on"; exit 0; fi
+}
 
 # step NAME DONE_FILE CMD...: run CMD (output to WORK/logs/NAME.log) unless DONE_FILE exists.
 step() {
@@ -102,9 +131,10 @@ T=$WORK/transcripts.jsonl
 start_server() {
   log "serve: start: $TIRGRPO serve --model $MODEL (log $WORK/logs/serve.log)"
   $TIRGRPO serve --model "$MODEL" --served-model-name solver --port "$PORT" --device "$DEVICE" \
-    --max-batch "$MAX_BATCH" --max-tokens "$MAX_TOKENS" --max-prompt-tokens 4096 --seed "$SEED" \
+    --max-batch "$MAX_BATCH" --max-tokens "$MAX_TOKENS" --max-prompt-tokens 4096 --seed "$SEED" $SERVE_ARGS \
     > "$WORK/logs/serve.log" 2>&1 &
   SERVER_PID=$!
+  echo "$SERVER_PID" > "$WORK/serve.pid"
   local t0=$SECONDS
   # The server prints one line once it answers (it binds the port before loading the model).
   until grep -q "tirgrpo serve: serving" "$WORK/logs/serve.log" 2>/dev/null; do
@@ -122,9 +152,9 @@ start_server() {
 generate() {
   local cap=() rc=0
   # At GEN_SECONDS, SIGINT to generate alone (not to the code it runs): it stops starting
-  # samples and waits for those in flight; SIGKILL 60 s later. Every finished transcript is
-  # already on disk, one whole line each.
-  [ "$GEN_SECONDS" -gt 0 ] && cap=(timeout --foreground -s INT -k 60 "$GEN_SECONDS")
+  # samples and waits for those in flight; SIGKILL GEN_GRACE s later. Every finished
+  # transcript is already on disk, one whole line each.
+  [ "$GEN_SECONDS" -gt 0 ] && cap=(timeout --foreground -s INT -k "$GEN_GRACE" "$GEN_SECONDS")
   "${cap[@]}" $TIRGRPO generate --problems "$PROBLEMS" --max-problems "$N_PROBLEMS" --base-url "http://127.0.0.1:$PORT/v1" \
     --model solver --chat-template "$MODEL" --samples-per-problem "$K" --concurrency "$CONCURRENCY" \
     --max-turns 4 --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --seed "$SEED" --out "$T" \
@@ -153,6 +183,7 @@ else
 fi
 [ -s "$T" ] || { log "generate wrote no transcript to $T"; exit 1; }
 log "transcripts: $(wc -l < "$T") in $T"
+stop_after generate
 
 # ---------------------------------------------------------------- 3. the solver's report
 step solver "$WORK/solver.json" $PYTHON -m tirgrpo.eval.solver "$T" --tokenizer "$MODEL" --out "$WORK/solver.json" \
@@ -165,17 +196,19 @@ step split "$WORK/transcripts-heldout.jsonl" $TIRGRPO data split-transcripts --i
 # Each side whole (--eval-fraction 0: every example lands in OUT/train.jsonl).
 for side in train heldout; do
   step "prepare-$side" "$WORK/prepared-$side/stats.json" $TIRGRPO prepare --input "$WORK/transcripts-$side.jsonl" \
-    --out "$WORK/prepared-$side" --tokenizer "$MODEL" --judge-targets --eval-fraction 0 --seed "$SEED"
+    --out "$WORK/prepared-$side" --tokenizer "$MODEL" --judge-targets --eval-fraction 0 --seed "$SEED" $PREPARE_ARGS
 done
 TRAIN=$WORK/prepared-train/train.jsonl
 HELDOUT=$WORK/prepared-heldout/train.jsonl
 log "judge examples: $(wc -l < "$TRAIN") training, $(wc -l < "$HELDOUT") held out"
+stop_after prepare
 
 # ---------------------------------------------------------------- 5. the judge
 # shellcheck disable=SC2086  # SFT_SET is a list of options
 step sft "$WORK/judge/summary.json" $TIRGRPO sft --config "$SFT_CONFIG" --set model.name_or_path="$MODEL" \
   --set data.train="$TRAIN" --set run.out_dir="$WORK/judge" --set optim.total_steps="$SFT_STEPS" \
   --set run.seed="$SEED" --set system.device="$DEVICE" $SFT_SET
+stop_after sft
 
 # ---------------------------------------------------------------- 6. evaluation on held-out problems
 judge_eval() {  # judge_eval NAME MODEL ARGS...: tirgrpo eval with the protocol's settings
@@ -187,6 +220,7 @@ judge_eval() {  # judge_eval NAME MODEL ARGS...: tirgrpo eval with the protocol'
 judge_eval eval-judge "$WORK/judge" --data "$HELDOUT"
 [ "$EVAL_BASE" = 1 ] && judge_eval eval-base "$MODEL" --data "$HELDOUT"
 judge_eval selection "$WORK/judge" --transcripts "$WORK/transcripts-heldout.jsonl" --selection
+stop_after eval
 
 # ---------------------------------------------------------------- 7. summary
 log "summary: $PYTHON -m tirgrpo.eval.pipeline $WORK"

@@ -67,8 +67,19 @@ def pipeline_summary(work: str | Path) -> dict[str, Any]:
                                 "transcript_judge": _headline(selection)}
     timings = work / "timings.jsonl"
     if timings.is_file():
-        summary["timings"] = [json.loads(line) for line in timings.read_text(encoding="utf-8").splitlines() if line]
+        summary["timings"] = last_runs([json.loads(line) for line in timings.read_text(encoding="utf-8").splitlines()
+                                        if line.strip()])
     return summary
+
+
+def last_runs(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per step, in order of first appearance: its last run (a record whose status is not
+    "skipped"), else its last record. A resumed run appends "skipped" for the steps done before."""
+    last: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["status"] != "skipped" or r["step"] not in last or last[r["step"]]["status"] == "skipped":
+            last[r["step"]] = r
+    return list(last.values())
 
 
 def _fmt(v: Any) -> str:
@@ -86,7 +97,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
         sv = s["solver"]
         lines += [f"Solver: {sv['problems']} problems, {sv['transcripts']} transcripts; "
                   + ", ".join(f"{k} {m['value']:.3f}{_ci([m['ci_low'], m['ci_high']])}" for k, m in sv["metrics"].items())
-                  + f"; generation {_fmt(sv.get('generation_seconds'))} s", ""]
+                  + (f"; generation {sv['generation_seconds']:.0f} s" if sv.get("generation_seconds") is not None else ""), ""]
     if "judge_examples" in s:
         lines += ["Judge examples: " + "; ".join(
             f"{side} {e['rows']} ({e['questions']} questions, {e['correct']} correct, {e['wrong']} wrong)"
