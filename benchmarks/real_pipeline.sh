@@ -43,7 +43,7 @@ WORK=${WORK:-runs/real-pipeline}
 MAX_BATCH=${MAX_BATCH:-64}                        # rows the server decodes at once
 CONCURRENCY=${CONCURRENCY:-64}                    # samples generate keeps in flight
 GEN_SECONDS=${GEN_SECONDS:-0}                     # wall-clock cap on generation (0 = none)
-GEN_GRACE=${GEN_GRACE:-30}                        # then seconds for samples in flight to finish
+GEN_GRACE=${GEN_GRACE:-10}                        # then seconds before generate is killed
 MAX_TOKENS=${MAX_TOKENS:-2048}                    # generated tokens per transcript, all turns
 TEMPERATURE=${TEMPERATURE:-0.7}
 SFT_STEPS=${SFT_STEPS:-60}
@@ -151,9 +151,9 @@ start_server() {
 
 generate() {
   local cap=() rc=0
-  # At GEN_SECONDS, SIGINT to generate alone (not to the code it runs): it stops starting
-  # samples and waits for those in flight; SIGKILL GEN_GRACE s later. Every finished
-  # transcript is already on disk, one whole line each.
+  # At GEN_SECONDS, SIGINT to generate alone (not to the code it runs), SIGKILL GEN_GRACE s
+  # later. Every finished transcript is already on disk, one whole line each; the samples in
+  # flight are lost (a later run without generate.done samples them again).
   [ "$GEN_SECONDS" -gt 0 ] && cap=(timeout --foreground -s INT -k "$GEN_GRACE" "$GEN_SECONDS")
   "${cap[@]}" $TIRGRPO generate --problems "$PROBLEMS" --max-problems "$N_PROBLEMS" --base-url "http://127.0.0.1:$PORT/v1" \
     --model solver --chat-template "$MODEL" --samples-per-problem "$K" --concurrency "$CONCURRENCY" \
@@ -181,7 +181,10 @@ if [ ! -e "$WORK/generate.done" ]; then
 else
   log "serve, generate: skipped ($WORK/generate.done: $(cat "$WORK/generate.done"))"
 fi
-[ -s "$T" ] || { log "generate wrote no transcript to $T"; exit 1; }
+if [ ! -s "$T" ]; then
+  rm -f "$WORK/generate.done"  # so that the next run generates again
+  log "generate wrote no transcript to $T (see $WORK/logs/generate.log)"; exit 1
+fi
 log "transcripts: $(wc -l < "$T") in $T"
 stop_after generate
 
