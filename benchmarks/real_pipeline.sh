@@ -58,7 +58,8 @@ SEED=${SEED:-0}
 PORT=${PORT:-8765}
 DEVICE=${DEVICE:-auto}
 SERVE_ARGS=${SERVE_ARGS:-}                        # more serve options, e.g. "--kernels torch"
-GENERATE_ARGS=${GENERATE_ARGS:-}                  # more generate options, e.g. sandbox ones
+SANDBOX_ARGS=${SANDBOX_ARGS:-}                    # sandbox options of generate, e.g. --timeout 10
+GENERATE_ARGS=${GENERATE_ARGS:-}                  # more generate options
 PREPARE_ARGS=${PREPARE_ARGS:-}                    # more prepare options, e.g. --no-pairing
 SERVE_WAIT=${SERVE_WAIT:-1200}                    # seconds to wait for the server to load
 STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft or eval
@@ -158,7 +159,7 @@ generate() {
   "${cap[@]}" $TIRGRPO generate --problems "$PROBLEMS" --max-problems "$N_PROBLEMS" --base-url "http://127.0.0.1:$PORT/v1" \
     --model solver --chat-template "$MODEL" --samples-per-problem "$K" --concurrency "$CONCURRENCY" \
     --max-turns 4 --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --seed "$SEED" --out "$T" \
-    --no-progress $GENERATE_ARGS || rc=$?
+    --no-progress $SANDBOX_ARGS $GENERATE_ARGS || rc=$?
   # A line cut by the SIGKILL: drop it (generate would too, on resume).
   if [ -s "$T" ] && [ -n "$(tail -c 1 "$T")" ]; then sed -i '$ d' "$T"; echo "dropped a cut-off last line"; fi
   case $rc in
@@ -172,7 +173,21 @@ generate() {
   esac
 }
 
+# Before the model loads: the sandbox must run code here (generate refuses otherwise).
+preflight() {
+  printf 'import sympy\nprint(6 * 7)\n' > "$WORK/preflight.py"
+  if ! $TIRGRPO sandbox run "$WORK/preflight.py" $SANDBOX_ARGS > "$WORK/logs/preflight.log" 2>&1 \
+      || ! grep -q '42' "$WORK/logs/preflight.log"; then
+    log "preflight: FAILED: the sandbox cannot run code here (see $WORK/logs/preflight.log and docs/security.md);" \
+        "where the machine has no outside network, SANDBOX_ARGS=--allow-unsandboxed-network runs it with limits only"
+    tail -n 20 "$WORK/logs/preflight.log" >&2
+    exit 1
+  fi
+  log "preflight: the sandbox runs code ($(grep -o 'sandbox mode [a-z]*' "$WORK/logs/preflight.log" | head -n 1))"
+}
+
 if [ ! -e "$WORK/generate.done" ]; then
+  preflight
   start_server
   gen_t0=$SECONDS
   step generate "$WORK/generate.done" generate
