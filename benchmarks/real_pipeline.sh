@@ -11,6 +11,7 @@
 #                the problem id); prepare --judge-targets on each side (one correct and one
 #                wrong segment per question; PREPARE_ARGS=--no-pairing keeps every segment)
 #   5. sft       the judge, from the same MODEL, on the training problems' examples
+#                (SFT_STEPS, default: 2 passes over them, 10..200 steps of SFT_BATCH)
 #   6. eval      the judge (and the untrained MODEL, EVAL_BASE=1) on the held-out problems'
 #                examples, K sampled judgements each (AUROC, correctness, bootstrap intervals,
 #                baselines), and --selection on the held-out problems' transcripts
@@ -18,7 +19,7 @@
 #   7. summary   WORK/summary.{json,md}, and a short summary printed
 #
 #   MODEL=/tmp/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf K=8 GEN_SECONDS=480 WORK=runs/real \
-#       benchmarks/real_pipeline.sh
+#       benchmarks/real_pipeline.sh         # STOP_AFTER=generate first where commands are time-limited
 #   MODEL=smollm2-135m-instruct N_PROBLEMS=4 K=2 SFT_STEPS=2 EVAL_SAMPLES=2 WORK=/tmp/rp \
 #       DEVICE=cpu benchmarks/real_pipeline.sh                       # the CPU check
 #
@@ -46,7 +47,9 @@ GEN_SECONDS=${GEN_SECONDS:-0}                     # wall-clock cap on generation
 GEN_GRACE=${GEN_GRACE:-10}                        # then seconds before generate is killed
 MAX_TOKENS=${MAX_TOKENS:-2048}                    # generated tokens per transcript, all turns
 TEMPERATURE=${TEMPERATURE:-0.7}
-SFT_STEPS=${SFT_STEPS:-60}
+SFT_STEPS=${SFT_STEPS:-auto}                      # auto: SFT_EPOCHS passes, 10..200 steps
+SFT_EPOCHS=${SFT_EPOCHS:-2}
+SFT_BATCH=${SFT_BATCH:-16}                        # examples a step
 SFT_CONFIG=${SFT_CONFIG:-configs/real-transcripts-judge-sft.toml}
 SFT_SET=${SFT_SET:-}                              # more sft overrides, e.g. "--set batch_size=4"
 EVAL_SAMPLES=${EVAL_SAMPLES:-8}                   # sampled judgements per example
@@ -222,9 +225,16 @@ log "judge examples: $(wc -l < "$TRAIN") training, $(wc -l < "$HELDOUT") held ou
 stop_after prepare
 
 # ---------------------------------------------------------------- 5. the judge
+if [ "$SFT_STEPS" = auto ]; then
+  rows=$(wc -l < "$TRAIN")
+  SFT_STEPS=$(( (SFT_EPOCHS * rows + SFT_BATCH - 1) / SFT_BATCH ))
+  [ "$SFT_STEPS" -lt 10 ] && SFT_STEPS=10
+  [ "$SFT_STEPS" -gt 200 ] && SFT_STEPS=200
+  log "sft: $SFT_STEPS steps (SFT_EPOCHS=$SFT_EPOCHS passes over $rows examples, $SFT_BATCH a step, 10..200)"
+fi
 # shellcheck disable=SC2086  # SFT_SET is a list of options
 step sft "$WORK/judge/summary.json" $TIRGRPO sft --config "$SFT_CONFIG" --set model.name_or_path="$MODEL" \
-  --set data.train="$TRAIN" --set run.out_dir="$WORK/judge" --set optim.total_steps="$SFT_STEPS" \
+  --set data.train="$TRAIN" --set run.out_dir="$WORK/judge" --set optim.total_steps="$SFT_STEPS" --set batch_size="$SFT_BATCH" \
   --set run.seed="$SEED" --set system.device="$DEVICE" $SFT_SET
 stop_after sft
 

@@ -72,7 +72,7 @@ def test_real_pipeline_on_cpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "MODEL": "smollm2-135m-instruct", "PROBLEMS": str(problems), "N_PROBLEMS": "3", "K": "3",
            "WORK": str(work), "MAX_BATCH": "4", "CONCURRENCY": "4", "GEN_SECONDS": "240", "MAX_TOKENS": "96",
-           "SFT_STEPS": "1", "SFT_SET": "--set batch_size=2 --set data.max_prompt_tokens=0",
+           "SFT_STEPS": "1", "SFT_BATCH": "2", "SFT_SET": "--set data.max_prompt_tokens=0",
            "EVAL_SAMPLES": "2", "EVAL_MAX_NEW_TOKENS": "24", "EVAL_BATCH": "8", "DEVICE": "cpu",
            "PORT": str(_free_port())}
     run = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
