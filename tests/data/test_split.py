@@ -58,3 +58,18 @@ def test_split_transcripts_refuses_an_empty_file_and_writes_nothing(tmp_path):
     with pytest.raises(TirgrpoError, match="no transcripts"):
         split_transcripts(src, tmp_path / "a.jsonl", tmp_path / "b.jsonl", 0.3)
     assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "b.jsonl").exists()
+
+
+def test_split_transcripts_command(tmp_path, capsys):
+    from tirgrpo.cli import main
+
+    src = tmp_path / "t.jsonl"
+    src.write_text("".join(json.dumps(transcript_to_dict(_t(f"p{i}", 0))) + "\n" for i in range(4)))
+    argv = ["data", "split-transcripts", "--input", str(src), "--train", str(tmp_path / "a.jsonl"),
+            "--heldout", str(tmp_path / "b.jsonl"), "--heldout-fraction", "0.5", "--seed", "3"]
+    assert main(argv) == 0
+    assert "2 problems (2 transcripts) to" in capsys.readouterr().out
+    assert {t.problem_id for t in read_transcripts(tmp_path / "b.jsonl")} == heldout_problems(
+        [f"p{i}" for i in range(4)], 0.5, seed=3)
+    with pytest.raises(SystemExit):  # argparse refuses a fraction outside [0, 1]
+        main([*argv[:-4], "--heldout-fraction", "1.5"])
