@@ -26,8 +26,8 @@
 # Every step logs its start and end to WORK/pipeline.log (and the terminal) and its time to
 # WORK/timings.jsonl, and is skipped when its output exists, so a run that was cut short
 # resumes where it stopped when started again with the same WORK (generation resumes sample by
-# sample; delete WORK/generate.done to generate more). Each command's own output is in
-# WORK/logs/STEP.log. Run from the repository root.
+# sample; to generate more, delete WORK/generate.done and what the later steps wrote). Each
+# command's own output is in WORK/logs/STEP.log. Run from the repository root.
 set -euo pipefail
 # This checkout's code, whatever else is installed.
 export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)/src${PYTHONPATH:+:$PYTHONPATH}"
