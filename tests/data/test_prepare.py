@@ -203,6 +203,28 @@ def test_prepare_no_pairing_keeps_every_segment(tmp_path):
     assert len(read_jsonl(out / "train.jsonl")) == 8 and read_jsonl(out / "eval.jsonl") == []
 
 
+def test_judge_targets_replace_completions_by_the_right_decision(tmp_path):
+    from tirgrpo.data.prepare import judge_target
+    from tirgrpo.score.rewards import decide
+
+    seg = Segment("Q", "P", "the solver's text", "5", "5.0", "s", "w")
+    right = judge_target(seg)
+    assert right.completion == " the output answers the problem, so it is right.\n</think>\n\n\\boxed{5.0}"
+    assert decide(right.completion, "stop", None) == "submit" and right.label == "correct"
+    for eventual in ("6", None):  # a wrong answer, or none at all
+        wrong = judge_target(Segment("Q", "P", "x", "5", eventual, "s", "w"))
+        assert wrong.completion.endswith("</think>\n\n```python") and decide(wrong.completion, "eos", None) == "decline"
+    out = tmp_path / "out"
+    argv = ["prepare", "--input", *make_inputs(tmp_path), "--out", str(out), "--no-pairing", "--eval-fraction", "0",
+            "--judge-targets"]
+    assert main(argv) == 0
+    rows = read_jsonl(out / "train.jsonl")
+    assert len(rows) == 8 and json.loads((out / "stats.json").read_text())["settings"]["judge_targets"] is True
+    for r in rows:
+        assert r["completion"] == judge_target(Segment(r["question"], r["prompt"], "-", r["correct_answer"],
+                                                       r["eventual_answer"], "", "")).completion
+
+
 @pytest.mark.parametrize(
     "bad_row, message",
     [

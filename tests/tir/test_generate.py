@@ -158,6 +158,15 @@ def test_transcripts_resume_and_prepare_format(fake, tmp_path):
 
 
 @needs_sandbox
+def test_max_problems_takes_the_first_n(fake, tmp_path):
+    _, url = fake
+    out = tmp_path / "t.jsonl"
+    assert main(gen_args(problems_csv(tmp_path), url, out, "--max-problems", "1", "--samples-per-problem", "2")) == 0
+    assert sorted((t.problem_id, t.sample) for t in read_transcripts(out)) == [("p1", 0), ("p1", 1)]
+    assert main(gen_args(problems_csv(tmp_path), url, out, "--max-problems", "-1")) == 2
+
+
+@needs_sandbox
 def test_turn_and_token_limits(fake, tmp_path):
     _, url = fake
     out = tmp_path / "t.jsonl"
@@ -239,3 +248,19 @@ def test_read_problems_from_gsm8k_jsonl(tmp_path):
     p.write_text(json.dumps({"question": "q", "answer": "#### many"}) + "\n")
     with pytest.raises(TirgrpoError, match="line 1.*integer"):
         read_problems(p)
+
+
+def test_problem_answers_with_a_degree_mark(tmp_path):
+    from tirgrpo.tir.generate import problem_answer
+
+    assert problem_answer("336^\\circ") == 336 and problem_answer(" 336 ^{\\circ} ") == 336
+    assert problem_answer("45°") == 45 and problem_answer("1,000") == 1000 and problem_answer("72.0") == 72
+    assert problem_answer("\\circ") is None and problem_answer("3^2") is None and problem_answer("x^\\circ") is None
+    p = tmp_path / "aime.csv"
+    p.write_text('"id","problem","answer"\n1984_AIME_8,"Find $\\theta$ in degrees.",336^\\circ\n'
+                 'x,"y",7\n', encoding="utf-8")
+    problems, has = read_problems(p)
+    assert has and [q.answer for q in problems] == ["336", "7"]
+    p2 = tmp_path / "a.jsonl"
+    p2.write_text(json.dumps({"question": "angle?", "answer": "#### 90^\\circ"}) + "\n")
+    assert read_problems(p2)[0][0].answer == "90"

@@ -1,4 +1,5 @@
-"""`tirgrpo data ...`: build other data sets. Today one: `gsm8k-verify` (see tirgrpo.data.gsm8k)."""
+"""`tirgrpo data ...`: build other data sets: `gsm8k-verify` (see tirgrpo.data.gsm8k), and
+`split-transcripts`, train / held-out transcript files by problem (tirgrpo.data.split)."""
 
 from __future__ import annotations
 
@@ -40,11 +41,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--hard", action="store_true",
                    help="hard wrong twins: the code agrees with its own plan, but the plan misreads the question "
                         "(a number from another sentence, a wrong operation, a unit or rate mix-up)")
+    _add_split_transcripts(sub)
+
+
+def _add_split_transcripts(sub) -> None:
+    from tirgrpo.validate import unit_interval
+
+    p = sub.add_parser(
+        "split-transcripts",
+        help="transcript JSONL -> train and held-out transcript files, whole problems to one side",
+        description=(
+            "Split a transcript JSONL (tirgrpo generate's output) by problem id: a problem goes to the "
+            "held-out file when its hash (sha256 of the seed and the id) is among the smallest "
+            "round(fraction x problems), at least one problem on each side when there are two or more. "
+            "Each side then goes through `tirgrpo prepare` on its own; the held-out file keeps every "
+            "transcript of its problems for answer selection (`tirgrpo eval --transcripts --selection`)."
+        ),
+    )
+    p.add_argument("--input", required=True, metavar="PATH", help="transcript JSONL")
+    p.add_argument("--train", required=True, metavar="FILE", help="output: the training problems' transcripts")
+    p.add_argument("--heldout", required=True, metavar="FILE", help="output: the held-out problems' transcripts")
+    p.add_argument("--heldout-fraction", type=unit_interval, default=0.3, metavar="F",
+                   help="share of problems held out (default 0.3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hash order (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "gsm8k-verify":
         return _gsm8k_verify(args)
+    if args.data_command == "split-transcripts":
+        from tirgrpo.data.split import split_transcripts
+
+        counts = split_transcripts(args.input, args.train, args.heldout, args.heldout_fraction, args.seed)
+        print(f"{args.input}: {counts['train_problems']} problems ({counts['train_transcripts']} transcripts) "
+              f"to {args.train}, {counts['heldout_problems']} problems ({counts['heldout_transcripts']} "
+              f"transcripts) to {args.heldout}")
+        return 0
     raise AssertionError(args.data_command)  # argparse only lets known names through
 
 

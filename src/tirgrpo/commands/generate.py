@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", required=True, help="the server, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--model", required=True, help="model name the server serves")
     parser.add_argument("--out", required=True, help="transcript JSONL (appended to; finished pairs are skipped)")
+    parser.add_argument("--max-problems", type=int, default=0, metavar="N",
+                        help="use only the first N problems of the file (0 = all)")
     parser.add_argument("--samples-per-problem", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4, help="samples in flight at once")
     parser.add_argument("--max-turns", type=int, default=4, help="model turns per sample")
@@ -46,7 +48,11 @@ def run(args) -> int:
     for name in ("samples_per_problem", "concurrency", "max_turns", "max_tokens"):
         if getattr(args, name) < 1:
             raise TirgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_problems < 0:
+        raise TirgrpoError(f"--max-problems must be >= 0, got {args.max_problems}")
     problems, has_answers = read_problems(args.problems)
+    if args.max_problems:
+        problems = problems[: args.max_problems]
     if not has_answers:
         print(f"tirgrpo generate: note: {args.problems} has no answer column; transcripts get correct_answer null "
               "and `tirgrpo prepare` will skip them", file=sys.stderr)

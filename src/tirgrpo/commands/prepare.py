@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of questions (not rows) held out for eval, at least one question "
                              "when there are two or more (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for pairing choices and the split (default 0)")
+    parser.add_argument("--judge-targets", action="store_true",
+                        help="replace each completion by the judge's right decision for its label (submit the "
+                             "eventual answer on `correct`, decline with a new python block on `wrong`), as SFT "
+                             "targets for a judge; without it a completion is what the solver wrote next")
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep repeated segments (also from a file given twice) instead of dropping them")
 
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     train, held, stats = prepare_folder(args.input, Path(args.out), args.tokenizer, args.max_prompt_tokens,
                                         args.max_completion_tokens, args.pairing, args.eval_fraction, args.seed,
-                                        progress=sys.stderr.isatty(), keep_duplicates=args.keep_duplicates)
+                                        progress=sys.stderr.isatty(), keep_duplicates=args.keep_duplicates,
+                                        judge_targets=args.judge_targets)
     print(format_table(stats))
     print(f"\nwrote {train} train + {held} eval examples to {args.out}/")
     return 0

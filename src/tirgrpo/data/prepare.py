@@ -103,6 +103,24 @@ def read_inputs(paths: Sequence[str | Path]) -> tuple[list[Segment], dict[str, i
 
 # ----------------------------------------------------------------------------- the steps
 
+# The judge's target decisions (`--judge-targets`). A solver's own next text is no judge
+# target: on a transcript that ended wrong it usually boxes the wrong answer. They continue
+# the bridge's pre-fill ("Looking at my code,") and end as `score.rewards.decide` reads them:
+# a boxed answer (submit) or an opened python block (decline).
+JUDGE_SUBMIT = " the output answers the problem, so it is right.\n</think>\n\n\\boxed{{{answer}}}"
+JUDGE_DECLINE = " the output does not answer the problem correctly, so I will fix the code.\n</think>\n\n" + CODE_BLOCK_START
+
+
+def judge_target(segment: Segment) -> Segment:
+    """The segment with its completion replaced by the judge's right decision for its label:
+    submit the transcript's own eventual answer (`correct`), or decline (`wrong`)."""
+    import dataclasses
+
+    if segment.label == "correct":
+        return dataclasses.replace(segment, completion=JUDGE_SUBMIT.format(answer=segment.eventual_answer))
+    return dataclasses.replace(segment, completion=JUDGE_DECLINE)
+
+
 
 def tokenize(segments: Sequence[Segment], tokenizer, progress: bool = True, batch: int = 64) -> list[Example]:
     """Count tokens and build examples: prompt_tokens with the tokenizer's bos, completion without."""
@@ -285,16 +303,20 @@ def _check_out(out: Path) -> None:
 
 def prepare_folder(inputs: Sequence[str], out: Path, tokenizer_name: str, max_prompt_tokens: int,
                    max_completion_tokens: int, pairing: bool, eval_fraction: float, seed: int,
-                   progress: bool = False, keep_duplicates: bool = False) -> tuple[int, int, dict[str, Any]]:
+                   progress: bool = False, keep_duplicates: bool = False,
+                   judge_targets: bool = False) -> tuple[int, int, dict[str, Any]]:
     """`prepare` from input files to OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json, written
     in one atomic step after every input is read and checked. Repeated segments are dropped with a
-    count unless `keep_duplicates`. Returns (train rows, eval rows, stats)."""
+    count unless `keep_duplicates`; with `judge_targets` every completion becomes `judge_target`'s.
+    Returns (train rows, eval rows, stats)."""
     from tirgrpo.data.limits import drop_duplicates, report_duplicates
     from tirgrpo.data.tokenizer import load_tokenizer
     from tirgrpo.files import atomic_dir
 
     _check_out(out)
     segments, read_counts = read_inputs(inputs)
+    if judge_targets:
+        segments = [judge_target(seg) for seg in segments]
     segments, duplicates = drop_duplicates(segments, key=lambda s: (s.question, s.prompt, s.completion,
                                                                      s.correct_answer, s.eventual_answer),
                                            keep=keep_duplicates)
@@ -308,7 +330,7 @@ def prepare_folder(inputs: Sequence[str], out: Path, tokenizer_name: str, max_pr
                                  eval_fraction=eval_fraction, seed=seed, progress=progress)
     settings = {"tokenizer": tokenizer_name, "max_prompt_tokens": max_prompt_tokens,
                 "max_completion_tokens": max_completion_tokens, "pairing": pairing,
-                "eval_fraction": eval_fraction, "seed": seed}
+                "eval_fraction": eval_fraction, "seed": seed, "judge_targets": judge_targets}
     stats = {"inputs": [str(p) for p in inputs], "input_counts": read_counts, "settings": settings, **stats}
     if not train and not held:
         # An empty data set would only fail later, in training; say here where the rows went.

@@ -61,12 +61,23 @@ _QUESTION_COLUMNS = ("problem", "question")
 _ANSWER_COLUMNS = ("answer", "correct_answer")
 
 
+# A degree mark after an angle answer ("336^\\circ", "336^{\\circ}", "336°"), as in the AIME file.
+_DEGREES = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°)\s*$")
+
+
+def problem_answer(raw: str) -> int | None:
+    """The integer of a problem file's answer cell: "72", "72.0", "1,000", or an angle with a
+    trailing degree mark ("336^\\circ" -> 336); None when it is no integer."""
+    return parse_int_answer(_DEGREES.sub("", str(raw)).replace(",", "").strip())
+
+
 def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     """Read a problems CSV (columns id, problem, optional answer) or GSM8K-style JSONL.
     Returns (problems, has_answers).
 
     Accepted column names: id or problem_id; problem or question; answer or correct_answer.
-    Answers must be integers; an empty answer cell means unknown. A .jsonl file has one
+    Answers must be integers (`problem_answer`: a thousands comma or a trailing degree mark
+    is allowed); an empty answer cell means unknown. A .jsonl file has one
     object per line with the same keys; without an id the problem is named FILESTEM-LINE;
     an answer in GSM8K's form (the working, then "#### 72") counts by its last "####" part.
     """
@@ -111,7 +122,7 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
                 raise TirgrpoError(f"{where}: empty {q_col}")
             answer = None
             if a_col and (row.get(a_col) or "").strip():
-                n = parse_int_answer(row[a_col])
+                n = problem_answer(row[a_col])
                 if n is None:
                     raise TirgrpoError(f"{where}: {a_col} must be an integer, got {row[a_col]!r}")
                 answer = str(n)
@@ -145,8 +156,8 @@ def _problems_from_jsonl(path: Path, text: str) -> tuple[list[Problem], bool]:
         raw = next((row[k] for k in _ANSWER_COLUMNS if row.get(k) is not None), None)
         answer = None
         if raw is not None:
-            raw = str(raw).rsplit("####", 1)[-1].replace(",", "").strip()
-            n = parse_int_answer(raw)
+            raw = str(raw).rsplit("####", 1)[-1].strip()
+            n = problem_answer(raw)
             if n is None:
                 raise TirgrpoError(f"{where}: the answer must be an integer, got {raw[:40]!r}")
             answer = str(n)

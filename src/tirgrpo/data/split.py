@@ -1,0 +1,58 @@
+"""Splitting TIR transcripts into train and held-out problems, by problem id.
+
+`prepare` splits examples by question; this splits the transcripts themselves, before
+`prepare`, so that the held-out side keeps every transcript of its problems — also those
+that give no judge example (no code output) — for answer selection (`tirgrpo eval
+--selection`), and the judge is trained and evaluated on disjoint problems.
+
+A problem is held out when its hash (sha256 of the seed and the id) is among the
+`eval_question_count(n, fraction)` smallest of the file's problems: the choice depends only
+on the ids and the seed, never on the file's order, and both sides get at least one problem
+when there are two or more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+
+def problem_hash(problem_id: str, seed: int) -> int:
+    """A problem's place in the held-out order: sha256 of "seed", NUL, id, as a 256-bit integer."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{problem_id}".encode("utf-8")).digest(), "big")
+
+
+def heldout_problems(problem_ids: Sequence[str], fraction: float, seed: int = 0) -> set[str]:
+    """The held-out ids: the round(fraction x n) distinct ids (at least 1, at most n - 1 when n >= 2;
+    none when fraction is 0) with the smallest `problem_hash`."""
+    from tirgrpo.data.prepare import eval_question_count
+
+    ids = sorted(set(problem_ids), key=lambda pid: (problem_hash(pid, seed), pid))
+    return set(ids[: eval_question_count(len(ids), fraction)])
+
+
+def split_transcripts(path: str | Path, train_out: str | Path, heldout_out: str | Path, fraction: float,
+                      seed: int = 0) -> dict[str, int]:
+    """Write the transcripts of `path` (read with the strict reader) to `train_out` and
+    `heldout_out` by `heldout_problems`, each file atomically, lines in input order.
+    Returns the counts of problems and transcripts on each side."""
+    from tirgrpo.data.records import read_transcripts, transcript_to_dict
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.files import atomic_write_text, check_output_file
+
+    check_output_file(train_out, "--train")
+    check_output_file(heldout_out, "--heldout")
+    transcripts = read_transcripts(path)
+    if not transcripts:
+        raise TirgrpoError(f"{path}: no transcripts to split")
+    held = heldout_problems([str(t.problem_id) for t in transcripts], fraction, seed)
+    sides: dict[bool, list[str]] = {False: [], True: []}
+    for t in transcripts:
+        sides[str(t.problem_id) in held].append(json.dumps(transcript_to_dict(t), ensure_ascii=False) + "\n")
+    atomic_write_text(Path(train_out), "".join(sides[False]))
+    atomic_write_text(Path(heldout_out), "".join(sides[True]))
+    n_problems = len({str(t.problem_id) for t in transcripts})
+    return {"train_problems": n_problems - len(held), "heldout_problems": len(held),
+            "train_transcripts": len(sides[False]), "heldout_transcripts": len(sides[True])}

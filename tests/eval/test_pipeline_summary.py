@@ -1,0 +1,47 @@
+"""The summary of a real_pipeline.sh folder, from hand-written step outputs."""
+
+import json
+
+from tirgrpo.eval.pipeline import last_runs, main, pipeline_summary, summary_markdown
+
+
+def _write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def test_last_runs_keeps_the_last_real_run_of_each_step():
+    recs = [{"step": "a", "status": "ran", "seconds": 5}, {"step": "b", "status": "failed 2", "seconds": 1},
+            {"step": "a", "status": "skipped", "seconds": 0}, {"step": "b", "status": "ran", "seconds": 3},
+            {"step": "c", "status": "skipped", "seconds": 0}]
+    assert last_runs(recs) == [recs[0], recs[3], recs[4]]
+
+
+def test_summary_gathers_every_step_and_leaves_out_missing_ones(tmp_path):
+    m = {"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}
+    _write(tmp_path / "solver.json", {"problems": 4, "transcripts": 8, "metrics": {"pass@1": m, "pass@K": m},
+                                      "answered": 1.0, "generation_seconds": 12.0})
+    _write(tmp_path / "prepared-train" / "stats.json",
+           {"steps": [{"step": "segments read", "rows": 9}, {"step": "train", "rows": 4, "questions": 2, "correct": 2,
+                                                              "wrong": 2}, {"step": "eval", "rows": 0}]})
+    _write(tmp_path / "judge" / "summary.json", {"steps": 3, "final_loss": 0.25})
+    _write(tmp_path / "eval-judge.json", {"overall": {"auroc": 0.9, "correctness": 0.4, "invalid": 0.0, "examples": 6},
+                                          "intervals": {"policy": {"auroc": [0.8, 1.0]}}, "samples": 2})
+    _write(tmp_path / "selection.json", {"overall": {"auroc": 0.7}, "samples": 2, "selection": {
+        "problems": 3, "threshold": 0.5, "methods": {"majority": {"accuracy": 1 / 3, "ci_low": 0.0, "ci_high": 1.0}}}})
+    (tmp_path / "timings.jsonl").write_text('{"step": "sft", "status": "ran", "seconds": 7}\n')
+    s = pipeline_summary(tmp_path)
+    assert s["solver"]["problems"] == 4 and s["solver"]["metrics"]["pass@K"] == m
+    assert s["judge_examples"] == {"train": {"rows": 4, "questions": 2, "correct": 2, "wrong": 2}}
+    assert s["sft"]["final_loss"] == 0.25
+    assert s["eval-judge"]["auroc"] == {"value": 0.9, "ci": [0.8, 1.0]}
+    assert s["eval-judge"]["correctness"] == {"value": 0.4, "ci": None} and s["eval-judge"]["examples"] == 6
+    assert "eval-base" not in s and s["selection"]["problems"] == 3
+    md = summary_markdown(s)
+    assert "pass@K 0.500 [0.250, 0.750]; generation 12 s" in md
+    assert "| auroc | 0.900 [0.800, 1.000] |" in md and "| correctness | 0.400 |" in md
+    assert "| majority | 0.333 | [0.000, 1.000] |" in md and "| sft | ran | 7 |" in md
+    assert main([str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
+    assert (tmp_path / "summary.md").read_text() == md
+    assert main([str(tmp_path / "nowhere")]) == 2
