@@ -130,3 +130,22 @@ def test_cuda_graph_decode_equals_eager(models, byte_tokenizer, kernels):
     graphed = FastEngine(model, byte_tokenizer, use_cuda_graphs=True, length_buckets=(64,),
                          kernels=kernels).generate(ps, 2, params)
     assert [[c.token_ids for c in g] for g in eager] == [[c.token_ids for c in g] for g in graphed]
+
+
+def test_release_cache_frees_a_large_batch_and_generation_goes_on(models, byte_tokenizer):
+    """A greedy pass over many prompts (one prompt slot per row) grows the cache to max_batch
+    slots; release_cache frees it, and the next, smaller batch gets a cache of its own size
+    and the same tokens."""
+    model = models["qwen2"]
+    engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64, 128))
+    ps = prompts(byte_tokenizer)
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    engine.generate(ps * 3, 1, greedy)  # 9 prompts: batches of 8 slots
+    assert engine._cache.capacity[0] == 8
+    first = engine.generate(ps[:1], 2, greedy)
+    engine.release_cache()
+    assert engine._cache is None and not engine._graphs
+    again = engine.generate(ps[:1], 2, greedy)
+    assert engine._cache.capacity[0] == 1  # one prompt slot, not the 8 of the large batch
+    assert [c.token_ids for c in again[0]] == [c.token_ids for c in first[0]]
+    SimpleEngine(model, byte_tokenizer).release_cache()  # the same interface: nothing to free

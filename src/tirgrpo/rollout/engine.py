@@ -181,6 +181,14 @@ class FastEngine:
         self._cache = KVCache(zeros(slots, prompt_len), zeros(slots, prompt_len), zeros(rows, new_len),
                               zeros(rows, new_len))
 
+    def release_cache(self) -> None:
+        """Free the static cache and the graphs captured over it. The next `generate` allocates
+        a cache for its own batch. The cache only grows, so without this a large batch (an
+        evaluation's greedy pass: one prompt slot per row, `max_batch` slots) would keep its
+        size through training."""
+        self._cache = None
+        self._graphs.clear()
+
     def _step_fn(self, B: int):
         """A callable (tokens, prefix_slot, prefix_len, comp_pos: [B]) -> logits [B, V] over the current cache."""
         cache = self._cache

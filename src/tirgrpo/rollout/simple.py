@@ -45,6 +45,9 @@ class SimpleEngine:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos) if self.eos else 0
 
+    def release_cache(self) -> None:
+        """Nothing to free: each `generate` builds its cache and drops it."""
+
     @torch.no_grad()
     def generate(
         self,

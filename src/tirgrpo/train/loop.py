@@ -315,6 +315,9 @@ def run_eval(s: Session, tag: str) -> dict:
                                    [p.ids for p in s.eval_prompts], sampling_params(s.cfg, temperature),
                                    s.cfg.run.eval_samples, seed=s.cfg.run.seed + 7919,
                                    rewards=eval_rewards(s.cfg.rewards))
+    # the evaluation's batches (its greedy pass: a prompt slot per row) outgrow a training
+    # rollout's cache; freed here, the plan's rollout estimate holds for the steps after it
+    s.engine.release_cache()
     result["seconds"] = time.perf_counter() - start
     atomic_write_text(s.run_dir / f"eval_{tag}.json", json.dumps(result, indent=1, ensure_ascii=False))
     return result
