@@ -118,6 +118,10 @@ def test_find_code_and_boxed():
     assert find_code("```text\nx\n```") is None
     assert boxed_answer("so \\boxed{12} then \\boxed{1,000}") == "1000"
     assert boxed_answer("\\boxed{x+1}") is None and boxed_answer("none") is None
+    # GSM8K's dollars and percents, nested braces, wrappers; words are not a number
+    assert boxed_answer("\\boxed{\\$70,000}") == "70000" and boxed_answer("\\boxed{$18}") == "18"
+    assert boxed_answer("\\boxed{25\\%}") == "25" and boxed_answer("\\boxed{\\text{42}}") == "42"
+    assert boxed_answer("\\boxed{12 \\text{ dollars}}") is None and boxed_answer("\\boxed{$}") is None
 
 
 def test_read_problems(tmp_path):

@@ -42,7 +42,7 @@ from tirgrpo.data.templates import CODE_BLOCK_START, CODE_PROMPT, SEED_BRIDGE, f
 CODE_FENCE_STOP = "```\n"
 MAX_CONTINUATIONS = 8
 
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_CURRENCY_OR_PERCENT = re.compile(r"^\\?\$\s*(?=\d)|\s*\\?%$")
 _CODE_BLOCK = re.compile(r"```python[^\n]*\n(.*?)\n?```", re.DOTALL)
 
 
@@ -181,11 +181,15 @@ def find_code(text: str) -> tuple[str, int] | None:
 
 
 def boxed_answer(text: str) -> str | None:
-    """The integer in the last \\boxed{...} of `text` (canonical text), or None."""
-    found = _BOXED.findall(text)
-    if not found:
-        return None
-    n = parse_int_answer(found[-1].replace(",", "").strip())
+    """The integer in the last \\boxed{...} of `text` (canonical text), or None.
+
+    Read as the judge's answers are (`score.rewards.parse_integer_answer`: braces matched,
+    thousands separators, `\\text{..}` wrappers), and also with a dollar sign before or a
+    percent sign after the number, as GSM8K solutions write them (`\\$70,000` -> "70000")."""
+    from tirgrpo.score.rewards import last_boxed, parse_integer_answer
+
+    box = last_boxed(text)
+    n = None if box is None else parse_integer_answer(_CURRENCY_OR_PERCENT.sub("", box))
     return None if n is None else str(n)
 
 
