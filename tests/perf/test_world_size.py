@@ -104,9 +104,21 @@ def test_bench_step_runs_the_trainer_phases(tmp_path, capsys):
     results = tmp_path / "r.jsonl"
     assert main(["bench", "step", "--shape", "tiny-qwen2", "--group-size", "2", "--prompts", "2",
                  "--prompt-tokens", "48", "--new-tokens", "4", "--work", str(tmp_path / "w"),
-                 "--results", str(results)]) == 0
+                 "--results", str(results), "--profile", str(tmp_path / "prof")]) == 0
     import json
+
+    profile = (tmp_path / "prof" / "update_rank0.txt").read_text()
+    assert profile.startswith("rank 0: ") and "in collectives" in profile and "aten::" in profile
 
     row = json.loads(results.read_text())
     assert row["gpus"] == 1 and row["tokens"] > 0 and row["step_s"] > 0
     assert "tiny-qwen2" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_is_collective_names_communication_kernels():
+    from tirgrpo.perf.step_bench import is_collective
+
+    assert is_collective("ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)")
+    assert is_collective("c10d::allreduce_") and is_collective("record_param_comms") is False
+    assert not is_collective("aten::mm") and not is_collective("void cutlass::Kernel<...>")
+

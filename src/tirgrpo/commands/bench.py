@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--work", default="runs/bench-step", help="folder for the synthetic data and run folders")
     st.add_argument("--results", default="runs/bench-step/results.jsonl",
                     help="JSON lines file the row is appended to; the table prints all its rows")
+    st.add_argument("--profile", metavar="DIR", default=None,
+                    help="profile the last update (torch.profiler) and write each rank's operators by "
+                         "device time, with the share in collectives, to DIR/update_rankN.txt")
 
 
 def run(args) -> int:

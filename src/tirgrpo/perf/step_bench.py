@@ -14,6 +14,7 @@ GiB (2**30 bytes), beside the plan's per-rank estimate (train/plan.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -71,13 +72,15 @@ def bench_step(args) -> dict:
     dist.barrier()
     cfg = bench_config(args, data, work / f"run-{args.shape}-{dist.world_size()}")
     s = loop.setup(cfg, None, resume=False, overwrite=True)
-    for _ in range(args.rollouts):
+    for i in range(args.rollouts):
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         dist.barrier()
         start = time.perf_counter()
         rollout = loop.rollout_and_score(s)
-        stats = loop.update(s, rollout)
+        profile_dir = getattr(args, "profile", None) if i == args.rollouts - 1 else None
+        with profiled_update(profile_dir, s.device, dist.rank()):
+            stats = loop.update(s, rollout)
         if s.device.type == "cuda":
             torch.cuda.synchronize(s.device)
         seconds = max(dist.gather_objects(time.perf_counter() - start))
@@ -94,6 +97,40 @@ def bench_step(args) -> dict:
             "rollout_peak_gib": row["memory/rollout_peak_gib"], "train_peak_gib": row["memory/train_peak_gib"],
             "estimate_rollout_gib": s.plan.memory.rollout_gib if s.plan.memory else None,
             "estimate_train_gib": s.plan.memory.train_gib if s.plan.memory else None}
+
+
+@contextlib.contextmanager
+def profiled_update(out_dir: str | None, device: torch.device, rank: int):
+    """With `out_dir`, run the block under torch.profiler and write this rank's operators, by
+    self device time (CPU: self CPU time), to OUT_DIR/update_rankN.txt, with the share of
+    collective kernels (NCCL/gloo) on the first line. Without it, nothing."""
+    if not out_dir:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        yield
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events)
+    comms = sum(getattr(e, key) for e in events if is_collective(e.key))
+    path = Path(out_dir) / f"update_rank{rank}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = (f"rank {rank}: {total / 1e6:.3f} s of {'device' if cuda else 'CPU'} time in operators, "
+            f"{comms / 1e6:.3f} s ({100 * comms / max(total, 1):.1f}%) in collectives\n")
+    path.write_text(head + events.table(sort_by=key, row_limit=40, max_name_column_width=80), encoding="utf-8")
+
+
+def is_collective(name: str) -> bool:
+    """A communication kernel or op: NCCL kernels, c10d / gloo collectives."""
+    lowered = name.lower()
+    return any(k in lowered for k in ("nccl", "c10d::", "gloo", "all_gather", "reduce_scatter", "allreduce",
+                                      "all_reduce"))
 
 
 def table(rows: list[dict]) -> str:
