@@ -36,6 +36,7 @@ from tirgrpo.config import TrainConfig, dumps_toml, to_dict
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_write_text
 from tirgrpo.train import dist
+from tirgrpo.train.metrics import peak_memory_gib
 from tirgrpo.train.plan import Plan
 
 FRESH_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json")
@@ -101,8 +102,7 @@ class Rollout:
     zero_std_groups: int
     rollout_seconds: float
     score_seconds: float
-    peak_gib: float = float("nan")
-    """Peak accelerator memory of the rollout phase (GiB; CPU: peak RSS so far)."""
+    peak_gib: float = float("nan")  # of the rollout phase (GiB; CPU: peak RSS so far)
 
 
 @dataclass
@@ -119,8 +119,7 @@ class UpdateStats:
     micro_batches: int = 0
     row_tokens: int = 0
     seconds: float = 0.0
-    peak_gib: float = float("nan")
-    """Peak accelerator memory of the update phase: reference pass + updates (GiB; CPU: peak RSS so far)."""
+    peak_gib: float = float("nan")  # of the update phase: reference pass + updates (GiB; CPU: peak RSS so far)
 
 
 # --------------------------------------------------------------------------- setup
@@ -315,9 +314,7 @@ def run_eval(s: Session, tag: str) -> dict:
                                    [p.ids for p in s.eval_prompts], sampling_params(s.cfg, temperature),
                                    s.cfg.run.eval_samples, seed=s.cfg.run.seed + 7919,
                                    rewards=eval_rewards(s.cfg.rewards))
-    # the evaluation's batches (its greedy pass: a prompt slot per row) outgrow a training
-    # rollout's cache; freed here, the plan's rollout estimate holds for the steps after it
-    s.engine.release_cache()
+    s.engine.release_cache()  # its greedy pass (a prompt slot per row) outgrew a training rollout's cache
     result["seconds"] = time.perf_counter() - start
     atomic_write_text(s.run_dir / f"eval_{tag}.json", json.dumps(result, indent=1, ensure_ascii=False))
     return result
@@ -543,15 +540,6 @@ def finish(s: Session) -> dict:
     if dist.is_main():
         atomic_write_text(s.run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak allocated accelerator memory (GiB) since the last reset; CPU: peak RSS of the process."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # KiB on Linux
 
 
 # --------------------------------------------------------------------------- the loop
