@@ -458,3 +458,23 @@ def test_lora_forward_transient_on_hand_numbers():
     assert lora_forward_transient(TINY, replace(wl, lora_targets=("q_proj", "v_proj")), 10) == 7_680
     assert lora_forward_transient(TINY, replace(wl, dtype_bytes=4), 10) == 0  # no cast in fp32
     assert lora_forward_transient(TINY, replace(wl, lora=False), 10) == 0
+
+
+def test_eval_phase_is_the_greedy_pass_over_a_full_engine_batch():
+    """K sampled completions per example, then one greedy each: the greedy pass takes a prompt
+    slot per row, rollout_batch_size of them, and its cache holds the sampled pass's."""
+    from tirgrpo.perf.estimate import estimate, eval_phase
+
+    shape = shape_from_spec("random:r1-distill-qwen-1.5b")
+    wl = Workload(prompt_tokens=3072, completion_tokens=1024, group_size=16, prompts_per_step=4,
+                  rollout_batch_size=64, engine="fast", prefix="split", eval_samples=8)
+    assert eval_phase(shape, replace(wl, eval_samples=0)) is None
+    assert "eval" not in estimate(shape, replace(wl, eval_samples=0))
+    ev = eval_phase(shape, wl)
+    greedy = rollout_phase(shape, replace(wl, group_size=1, prompts_per_step=64))
+    assert ev == greedy and ev["plan"]["prompt slots"] == 64 and ev["plan"]["completion rows"] == 64
+    kv_token = 2 * shape.layers * shape.kv_dim * 2  # K and V, every layer, bf16: 28 KiB
+    train_rollout = rollout_phase(shape, wl)  # 4 prompt slots
+    assert ev["total"] - train_rollout["total"] >= (64 - 4) * 4096 * kv_token  # the prompt cache alone
+    est = estimate(shape, wl)
+    assert est["peak"] == max(est["rollout"]["total"], est["train"]["total"], ev["total"])

@@ -31,6 +31,9 @@ def test_auto_on_cuda_is_one_packed_group_per_pass_when_it_fits(monkeypatch):
     assert plan.micro_batch_tokens == 3072 + 4 * 1024  # the prompt once, G = 4 completions
     assert plan.memory is not None and 0 < plan.memory.peak_gib < plan.memory.need_gib < 79
     assert plan.memory.device_gib == pytest.approx(79, abs=0.01)
+    # the seed config evaluates (bundled eval data, 8 samples): its greedy pass, 64 prompt slots of
+    # 4,096 tokens, is the peak of the run, above the train phase
+    assert plan.memory.eval_gib == plan.memory.peak_gib > plan.memory.train_gib > plan.memory.rollout_gib
 
 
 def test_auto_budget_is_lowered_to_what_fits(monkeypatch):

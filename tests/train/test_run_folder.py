@@ -55,6 +55,7 @@ micro_batch_tokens = "auto"
     plan = plan_module.read_plan(run_dir / "plan.toml")
     assert plan.device == "cpu" and plan.dtype == "fp32" and plan.shared_prefix == "dense"
     assert plan.micro_batch_tokens > 0 and plan.memory is not None
+    assert plan.memory.eval_gib == 0.0  # no eval data (eval = ""): no evaluation phase in the estimate
     ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
     assert (ckpt / "plan.toml").read_text() == (run_dir / "plan.toml").read_text()
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r]

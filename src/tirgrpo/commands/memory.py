@@ -47,7 +47,7 @@ def format_table(est: dict, measured: dict | None = None, gpu_bytes: int | None 
     if wl.get("world_size", 1) > 1:
         lines.insert(-1, f"per rank of {wl['world_size']} (FSDP2): 1/{wl['world_size']} of weights, gradients and "
                          f"optimizer states, {wl['prompts_per_step'] // wl['world_size']} prompts each")
-    for phase in ("rollout", "train"):
+    for phase in [p for p in ("rollout", "train", "eval") if p in est]:
         r = est[phase]
         plan = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["plan"].items())
         lines.append(f"{phase} phase: peak at {r['moment']} ({plan})")

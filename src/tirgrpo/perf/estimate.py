@@ -226,6 +226,22 @@ def rollout_phase(shape: ModelShape, wl: Workload, decode_tokens: int | None = N
     return simple_rollout(shape, wl, decode_tokens)
 
 
+def eval_phase(shape: ModelShape, wl: Workload) -> dict | None:
+    """Peak of an evaluation (`eval.evaluate`, on rank 0 with the weights gathered), through
+    the rollout engine: K = `eval_samples` completions per example in engine batches of
+    rollout_batch_size // K examples, then one greedy completion each in batches of
+    rollout_batch_size examples, a prompt slot per row. The plan does not know how many
+    examples there are, so full engine batches are assumed (an upper bound). The engine's
+    cache only grows, so the greedy pass's cache holds every earlier one; the trainer frees it
+    after the evaluation. Same return layout as `rollout_phase`; None without an evaluation."""
+    if wl.eval_samples <= 0:
+        return None
+    full = wl.rollout_batch_size * wl.world_size  # rank_prompts = one whole engine batch
+    passes = [replace(wl, group_size=wl.eval_samples, prompts_per_step=full),
+              replace(wl, group_size=1, prompts_per_step=full)]
+    return max((rollout_phase(shape, w) for w in passes), key=lambda r: r["total"])
+
+
 def lora_forward_transient(shape: ModelShape, wl: Workload, tokens: int) -> int:
     """Bytes a peft LoRA linear adds, in a no-grad forward of `tokens` tokens, on top of the
     base layer's output, for the largest adapted linear: the input cast to the adapters' fp32
@@ -318,10 +334,12 @@ def allocator_slack(peak_bytes: int) -> int:
 
 
 def estimate(shape: ModelShape, wl: Workload) -> dict:
-    """Both phases, the peak (max over phases) and the device need (peak + slack), in bytes."""
-    r, t = rollout_phase(shape, wl), train_phase(shape, wl)
-    peak = max(r["total"], t["total"])
-    return {"shape": asdict(shape), "workload": asdict(wl), "params": shape.params(), "rollout": r, "train": t,
+    """Every phase (rollout, train, and eval when the run evaluates), the peak (max over
+    phases) and the device need (peak + slack), in bytes."""
+    phases = {"rollout": rollout_phase(shape, wl), "train": train_phase(shape, wl), "eval": eval_phase(shape, wl)}
+    phases = {k: v for k, v in phases.items() if v is not None}
+    peak = max(v["total"] for v in phases.values())
+    return {"shape": asdict(shape), "workload": asdict(wl), "params": shape.params(), **phases,
             "peak": peak, "slack": allocator_slack(peak), "need": peak + allocator_slack(peak)}
 
 

@@ -61,6 +61,9 @@ class Workload:
     """Ranks (GPUs) the run is sharded over (train/dist.py): each rank holds 1/world_size of
     the weights, gradients and optimizer states (FSDP2), gathers layers as they run, and
     rolls out and trains prompts_per_step / world_size prompts. The estimate is per rank."""
+    eval_samples: int = 0
+    """Evaluations through the rollout engine (`eval.evaluate`): K sampled completions per
+    example, then one greedy completion each; 0: the run evaluates nothing."""
 
     def __post_init__(self):
         if self.prefix not in PREFIX_FORMS:

@@ -42,6 +42,8 @@ class MemoryEstimate:
     device_gib: float
     rollout_moment: str
     train_moment: str
+    eval_gib: float = 0.0
+    """The evaluation's peak (an upper bound: full engine batches); 0.0: the run evaluates nothing."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,8 @@ def workload(cfg: TrainConfig, plan: Plan):
         master_fp32=plan.master_fp32, bf16_update=plan.bf16_update,
         fused_optimizer=plan.device.startswith("cuda") and bf16 and plan.optimizer != "bf16-kahan",
         prefix=plan.shared_prefix, engine=plan.engine if plan.engine != "none" else "fast",
-        device="cuda" if plan.device.startswith("cuda") else "cpu", world_size=plan.world_size)
+        device="cuda" if plan.device.startswith("cuda") else "cpu", world_size=plan.world_size,
+        eval_samples=cfg.run.eval_samples if cfg.data.eval else 0)
 
 
 def planned_workload(cfg: TrainConfig, device: torch.device):
@@ -222,7 +225,8 @@ def memory_of(est: dict, available: int) -> MemoryEstimate:
     return MemoryEstimate(rollout_gib=round(est["rollout"]["total"] / GiB, 3),
                           train_gib=round(est["train"]["total"] / GiB, 3), peak_gib=round(est["peak"] / GiB, 3),
                           need_gib=round(est["need"] / GiB, 3), device_gib=round(available / GiB, 3),
-                          rollout_moment=est["rollout"]["moment"], train_moment=est["train"]["moment"])
+                          rollout_moment=est["rollout"]["moment"], train_moment=est["train"]["moment"],
+                          eval_gib=round(est["eval"]["total"] / GiB, 3) if "eval" in est else 0.0)
 
 
 def fit_memory(cfg: TrainConfig, plan: Plan, device: torch.device, requested: int) -> Plan:
@@ -349,7 +353,7 @@ def read_plan(path: Path) -> Plan:
 def describe_plan(plan: Plan) -> str:
     """One line of what runs, for the console."""
     mem = (f"; memory estimate: peak {plan.memory.peak_gib:.2f} GiB (train {plan.memory.train_gib:.2f}, "
-           f"rollout {plan.memory.rollout_gib:.2f})" if plan.memory else "")
+           f"rollout {plan.memory.rollout_gib:.2f}, eval {plan.memory.eval_gib:.2f})" if plan.memory else "")
     return (f"plan: {plan.device} {plan.dtype}, attention {plan.attention}, shared prefix {plan.shared_prefix}, "
             f"micro-batch {plan.micro_batch_tokens} tokens, checkpointing {'on' if plan.gradient_checkpointing else 'off'}, "
             f"compiled layers {'on' if plan.compile_layers else 'off'}, optimizer {plan.optimizer}, "
