@@ -259,8 +259,8 @@ def fit_memory(cfg: TrainConfig, plan: Plan, device: torch.device, requested: in
     if device.type != "cuda":  # loading anyway would end in the OOM killer, minutes later
         from tirgrpo.validate import check_fits_ram
 
-        check_fits_ram(est["peak"], available, f"train {describe(est['train'])}; rollout {describe(est['rollout'])}",
-                       override=cfg.system.ignore_memory_check)
+        phases = "; ".join(f"{p} {describe(est[p])}" for p in ("train", "rollout", "eval") if p in est)
+        check_fits_ram(est["peak"], available, phases, override=cfg.system.ignore_memory_check)
     return dataclasses.replace(plan, memory=memory_of(est, available))
 
 
@@ -282,6 +282,7 @@ def refuse(shape, wl, available: int, device: torch.device, fitting_budget: int)
         f"this configuration does not fit the {available / GiB:.1f} GiB free on {device} "
         f"(estimated need {est['need'] / GiB:.1f} GiB, one sequence per micro-batch).\n"
         f"  train:   {describe(est['train'])}\n  rollout: {describe(est['rollout'])}\n"
+        + (f"  eval:    {describe(est['eval'])}\n" if "eval" in est else "")
         + ("  would fit: " + "; ".join(tips) if tips else "  no single change fits; see `tirgrpo memory`")
         + "\n  (estimate: `tirgrpo memory --config ...`; docs/memory.md)")
 
