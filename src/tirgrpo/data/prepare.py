@@ -9,6 +9,7 @@ OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json in one atomic step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -114,12 +115,9 @@ JUDGE_DECLINE = " the output does not answer the problem correctly, so I will fi
 def judge_target(segment: Segment) -> Segment:
     """The segment with its completion replaced by the judge's right decision for its label:
     submit the transcript's own eventual answer (`correct`), or decline (`wrong`)."""
-    import dataclasses
-
     if segment.label == "correct":
         return dataclasses.replace(segment, completion=JUDGE_SUBMIT.format(answer=segment.eventual_answer))
     return dataclasses.replace(segment, completion=JUDGE_DECLINE)
-
 
 
 def tokenize(segments: Sequence[Segment], tokenizer, progress: bool = True, batch: int = 64) -> list[Example]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tirgrpo.data.records import Transcript, Turn, parse_int_answer
+from tirgrpo.data.records import Transcript, Turn
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.tir.sandbox import Sandbox
 from tirgrpo.data.templates import CODE_BLOCK_START, CODE_PROMPT, SEED_BRIDGE, fields, fill
@@ -67,8 +67,11 @@ _DEGREES = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°)\s*$")
 
 def problem_answer(raw: str) -> int | None:
     """The integer of a problem file's answer cell: "72", "72.0", "1,000", or an angle with a
-    trailing degree mark ("336^\\circ" -> 336); None when it is no integer."""
-    return parse_int_answer(_DEGREES.sub("", str(raw)).replace(",", "").strip())
+    trailing degree mark ("336^\\circ" -> 336); None when it is no integer. Read as every answer
+    is (`score.rewards.parse_integer_answer`)."""
+    from tirgrpo.score.rewards import parse_integer_answer
+
+    return parse_integer_answer(_DEGREES.sub("", str(raw)).strip())
 
 
 def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
