@@ -16,6 +16,15 @@
 #   from-base-short  GRPO from the base model with completions cut to 32 tokens (the decision
 #              is most of every completion, so its credit is not spread over a long preamble),
 #              G = 16, lr 1e-5, 60 steps
+#   decision   GRPO from the base model with the advantage on the decision tokens only
+#              (grpo.credit = "decision"), 80 steps at lr 5e-6 and at lr 1e-5, evaluated at
+#              step 40 too (the base model's evaluation is the from-base wave's)
+#   symmetric  GRPO from the base model paying every decision by whether it was right
+#              (rewards.decline = -1, rewards.decline_wrong = +1), 40 steps: decision credit at
+#              lr 5e-6 and 1e-5, all-token credit at 5e-6 (the base model's evaluation is the
+#              from-base wave's)
+#   small      Qwen2.5-Coder-0.5B-Instruct: SFT (configs/...-0.5b-sft.toml), then GRPO from it
+#              with each credit (configs/...-0.5b-grpo.toml)
 # Each run writes RUNS/NAME/ (metrics.jsonl, eval_before.json, eval_after.json, plots, report)
 # and RUNS/NAME.log; a finished run is skipped when the script is run again. EXTRA adds
 # --set KEY=VALUE to every GRPO run.
@@ -37,18 +46,26 @@ train() {
   echo "$name: exit $?"
 }
 
+# sft NAME [CONFIG]: SFT on $TASK (default: the 1.5B's config), skipped when it already finished.
+sft() {
+  local name=$1 config=${2:-configs/gsm8k-verify-qwen2.5-coder-1.5b-sft.toml}
+  [ -f "$RUNS/$name/summary.json" ] && { echo "$name: done already"; return 0; }
+  $TIRGRPO sft --config "$config" --set run.out_dir="$RUNS/$name" \
+    --set data.train="$DATA/$TASK/train.jsonl" --set run.tensorboard=false > "$RUNS/$name.log" 2>&1
+  echo "$name: exit $?"
+}
+
 # sft_then_grpo TAG: SFT on $TASK, then GRPO from it.
 sft_then_grpo() {
   local tag=$1
-  if [ ! -f "$RUNS/sft-$tag/summary.json" ]; then
-    $TIRGRPO sft --config configs/gsm8k-verify-qwen2.5-coder-1.5b-sft.toml --set run.out_dir="$RUNS/sft-$tag" \
-      --set data.train="$DATA/$TASK/train.jsonl" --set run.tensorboard=false > "$RUNS/sft-$tag.log" 2>&1
-    echo "sft-$tag: exit $?"
-  fi
+  sft "sft-$tag"
   train "sft-grpo-$tag" configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo.toml --set model.init_from="$RUNS/sft-$tag"
 }
 
 plain=(--set rewards.judge_only=false --set grpo.beta=0.0)
+decision=(--set grpo.credit=decision --set optim.total_steps=80 --set run.eval_every=40 --set run.eval_before=false)
+symmetric=(--set rewards.decline=-1.0 --set rewards.decline_wrong=1.0 --set optim.total_steps=40
+           --set run.eval_before=false)
 waves=("$@")
 [ ${#waves[@]} -eq 0 ] && waves=(from-base sft)
 for wave in "${waves[@]}"; do
@@ -62,10 +79,27 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify train grpo-from-base-paired-seqmean "$BASE" "${plain[@]}" --set grpo.loss_type=grpo &
       wait ;;
     sft) TASK=gsm8k-verify sft_then_grpo easy ;;
+    decision)
+      TASK=gsm8k-verify train grpo-from-base-decision "$BASE" "${decision[@]}" &
+      TASK=gsm8k-verify train grpo-from-base-decision-lr1e-5 "$BASE" "${decision[@]}" --set optim.lr=1e-5 &
+      wait ;;
+    symmetric)
+      TASK=gsm8k-verify train grpo-from-base-sym-decision "$BASE" "${symmetric[@]}" --set grpo.credit=decision &
+      TASK=gsm8k-verify train grpo-from-base-sym-decision-lr1e-5 "$BASE" "${symmetric[@]}" \
+        --set grpo.credit=decision --set optim.lr=1e-5 &
+      TASK=gsm8k-verify train grpo-from-base-sym-all "$BASE" "${symmetric[@]}" &
+      wait ;;
+    small)
+      TASK=gsm8k-verify sft sft-0.5b configs/gsm8k-verify-qwen2.5-coder-0.5b-sft.toml
+      GRPO=configs/gsm8k-verify-qwen2.5-coder-0.5b-grpo.toml
+      TASK=gsm8k-verify train sft-grpo-0.5b "$GRPO" --set model.init_from="$RUNS/sft-0.5b" &
+      TASK=gsm8k-verify train sft-grpo-0.5b-decision "$GRPO" --set model.init_from="$RUNS/sft-0.5b" \
+        --set grpo.credit=decision --set run.eval_before=false &
+      wait ;;
     hard)
       TASK=gsm8k-verify-hard train grpo-from-base-hard "$BASE" &
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
-    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard)"; exit 2 ;;
+    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, small)"; exit 2 ;;
   esac
 done

@@ -28,6 +28,8 @@ from tirgrpo.validate import RULES, Range, check_fits_ram, check_value, positive
     ("rewards.submit_correct=nan", "rewards.submit_correct"),
     ("rewards.weights={correctness = inf}", "rewards.weights"),
     ("run.eval_temperature=-1.5", "run.eval_temperature"),
+    ('grpo.loss_type="dapo2"', "grpo.loss_type"),
+    ('grpo.credit="decisions"', "grpo.credit"),
 ])
 def test_load_config_refuses_out_of_range_naming_the_key(override, key):
     with pytest.raises(TirgrpoError, match=key.replace(".", r"\.")):
@@ -52,6 +54,14 @@ def test_every_rule_names_a_real_field():
     known = {f"{s.name}.{g.name}" for s in dataclasses.fields(cfg) for g in dataclasses.fields(getattr(cfg, s.name))}
     known |= {f.name for f in dataclasses.fields(SFTConfig)}
     assert set(RULES) <= known
+
+
+def test_choices_match_the_modules_that_read_them():
+    from tirgrpo.score.credit import CREDITS
+    from tirgrpo.train.loss import LOSS_TYPES
+    from tirgrpo.validate import CHOICES
+
+    assert CHOICES == {"grpo.loss_type": LOSS_TYPES, "grpo.credit": CREDITS}
 
 
 def test_range_edges():

@@ -111,6 +111,12 @@ class RewardConfig:
     submit_correct: float = 1.0
     submit_wrong: float = -1.0
     decline: float = 0.0
+    """Declining a right output (or any output, where the example has no `eventual_answer`)."""
+    decline_wrong: float = 0.0
+    """Declining a wrong output (the code's answer is not the problem's). The defaults make
+    declining a safe 0 on either label; decline = -1 with decline_wrong = +1 pays every
+    decision by whether it was right (docs/learning.md). Evaluation always scores with the
+    defaults, so runs with other constants compare."""
     invalid: float = -1.0
 
 
@@ -130,6 +136,11 @@ class GRPOConfig:
     """Optimizer updates per rollout; >1 makes the importance ratio differ from 1."""
     loss_type: str = "dapo"
     """`grpo`, `dr_grpo` or `dapo`: how per-token losses are averaged (docs/algorithm.md)."""
+    credit: str = "all_tokens"
+    """Which tokens carry a completion's advantage: `all_tokens`, or `decision` (the boxed
+    answer or the opened code block only; invalid completions keep every token). With
+    `decision` the policy term is a mean over each sequence's credited tokens
+    (score/credit.py, docs/learning.md)."""
 
 
 @dataclass

@@ -90,6 +90,13 @@ RULES: dict[str, Range] = {
     "batch_size": AT_LEAST_1,
 }
 
+# Keys whose string value must be one of a few names (the modules that read them hold the same
+# tuples: train.loss.LOSS_TYPES, score.credit.CREDITS; tests/test_validate.py keeps them equal).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "grpo.loss_type": ("grpo", "dr_grpo", "dapo"),
+    "grpo.credit": ("all_tokens", "decision"),
+}
+
 # Keys whose list value has a fixed length.
 LENGTHS: dict[str, int] = {"optim.betas": 2}
 
@@ -108,7 +115,10 @@ def _numbers(value: Any) -> list[float]:
 
 
 def check_value(key: str, value: Any) -> None:
-    """Raise TirgrpoError naming `key` when `value` is non-finite or outside RULES[key]."""
+    """Raise TirgrpoError naming `key` when `value` is non-finite, outside RULES[key] or not
+    one of CHOICES[key]."""
+    if key in CHOICES and value not in CHOICES[key]:
+        raise TirgrpoError(f"config: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     if key in LENGTHS and isinstance(value, list) and len(value) != LENGTHS[key]:
         raise TirgrpoError(f"config: {key} must have {LENGTHS[key]} values, got {value!r}")
     rule = RULES.get(key)

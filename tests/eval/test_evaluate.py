@@ -178,9 +178,12 @@ def test_baselines_with_one_class_only():
         baseline_decisions(["correct"], "coin")
 
 
-def test_eval_rewards_keeps_constants_but_uses_the_default_decisions():
-    r = eval_rewards(RewardConfig(set="seed", submit_wrong=-3.0))
-    assert r.set == "default" and r.submit_wrong == -3.0 and r.submit_correct == 1.0
+def test_eval_rewards_are_the_protocol_whatever_the_run_trained_with():
+    # a run's own constants (here the seed set, a harsher submit_wrong, a paid decline) do
+    # not change the evaluation's scale; judge_only is kept (it decides what a submission is)
+    r = eval_rewards(RewardConfig(set="seed", submit_wrong=-3.0, decline=-1.0, decline_wrong=1.0, judge_only=True))
+    assert r == RewardConfig(set="default", judge_only=True)
+    assert eval_rewards(None) == RewardConfig(set="default")
 
 
 # --------------------------------------------------------------------------- per question and tables

@@ -338,6 +338,18 @@ def test_correctness_constants_come_from_the_config():
     assert default_correctness(RewardInput("\\boxed{7}", 7, "length"), x) == -4.0
 
 
+def test_decline_is_paid_by_whether_the_output_was_wrong():
+    # eventual_answer (what the code printed) 8 != correct 7: declining it is right (+1);
+    # eventual 7 == correct: declining a right output costs -1; no eventual_answer: `decline`
+    x = RewardContext(TOK, RewardConfig(decline=-1.0, decline_wrong=1.0))
+    assert default_correctness(RewardInput("no.", 7, "stop", STOP, "8"), x) == 1.0
+    assert default_correctness(RewardInput("no.", "7", "stop", STOP, "7.0"), x) == -1.0
+    assert default_correctness(RewardInput("no.", 7, "stop", STOP), x) == -1.0
+    # the defaults keep declining a safe 0 on either label
+    d = RewardContext(TOK, RewardConfig())
+    assert default_correctness(RewardInput("no.", 7, "stop", STOP, "8"), d) == 0.0
+
+
 # --------------------------------------------------------------------------- registry and score_records
 
 

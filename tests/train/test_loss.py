@@ -238,3 +238,38 @@ def test_grpo_loss_kl_requires_ref_and_beta_zero_only_logs_it():
     loss_none, _ = grpo_loss(logp, None, None, adv, mask, GRPOConfig(beta=0.0), 1)
     assert loss_ref.item() == loss_none.item() == -1.0  # -(r=1 * A=1)
     assert stats["kl"].item() == pytest.approx(0.1065307, abs=1e-6)
+
+
+def test_grpo_loss_decision_credit_by_hand():
+    # on-policy (ratio 1): pg per token = -A. Sequence 0 (A = +1, 3 tokens) credits its last
+    # 2 tokens, sequence 1 (A = -1, 2 tokens) all of its tokens (an invalid completion).
+    # pg: seq 0 mean over credited = -1, seq 1 mean = +1 -> (-1 + 1) / 2 = 0
+    # KL (beta 0.1, dapo over all 5 tokens): only (0,0) differs, d = ref - logp = -0.5,
+    #   k3 = e^-0.5 + 0.5 - 1 = 0.1065307 -> 0.1 * 0.1065307 / 5 = 0.0021306
+    cfg = GRPOConfig(beta=0.1, loss_type="dapo", credit="decision")
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.5, -3.0, 0.0]], requires_grad=True)
+    ref = logp.detach().clone()
+    ref[0, 0] = -1.5
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    credit = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    loss, _ = grpo_loss(logp, None, ref, adv, mask, cfg, max_completion_tokens=3, credit=credit)
+    assert loss.item() == pytest.approx(0.0021306, abs=1e-6)
+    loss.backward()
+    # d/dlogp: seq 0 credited tokens -A / (2 tokens * 2 sequences) = -0.25; seq 1 +1 / (2 * 2) = 0.25
+    # (0,0) uncredited: only the KL, 0.1 * (1 - e^-0.5) / 5 = 0.0078694; (1,2) padding: 0
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0078694, -0.25, -0.25], [0.25, 0.25, 0.0]]),
+                               atol=1e-6, rtol=0)
+
+
+def test_grpo_loss_all_credit_equals_plain_grpo_sequence_mean():
+    # crediting every token is the `grpo` (sequence-mean) loss
+    g = torch.Generator().manual_seed(3)
+    logp = -torch.rand(3, 4, generator=g)
+    old = logp + 0.1 * torch.randn(3, 4, generator=g)
+    adv = torch.tensor([0.5, -1.0, 2.0])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    plain, _ = grpo_loss(logp, old, None, adv, mask, GRPOConfig(beta=0.0, loss_type="grpo"), 4)
+    credited, _ = grpo_loss(logp, old, None, adv, mask, GRPOConfig(beta=0.0, loss_type="dapo", credit="decision"),
+                            4, credit=torch.ones(3, 4))
+    assert credited.item() == pytest.approx(plain.item(), abs=1e-7)

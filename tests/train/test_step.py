@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 from tirgrpo.config import GRPOConfig
 from tirgrpo.train.optim import AdamW
 from tirgrpo.train.prefix import PackedGroup, use_prefix_attention
-from tirgrpo.train.step import (GRPOObjective, PaddedRows, build_micro_batches, grpo_update, micro_batch_logprobs,
-                                reference_logprobs)
+from tirgrpo.train.step import (GRPOObjective, PaddedRows, build_micro_batches, credit_layout, grpo_update,
+                                micro_batch_logprobs, reference_logprobs)
 
 GROUP = 3
 PAD = 0
@@ -101,6 +101,40 @@ def test_packed_groups_update_as_padded_rows(tiny_model_dir, lora, prefix):
     for name in rows_params:
         diff = (rows_params[name] - packed_params[name]).abs()
         assert diff.max() < 2e-3 and diff.mean() < 1e-5, (name, diff.max(), diff.mean())
+
+
+def test_credit_layout_puts_each_weight_on_its_token():
+    # the last two tokens of each completion credited; in both layouts the log-prob of
+    # completion token j of row r sits where the mask's j-th True of row r is
+    prompt_ids, completions, _ = hand_made_rollout()
+    weights = [[0.0] * max(0, len(c) - 2) + [1.0] * min(2, len(c)) for c in completions]
+    for prefix, budget in (("off", 40), ("dense", 13)):
+        for b in build_micro_batches(prompt_ids, completions, GROUP, budget, prefix, PAD, "cpu"):
+            out = credit_layout(b.mask, [weights[r] for r in b.rows])
+            for i, r in enumerate(b.rows):
+                assert out[i][b.mask[i].bool()].tolist() == weights[r]
+            assert out[~b.mask.bool()].abs().sum() == 0
+    with pytest.raises(ValueError, match="credit weights"):
+        credit_layout(torch.ones(1, 3, dtype=torch.bool), [[1.0, 1.0]])
+
+
+def test_decision_credit_updates_packed_as_padded(tiny_model_dir):
+    # the same rollout, credits on the last two tokens: one update in both layouts, same loss
+    prompt_ids, completions, advantages = hand_made_rollout()
+    weights = [[0.0] * max(0, len(c) - 2) + [1.0] * min(2, len(c)) for c in completions]
+    cfg = GRPOConfig(beta=0.0, credit="decision")
+    losses = []
+    for prefix, budget in (("off", 40), ("dense", 13)):
+        model = tiny_policy(tiny_model_dir, False, prefix)
+        batches = build_micro_batches(prompt_ids, completions, GROUP, budget, prefix, PAD, "cpu")
+        credits = [credit_layout(b.mask, [weights[r] for r in b.rows]) for b in batches]
+        objective = GRPOObjective(cfg, [advantages[b.rows] for b in batches], [None] * len(batches), 6,
+                                  len(completions), sum(map(len, completions)), credits)
+        result = grpo_update(model, AdamW(model.parameters(), lr=1e-3), batches, objective, 1.0, 4)
+        losses.append(result.loss)
+    # on-policy, ratio 1: loss = mean over sequences of -A (each credited mean of -A is -A) = -0.0
+    assert losses[0] == pytest.approx(-float(advantages.mean()), abs=1e-6)
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
 
 
 def test_grpo_update_on_padded_rows_by_hand(tiny_model_dir):

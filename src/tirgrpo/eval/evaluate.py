@@ -155,11 +155,10 @@ def baseline_decisions(labels: list[str], name: str) -> list[list[str]]:
 
 
 def eval_rewards(run_rewards: RewardConfig | None = None) -> RewardConfig:
-    """The rewards evaluation scores with: the `default` set's decisions, with a run's reward constants."""
-    if run_rewards is None:
-        return RewardConfig(set="default")
-    return RewardConfig(set="default", submit_correct=run_rewards.submit_correct, submit_wrong=run_rewards.submit_wrong,
-                        decline=run_rewards.decline, invalid=run_rewards.invalid, judge_only=run_rewards.judge_only)
+    """The rewards evaluation scores with: the `default` set's decisions and constants
+    (submit right +1, wrong -1, decline 0, invalid -1), whatever a run trained with, so
+    every run's correctness is on one scale; only a run's `judge_only` is kept."""
+    return RewardConfig(set="default", judge_only=run_rewards is not None and run_rewards.judge_only)
 
 
 def decision_reward(decision: str, label: str, rewards: RewardConfig) -> float:

@@ -176,13 +176,14 @@ def seed_correctness(c: RewardInput, ctx: RewardContext) -> float:
 # --------------------------------------------------------------------------- the default set
 
 
-def boxed_contents(text: str) -> list[str]:
-    r"""Contents of every complete `\boxed{...}` in `text`, in order, braces matched.
+def boxed_spans(text: str) -> list[tuple[int, str]]:
+    r"""(start, content) of every complete `\boxed{...}` in `text`, in order, braces matched:
+    `start` is the index of its backslash.
 
     A brace-matching scan, so `\boxed{\frac{1}{2}}` gives `\frac{1}{2}` (a lazy regex would
     stop at the first "}"). A box whose braces never close (truncated text) is skipped.
     """
-    out: list[str] = []
+    out: list[tuple[int, str]] = []
     opener = "\\boxed{"
     start = text.find(opener)
     while start >= 0:
@@ -198,9 +199,14 @@ def boxed_contents(text: str) -> list[str]:
             depth -= ch == "}"
             j += 1
         if depth == 0:
-            out.append(text[i : j - 1])
+            out.append((start, text[i : j - 1]))
         start = text.find(opener, start + len(opener))
     return out
+
+
+def boxed_contents(text: str) -> list[str]:
+    r"""Contents of every complete `\boxed{...}` in `text`, in order (`boxed_spans`)."""
+    return [content for _, content in boxed_spans(text)]
 
 
 def last_boxed(text: str) -> str | None:
@@ -334,6 +340,14 @@ def default_formatting(c: RewardInput, ctx: RewardContext) -> float:
     return formatting_value(c.text, _decision(c) != "invalid")
 
 
+def output_is_wrong(c: RewardInput) -> bool:
+    """The transcript's own answer (`eventual_answer`, what its code printed) is known and is
+    not the problem's answer."""
+    if c.eventual_answer is None:
+        return False
+    return parse_integer_answer(c.eventual_answer) != parse_integer_answer(c.correct_answer)
+
+
 def default_correctness(c: RewardInput, ctx: RewardContext) -> float:
     """Submit right / wrong, decline, invalid: the RewardConfig constants (+1, -1, 0, -1).
 
@@ -345,7 +359,7 @@ def default_correctness(c: RewardInput, ctx: RewardContext) -> float:
     if decision == "invalid":
         return cfg.invalid
     if decision == "decline":
-        return cfg.decline
+        return cfg.decline_wrong if output_is_wrong(c) else cfg.decline
     answer = submitted_answer(c)
     right = answer is not None and answer == parse_integer_answer(c.correct_answer)
     return cfg.submit_correct if right else cfg.submit_wrong

@@ -103,6 +103,7 @@ class Rollout:
     rollout_seconds: float
     score_seconds: float
     peak_gib: float = float("nan")  # of the rollout phase (GiB; CPU: peak RSS so far)
+    credits: list[list[float]] | None = None  # per completion token (`grpo.credit`); None: all
 
 
 @dataclass
@@ -334,6 +335,7 @@ def next_prompts(s: Session) -> list[int]:
 
 def rollout_and_score(s: Session) -> Rollout:
     """Sample G completions for each of the next prompts and score them."""
+    from tirgrpo.score.credit import completion_credits
     from tirgrpo.score.rewards import score_records
     from tirgrpo.train.loss import group_advantages
     from tirgrpo.train.model import eager_layers
@@ -357,15 +359,16 @@ def rollout_and_score(s: Session) -> Rollout:
     scores = score_records(records, cfg.rewards, s.tokenizer, step=s.progress.step, total_steps=s.total_steps)
     rewards = torch.tensor([score["total"] for score in scores], dtype=torch.float32)
     advantages, zero_std_groups = group_advantages(rewards, group_size, cfg.grpo.scale_rewards)
+    credits = completion_credits(completions, [score["decision"] for score in scores], cfg.grpo.credit, s.tokenizer)
     return Rollout(prompts, completions, scores, advantages, zero_std_groups, generated - start,
-                   time.perf_counter() - generated, peak)
+                   time.perf_counter() - generated, peak, credits)
 
 
 def update(s: Session, rollout: Rollout) -> UpdateStats:
     """`num_iterations` optimizer steps on one rollout (fewer when the run ends first): the
     micro-batches and reference log-probs are built once and serve every update."""
     from tirgrpo.train.optim import lr_multiplier
-    from tirgrpo.train.step import GRPOObjective, build_micro_batches, grpo_update, reference_logprobs
+    from tirgrpo.train.step import GRPOObjective, build_micro_batches, credit_layout, grpo_update, reference_logprobs
 
     cfg, plan = s.cfg, s.plan
     start = time.perf_counter()
@@ -382,8 +385,10 @@ def update(s: Session, rollout: Rollout) -> UpdateStats:
                     for b in batches]
     # the loss is normalised by the counts of all ranks' completions (exact across ranks)
     num_sequences, num_tokens = dist.global_sum(len(completion_ids), sum(len(c) for c in completion_ids))
+    credits = None if rollout.credits is None else [credit_layout(b.mask, [rollout.credits[r] for r in b.rows])
+                                                    for b in batches]
     objective = GRPOObjective(cfg.grpo, [rollout.advantages[b.rows].to(s.device) for b in batches], refs,
-                              cfg.rollout.max_new_tokens, int(num_sequences), int(num_tokens))
+                              cfg.rollout.max_new_tokens, int(num_sequences), int(num_tokens), credits)
     stats = UpdateStats(forward_tokens=sum(b.tokens for b in batches), micro_batches=len(batches),
                         row_tokens=sum(len(a) + len(b) for a, b in zip(prompt_ids, completion_ids)))
     for _ in range(cfg.grpo.num_iterations):

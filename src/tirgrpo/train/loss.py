@@ -141,6 +141,7 @@ def grpo_loss(
     max_completion_tokens: int,
     num_sequences: int | None = None,
     num_tokens: float | int | torch.Tensor | None = None,
+    credit: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss of one (micro-)batch and its diagnostics.
 
@@ -151,6 +152,11 @@ def grpo_loss(
     penalty would be a wrong run); with beta == 0 a given ref_logp is only logged.
     num_sequences / num_tokens: the whole batch's counts under gradient accumulation (see
     `aggregate`).
+    credit [B, T] 0/1 or None (`grpo.credit`, score/credit.py): None, every token carries the
+    advantage, aggregated by cfg.loss_type. Given: the policy term is averaged over each
+    sequence's credited tokens, then over sequences (the `grpo` form, whatever loss_type: a
+    few decision tokens per sequence, so there is no length to normalise), and the KL term
+    over all tokens by cfg.loss_type (the anchor applies to the whole completion).
 
     Returns (loss scalar, stats): detached 0-dim tensors, means over this micro-batch's
     masked tokens (combine micro-batches weighted by stats["num_tokens"]):
@@ -166,9 +172,15 @@ def grpo_loss(
     ratio = importance_ratio(logp, old_logp)
     per_token, clipped_low, clipped_high = clipped_surrogate(ratio, adv, cfg.epsilon, cfg.epsilon_high)
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
-    if use_kl:
-        per_token = per_token + cfg.beta * kl
-    loss = aggregate(per_token, mask, cfg.loss_type, max_completion_tokens, num_sequences, num_tokens)
+    if credit is None:
+        if use_kl:
+            per_token = per_token + cfg.beta * kl
+        loss = aggregate(per_token, mask, cfg.loss_type, max_completion_tokens, num_sequences, num_tokens)
+    else:
+        loss = aggregate(per_token, mask * credit.to(per_token.dtype), "grpo", max_completion_tokens, num_sequences)
+        if use_kl:
+            loss = loss + aggregate(cfg.beta * kl, mask, cfg.loss_type, max_completion_tokens, num_sequences,
+                                    num_tokens)
 
     with torch.no_grad():
         m = mask.bool()

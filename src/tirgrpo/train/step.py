@@ -129,11 +129,27 @@ class Objective(Protocol):
                  entropy: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
+def credit_layout(mask: torch.Tensor, weights: list[list[float]]) -> torch.Tensor:
+    """Per-token credit (`score.credit`) in a micro-batch's log-prob layout.
+
+    mask: [rows, width] bool, True at each row's completion tokens in token order (both
+    `PaddedRows` and `PackedGroup`); weights[r]: one value per completion token of row r.
+    Returns [rows, width] float32, 0 off the mask.
+    """
+    flat = [w for row in weights for w in row]
+    if len(flat) != int(mask.sum()):
+        raise ValueError(f"{len(flat)} credit weights for {int(mask.sum())} completion tokens")
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    out[mask.bool()] = torch.tensor(flat, dtype=torch.float32, device=mask.device)
+    return out
+
+
 @dataclass
 class GRPOObjective:
     """The clipped GRPO loss (`loss.grpo_loss`) of a rollout's micro-batches.
 
     advantages[i]: [rows of micro-batch i]; refs[i]: reference log-probs or None;
+    credits: per micro-batch, `credit_layout` of its rows, or None (every token credited);
     num_sequences / num_tokens: the whole rollout's counts (exact gradient accumulation).
     The first update of a rollout is on-policy (ratio 1); its log-probs are kept in `old`
     and serve as the sampling policy's log-probs for the rollout's later updates, so no
@@ -146,6 +162,7 @@ class GRPOObjective:
     max_completion_tokens: int
     num_sequences: int
     num_tokens: int
+    credits: list[torch.Tensor] | None = None
     old: list[torch.Tensor] = field(default_factory=list)
 
     def __call__(self, i, mb, logp, entropy):
@@ -153,7 +170,8 @@ class GRPOObjective:
         if first:
             self.old.append(logp.detach())
         return grpo_loss(logp, None if first else self.old[i], self.refs[i], self.advantages[i], mb.mask, self.cfg,
-                         self.max_completion_tokens, self.num_sequences, self.num_tokens)
+                         self.max_completion_tokens, self.num_sequences, self.num_tokens,
+                         None if self.credits is None else self.credits[i])
 
 
 # --------------------------------------------------------------------------- the update
