@@ -12,7 +12,10 @@
 #                wrong segment per question; PREPARE_ARGS=--no-pairing keeps every segment)
 #   5. sft       the judge, from the same MODEL, on the training problems' examples
 #                (SFT_STEPS, default: 2 passes over them, 10..200 steps of SFT_BATCH)
-#   6. eval      the judge (and the untrained MODEL, EVAL_BASE=1) on the held-out problems'
+#   5b. grpo     GRPO on top of the SFT judge, on the same examples (GRPO_STEPS, default 30;
+#                0: the judge is the SFT model)
+#   6. eval      the judge (the SFT model too when GRPO ran, and the untrained MODEL,
+#                EVAL_BASE=1) on the held-out problems'
 #                examples, K sampled judgements each (AUROC, correctness, bootstrap intervals,
 #                baselines), and --selection on the held-out problems' transcripts
 #                (majority@K vs judge-gated vs weighted vs pass@K, with intervals)
@@ -52,6 +55,9 @@ SFT_EPOCHS=${SFT_EPOCHS:-2}
 SFT_BATCH=${SFT_BATCH:-16}                        # examples a step
 SFT_CONFIG=${SFT_CONFIG:-configs/real-transcripts-judge-sft.toml}
 SFT_SET=${SFT_SET:-}                              # more sft overrides, e.g. "--set batch_size=4"
+GRPO_STEPS=${GRPO_STEPS:-30}                      # GRPO steps on top of the SFT judge (0: none)
+GRPO_CONFIG=${GRPO_CONFIG:-configs/real-transcripts-judge-grpo.toml}
+GRPO_SET=${GRPO_SET:-}                            # more train overrides, e.g. "--set rollout.group_size=4"
 EVAL_SAMPLES=${EVAL_SAMPLES:-8}                   # sampled judgements per example
 EVAL_MAX_NEW_TOKENS=${EVAL_MAX_NEW_TOKENS:-128}
 EVAL_BATCH=${EVAL_BATCH:-64}
@@ -65,7 +71,7 @@ SANDBOX_ARGS=${SANDBOX_ARGS:-}                    # sandbox options of generate,
 GENERATE_ARGS=${GENERATE_ARGS:-}                  # more generate options
 PREPARE_ARGS=${PREPARE_ARGS:-}                    # more prepare options, e.g. --no-pairing
 SERVE_WAIT=${SERVE_WAIT:-1200}                    # seconds to wait for the server to load
-STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft or eval
+STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft, grpo or eval
 PYTHON=${PYTHON:-python3}
 TIRGRPO=${TIRGRPO:-$PYTHON -m tirgrpo}
 
@@ -237,6 +243,16 @@ step sft "$WORK/judge/summary.json" $TIRGRPO sft --config "$SFT_CONFIG" --set mo
   --set data.train="$TRAIN" --set run.out_dir="$WORK/judge" --set optim.total_steps="$SFT_STEPS" --set batch_size="$SFT_BATCH" \
   --set run.seed="$SEED" --set system.device="$DEVICE" $SFT_SET
 stop_after sft
+JUDGE=$WORK/judge
+if [ "$GRPO_STEPS" -gt 0 ]; then
+  # shellcheck disable=SC2086  # GRPO_SET is a list of options
+  step grpo "$WORK/judge-grpo/summary.json" $TIRGRPO train --config "$GRPO_CONFIG" --overwrite \
+    --set model.name_or_path="$MODEL" --set model.init_from="$WORK/judge" --set data.train="$TRAIN" \
+    --set run.out_dir="$WORK/judge-grpo" --set optim.total_steps="$GRPO_STEPS" --set run.seed="$SEED" \
+    --set system.device="$DEVICE" $GRPO_SET
+  JUDGE=$WORK/judge-grpo
+fi
+stop_after grpo
 
 # ---------------------------------------------------------------- 6. evaluation on held-out problems
 judge_eval() {  # judge_eval NAME MODEL ARGS...: tirgrpo eval with the protocol's settings
@@ -245,9 +261,10 @@ judge_eval() {  # judge_eval NAME MODEL ARGS...: tirgrpo eval with the protocol'
     --max-new-tokens "$EVAL_MAX_NEW_TOKENS" --batch-size "$EVAL_BATCH" --device "$DEVICE" --seed "$SEED" \
     --out "$WORK/$name.json" "$@"
 }
-judge_eval eval-judge "$WORK/judge" --data "$HELDOUT"
+judge_eval eval-judge "$JUDGE" --data "$HELDOUT"
+[ "$JUDGE" != "$WORK/judge" ] && judge_eval eval-sft "$WORK/judge" --data "$HELDOUT"
 [ "$EVAL_BASE" = 1 ] && judge_eval eval-base "$MODEL" --data "$HELDOUT"
-judge_eval selection "$WORK/judge" --transcripts "$WORK/transcripts-heldout.jsonl" --selection
+judge_eval selection "$JUDGE" --transcripts "$WORK/transcripts-heldout.jsonl" --selection
 stop_after eval
 
 # ---------------------------------------------------------------- 7. summary

@@ -1,5 +1,5 @@
 """benchmarks/real_pipeline.sh end to end on a CPU with SmolLM2-135M-Instruct: serve,
-generate, the solver's report, the split by problem, prepare, sft, the judge's evaluation and
+generate, the solver's report, the split by problem, prepare, sft, GRPO on top of it, the evaluations and
 answer selection, the summary — and a second run that skips every finished step.
 
 SmolLM2-135M does not write code when asked for a plan and code (it writes a plan and stops),
@@ -73,6 +73,8 @@ def test_real_pipeline_on_cpu(tmp_path):
            "MODEL": "smollm2-135m-instruct", "PROBLEMS": str(problems), "N_PROBLEMS": "3", "K": "3",
            "WORK": str(work), "MAX_BATCH": "4", "CONCURRENCY": "4", "GEN_SECONDS": "240", "MAX_TOKENS": "96",
            "SFT_STEPS": "1", "SFT_BATCH": "2", "SFT_SET": "--set data.max_prompt_tokens=0",
+           "GRPO_STEPS": "1", "GRPO_SET": "--set data.max_prompt_tokens=0 --set rollout.group_size=2 "
+                                          "--set rollout.prompts_per_step=2 --set rollout.max_new_tokens=16",
            "EVAL_SAMPLES": "2", "EVAL_MAX_NEW_TOKENS": "24", "EVAL_BATCH": "8", "DEVICE": "cpu",
            "PORT": str(_free_port())}
     run = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -88,8 +90,8 @@ def test_real_pipeline_on_cpu(tmp_path):
     assert summary["solver"]["problems"] == 3 and summary["solver"]["transcripts"] == 9
     assert summary["solver"]["metrics"]["pass@K"]["value"] == 1.0  # every problem has its right sample 0
     assert summary["judge_examples"]["train"]["rows"] >= 4 and summary["judge_examples"]["heldout"]["rows"] >= 2
-    assert summary["sft"]["steps"] == 1
-    for name in ("eval-judge", "eval-base"):
+    assert summary["sft"]["steps"] == 1 and summary["grpo"]["steps"] == 1
+    for name in ("eval-judge", "eval-sft", "eval-base"):
         assert summary[name]["samples"] == 2 and summary[name]["examples"] == summary["judge_examples"]["heldout"]["rows"]
     assert set(summary["selection"]["methods"]) == {"majority", "gated", "weighted", "any_correct"}
     assert summary["selection"]["problems"] == 1
@@ -102,4 +104,5 @@ def test_real_pipeline_on_cpu(tmp_path):
     again = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "serve, generate: skipped" in again.stderr and "sft: skipped" in again.stderr
+    assert "grpo: skipped" in again.stderr
     assert "selection: skipped" in again.stderr

@@ -38,10 +38,22 @@ def test_summary_gathers_every_step_and_leaves_out_missing_ones(tmp_path):
     assert s["eval-judge"]["correctness"] == {"value": 0.4, "ci": None} and s["eval-judge"]["examples"] == 6
     assert "eval-base" not in s and s["selection"]["problems"] == 3
     md = summary_markdown(s)
-    assert "pass@K 0.500 [0.250, 0.750]; generation 12 s" in md
+    assert "pass@K 0.500 [0.250, 0.750]; generation 12 s" in md and "GRPO" not in md
     assert "| auroc | 0.900 [0.800, 1.000] |" in md and "| correctness | 0.400 |" in md
     assert "| majority | 0.333 | [0.000, 1.000] |" in md and "| sft | ran | 7 |" in md
     assert main([str(tmp_path)]) == 0
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
     assert (tmp_path / "summary.md").read_text() == md
     assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_summary_puts_the_grpo_judge_beside_the_sft_judge(tmp_path):
+    _write(tmp_path / "judge" / "summary.json", {"steps": 3, "final_loss": 0.25})
+    _write(tmp_path / "judge-grpo" / "summary.json", {"steps": 2, "eval_after": {}})
+    for name, auroc in (("eval-base", 0.55), ("eval-judge", 0.9), ("eval-sft", 0.8)):
+        _write(tmp_path / f"{name}.json", {"overall": {"auroc": auroc, "examples": 6}, "samples": 2})
+    s = pipeline_summary(tmp_path)
+    assert s["grpo"] == {"steps": 2}
+    md = summary_markdown(s)
+    assert "GRPO on top of the SFT judge: 2 steps" in md
+    assert "| metric | judge | SFT judge | untrained model |" in md and "| auroc | 0.900 | 0.800 | 0.550 |" in md

@@ -5,8 +5,9 @@ files its steps wrote under WORK.
 
 Read (each optional; a missing one is left out of the summary): `solver.json` (the solver's
 report, eval/solver.py), `prepared-{train,heldout}/stats.json` (`prepare`), `judge/summary.json`
-(`sft`), `eval-judge.json` and `eval-base.json` (`tirgrpo eval` of the trained judge and of the
-untrained model on the held-out problems' examples), `selection.json` (`tirgrpo eval
+(`sft`), `judge-grpo/summary.json` (GRPO on top of it), `eval-judge.json`, `eval-sft.json` and
+`eval-base.json` (`tirgrpo eval` of the final judge, of the SFT judge when GRPO ran after it,
+and of the untrained model on the held-out problems' examples), `selection.json` (`tirgrpo eval
 --selection` on the held-out problems' transcripts) and `timings.jsonl` (the steps' times).
 """
 
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tirgrpo.eval.bootstrap import HEADLINE
+
+
+# the evaluations of the held-out examples, in table order, and their column names
+EVALS = {"eval-judge": "judge", "eval-sft": "SFT judge", "eval-base": "untrained model"}
 
 
 def _read_json(path: Path) -> Any:
@@ -55,7 +60,10 @@ def pipeline_summary(work: str | Path) -> dict[str, Any]:
     sft = _read_json(work / "judge" / "summary.json")
     if sft:
         summary["sft"] = sft
-    for name in ("eval-judge", "eval-base"):
+    grpo = _read_json(work / "judge-grpo" / "summary.json")
+    if grpo:
+        summary["grpo"] = {"steps": grpo.get("steps")}
+    for name in EVALS:
         result = _read_json(work / f"{name}.json")
         if result:
             summary[name] = _headline(result)
@@ -104,10 +112,12 @@ def summary_markdown(s: dict[str, Any]) -> str:
             for side, e in s["judge_examples"].items()), ""]
     if "sft" in s:
         lines += [f"SFT: {s['sft'].get('steps')} steps, final loss {_fmt(s['sft'].get('final_loss'))}", ""]
-    cols = [c for c in ("eval-judge", "eval-base") if c in s]
+    if "grpo" in s:
+        lines += [f"GRPO on top of the SFT judge: {s['grpo'].get('steps')} steps (the judge below)", ""]
+    cols = [c for c in EVALS if c in s]
     if cols:
         lines += ["Held-out examples (K sampled judgements each, 95% intervals over questions):", "",
-                  "| metric | " + " | ".join({"eval-judge": "judge", "eval-base": "untrained model"}[c] for c in cols) + " |",
+                  "| metric | " + " | ".join(EVALS[c] for c in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
         for m in (*HEADLINE, "invalid", "examples"):
             cells = [s[c].get(m) for c in cols]
