@@ -23,6 +23,9 @@
 #              (rewards.decline = -1, rewards.decline_wrong = +1), 40 steps: decision credit at
 #              lr 5e-6 and 1e-5, all-token credit at 5e-6 (the base model's evaluation is the
 #              from-base wave's)
+#   long-budget  GRPO from the base model with 384 new tokens (at 128 the base model is cut off
+#              on over half its completions, and the first thing GRPO learns is to be short),
+#              40 steps, evaluated before (at 384 tokens) and after, at beta 0.04 and 0.2
 #   small      Qwen2.5-Coder-0.5B-Instruct: SFT (configs/...-0.5b-sft.toml), then GRPO from it
 #              with each credit (configs/...-0.5b-grpo.toml)
 # Each run writes RUNS/NAME/ (metrics.jsonl, eval_before.json, eval_after.json, plots, report)
@@ -89,6 +92,12 @@ for wave in "${waves[@]}"; do
         --set grpo.credit=decision --set optim.lr=1e-5 &
       TASK=gsm8k-verify train grpo-from-base-sym-all "$BASE" "${symmetric[@]}" &
       wait ;;
+    long-budget)
+      long=(--set rollout.max_new_tokens=384 --set optim.total_steps=40)
+      TASK=gsm8k-verify train grpo-from-base-384 "$BASE" "${long[@]}" &
+      TASK=gsm8k-verify train grpo-from-base-384-beta0.2 "$BASE" "${long[@]}" --set grpo.beta=0.2 \
+        --set run.eval_before=false &
+      wait ;;
     small)
       TASK=gsm8k-verify sft sft-0.5b configs/gsm8k-verify-qwen2.5-coder-0.5b-sft.toml
       GRPO=configs/gsm8k-verify-qwen2.5-coder-0.5b-grpo.toml
@@ -100,6 +109,6 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard train grpo-from-base-hard "$BASE" &
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
-    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, small)"; exit 2 ;;
+    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget, small)"; exit 2 ;;
   esac
 done
