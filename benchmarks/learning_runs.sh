@@ -23,9 +23,11 @@
 #              (rewards.decline = -1, rewards.decline_wrong = +1), 40 steps: decision credit at
 #              lr 5e-6 and 1e-5, all-token credit at 5e-6 (the base model's evaluation is the
 #              from-base wave's)
-#   long-budget  GRPO from the base model with 384 new tokens (at 128 the base model is cut off
-#              on over half its completions, and the first thing GRPO learns is to be short),
-#              40 steps, evaluated before (at 384 tokens) and after, at beta 0.04 and 0.2
+#   long-budget  GRPO from the base model where truncation is not the first signal (at 128 new
+#              tokens the base model is cut off on over half its completions, and the first
+#              thing GRPO learns is to be short): 384 new tokens; 384 with grpo.beta 0.2; and
+#              128 with grpo.mask_truncated (truncated completions left out of the update);
+#              40 steps each, evaluated after (and the first before, at 384 tokens)
 #   small      Qwen2.5-Coder-0.5B-Instruct: SFT (configs/...-0.5b-sft.toml), then GRPO from it
 #              with each credit (configs/...-0.5b-grpo.toml)
 # Each run writes RUNS/NAME/ (metrics.jsonl, eval_before.json, eval_after.json, plots, report)
@@ -97,6 +99,8 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify train grpo-from-base-384 "$BASE" "${long[@]}" &
       TASK=gsm8k-verify train grpo-from-base-384-beta0.2 "$BASE" "${long[@]}" --set grpo.beta=0.2 \
         --set run.eval_before=false &
+      TASK=gsm8k-verify train grpo-from-base-mask-truncated "$BASE" --set grpo.mask_truncated=true \
+        --set optim.total_steps=40 --set run.eval_before=false &
       wait ;;
     small)
       TASK=gsm8k-verify sft sft-0.5b configs/gsm8k-verify-qwen2.5-coder-0.5b-sft.toml

@@ -141,6 +141,10 @@ class GRPOConfig:
     answer or the opened code block only; invalid completions keep every token). With
     `decision` the policy term is a mean over each sequence's credited tokens
     (score/credit.py, docs/learning.md)."""
+    mask_truncated: bool = False
+    """Leave completions cut at rollout.max_new_tokens out of the update (DAPO's overlong
+    filtering): no advantage, no loss, not in their group's baseline. They are still scored,
+    logged and counted as invalid; what the policy is pushed by is the completions that ended."""
 
 
 @dataclass

@@ -33,6 +33,25 @@ def test_group_advantages_scaled_by_unbiased_std():
     assert zero == 0
 
 
+def test_group_advantages_leave_out_excluded_completions():
+    # group 1: [1, 0, -1(out), 0] -> included [1, 0, 0], mean 1/3 -> [2/3, -1/3, 0, -1/3]
+    # group 2: [-1(out), -1(out), 0, 0]: the included rewards are equal -> zeros, counted
+    # group 3: [1(out), 0, (out), (out)]: one included -> zeros, counted
+    r = torch.tensor([1.0, 0, -1, 0, -1, -1, 0, 0, 1, 0, 1, 1])
+    include = torch.tensor([1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 0], dtype=torch.bool)
+    adv, zero = group_advantages(r, group_size=4, scale_by_std=False, include=include)
+    torch.testing.assert_close(adv, torch.tensor([2 / 3, -1 / 3, 0, -1 / 3] + [0.0] * 8), atol=1e-6, rtol=0)
+    assert zero == 2
+    # scaled: included deviations [2/3, -1/3, -1/3], unbiased var = (4/9 + 1/9 + 1/9) / 2 = 1/3,
+    # std 0.5773503, + eps 1e-4 = 0.5774503: adv = [1.1545006, -0.5772503, 0, -0.5772503]
+    adv, _ = group_advantages(r[:4], group_size=4, scale_by_std=True, include=include[:4])
+    torch.testing.assert_close(adv, torch.tensor([1.1545006, -0.5772503, 0.0, -0.5772503]), atol=1e-6, rtol=0)
+    # all included == no mask
+    full, _ = group_advantages(r, 4, True)
+    same, _ = group_advantages(r, 4, True, include=torch.ones(12, dtype=torch.bool))
+    assert torch.equal(full, same)
+
+
 def test_group_advantages_flat_group_is_exactly_zero_and_counted():
     # in float32, mean(0.9, 0.9, 0.9) = 0.9 - 6e-8: a plain r - mean would leave 6e-8, and
     # std scaling (6e-8 / (7e-8 + 1e-4)) would turn it into 6e-4; flat groups must be 0.

@@ -14,7 +14,7 @@ from tirgrpo.config import GRPOConfig
 from tirgrpo.train.optim import AdamW
 from tirgrpo.train.prefix import PackedGroup, use_prefix_attention
 from tirgrpo.train.step import (GRPOObjective, PaddedRows, build_micro_batches, credit_layout, grpo_update,
-                                micro_batch_logprobs, reference_logprobs)
+                                micro_batch_logprobs, reference_logprobs, rollout_objective)
 
 GROUP = 3
 PAD = 0
@@ -135,6 +135,30 @@ def test_decision_credit_updates_packed_as_padded(tiny_model_dir):
     # on-policy, ratio 1: loss = mean over sequences of -A (each credited mean of -A is -A) = -0.0
     assert losses[0] == pytest.approx(-float(advantages.mean()), abs=1e-6)
     assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+@pytest.mark.parametrize("prefix", ["off", "dense"])
+def test_left_out_completions_update_as_if_never_sampled(tiny_model_dir, loss_type, prefix):
+    # completions 1 and 4 left out (`include`): the update equals the update of the rollout
+    # without them -- same loss, same gradient, same weights after the step
+    prompt_ids, completions, advantages = hand_made_rollout()
+    include = torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    cfg = GRPOConfig(beta=0.0, loss_type=loss_type)
+    results, params = [], []
+    for rows, inc in ((list(range(6)), include), ([0, 2, 3, 5], None)):
+        model = tiny_policy(tiny_model_dir, False, prefix)
+        p_ids, c_ids = [prompt_ids[r] for r in rows], [completions[r] for r in rows]
+        group = GROUP if inc is not None else 1  # the reduced rollout's groups are no longer whole
+        batches = build_micro_batches(p_ids, c_ids, group, 0, prefix if inc is not None else "off", PAD, "cpu")
+        objective = rollout_objective(cfg, batches, [None] * len(batches), advantages[rows], c_ids, 6, include=inc)
+        results.append(grpo_update(model, AdamW(model.parameters(), lr=1e-2), batches, objective, 1.0, 4))
+        params.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert results[0].num_tokens == results[1].num_tokens == 4 + 6 + 3 + 2
+    assert results[0].loss == pytest.approx(results[1].loss, abs=1e-6)
+    assert results[0].grad_norm == pytest.approx(results[1].grad_norm, rel=1e-4)
+    for name in params[0]:
+        assert (params[0][name] - params[1][name]).abs().max() < 2e-3, name
 
 
 def test_grpo_update_on_padded_rows_by_hand(tiny_model_dir):

@@ -104,6 +104,7 @@ class Rollout:
     score_seconds: float
     peak_gib: float = float("nan")  # of the rollout phase (GiB; CPU: peak RSS so far)
     credits: list[list[float]] | None = None  # per completion token (`grpo.credit`); None: all
+    include: torch.Tensor | None = None  # [n] bool: in the loss (`grpo.mask_truncated`); None: all
 
 
 @dataclass
@@ -358,17 +359,18 @@ def rollout_and_score(s: Session) -> Rollout:
                 "stop": c.stop, "eventual_answer": p.example.eventual_answer} for c, p in zip(completions, prompts)]
     scores = score_records(records, cfg.rewards, s.tokenizer, step=s.progress.step, total_steps=s.total_steps)
     rewards = torch.tensor([score["total"] for score in scores], dtype=torch.float32)
-    advantages, zero_std_groups = group_advantages(rewards, group_size, cfg.grpo.scale_rewards)
+    include = torch.tensor([c.finish_reason != "length" for c in completions]) if cfg.grpo.mask_truncated else None
+    advantages, zero_std_groups = group_advantages(rewards, group_size, cfg.grpo.scale_rewards, include=include)
     credits = completion_credits(completions, [score["decision"] for score in scores], cfg.grpo.credit, s.tokenizer)
     return Rollout(prompts, completions, scores, advantages, zero_std_groups, generated - start,
-                   time.perf_counter() - generated, peak, credits)
+                   time.perf_counter() - generated, peak, credits, include)
 
 
 def update(s: Session, rollout: Rollout) -> UpdateStats:
     """`num_iterations` optimizer steps on one rollout (fewer when the run ends first): the
     micro-batches and reference log-probs are built once and serve every update."""
     from tirgrpo.train.optim import lr_multiplier
-    from tirgrpo.train.step import GRPOObjective, build_micro_batches, credit_layout, grpo_update, reference_logprobs
+    from tirgrpo.train.step import build_micro_batches, grpo_update, reference_logprobs, rollout_objective
 
     cfg, plan = s.cfg, s.plan
     start = time.perf_counter()
@@ -383,12 +385,8 @@ def update(s: Session, rollout: Rollout) -> UpdateStats:
         with dist.gathered(s.ref_model if s.ref_model is not None else s.model):  # ranks differ in passes
             refs = [reference_logprobs(s.model, s.ref_model, b, plan.logprob_chunk_tokens, temperature)
                     for b in batches]
-    # the loss is normalised by the counts of all ranks' completions (exact across ranks)
-    num_sequences, num_tokens = dist.global_sum(len(completion_ids), sum(len(c) for c in completion_ids))
-    credits = None if rollout.credits is None else [credit_layout(b.mask, [rollout.credits[r] for r in b.rows])
-                                                    for b in batches]
-    objective = GRPOObjective(cfg.grpo, [rollout.advantages[b.rows].to(s.device) for b in batches], refs,
-                              cfg.rollout.max_new_tokens, int(num_sequences), int(num_tokens), credits)
+    objective = rollout_objective(cfg.grpo, batches, refs, rollout.advantages, completion_ids, cfg.rollout.max_new_tokens,
+                                  rollout.credits, rollout.include, s.device)
     stats = UpdateStats(forward_tokens=sum(b.tokens for b in batches), micro_batches=len(batches),
                         row_tokens=sum(len(a) + len(b) for a, b in zip(prompt_ids, completion_ids)))
     for _ in range(cfg.grpo.num_iterations):

@@ -25,31 +25,38 @@ LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale_by_std: bool, eps: float = 1e-4
+    rewards: torch.Tensor, group_size: int, scale_by_std: bool, eps: float = 1e-4,
+    include: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Advantage of each completion relative to its group.
 
     rewards: [N] float, groups are consecutive blocks of `group_size` (N % group_size == 0).
+    include: [N] bool or None (all): completions that take part (`grpo.mask_truncated` leaves
+    out the truncated ones); the others get advantage 0 and are not in their group's mean/std.
     Returns (adv [N] float32, num_zero_std_groups).
 
     adv = r - mean(group); with `scale_by_std`, divided by (std(group) + eps), where std is
     the unbiased sample std (divisor G - 1), as `torch.std` and TRL compute it, so runs are
-    comparable with TRL's. A group whose rewards are all equal carries no learning signal:
-    its advantages are set to exactly 0 (not left to float rounding of r - mean) and it is
-    counted in `num_zero_std_groups`.
+    comparable with TRL's. A group whose rewards are all equal (or with fewer than two
+    completions included) carries no learning signal: its advantages are set to exactly 0 (not
+    left to float rounding of r - mean) and it is counted in `num_zero_std_groups`.
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     r = rewards.detach().float().view(-1, group_size)  # [N/G, G]
-    mean = r.mean(dim=1, keepdim=True)  # [N/G, 1]
-    adv = r - mean
+    keep = torch.ones_like(r, dtype=torch.bool) if include is None else include.view(-1, group_size).bool()
+    w = keep.float()
+    n = w.sum(dim=1, keepdim=True)  # [N/G, 1] completions in each group's statistics
+    mean = (r * w).sum(dim=1, keepdim=True) / n.clamp(min=1.0)
+    adv = (r - mean) * w
     if scale_by_std:
-        std = r.std(dim=1, keepdim=True, unbiased=True) if group_size > 1 else torch.zeros_like(mean)
-        adv = adv / (std + eps)
-    # "zero spread" means every reward in the group is identical (max == min)
-    flat = r.amax(dim=1) == r.amin(dim=1)  # [N/G] bool
+        var = ((r - mean) ** 2 * w).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1.0)
+        adv = adv / (var.sqrt() + eps)
+    # "zero spread": every included reward identical (max == min over the included), or < 2 included
+    big = torch.finfo(r.dtype).max
+    flat = (torch.where(keep, r, -big).amax(dim=1) == torch.where(keep, r, big).amin(dim=1)) | (n.squeeze(1) < 2)
     adv = torch.where(flat.unsqueeze(1), torch.zeros_like(adv), adv)
     return adv.view(-1), int(flat.sum().item())
 

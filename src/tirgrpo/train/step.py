@@ -150,6 +150,8 @@ class GRPOObjective:
 
     advantages[i]: [rows of micro-batch i]; refs[i]: reference log-probs or None;
     credits: per micro-batch, `credit_layout` of its rows, or None (every token credited);
+    keep: per micro-batch, [rows] bool of the rows in the loss, or None (all; `grpo.mask_truncated`
+    leaves truncated completions out, and num_sequences / num_tokens then count only the kept);
     num_sequences / num_tokens: the whole rollout's counts (exact gradient accumulation).
     The first update of a rollout is on-policy (ratio 1); its log-probs are kept in `old`
     and serve as the sampling policy's log-probs for the rollout's later updates, so no
@@ -163,15 +165,39 @@ class GRPOObjective:
     num_sequences: int
     num_tokens: int
     credits: list[torch.Tensor] | None = None
+    keep: list[torch.Tensor] | None = None
     old: list[torch.Tensor] = field(default_factory=list)
 
     def __call__(self, i, mb, logp, entropy):
         first = len(self.old) <= i
         if first:
             self.old.append(logp.detach())
-        return grpo_loss(logp, None if first else self.old[i], self.refs[i], self.advantages[i], mb.mask, self.cfg,
+        mask = mb.mask if self.keep is None else mb.mask & self.keep[i].to(mb.mask.device).unsqueeze(1)
+        return grpo_loss(logp, None if first else self.old[i], self.refs[i], self.advantages[i], mask, self.cfg,
                          self.max_completion_tokens, self.num_sequences, self.num_tokens,
                          None if self.credits is None else self.credits[i])
+
+
+def rollout_objective(cfg: GRPOConfig, batches: list[MicroBatch], refs: list, advantages: torch.Tensor,
+                      completion_ids: list[list[int]], max_completion_tokens: int,
+                      credits: list[list[float]] | None = None, include: torch.Tensor | None = None,
+                      device=None) -> GRPOObjective:
+    """The GRPO objective of one rollout's micro-batches.
+
+    advantages [N] and include [N] bool (None: all) are per completion, in rollout order;
+    credits[n]: one weight per token of completion n (`score.credit`), or None. The loss is
+    normalised by the counts of all ranks' included completions (exact across ranks), so
+    leaving completions out gives the loss of the rollout without them.
+    """
+    from tirgrpo.train import dist
+
+    kept = range(len(completion_ids)) if include is None else [n for n in range(len(completion_ids)) if include[n]]
+    num_sequences, num_tokens = dist.global_sum(len(kept), sum(len(completion_ids[n]) for n in kept))
+    return GRPOObjective(
+        cfg, [advantages[b.rows].to(device) for b in batches], refs, max_completion_tokens, int(num_sequences),
+        int(num_tokens),
+        None if credits is None else [credit_layout(b.mask, [credits[r] for r in b.rows]) for b in batches],
+        None if include is None else [include[b.rows] for b in batches])
 
 
 # --------------------------------------------------------------------------- the update
