@@ -8,8 +8,9 @@
 #                (stopped after GEN_SECONDS; the run goes on with what was written)
 #   3. solver    the solver's own report: pass@1, majority@K, pass@K, segments, tokens, time
 #   4. split     transcripts -> training / held-out problems (HELDOUT_FRACTION, by a hash of
-#                the problem id); prepare --judge-targets on each side (one correct and one
-#                wrong segment per question; PREPARE_ARGS=--no-pairing keeps every segment)
+#                the problem id); prepare --judge-targets on each side (up to PAIRS_PER_QUESTION
+#                correct/wrong segment pairs per question, default 4; PREPARE_ARGS=--no-pairing
+#                keeps every segment)
 #   5. sft       the judge, from the same MODEL, on the training problems' examples
 #                (SFT_STEPS, default: 2 passes over them, 10..200 steps of SFT_BATCH)
 #   5b. grpo     GRPO on top of the SFT judge, on the same examples (GRPO_STEPS, default 30;
@@ -70,6 +71,7 @@ SERVE_ARGS=${SERVE_ARGS:-}                        # more serve options, e.g. "--
 SANDBOX_ARGS=${SANDBOX_ARGS:-}                    # sandbox options of generate, e.g. --timeout 10
 GENERATE_ARGS=${GENERATE_ARGS:-}                  # more generate options
 PREPARE_ARGS=${PREPARE_ARGS:-}                    # more prepare options, e.g. --no-pairing
+PAIRS_PER_QUESTION=${PAIRS_PER_QUESTION:-4}       # correct/wrong pairs kept per question
 SERVE_WAIT=${SERVE_WAIT:-1200}                    # seconds to wait for the server to load
 STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft, grpo or eval
 PYTHON=${PYTHON:-python3}
@@ -221,9 +223,13 @@ step split "$WORK/transcripts-heldout.jsonl" $TIRGRPO data split-transcripts --i
   --train "$WORK/transcripts-train.jsonl" --heldout "$WORK/transcripts-heldout.jsonl" \
   --heldout-fraction "$HELDOUT_FRACTION" --seed "$SEED"
 # Each side whole (--eval-fraction 0: every example lands in OUT/train.jsonl).
+PAIRING="--pairs-per-question $PAIRS_PER_QUESTION"
+case " $PREPARE_ARGS " in *" --no-pairing "*) PAIRING= ;; esac  # every segment: no pairs to count
 for side in train heldout; do
+  # shellcheck disable=SC2086  # PAIRING and PREPARE_ARGS are lists of options
   step "prepare-$side" "$WORK/prepared-$side/stats.json" $TIRGRPO prepare --input "$WORK/transcripts-$side.jsonl" \
-    --out "$WORK/prepared-$side" --tokenizer "$MODEL" --judge-targets --eval-fraction 0 --seed "$SEED" $PREPARE_ARGS
+    --out "$WORK/prepared-$side" --tokenizer "$MODEL" --judge-targets --eval-fraction 0 --seed "$SEED" $PAIRING \
+    $PREPARE_ARGS
 done
 TRAIN=$WORK/prepared-train/train.jsonl
 HELDOUT=$WORK/prepared-heldout/train.jsonl

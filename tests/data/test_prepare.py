@@ -113,6 +113,22 @@ def test_pairing_keeps_one_correct_and_one_wrong_per_question():
         assert pair_by_question([c1, w1, c2], seed=s)[:2] == pair_by_question(data, seed=s)[:2]
 
 
+def test_pairing_keeps_up_to_k_distinct_pairs_per_question():
+    c1, c2, c3 = (ex("Q1", "correct", tag=t) for t in ("c1", "c2", "c3"))
+    w1, w2 = ex("Q1", "wrong", tag="w1"), ex("Q1", "wrong", tag="w2")
+    c4, w4 = ex("Q2", "correct", tag="c4"), ex("Q2", "wrong", tag="w4")
+    data = [c1, w1, c2, c4, w2, c3, w4]
+    paired = pair_by_question(data, seed=0, pairs_per_question=3)
+    # Q1: min(3, 3 correct, 2 wrong) = 2 pairs, then Q2's one; correct, wrong alternate
+    assert [(e.question, e.label) for e in paired] == [("Q1", "correct"), ("Q1", "wrong")] * 2 + [
+        ("Q2", "correct"), ("Q2", "wrong")]
+    assert {paired[1].prompt, paired[3].prompt} == {"prompt w1", "prompt w2"}  # no example twice
+    assert len({paired[0].prompt, paired[2].prompt}) == 2
+    # one pair a question: the same picks as the default
+    for s in range(5):
+        assert pair_by_question(data, seed=s, pairs_per_question=1) == pair_by_question(data, seed=s)
+
+
 @pytest.mark.parametrize("n, fraction, expected", [(0, 0.1, 0), (1, 0.5, 0), (2, 0.1, 1), (3, 0.1, 1), (10, 0.2, 2), (10, 0.99, 9), (5, 0.0, 0)])
 def test_eval_question_count(n, fraction, expected):
     assert eval_question_count(n, fraction) == expected
@@ -290,3 +306,13 @@ def test_acceptance_sample_csv_all_rows_with_exact_token_counts(tmp_path):
     for w in written:
         assert (w["prompt_tokens"], w["completion_tokens"]) == expected[(w["prompt"], w["completion"])]
         assert w["label"] == "correct" and w["source"] == SAMPLE_CSV.name
+
+
+def test_pairs_per_question_with_no_pairing_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["prepare", "--input", make_inputs(tmp_path)[0], "--out", str(out), "--no-pairing"]
+    assert main(args + ["--pairs-per-question", "2"]) == 2
+    assert "give one of them" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and the message, exit 2
+        main(args[:-1] + ["--pairs-per-question", "0"])
+    assert exit_info.value.code == 2 and "must be >= 1" in capsys.readouterr().err

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tirgrpo.errors import TirgrpoError
+
 from tirgrpo.data.prepare import DEFAULT_TOKENIZER
 
 
@@ -30,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop segments whose completion is longer; 0 = no limit (default 1000)")
     parser.add_argument("--no-pairing", dest="pairing", action="store_false",
                         help="keep every segment instead of one correct + one wrong per question")
+    parser.add_argument("--pairs-per-question", type=_positive, default=1, metavar="K",
+                        help="keep up to K correct/wrong pairs of a question (distinct segments; default 1): "
+                             "more examples from questions the solver answered both ways")
     parser.add_argument("--eval-fraction", type=_fraction, default=0.1, metavar="F",
                         help="share of questions (not rows) held out for eval, at least one question "
                              "when there are two or more (default 0.1)")
@@ -49,6 +54,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -59,10 +71,12 @@ def _fraction(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     from tirgrpo.data.prepare import format_table, prepare_folder
 
+    if not args.pairing and args.pairs_per_question != 1:
+        raise TirgrpoError("--pairs-per-question keeps pairs, --no-pairing keeps every segment: give one of them")
     train, held, stats = prepare_folder(args.input, Path(args.out), args.tokenizer, args.max_prompt_tokens,
                                         args.max_completion_tokens, args.pairing, args.eval_fraction, args.seed,
                                         progress=sys.stderr.isatty(), keep_duplicates=args.keep_duplicates,
-                                        judge_targets=args.judge_targets)
+                                        judge_targets=args.judge_targets, pairs_per_question=args.pairs_per_question)
     print(format_table(stats))
     print(f"\nwrote {train} train + {held} eval examples to {args.out}/")
     return 0

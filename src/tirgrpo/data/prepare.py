@@ -3,7 +3,8 @@
 Steps, in order: read every input (all checked before anything is written), cut transcripts
 into segments (prompt up to and including a code-output bridge, completion up to the next
 ```python), tokenize, drop segments over the token limits, keep one correct and one wrong
-segment per question (unless --no-pairing), split train/eval by question, and write
+segment per question (--pairs-per-question K: up to K such pairs; --no-pairing: every
+segment), split train/eval by question, and write
 OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json in one atomic step.
 """
 
@@ -162,20 +163,24 @@ def _questions_in_order(examples: Sequence[Example]) -> list[str]:
     return list(dict.fromkeys(e.question for e in examples))
 
 
-def pair_by_question(examples: Sequence[Example], seed: int) -> list[Example]:
-    """Per question, one `correct` and one `wrong` example (in that order); other questions are dropped.
+def pair_by_question(examples: Sequence[Example], seed: int, pairs_per_question: int = 1) -> list[Example]:
+    """Per question, up to `pairs_per_question` pairs of one `correct` and one `wrong` example
+    (correct, wrong, correct, wrong, ...; no example twice); other questions are dropped.
 
     The choice within a question depends only on the seed and the question's text, so adding
-    or removing other questions does not change it. Questions keep their first-seen order.
+    or removing other questions does not change it; with one pair a question (the default)
+    the picks are those of one `random.choice` per label. Questions keep their first-seen order.
     """
     by_question: dict[str, dict[str, list[Example]]] = {}
     for e in examples:
         by_question.setdefault(e.question, {"correct": [], "wrong": []})[e.label].append(e)
     paired = []
     for question, groups in by_question.items():
-        if groups["correct"] and groups["wrong"]:
+        k = min(pairs_per_question, len(groups["correct"]), len(groups["wrong"]))
+        if k:
             rng = random.Random(f"{seed}\0{question}")
-            paired += [rng.choice(groups["correct"]), rng.choice(groups["wrong"])]
+            right, wrong = rng.sample(groups["correct"], k), rng.sample(groups["wrong"], k)
+            paired += [e for pair in zip(right, wrong) for e in pair]
     return paired
 
 
@@ -262,8 +267,10 @@ def prepare(
     eval_fraction: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    pairs_per_question: int = 1,
 ) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    """Run tokenize -> token limits -> pairing -> split. Returns (train, eval, stats)."""
+    """Run tokenize -> token limits -> pairing (`pairs_per_question` correct/wrong pairs a
+    question) -> split. Returns (train, eval, stats)."""
     examples = tokenize(segments, tokenizer, progress=progress)
     after_prompt, after_completion = within_limits(examples, max_prompt_tokens, max_completion_tokens)
     steps = [
@@ -276,8 +283,9 @@ def prepare(
     ]
     kept = after_completion
     if pairing:
-        kept = pair_by_question(kept, seed)
-        steps.append(_step("paired (1 correct + 1 wrong)", kept))
+        kept = pair_by_question(kept, seed, pairs_per_question)
+        label = "1 correct + 1 wrong" if pairs_per_question == 1 else f"<= {pairs_per_question} correct/wrong pairs"
+        steps.append(_step(f"paired ({label})", kept))
     train, held = split_by_question(kept, eval_fraction, seed)
     steps += [_step("train", train), _step("eval", held)]
     stats = {
@@ -302,7 +310,7 @@ def _check_out(out: Path) -> None:
 def prepare_folder(inputs: Sequence[str], out: Path, tokenizer_name: str, max_prompt_tokens: int,
                    max_completion_tokens: int, pairing: bool, eval_fraction: float, seed: int,
                    progress: bool = False, keep_duplicates: bool = False,
-                   judge_targets: bool = False) -> tuple[int, int, dict[str, Any]]:
+                   judge_targets: bool = False, pairs_per_question: int = 1) -> tuple[int, int, dict[str, Any]]:
     """`prepare` from input files to OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json, written
     in one atomic step after every input is read and checked. Repeated segments are dropped with a
     count unless `keep_duplicates`; with `judge_targets` every completion becomes `judge_target`'s.
@@ -325,9 +333,11 @@ def prepare_folder(inputs: Sequence[str], out: Path, tokenizer_name: str, max_pr
     tokenizer = load_tokenizer(tokenizer_name)
     train, held, stats = prepare(segments, tokenizer, max_prompt_tokens=max_prompt_tokens,
                                  max_completion_tokens=max_completion_tokens, pairing=pairing,
-                                 eval_fraction=eval_fraction, seed=seed, progress=progress)
+                                 eval_fraction=eval_fraction, seed=seed, progress=progress,
+                                 pairs_per_question=pairs_per_question)
     settings = {"tokenizer": tokenizer_name, "max_prompt_tokens": max_prompt_tokens,
                 "max_completion_tokens": max_completion_tokens, "pairing": pairing,
+                "pairs_per_question": pairs_per_question,
                 "eval_fraction": eval_fraction, "seed": seed, "judge_targets": judge_targets}
     stats = {"inputs": [str(p) for p in inputs], "input_counts": read_counts, "settings": settings, **stats}
     if not train and not held:
