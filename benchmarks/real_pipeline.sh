@@ -261,11 +261,19 @@ fi
 stop_after grpo
 
 # ---------------------------------------------------------------- 6. evaluation on held-out problems
+# An evaluation belongs to one model (WORK/NAME.model names it): it runs again when it was made
+# for another one (GRPO_STEPS changed between runs) or before that model was trained again.
 judge_eval() {  # judge_eval NAME MODEL ARGS...: tirgrpo eval with the protocol's settings
   local name=$1 model=$2; shift 2
+  if [ -f "$WORK/$name.json" ] && { [ "$(cat "$WORK/$name.model" 2>/dev/null)" != "$model" ] ||
+                                    [ "$model/summary.json" -nt "$WORK/$name.json" ]; }; then
+    log "$name: made for another model than $model; evaluating again"
+    rm -f "$WORK/$name.json" "$WORK/$name.md"
+  fi
   step "$name" "$WORK/$name.json" $TIRGRPO eval --model "$model" --samples "$EVAL_SAMPLES" \
     --max-new-tokens "$EVAL_MAX_NEW_TOKENS" --batch-size "$EVAL_BATCH" --device "$DEVICE" --seed "$SEED" \
     --out "$WORK/$name.json" "$@"
+  echo "$model" > "$WORK/$name.model"
 }
 judge_eval eval-judge "$JUDGE" --data "$HELDOUT"
 [ "$JUDGE" != "$WORK/judge" ] && judge_eval eval-sft "$WORK/judge" --data "$HELDOUT"

@@ -111,9 +111,10 @@ class RewardConfig:
     submit_correct: float = 1.0
     submit_wrong: float = -1.0
     decline: float = 0.0
-    """Declining a right output (or any output, where the example has no `eventual_answer`)."""
+    """Declining a right output (or any output, where the example's label is not known)."""
     decline_wrong: float = 0.0
-    """Declining a wrong output (the code's answer is not the problem's). The defaults make
+    """Declining a wrong output (an example labelled `wrong`: the code's answer is not the
+    problem's). The defaults make
     declining a safe 0 on either label; decline = -1 with decline_wrong = +1 pays every
     decision by whether it was right (docs/learning.md). Evaluation always scores with the
     defaults, so runs with other constants compare."""

@@ -124,9 +124,13 @@ def test_pairing_keeps_up_to_k_distinct_pairs_per_question():
         ("Q2", "correct"), ("Q2", "wrong")]
     assert {paired[1].prompt, paired[3].prompt} == {"prompt w1", "prompt w2"}  # no example twice
     assert len({paired[0].prompt, paired[2].prompt}) == 2
-    # one pair a question: the same picks as the default
+    # one pair a question: the picks of one random.choice per label, as before K existed
+    import random
+
     for s in range(5):
-        assert pair_by_question(data, seed=s, pairs_per_question=1) == pair_by_question(data, seed=s)
+        rng = random.Random(f"{s}\0Q1")
+        expected = [rng.choice([c1, c2, c3]), rng.choice([w1, w2])]
+        assert pair_by_question(data, seed=s, pairs_per_question=1)[:2] == expected
 
 
 @pytest.mark.parametrize("n, fraction, expected", [(0, 0.1, 0), (1, 0.5, 0), (2, 0.1, 1), (3, 0.1, 1), (10, 0.2, 2), (10, 0.99, 9), (5, 0.0, 0)])
@@ -311,8 +315,9 @@ def test_acceptance_sample_csv_all_rows_with_exact_token_counts(tmp_path):
 def test_pairs_per_question_with_no_pairing_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["prepare", "--input", make_inputs(tmp_path)[0], "--out", str(out), "--no-pairing"]
-    assert main(args + ["--pairs-per-question", "2"]) == 2
-    assert "give one of them" in capsys.readouterr().err and not out.exists()
+    for k in ("1", "2"):
+        assert main(args + ["--pairs-per-question", k]) == 2
+        assert "give one of them" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit) as exit_info:  # argparse: usage and the message, exit 2
         main(args[:-1] + ["--pairs-per-question", "0"])
     assert exit_info.value.code == 2 and "must be >= 1" in capsys.readouterr().err

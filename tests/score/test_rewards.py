@@ -338,16 +338,17 @@ def test_correctness_constants_come_from_the_config():
     assert default_correctness(RewardInput("\\boxed{7}", 7, "length"), x) == -4.0
 
 
-def test_decline_is_paid_by_whether_the_output_was_wrong():
-    # eventual_answer (what the code printed) 8 != correct 7: declining it is right (+1);
-    # eventual 7 == correct: declining a right output costs -1; no eventual_answer: `decline`
+def test_decline_is_paid_by_the_examples_label():
+    # a `wrong` example (its code's answer is not the problem's, or there is none): declining
+    # it is right (+1); declining a `correct` one costs -1; no label known: `decline`
     x = RewardContext(TOK, RewardConfig(decline=-1.0, decline_wrong=1.0))
-    assert default_correctness(RewardInput("no.", 7, "stop", STOP, "8"), x) == 1.0
-    assert default_correctness(RewardInput("no.", "7", "stop", STOP, "7.0"), x) == -1.0
+    assert default_correctness(RewardInput("no.", 7, "stop", STOP, "8", "wrong"), x) == 1.0
+    assert default_correctness(RewardInput("no.", 7, "stop", STOP, None, "wrong"), x) == 1.0  # the code crashed
+    assert default_correctness(RewardInput("no.", "7", "stop", STOP, "7.0", "correct"), x) == -1.0
     assert default_correctness(RewardInput("no.", 7, "stop", STOP), x) == -1.0
     # the defaults keep declining a safe 0 on either label
     d = RewardContext(TOK, RewardConfig())
-    assert default_correctness(RewardInput("no.", 7, "stop", STOP, "8"), d) == 0.0
+    assert default_correctness(RewardInput("no.", 7, "stop", STOP, "8", "wrong"), d) == 0.0
 
 
 # --------------------------------------------------------------------------- registry and score_records
@@ -410,6 +411,8 @@ def test_score_records_rejects_bad_input():
         score_records([{"completion": "a", "correct_answer": 1}, {"correct_answer": 1}], RewardConfig(), TOK, 0, 1)
     with pytest.raises(TirgrpoError, match="finish_reason"):
         score_records([{"completion": "a", "correct_answer": 1, "finish_reason": "done"}], RewardConfig(), TOK, 0, 1)
+    with pytest.raises(TirgrpoError, match="record 0: field 'label'"):
+        score_records([{"completion": "a", "correct_answer": 1, "label": "right"}], RewardConfig(), TOK, 0, 1)
     with pytest.raises(TirgrpoError, match="correct_answer"):
         score_records([{"completion": "a", "correct_answer": "x+1"}], RewardConfig(), TOK, 0, 1)
     with pytest.raises(TirgrpoError, match="curriculum is false"):

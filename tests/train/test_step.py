@@ -131,10 +131,20 @@ def test_decision_credit_updates_packed_as_padded(tiny_model_dir):
         objective = GRPOObjective(cfg, [advantages[b.rows] for b in batches], [None] * len(batches), 6,
                                   len(completions), sum(map(len, completions)), credits)
         result = grpo_update(model, AdamW(model.parameters(), lr=1e-3), batches, objective, 1.0, 4)
-        losses.append(result.loss)
-    # on-policy, ratio 1: loss = mean over sequences of -A (each credited mean of -A is -A) = -0.0
-    assert losses[0] == pytest.approx(-float(advantages.mean()), abs=1e-6)
-    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+        losses.append((result.loss, result.grad_norm))
+    # on-policy, ratio 1: loss = mean over sequences of -A (each credited mean of -A is -A),
+    # whichever tokens are credited; the gradient shows whether the right ones were
+    assert losses[0][0] == pytest.approx(-float(advantages.mean()), abs=1e-6)
+    assert losses[1][0] == pytest.approx(losses[0][0], abs=1e-6)
+    assert losses[1][1] == pytest.approx(losses[0][1], rel=1e-4)
+    model = tiny_policy(tiny_model_dir, False, "off")
+    batches = build_micro_batches(prompt_ids, completions, GROUP, 40, "off", PAD, "cpu")
+    first_two = [[1.0] * min(2, len(c)) + [0.0] * max(0, len(c) - 2) for c in completions]  # other tokens
+    objective = GRPOObjective(cfg, [advantages[b.rows] for b in batches], [None] * len(batches), 6, len(completions),
+                              sum(map(len, completions)), [credit_layout(b.mask, [first_two[r] for r in b.rows])
+                                                           for b in batches])
+    other = grpo_update(model, AdamW(model.parameters(), lr=1e-3), batches, objective, 1.0, 4)
+    assert other.loss == pytest.approx(losses[0][0], abs=1e-6) and abs(other.grad_norm - losses[0][1]) > 1e-4
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
@@ -150,15 +160,29 @@ def test_left_out_completions_update_as_if_never_sampled(tiny_model_dir, loss_ty
         model = tiny_policy(tiny_model_dir, False, prefix)
         p_ids, c_ids = [prompt_ids[r] for r in rows], [completions[r] for r in rows]
         group = GROUP if inc is not None else 1  # the reduced rollout's groups are no longer whole
-        batches = build_micro_batches(p_ids, c_ids, group, 0, prefix if inc is not None else "off", PAD, "cpu")
+        # the full rollout in several micro-batches (budget 13), the reduced one in one
+        batches = build_micro_batches(p_ids, c_ids, group, 13 if inc is not None else 0,
+                                      prefix if inc is not None else "off", PAD, "cpu")
         objective = rollout_objective(cfg, batches, [None] * len(batches), advantages[rows], c_ids, 6, include=inc)
         results.append(grpo_update(model, AdamW(model.parameters(), lr=1e-2), batches, objective, 1.0, 4))
         params.append({n: p.detach().clone() for n, p in model.named_parameters()})
     assert results[0].num_tokens == results[1].num_tokens == 4 + 6 + 3 + 2
     assert results[0].loss == pytest.approx(results[1].loss, abs=1e-6)
     assert results[0].grad_norm == pytest.approx(results[1].grad_norm, rel=1e-4)
+    assert results[0].stats["entropy"] == pytest.approx(results[1].stats["entropy"], rel=1e-5)
     for name in params[0]:
         assert (params[0][name] - params[1][name]).abs().max() < 2e-3, name
+
+
+def test_nothing_kept_is_a_zero_loss_not_a_nan(tiny_model_dir):
+    # every completion left out (all truncated): loss 0 and a finite, applied step
+    prompt_ids, completions, advantages = hand_made_rollout()
+    model = tiny_policy(tiny_model_dir, False, "off")
+    batches = build_micro_batches(prompt_ids, completions, GROUP, 0, "off", PAD, "cpu")
+    objective = rollout_objective(GRPOConfig(beta=0.0, loss_type="dapo"), batches, [None] * len(batches),
+                                  torch.zeros(6), completions, 6, include=torch.zeros(6, dtype=torch.bool))
+    result = grpo_update(model, AdamW(model.parameters(), lr=1e-2), batches, objective, 1.0, 4)
+    assert result.applied and result.loss == 0.0 and result.grad_norm == 0.0 and result.num_tokens == 0
 
 
 def test_grpo_update_on_padded_rows_by_hand(tiny_model_dir):

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop segments whose completion is longer; 0 = no limit (default 1000)")
     parser.add_argument("--no-pairing", dest="pairing", action="store_false",
                         help="keep every segment instead of one correct + one wrong per question")
-    parser.add_argument("--pairs-per-question", type=_positive, default=1, metavar="K",
+    parser.add_argument("--pairs-per-question", type=_positive, metavar="K",
                         help="keep up to K correct/wrong pairs of a question (distinct segments; default 1): "
                              "more examples from questions the solver answered both ways")
     parser.add_argument("--eval-fraction", type=_fraction, default=0.1, metavar="F",
@@ -71,12 +71,12 @@ def _fraction(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     from tirgrpo.data.prepare import format_table, prepare_folder
 
-    if not args.pairing and args.pairs_per_question != 1:
+    if not args.pairing and args.pairs_per_question is not None:
         raise TirgrpoError("--pairs-per-question keeps pairs, --no-pairing keeps every segment: give one of them")
     train, held, stats = prepare_folder(args.input, Path(args.out), args.tokenizer, args.max_prompt_tokens,
                                         args.max_completion_tokens, args.pairing, args.eval_fraction, args.seed,
                                         progress=sys.stderr.isatty(), keep_duplicates=args.keep_duplicates,
-                                        judge_targets=args.judge_targets, pairs_per_question=args.pairs_per_question)
+                                        judge_targets=args.judge_targets, pairs_per_question=args.pairs_per_question or 1)
     print(format_table(stats))
     print(f"\nwrote {train} train + {held} eval examples to {args.out}/")
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
 from tirgrpo.errors import TirgrpoError
 
-OPTIONAL_FIELDS = ("finish_reason", "stop")
+OPTIONAL_FIELDS = ("finish_reason", "stop", "eventual_answer", "label")
 
 
 def read_records(path: str | Path) -> tuple[list[dict], list[str]]:

@@ -54,6 +54,9 @@ class RewardInput:
     eventual_answer: Any = None
     """The transcript's own answer (what its code printed), when known: with
     `rewards.judge_only`, a submission must box this one."""
+    label: str | None = None
+    """The example's label, `correct` or `wrong` (`data.records.label_for`), when known: a
+    decline of a `wrong` example is paid `rewards.decline_wrong`."""
 
 
 @dataclass(frozen=True)
@@ -340,14 +343,6 @@ def default_formatting(c: RewardInput, ctx: RewardContext) -> float:
     return formatting_value(c.text, _decision(c) != "invalid")
 
 
-def output_is_wrong(c: RewardInput) -> bool:
-    """The transcript's own answer (`eventual_answer`, what its code printed) is known and is
-    not the problem's answer."""
-    if c.eventual_answer is None:
-        return False
-    return parse_integer_answer(c.eventual_answer) != parse_integer_answer(c.correct_answer)
-
-
 def default_correctness(c: RewardInput, ctx: RewardContext) -> float:
     """Submit right / wrong, decline, invalid: the RewardConfig constants (+1, -1, 0, -1).
 
@@ -359,7 +354,7 @@ def default_correctness(c: RewardInput, ctx: RewardContext) -> float:
     if decision == "invalid":
         return cfg.invalid
     if decision == "decline":
-        return cfg.decline_wrong if output_is_wrong(c) else cfg.decline
+        return cfg.decline_wrong if c.label == "wrong" else cfg.decline
     answer = submitted_answer(c)
     right = answer is not None and answer == parse_integer_answer(c.correct_answer)
     return cfg.submit_correct if right else cfg.submit_wrong
@@ -441,6 +436,9 @@ def record_problem(record: Any, reward_set: str = "default") -> str | None:
     stop = record.get("stop")
     if stop is not None and not isinstance(stop, str):
         return f"field 'stop' must be a string or null, got {stop!r:.80}"
+    label = record.get("label")
+    if label is not None and label not in ("correct", "wrong"):
+        return f"field 'label' must be 'correct', 'wrong' or null, got {label!r:.80}"
     return None
 
 
@@ -463,7 +461,7 @@ def score_records(
         if problem:
             raise TirgrpoError(f"record {i}: {problem}")
         c = RewardInput(record["completion"], record["correct_answer"], record.get("finish_reason"), record.get("stop"),
-                        record.get("eventual_answer"))
+                        record.get("eventual_answer"), record.get("label"))
         decision = seed_decision(c.text) if cfg.set == "seed" else judged_decision(c, cfg)
         row: dict[str, Any] = {"valid": decision != "invalid", "decision": decision}
         for n in names:

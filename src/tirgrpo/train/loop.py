@@ -356,7 +356,8 @@ def rollout_and_score(s: Session) -> Rollout:
     completions = [c for g in groups for c in g]
     prompts = [p for p in batch_prompts for _ in range(group_size)]
     records = [{"completion": c.text, "correct_answer": p.example.correct_answer, "finish_reason": c.finish_reason,
-                "stop": c.stop, "eventual_answer": p.example.eventual_answer} for c, p in zip(completions, prompts)]
+                "stop": c.stop, "eventual_answer": p.example.eventual_answer, "label": p.example.label}
+               for c, p in zip(completions, prompts)]
     scores = score_records(records, cfg.rewards, s.tokenizer, step=s.progress.step, total_steps=s.total_steps)
     rewards = torch.tensor([score["total"] for score in scores], dtype=torch.float32)
     include = torch.tensor([c.finish_reason != "length" for c in completions]) if cfg.grpo.mask_truncated else None

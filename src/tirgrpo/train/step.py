@@ -123,7 +123,8 @@ def reference_logprobs(model, ref_model, mb: MicroBatch, chunk_tokens: int, temp
 class Objective(Protocol):
     """Turns one micro-batch's log-probs into (loss, stats). `i` is the micro-batch's index
     in the update; stats are detached 0-dim tensors, averaged over the update weighted by
-    the micro-batch's completion tokens."""
+    the micro-batch's completion tokens (stats["num_tokens"] when given: the tokens in the
+    loss). stats["entropy"], when not given, is the mean over all completion tokens."""
 
     def __call__(self, i: int, mb: MicroBatch, logp: torch.Tensor,
                  entropy: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
@@ -173,9 +174,12 @@ class GRPOObjective:
         if first:
             self.old.append(logp.detach())
         mask = mb.mask if self.keep is None else mb.mask & self.keep[i].to(mb.mask.device).unsqueeze(1)
-        return grpo_loss(logp, None if first else self.old[i], self.refs[i], self.advantages[i], mask, self.cfg,
-                         self.max_completion_tokens, self.num_sequences, self.num_tokens,
-                         None if self.credits is None else self.credits[i])
+        loss, stats = grpo_loss(logp, None if first else self.old[i], self.refs[i], self.advantages[i], mask, self.cfg,
+                                self.max_completion_tokens, self.num_sequences, self.num_tokens,
+                                None if self.credits is None else self.credits[i])
+        # the entropy of the tokens in the loss (a left-out row's are not)
+        stats["entropy"] = (entropy.detach() * mask).sum() / stats["num_tokens"].clamp(min=1.0)
+        return loss, stats
 
 
 def rollout_objective(cfg: GRPOConfig, batches: list[MicroBatch], refs: list, advantages: torch.Tensor,
@@ -193,9 +197,11 @@ def rollout_objective(cfg: GRPOConfig, batches: list[MicroBatch], refs: list, ad
 
     kept = range(len(completion_ids)) if include is None else [n for n in range(len(completion_ids)) if include[n]]
     num_sequences, num_tokens = dist.global_sum(len(kept), sum(len(completion_ids[n]) for n in kept))
+    # nothing kept on any rank (every completion truncated): the loss is 0 (every token masked),
+    # not 0/0 -- a step like one whose groups all have equal rewards
     return GRPOObjective(
-        cfg, [advantages[b.rows].to(device) for b in batches], refs, max_completion_tokens, int(num_sequences),
-        int(num_tokens),
+        cfg, [advantages[b.rows].to(device) for b in batches], refs, max_completion_tokens, max(1, int(num_sequences)),
+        max(1, int(num_tokens)),
         None if credits is None else [credit_layout(b.mask, [credits[r] for r in b.rows]) for b in batches],
         None if include is None else [include[b.rows] for b in batches])
 
@@ -246,7 +252,8 @@ def grpo_update(model, optimizer, batches: list[MicroBatch], objective: Objectiv
         loss.backward()
         tokens = stats.pop("num_tokens", None)
         tokens = mb.mask.sum().float() if tokens is None else tokens
-        stats["entropy"] = (entropy.detach() * mb.mask).sum() / tokens.clamp(min=1.0)
+        if "entropy" not in stats:  # an objective that does not say: over every completion token
+            stats["entropy"] = (entropy.detach() * mb.mask).sum() / tokens.clamp(min=1.0)
         total_loss = total_loss.to(loss.device) + loss.detach().float()
         total_tokens = total_tokens.to(tokens.device) + tokens
         for key, value in stats.items():
