@@ -56,14 +56,6 @@ def test_every_rule_names_a_real_field():
     assert set(RULES) <= known
 
 
-def test_choices_match_the_modules_that_read_them():
-    from tirgrpo.score.credit import CREDITS
-    from tirgrpo.train.loss import LOSS_TYPES
-    from tirgrpo.validate import CHOICES
-
-    assert CHOICES == {"grpo.loss_type": LOSS_TYPES, "grpo.credit": CREDITS}
-
-
 def test_range_edges():
     r = Range(0, 1, lo_open=True)
     assert not r.contains(0) and r.contains(1e-9) and r.contains(1) and not r.contains(1.0000001)

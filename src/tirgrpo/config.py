@@ -121,6 +121,10 @@ class RewardConfig:
     invalid: float = -1.0
 
 
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")  # GRPOConfig.loss_type (train/loss.py `aggregate`)
+CREDITS = ("all_tokens", "decision")  # GRPOConfig.credit (score/credit.py)
+
+
 @dataclass
 class GRPOConfig:
     """The policy-gradient objective."""
@@ -135,9 +139,9 @@ class GRPOConfig:
     """Divide advantages by the group's reward std (the original GRPO); false is Dr. GRPO's advice."""
     num_iterations: int = 2
     """Optimizer updates per rollout; >1 makes the importance ratio differ from 1."""
-    loss_type: str = "dapo"
+    loss_type: str = field(default="dapo", metadata={"choices": LOSS_TYPES})
     """`grpo`, `dr_grpo` or `dapo`: how per-token losses are averaged (docs/algorithm.md)."""
-    credit: str = "all_tokens"
+    credit: str = field(default="all_tokens", metadata={"choices": CREDITS})
     """Which tokens carry a completion's advantage: `all_tokens`, or `decision` (the boxed
     answer or the opened code block only; invalid completions keep every token). With
     `decision` the policy term is a mean over each sequence's credited tokens

@@ -90,13 +90,6 @@ RULES: dict[str, Range] = {
     "batch_size": AT_LEAST_1,
 }
 
-# Keys whose string value must be one of a few names (the modules that read them hold the same
-# tuples: train.loss.LOSS_TYPES, score.credit.CREDITS; tests/test_validate.py keeps them equal).
-CHOICES: dict[str, tuple[str, ...]] = {
-    "grpo.loss_type": ("grpo", "dr_grpo", "dapo"),
-    "grpo.credit": ("all_tokens", "decision"),
-}
-
 # Keys whose list value has a fixed length.
 LENGTHS: dict[str, int] = {"optim.betas": 2}
 
@@ -114,11 +107,11 @@ def _numbers(value: Any) -> list[float]:
     return []
 
 
-def check_value(key: str, value: Any) -> None:
-    """Raise TirgrpoError naming `key` when `value` is non-finite, outside RULES[key] or not
-    one of CHOICES[key]."""
-    if key in CHOICES and value not in CHOICES[key]:
-        raise TirgrpoError(f"config: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+def check_value(key: str, value: Any, choices: tuple[str, ...] | None = None) -> None:
+    """Raise TirgrpoError naming `key` when `value` is non-finite, outside RULES[key] or not one
+    of `choices` (a config field's `metadata["choices"]`)."""
+    if choices is not None and value not in choices:
+        raise TirgrpoError(f"config: {key} must be one of {', '.join(choices)}, got {value!r}")
     if key in LENGTHS and isinstance(value, list) and len(value) != LENGTHS[key]:
         raise TirgrpoError(f"config: {key} must have {LENGTHS[key]} values, got {value!r}")
     rule = RULES.get(key)
@@ -130,14 +123,15 @@ def check_value(key: str, value: Any) -> None:
 
 
 def check_config(cfg: Any) -> None:
-    """Check every numeric field of a config dataclass (sections one level deep) against RULES."""
+    """Check every numeric field of a config dataclass (sections one level deep) against RULES,
+    and every field with `metadata["choices"]` against its names."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             for g in dataclasses.fields(value):
-                check_value(f"{f.name}.{g.name}", getattr(value, g.name))
+                check_value(f"{f.name}.{g.name}", getattr(value, g.name), g.metadata.get("choices"))
         else:
-            check_value(f.name, value)
+            check_value(f.name, value, f.metadata.get("choices"))
 
 
 # --------------------------------------------------------------------------- memory

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tirgrpo.config import CREDITS
 from tirgrpo.score.rewards import CODE_FENCE, boxed_spans
-
-CREDITS = ("all_tokens", "decision")
 
 
 def decision_start(text: str, decision: str) -> int | None:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from tirgrpo.config import GRPOConfig
-
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+from tirgrpo.config import LOSS_TYPES, GRPOConfig
 
 
 def group_advantages(
