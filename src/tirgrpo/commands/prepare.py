@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tirgrpo.errors import TirgrpoError
-
 from tirgrpo.data.prepare import DEFAULT_TOKENIZER
+from tirgrpo.errors import TirgrpoError
+from tirgrpo.validate import fraction, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,16 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, metavar="T",
                         help="r1-distill-qwen (built offline, the default), smollm2-135m-instruct, "
                              "a .gguf file, or a local tokenizer folder / cached Hugging Face id")
-    parser.add_argument("--max-prompt-tokens", type=_non_negative, default=3000, metavar="N",
+    parser.add_argument("--max-prompt-tokens", type=non_negative_int, default=3000, metavar="N",
                         help="drop segments whose prompt (with bos) is longer; 0 = no limit (default 3000)")
-    parser.add_argument("--max-completion-tokens", type=_non_negative, default=1000, metavar="N",
+    parser.add_argument("--max-completion-tokens", type=non_negative_int, default=1000, metavar="N",
                         help="drop segments whose completion is longer; 0 = no limit (default 1000)")
     parser.add_argument("--no-pairing", dest="pairing", action="store_false",
                         help="keep every segment instead of one correct + one wrong per question")
-    parser.add_argument("--pairs-per-question", type=_positive, metavar="K",
+    parser.add_argument("--pairs-per-question", type=positive_int, metavar="K",
                         help="keep up to K correct/wrong pairs of a question (distinct segments; default 1): "
                              "more examples from questions the solver answered both ways")
-    parser.add_argument("--eval-fraction", type=_fraction, default=0.1, metavar="F",
+    parser.add_argument("--eval-fraction", type=fraction, default=0.1, metavar="F",
                         help="share of questions (not rows) held out for eval, at least one question "
                              "when there are two or more (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for pairing choices and the split (default 0)")
@@ -45,27 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "targets for a judge; without it a completion is what the solver wrote next")
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep repeated segments (also from a file given twice) instead of dropping them")
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
