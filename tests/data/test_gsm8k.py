@@ -24,7 +24,7 @@ from tirgrpo.data.gsm8k import (
     read_gsm8k,
 )
 from tirgrpo.data.records import parse_int_answer, read_examples
-from tirgrpo.data.templates import CODE_BLOCK_START
+from tirgrpo.data.templates import BRIDGE_PREFILL, CODE_BLOCK_START
 
 REPO = Path(__file__).resolve().parents[2]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
@@ -155,6 +155,25 @@ def test_command_writes_labelled_pairs(tmp_path, capsys):
             assert 0 < e.prompt_tokens <= 400
     assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(tmp_path / "v.parquet"), "--seed", "1"]) == 0
     assert read_examples(tmp_path / "v.parquet") == examples
+
+
+def test_prefill_moves_the_analysis_start_into_the_prompt(tmp_path):
+    # --prefill: the prompt ends with the seed's pre-fill and the completion goes on from its
+    # last words, so prompt + completion is the plain example's text with the pre-fill's
+    # first sentences inserted before the completion; labels and answers are unchanged.
+    src = write_gsm8k(tmp_path / "g.jsonl", [{"question": NATALIA_Q, "answer": NATALIA_A}])
+    plain, filled = tmp_path / "plain.jsonl", tmp_path / "filled.jsonl"
+    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(plain)]) == 0
+    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(filled), "--prefill"]) == 0
+    head = BRIDGE_PREFILL[: -len("Looking at my code,")]
+    pairs = list(zip(read_examples(plain), read_examples(filled)))
+    assert len(pairs) == 2
+    for a, b in pairs:
+        assert b.prompt.endswith("Let me go through my code step by step.\n\nLooking at my code,")
+        assert b.prompt + b.completion == a.prompt + head + a.completion
+        assert b.completion.startswith((" every step", " the line"))
+        assert (a.label, a.correct_answer, a.eventual_answer) == (b.label, b.correct_answer, b.eventual_answer)
+        assert b.prompt_tokens > a.prompt_tokens and b.completion_tokens < a.completion_tokens
 
 
 def test_prompt_limit_drops_questions(r1):

@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--hard", action="store_true",
                    help="hard wrong twins: the code agrees with its own plan, but the plan misreads the question "
                         "(a number from another sentence, a wrong operation, a unit or rate mix-up)")
+    p.add_argument("--prefill", action="store_true",
+                   help="end each prompt with the seed's pre-filled start of the analysis (\"... Let me go through "
+                        "my code step by step. Looking at my code,\"), as the seed transcripts do; the target "
+                        "completion is the rest of that sentence (the prompt grows by 51-57 tokens)")
     _add_split_transcripts(sub)
 
 
@@ -104,7 +108,8 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
 
     examples, counts = build_examples(items, tokenizer, limit=args.limit, seed=args.seed,
                                       max_prompt_tokens=args.max_prompt_tokens,
-                                      make=make_hard_pair if args.hard else None, exclude=exclude)
+                                      make=make_hard_pair if args.hard else None, exclude=exclude,
+                                      prefill=args.prefill)
     if not examples:
         raise TirgrpoError(f"{args.input}: no usable questions ({counts})")
     write_examples(out, examples)

@@ -31,10 +31,14 @@ from typing import Sequence
 from tirgrpo.data.limits import text_problem
 from tirgrpo.data.records import Example, iter_jsonl, parse_int_answer
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.data.templates import BRIDGE, CODE_BLOCK_START, GSM8K_CODE_PROMPT, fill
+from tirgrpo.data.templates import BRIDGE, BRIDGE_PREFILL, CODE_BLOCK_START, GSM8K_CODE_PROMPT, fill
 
 SOURCE = "gsm8k-verify"
 MAX_PROMPT_TOKENS = 400
+# Every target completion starts with the last words of the seed's pre-fill (BRIDGE_PREFILL),
+# so with the pre-fill in the prompt the completion is the rest of the same sentence.
+ANALYSIS_START = "Looking at my code,"
+assert BRIDGE_PREFILL.endswith(ANALYSIS_START)
 
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 # An annotation with the result the solution text repeats after it: "= $<<48/2=24>>24".
@@ -294,15 +298,15 @@ def make_pair(question: str, solution: str, rng: random.Random) -> VerifyPair:
     raise ProgramError("no perturbation gives a different non-negative integer")
 
 
-def _prompt(pair: VerifyPair, plan: str, program: Program, output: str) -> str:
+def _prompt(pair: VerifyPair, plan: str, program: Program, output: str, prefill: bool) -> str:
     first = fill(GSM8K_CODE_PROMPT, question=pair.question, plan=plan, code=program.source())
-    return first + fill(BRIDGE, output=output)
+    return first + fill(BRIDGE, output=output) + (BRIDGE_PREFILL if prefill else "")
 
 
 def correct_completion(pair: VerifyPair) -> str:
     """Target for the correct example: a short check, then the boxed answer."""
     return (
-        f"Looking at my code, every step matches the plan and the problem, so the output "
+        f"{ANALYSIS_START} every step matches the plan and the problem, so the output "
         f"{pair.output} is right.\n</think>\n\n\\boxed{{{pair.answer}}}"
     )
 
@@ -319,15 +323,22 @@ def wrong_completion(pair: VerifyPair) -> str:
                   "unit-mix-up": "mixes up a unit or a rate"}.get(pair.kind, "misreads the problem")
         why = f"the line `{bad}` follows my plan, but the plan {reason}: it should be `{good}`."
     return (
-        f"Looking at my code, {why} "
+        f"{ANALYSIS_START} {why} "
         f"So the output {pair.wrong_output} is wrong, and I will fix the code.\n</think>\n\n{CODE_BLOCK_START}\n"
     )
 
 
-def pair_examples(pair: VerifyPair, tokenizer) -> tuple[Example, Example]:
-    """(correct example, wrong twin) with token counts from `tokenizer`."""
+def pair_examples(pair: VerifyPair, tokenizer, prefill: bool = False) -> tuple[Example, Example]:
+    """(correct example, wrong twin) with token counts from `tokenizer`.
+
+    prefill: end each prompt with the seed's pre-filled start of the analysis (BRIDGE_PREFILL,
+    "... Let me go through my code step by step.\n\nLooking at my code,"), as the seed
+    transcripts do; the target completion is then the rest of its first sentence.
+    """
 
     def example(prompt: str, completion: str, eventual: str, label: str) -> Example:
+        if prefill:
+            completion = completion[len(ANALYSIS_START):]
         return Example(
             question=pair.question,
             prompt=prompt,
@@ -341,10 +352,10 @@ def pair_examples(pair: VerifyPair, tokenizer) -> tuple[Example, Example]:
         )
 
     return (
-        example(_prompt(pair, pair.plan, pair.program, pair.output), correct_completion(pair), str(pair.answer),
-                "correct"),
+        example(_prompt(pair, pair.plan, pair.program, pair.output, prefill), correct_completion(pair),
+                str(pair.answer), "correct"),
         example(
-            _prompt(pair, pair.wrong_plan or pair.plan, pair.wrong_program, pair.wrong_output),
+            _prompt(pair, pair.wrong_plan or pair.plan, pair.wrong_program, pair.wrong_output, prefill),
             wrong_completion(pair),
             str(parse_int_answer(pair.wrong_output)),
             "wrong",
@@ -381,12 +392,14 @@ def build_examples(
     max_prompt_tokens: int = MAX_PROMPT_TOKENS,
     make=None,
     exclude: frozenset[str] = frozenset(),
+    prefill: bool = False,
 ) -> tuple[list[Example], dict[str, int]]:
     """Examples for up to `limit` questions (2 each: correct, then wrong), in an order shuffled by seed.
 
     make: the pair builder, `make_pair` (a wrong twin's code line contradicts its plan; the
     default) or `gsm8k_hard.make_hard_pair` (plan and code alike misread the question). exclude: questions to leave out (compared
     by `question_key`), e.g. those of a training file when building a held-out eval file.
+    prefill: prompts end with the seed's pre-fill (`pair_examples`).
     Returns (examples, counts of questions used and skipped by reason, and of the twins by kind).
     """
     make = make or make_pair
@@ -407,7 +420,7 @@ def build_examples(
         except ProgramError:
             counts["skipped_program"] += 1
             continue
-        good, bad = pair_examples(pair, tokenizer)
+        good, bad = pair_examples(pair, tokenizer, prefill)
         if max(good.prompt_tokens, bad.prompt_tokens) > max_prompt_tokens:
             counts["skipped_too_long"] += 1
             continue
