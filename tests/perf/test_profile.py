@@ -154,3 +154,19 @@ def test_profile_entries_names_cuda_kernels_by_their_launching_range():
     entries, _ = profile_entries(prof, "cpu")  # the ops' own CPU time, each in its range
     assert ("decode::lm_head > aten::mm", 1.0, 1) in entries and ("decode::lm_head", 1.0, 1) in entries
     assert ("aten::addmm", 1.0, 1) in entries and len(entries) == 6
+
+    # Older torch (2.11): no linked_correlation_id; each op lists its kernels instead, and a
+    # device event is matched to its op by name and duration. Same entries.
+    def old(e):
+        fields = {k: v for k, v in vars(e).items() if k != "linked_correlation_id"}
+        return SimpleNamespace(**fields)
+
+    kernel_of = {3: ("nvjet_lm", 40.0), 4: ("_add_rmsnorm_kernel", 5.0), 5: ("nvjet_qkv", 20.0)}
+    old_events = [old(e) for e in events]
+    for e in old_events[:6]:
+        e.kernels = [SimpleNamespace(name=n, device=0, duration=d) for n, d in [kernel_of[e.id]]] if e.id in kernel_of else []
+    old_events[4].kernels = []  # qkv's kernel not listed (as a Triton launch): named by itself
+    entries_old, steps_old = profile_entries(SimpleNamespace(events=lambda: old_events), "cuda")
+    assert (entries_old, steps_old) == (
+        [("decode::lm_head > nvjet_lm", 40.0, 1), ("decode::add_rmsnorm > _add_rmsnorm_kernel", 5.0, 1),
+         ("nvjet_qkv", 20.0, 1), ("Memcpy DtoH", 1.0, 1)], 2)

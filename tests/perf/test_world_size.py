@@ -93,8 +93,13 @@ def test_step_table_speed_up_over_one_gpu():
                   {**row, "gpus": 2}])
     lines = text.splitlines()
     assert "1.00x" in lines[1] and "1.90x" in lines[2]  # the same 4 prompts per GPU
-    assert lines[3].split()[-3] == "-"  # 2 prompts per GPU: no 1-GPU row to compare with
+    assert lines[3].split()[-3] == "1.00x"  # 2 prompts per GPU: the 1-GPU row of the same 4 prompts per step
     assert lines[2].split()[-1] == "-"  # no estimate
+    # With no 1-GPU row of the same prompts per GPU, the one with the same prompts per step.
+    lines = table([{**row, "gpus": 1, "prompts": 8}, {**row, "gpus": 2, "prompts": 8, "tokens_per_s": 1900.0}]).splitlines()
+    assert "1.90x" in lines[2]
+    lines = table([{**row, "gpus": 1, "prompts": 8}, {**row, "gpus": 2, "prompts": 6}]).splitlines()
+    assert lines[2].split()[-3] == "-"  # neither 3 nor 6 prompts on one GPU: nothing to compare with
 
 
 @pytest.mark.slow

@@ -147,6 +147,30 @@ def _scope(event) -> str | None:
     return None
 
 
+def _launcher_by_correlation(ops):
+    """Device event -> the op that launched it, by the event's `linked_correlation_id` (torch >= 2.13)."""
+    by_id = {e.id: e for e in ops}
+    return lambda event: by_id.get(event.linked_correlation_id)
+
+
+def _launcher_by_kernel_list(ops):
+    """Device event -> the op that launched it, for torch releases whose events do not carry
+    `linked_correlation_id` (2.11): there each op lists its kernels as (name, device,
+    duration) in `op.kernels`, so a device event is matched by its name and duration, each
+    listed kernel used once. A kernel no op lists (e.g. one launched by Triton's own
+    launcher) gets None, like an unlinked event in newer torch."""
+    pending: dict[tuple[str, float], list] = {}
+    for op in ops:
+        for k in getattr(op, "kernels", ()):
+            pending.setdefault((k.name, k.duration), []).append(op)
+
+    def launcher_of(event):
+        waiting = pending.get((event.name, event.time_range.elapsed_us()))
+        return waiting.pop(0) if waiting else None
+
+    return launcher_of
+
+
 def profile_entries(prof, device_type: str) -> tuple[list[tuple[str, float, int]], int]:
     """(entries for `per_step_table`, decode steps) of a finished torch.profiler run.
 
@@ -156,16 +180,20 @@ def profile_entries(prof, device_type: str) -> tuple[list[tuple[str, float, int]
     from torch.autograd import DeviceType
 
     events = prof.events()
-    ops = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async and e.linked_correlation_id == 0]
+    linked = not events or hasattr(events[0], "linked_correlation_id")
+    ops = [e for e in events
+           if e.device_type == DeviceType.CPU and not e.is_async and (not linked or e.linked_correlation_id == 0)]
     steps = sum(e.name == STEP_LABEL for e in ops)
 
     def named(scope, name):
         return f"{scope}{SCOPE_SEP}{name}" if scope and scope != name else name
 
     if device_type == "cuda":
-        launcher = {e.id: e for e in ops}
-        entries = [(named(_scope(launcher.get(e.linked_correlation_id)), e.name), e.time_range.elapsed_us(), 1)
-                   for e in events if e.device_type == DeviceType.CUDA]
+        launcher_of = _launcher_by_correlation(ops) if linked else _launcher_by_kernel_list(ops)
+        # A labelled range also shows up as a device event spanning its kernels (a GPU user
+        # annotation, torch 2.11): a span, not a kernel, so it is left out.
+        entries = [(named(_scope(launcher_of(e)), e.name), e.time_range.elapsed_us(), 1)
+                   for e in events if e.device_type == DeviceType.CUDA and e.name not in LABELS and e.name != STEP_LABEL]
     else:
         entries = [(named(_scope(e), e.name), e.self_cpu_time_total, 1) for e in ops]
     return entries, steps
