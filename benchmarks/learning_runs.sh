@@ -25,9 +25,16 @@
 #              from-base wave's)
 #   long-budget  GRPO from the base model where truncation is not the first signal (at 128 new
 #              tokens the base model is cut off on over half its completions, and the first
-#              thing GRPO learns is to be short): 384 new tokens; 384 with grpo.beta 0.2; and
-#              128 with grpo.mask_truncated (truncated completions left out of the update);
-#              40 steps each, evaluated after (and the first before, at 384 tokens)
+#              thing GRPO learns is to be short): 384 new tokens; and 128 with
+#              grpo.mask_truncated (truncated completions left out of the update); 40 steps
+#              each, evaluated after (and the first before, at 384 tokens)
+#   prefill    GRPO from the base model on prompts that end with the seed's pre-filled start of
+#              the analysis ("Let me go through my code step by step. Looking at my code,";
+#              DATA/gsm8k-verify-prefill, `tirgrpo data gsm8k-verify --prefill`), 256 new tokens,
+#              truncated completions left out of the update, 40 steps: the from-base recipe; the
+#              same with the sequence-mean loss; with the label-symmetric reward; on
+#              Qwen2.5-Coder-0.5B-Instruct
+#   prefill-fast  the prefill recipe at lr 1e-5
 #   small      Qwen2.5-Coder-0.5B-Instruct: SFT (configs/...-0.5b-sft.toml), then GRPO from it
 #              with each credit (configs/...-0.5b-grpo.toml)
 # Each run writes RUNS/NAME/ (metrics.jsonl, eval_before.json, eval_after.json, plots, report)
@@ -97,10 +104,23 @@ for wave in "${waves[@]}"; do
     long-budget)
       long=(--set rollout.max_new_tokens=384 --set optim.total_steps=40)
       TASK=gsm8k-verify train grpo-from-base-384 "$BASE" "${long[@]}" &
-      TASK=gsm8k-verify train grpo-from-base-384-beta0.2 "$BASE" "${long[@]}" --set grpo.beta=0.2 \
-        --set run.eval_before=false &
       TASK=gsm8k-verify train grpo-from-base-mask-truncated "$BASE" --set grpo.mask_truncated=true \
         --set optim.total_steps=40 --set run.eval_before=false &
+      wait ;;
+    prefill|prefill-fast)
+      pre=(--set rollout.max_new_tokens=256 --set grpo.mask_truncated=true --set optim.total_steps=40)
+      if [ "$wave" = prefill ]; then
+        TASK=gsm8k-verify-prefill train grpo-from-base-prefill "$BASE" "${pre[@]}" &
+        TASK=gsm8k-verify-prefill train grpo-from-base-prefill-seqmean "$BASE" "${pre[@]}" \
+          --set grpo.loss_type=grpo --set run.eval_before=false &
+        TASK=gsm8k-verify-prefill train grpo-from-base-prefill-sym "$BASE" "${pre[@]}" \
+          --set rewards.decline=-1.0 --set rewards.decline_wrong=1.0 --set run.eval_before=false &
+        TASK=gsm8k-verify-prefill train grpo-from-base-prefill-0.5b "$BASE" "${pre[@]}" \
+          --set model.name_or_path=qwen2.5-coder-0.5b-instruct &
+      else
+        TASK=gsm8k-verify-prefill train grpo-from-base-prefill-lr1e-5 "$BASE" "${pre[@]}" --set optim.lr=1e-5 \
+          --set run.eval_before=false &
+      fi
       wait ;;
     small)
       TASK=gsm8k-verify sft sft-0.5b configs/gsm8k-verify-qwen2.5-coder-0.5b-sft.toml
@@ -113,6 +133,7 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard train grpo-from-base-hard "$BASE" &
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
-    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget, small)"; exit 2 ;;
+    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget,"\
+            "prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done
