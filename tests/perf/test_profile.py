@@ -37,12 +37,25 @@ ROOT = Path(__file__).resolve().parents[2]
     ("decode::decode_attention > aten::softmax", "attention"),
     ("decode::sample > void at::native::elementwise_kernel<128, 2, exponential>", "sampling"),
     ("decode::sample", "sampling"),  # the range's own CPU time
+    # C++ kernel names hold " > " themselves: the range is still the one before the first
+    ("decode::decode_attention > void at::native::index_elementwise_kernel<128, 4, at::native::gpu_index_kernel<"
+     "at::native::OpaqueType<2> > >(at::TensorIteratorBase&) const&)::{lambda(int)#1})", "attention"),
+    ("void at::native::index_elementwise_kernel<128, 4, at::native::gpu_index_kernel<at::native::OpaqueType<2> > >"
+     "(at::TensorIteratorBase&) const&)::{lambda(int)#1})", "copies / other"),
     ("decode::step", "copies / other"),
     ("decode::prefill > sm90_xmma_gemm_bf16bf16", None),
     ("decode::prefill", None),
 ])
 def test_kernel_category(name, category):
     assert kernel_category(name) == category
+
+
+def test_split_scope_keeps_whole_kernel_names():
+    from tirgrpo.perf.profile import split_scope
+
+    kernel = "void k<at::native::OpaqueType<2> > >(int) const&)::{lambda(int)#1})"
+    assert split_scope(f"decode::sample > {kernel}") == ("decode::sample", kernel)
+    assert split_scope(kernel) == ("", kernel)
 
 
 def test_per_step_table_on_hand_numbers():

@@ -47,6 +47,15 @@ NAME_PATTERNS = (
 )
 
 
+def split_scope(name: str) -> tuple[str, str]:
+    """("decode::lm_head", "nvjet_...") from "decode::lm_head > nvjet_..."; ("", name) when
+    `name` carries no labelled range. Only a label counts as a scope: C++ kernel names hold
+    " > " themselves (`...TensorInfo<long, int> >(...)`), so splitting at the last one would
+    cut the kernel's name and lose its range."""
+    head, sep, tail = name.partition(SCOPE_SEP)
+    return (head, tail) if sep and head in LABELS else ("", name)
+
+
 def kernel_category(name: str) -> str | None:
     """The category (one of CATEGORIES) of a kernel or op `name`, or None (left out: prefill).
 
@@ -54,8 +63,8 @@ def kernel_category(name: str) -> str | None:
     labelled range decides (LABELS), else the kernel name does (NAME_PATTERNS), else
     "copies / other".
     """
-    scope, _, kernel = name.rpartition(SCOPE_SEP)
-    if scope in LABELS:
+    scope, kernel = split_scope(name)
+    if scope:
         return LABELS[scope]
     if kernel in LABELS:  # the range's own (CPU) time
         return LABELS[kernel]
@@ -83,7 +92,7 @@ def per_step_table(entries: list[tuple[str, float, int]], steps: int, top: int =
             continue
         us[category] += t
         count[category] += n
-        kernel = name.rpartition(SCOPE_SEP)[2]
+        kernel = split_scope(name)[1]
         by_name[category][kernel] = by_name[category].get(kernel, 0.0) + t
     total = sum(us.values())
     rows = []
