@@ -50,7 +50,7 @@ NAME_PATTERNS = (
 def split_scope(name: str) -> tuple[str, str]:
     """("decode::lm_head", "nvjet_...") from "decode::lm_head > nvjet_..."; ("", name) when
     `name` carries no labelled range. Only a label counts as a scope: C++ kernel names hold
-    " > " themselves (`...TensorInfo<long, int> >(...)`), so splitting at the last one would
+    " > " themselves (`...OpaqueType<2> > >(...)`), so splitting at the last one would
     cut the kernel's name and lose its range."""
     head, sep, tail = name.partition(SCOPE_SEP)
     return (head, tail) if sep and head in LABELS else ("", name)

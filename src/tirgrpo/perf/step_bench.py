@@ -137,16 +137,15 @@ def table(rows: list[dict]) -> str:
     """Rows side by side. `speed-up`: tokens/s over a 1-GPU row of the same shape, G and
     lengths: the one with the same work per GPU (each GPU keeps its load) or, when there is
     none, the one with the same prompts per step (one GPU does the whole step's work)."""
-    def key(r, per_gpu: bool):
-        return r["shape"], r["prompts"] // r["gpus"] if per_gpu else r["prompts"], r["G"], r["context"]
+    def key(r, prompts: int):
+        return r["shape"], prompts, r["G"], r["context"]
 
-    ones = [r for r in rows if r["gpus"] == 1]
-    base = {key(r, per_gpu): r["tokens_per_s"] for per_gpu in (False, True) for r in ones}
+    base = {key(r, r["prompts"]): r["tokens_per_s"] for r in rows if r["gpus"] == 1}
     head = (f"{'shape':<22}{'gpus':>5}{'prompts':>8}{'/gpu':>5}{'G':>4}{'context':>11}{'step s':>8}{'rollout s':>10}"
             f"{'train s':>9}{'tok/s':>8}{'speed-up':>9}{'peak GiB':>9}{'est GiB':>8}")
     lines = [head]
     for r in rows:
-        one = base.get(key(r, True)) or base.get(key(r, False))
+        one = base.get(key(r, r["prompts"] // r["gpus"])) or base.get(key(r, r["prompts"]))
         speed = f"{r['tokens_per_s'] / one:.2f}x" if one else "-"
         est = f"{r['estimate_gib']:.1f}" if r["estimate_gib"] is not None else "-"
         lines.append(f"{r['shape']:<22}{r['gpus']:>5}{r['prompts']:>8}{r['prompts'] // r['gpus']:>5}{r['G']:>4}"
