@@ -28,8 +28,9 @@
 #              thing GRPO learns is to be short): 384 new tokens; and 128 with
 #              grpo.mask_truncated (truncated completions left out of the update); 40 steps
 #              each, evaluated after (and the first before, at 384 tokens)
-#   long-384   the 384-token from-base run longer and wider (each on a GPU of its own fits the
-#              target's 20 GPU-minutes): 150 steps, evaluated every 50; 60 steps of 16 pairs
+#   long-384, long-384-wide  the 384-token from-base run longer: 150 steps, evaluated every
+#              50; and wider: 60 steps of 16 pairs (each on a GPU of its own fits the target's 20
+#              GPU-minutes)
 #   prefill    GRPO from the base model on prompts that end with the seed's pre-filled start of
 #              the analysis ("Let me go through my code step by step. Looking at my code,";
 #              DATA/gsm8k-verify-prefill, `tirgrpo data gsm8k-verify --prefill`), 256 new tokens,
@@ -110,12 +111,11 @@ for wave in "${waves[@]}"; do
         --set optim.total_steps=40 --set run.eval_before=false &
       wait ;;
     long-384)
-      long=(--set rollout.max_new_tokens=384 --set run.eval_before=false)
-      TASK=gsm8k-verify train grpo-from-base-384-150 "$BASE" "${long[@]}" --set optim.total_steps=150 \
-        --set run.eval_every=50 &
-      TASK=gsm8k-verify train grpo-from-base-384-wide "$BASE" "${long[@]}" --set optim.total_steps=60 \
-        --set rollout.prompts_per_step=32 &
-      wait ;;
+      TASK=gsm8k-verify train grpo-from-base-384-150 "$BASE" --set rollout.max_new_tokens=384 \
+        --set run.eval_before=false --set optim.total_steps=150 --set run.eval_every=50 ;;
+    long-384-wide)
+      TASK=gsm8k-verify train grpo-from-base-384-wide "$BASE" --set rollout.max_new_tokens=384 \
+        --set run.eval_before=false --set optim.total_steps=60 --set rollout.prompts_per_step=32 ;;
     prefill|prefill-fast)
       pre=(--set rollout.max_new_tokens=256 --set grpo.mask_truncated=true --set optim.total_steps=40)
       if [ "$wave" = prefill ]; then
@@ -143,6 +143,6 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
     *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget,"\
-            "long-384, prefill, prefill-fast, small)"; exit 2 ;;
+            "long-384, long-384-wide, prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done
