@@ -31,9 +31,12 @@
 #   long-384, long-384-wide  the 384-token from-base run longer: 150 steps, evaluated every
 #              50; and wider: 60 steps of 16 pairs (each on a GPU of its own fits the target's 20
 #              GPU-minutes)
+#   check      GRPO from the base model, 384 new tokens, 60 steps, on prompts whose bridge names the
+#              check to make (DATA/gsm8k-verify-check, `tirgrpo data gsm8k-verify --bridge check`),
+#              evaluated before (the base model under that bridge) and after
 #   prefill    GRPO from the base model on prompts that end with the seed's pre-filled start of
 #              the analysis ("Let me go through my code step by step. Looking at my code,";
-#              DATA/gsm8k-verify-prefill, `tirgrpo data gsm8k-verify --prefill`), 256 new tokens,
+#              DATA/gsm8k-verify-prefill, `tirgrpo data gsm8k-verify --bridge seed-prefill`), 256 new tokens,
 #              truncated completions left out of the update, 40 steps: the from-base recipe; the
 #              same with the sequence-mean loss; with the label-symmetric reward; on
 #              Qwen2.5-Coder-0.5B-Instruct
@@ -116,6 +119,9 @@ for wave in "${waves[@]}"; do
     long-384-wide)
       TASK=gsm8k-verify train grpo-from-base-384-wide "$BASE" --set rollout.max_new_tokens=384 \
         --set run.eval_before=false --set optim.total_steps=60 --set rollout.prompts_per_step=32 ;;
+    check)
+      TASK=gsm8k-verify-check train grpo-from-base-check "$BASE" --set rollout.max_new_tokens=384 \
+        --set optim.total_steps=60 ;;
     prefill|prefill-fast)
       pre=(--set rollout.max_new_tokens=256 --set grpo.mask_truncated=true --set optim.total_steps=40)
       if [ "$wave" = prefill ]; then
@@ -143,6 +149,6 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
     *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget,"\
-            "long-384, long-384-wide, prefill, prefill-fast, small)"; exit 2 ;;
+            "long-384, long-384-wide, check, prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done

@@ -52,7 +52,7 @@ def test_every_wave_makes_loadable_configs_in_separate_folders(tmp_path):
     from tirgrpo.train.sft import SFTConfig
 
     names = waves()
-    assert {"from-base", "long-budget", "long-384", "long-384-wide", "prefill", "prefill-fast", "small"} <= set(names)
+    assert {"from-base", "long-budget", "long-384", "long-384-wide", "check", "prefill", "prefill-fast", "small"} <= set(names)
     calls = recorded_calls(tmp_path, names)
     out_dirs = []
     for argv in calls:

@@ -157,23 +157,30 @@ def test_command_writes_labelled_pairs(tmp_path, capsys):
     assert read_examples(tmp_path / "v.parquet") == examples
 
 
-def test_prefill_moves_the_analysis_start_into_the_prompt(tmp_path):
-    # --prefill: the prompt ends with the seed's pre-fill and the completion goes on from its
-    # last words, so prompt + completion is the plain example's text with the pre-fill's
-    # first sentences inserted before the completion; labels and answers are unchanged.
+def test_bridges_change_only_the_text_after_the_output(tmp_path):
+    # --bridge seed-prefill: the prompt ends with the seed's pre-fill and the completion goes on
+    # from its last words, so prompt + completion is the plain example's text with the
+    # pre-fill's first sentences inserted before the completion. --bridge check: the prompt's
+    # bridge asks for the line-by-line check, the completion is the plain one. Labels and
+    # answers are unchanged either way.
     src = write_gsm8k(tmp_path / "g.jsonl", [{"question": NATALIA_Q, "answer": NATALIA_A}])
-    plain, filled = tmp_path / "plain.jsonl", tmp_path / "filled.jsonl"
-    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(plain)]) == 0
-    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(filled), "--prefill"]) == 0
+    made = {}
+    for bridge in ("seed", "seed-prefill", "check"):
+        made[bridge] = tmp_path / f"{bridge}.jsonl"
+        assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(made[bridge]), "--bridge", bridge]) == 0
     head = BRIDGE_PREFILL[: -len("Looking at my code,")]
-    pairs = list(zip(read_examples(plain), read_examples(filled)))
-    assert len(pairs) == 2
-    for a, b in pairs:
+    triples = list(zip(*(read_examples(made[b]) for b in ("seed", "seed-prefill", "check"))))
+    assert len(triples) == 2
+    for a, b, c in triples:
         assert b.prompt.endswith("Let me go through my code step by step.\n\nLooking at my code,")
         assert b.prompt + b.completion == a.prompt + head + a.completion
         assert b.completion.startswith((" every step", " the line"))
-        assert (a.label, a.correct_answer, a.eventual_answer) == (b.label, b.correct_answer, b.eventual_answer)
         assert b.prompt_tokens > a.prompt_tokens and b.completion_tokens < a.completion_tokens
+        code_and_output = a.prompt[: a.prompt.index("Analyze issues")]
+        assert c.prompt.startswith(code_and_output) and "Check the code line by line" in c.prompt
+        assert c.prompt.endswith("<｜Assistant｜><think>\n") and c.completion == a.completion
+        for e in (b, c):
+            assert (a.label, a.correct_answer, a.eventual_answer) == (e.label, e.correct_answer, e.eventual_answer)
 
 
 def test_prompt_limit_drops_questions(r1):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tirgrpo.data.gsm8k import BRIDGES
     from tirgrpo.validate import positive_int
 
     sub = parser.add_subparsers(dest="data_command", metavar="DATASET", required=True)
@@ -41,10 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--hard", action="store_true",
                    help="hard wrong twins: the code agrees with its own plan, but the plan misreads the question "
                         "(a number from another sentence, a wrong operation, a unit or rate mix-up)")
-    p.add_argument("--prefill", action="store_true",
-                   help="end each prompt with the seed's pre-filled start of the analysis (\"... Let me go through "
-                        "my code step by step. Looking at my code,\"), as the seed transcripts do; the target "
-                        "completion is the rest of that sentence (the prompt grows by 51-57 tokens)")
+    p.add_argument("--bridge", choices=tuple(BRIDGES), default="seed",
+                   help="the text after the code's output: the seed's bridge (default); the same with the seed's "
+                        "pre-filled start of the analysis (\"... Let me go through my code step by step. Looking at "
+                        "my code,\"; the target completion is the rest of that sentence; +51-57 prompt tokens); or "
+                        "one that asks to check each code line against its plan step and the problem (+18 tokens)")
     _add_split_transcripts(sub)
 
 
@@ -109,7 +111,7 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     examples, counts = build_examples(items, tokenizer, limit=args.limit, seed=args.seed,
                                       max_prompt_tokens=args.max_prompt_tokens,
                                       make=make_hard_pair if args.hard else None, exclude=exclude,
-                                      prefill=args.prefill)
+                                      bridge=args.bridge)
     if not examples:
         raise TirgrpoError(f"{args.input}: no usable questions ({counts})")
     write_examples(out, examples)

@@ -31,12 +31,16 @@ from typing import Sequence
 from tirgrpo.data.limits import text_problem
 from tirgrpo.data.records import Example, iter_jsonl, parse_int_answer
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.data.templates import BRIDGE, BRIDGE_PREFILL, CODE_BLOCK_START, GSM8K_CODE_PROMPT, fill
+from tirgrpo.data.templates import BRIDGE, BRIDGE_PREFILL, CHECK_BRIDGE, CODE_BLOCK_START, GSM8K_CODE_PROMPT, fill
 
 SOURCE = "gsm8k-verify"
 MAX_PROMPT_TOKENS = 400
-# Every target completion starts with the last words of the seed's pre-fill (BRIDGE_PREFILL),
-# so with the pre-fill in the prompt the completion is the rest of the same sentence.
+# The text after the code's output, by `--bridge` name: the seed's bridge without its
+# pre-filled analysis (short prompts; the default), with it (as the seed transcripts have it),
+# or one that names the check to make (templates.CHECK_BRIDGE).
+BRIDGES = {"seed": BRIDGE, "seed-prefill": BRIDGE + BRIDGE_PREFILL, "check": CHECK_BRIDGE}
+# Every target completion starts with the last words of the seed's pre-fill, so after a bridge
+# that ends with them the completion is the rest of the same sentence.
 ANALYSIS_START = "Looking at my code,"
 assert BRIDGE_PREFILL.endswith(ANALYSIS_START)
 
@@ -298,9 +302,9 @@ def make_pair(question: str, solution: str, rng: random.Random) -> VerifyPair:
     raise ProgramError("no perturbation gives a different non-negative integer")
 
 
-def _prompt(pair: VerifyPair, plan: str, program: Program, output: str, prefill: bool) -> str:
+def _prompt(pair: VerifyPair, plan: str, program: Program, output: str, bridge: str) -> str:
     first = fill(GSM8K_CODE_PROMPT, question=pair.question, plan=plan, code=program.source())
-    return first + fill(BRIDGE, output=output) + (BRIDGE_PREFILL if prefill else "")
+    return first + fill(BRIDGES[bridge], output=output)
 
 
 def correct_completion(pair: VerifyPair) -> str:
@@ -328,16 +332,17 @@ def wrong_completion(pair: VerifyPair) -> str:
     )
 
 
-def pair_examples(pair: VerifyPair, tokenizer, prefill: bool = False) -> tuple[Example, Example]:
+def pair_examples(pair: VerifyPair, tokenizer, bridge: str = "seed") -> tuple[Example, Example]:
     """(correct example, wrong twin) with token counts from `tokenizer`.
 
-    prefill: end each prompt with the seed's pre-filled start of the analysis (BRIDGE_PREFILL,
-    "... Let me go through my code step by step.\n\nLooking at my code,"), as the seed
-    transcripts do; the target completion is then the rest of its first sentence.
+    bridge: a BRIDGES name. After "seed-prefill", which ends with the seed's pre-filled start of
+    the analysis ("... Let me go through my code step by step.\n\nLooking at my code,"), the
+    target completion is the rest of that sentence.
     """
+    prefilled = BRIDGES[bridge].endswith(ANALYSIS_START)
 
     def example(prompt: str, completion: str, eventual: str, label: str) -> Example:
-        if prefill:
+        if prefilled:
             completion = completion[len(ANALYSIS_START):]
         return Example(
             question=pair.question,
@@ -352,10 +357,10 @@ def pair_examples(pair: VerifyPair, tokenizer, prefill: bool = False) -> tuple[E
         )
 
     return (
-        example(_prompt(pair, pair.plan, pair.program, pair.output, prefill), correct_completion(pair),
+        example(_prompt(pair, pair.plan, pair.program, pair.output, bridge), correct_completion(pair),
                 str(pair.answer), "correct"),
         example(
-            _prompt(pair, pair.wrong_plan or pair.plan, pair.wrong_program, pair.wrong_output, prefill),
+            _prompt(pair, pair.wrong_plan or pair.plan, pair.wrong_program, pair.wrong_output, bridge),
             wrong_completion(pair),
             str(parse_int_answer(pair.wrong_output)),
             "wrong",
@@ -392,14 +397,14 @@ def build_examples(
     max_prompt_tokens: int = MAX_PROMPT_TOKENS,
     make=None,
     exclude: frozenset[str] = frozenset(),
-    prefill: bool = False,
+    bridge: str = "seed",
 ) -> tuple[list[Example], dict[str, int]]:
     """Examples for up to `limit` questions (2 each: correct, then wrong), in an order shuffled by seed.
 
     make: the pair builder, `make_pair` (a wrong twin's code line contradicts its plan; the
     default) or `gsm8k_hard.make_hard_pair` (plan and code alike misread the question). exclude: questions to leave out (compared
     by `question_key`), e.g. those of a training file when building a held-out eval file.
-    prefill: prompts end with the seed's pre-fill (`pair_examples`).
+    bridge: the text after the code's output, a BRIDGES name (`pair_examples`).
     Returns (examples, counts of questions used and skipped by reason, and of the twins by kind).
     """
     make = make or make_pair
@@ -420,7 +425,7 @@ def build_examples(
         except ProgramError:
             counts["skipped_program"] += 1
             continue
-        good, bad = pair_examples(pair, tokenizer, prefill)
+        good, bad = pair_examples(pair, tokenizer, bridge)
         if max(good.prompt_tokens, bad.prompt_tokens) > max_prompt_tokens:
             counts["skipped_too_long"] += 1
             continue

@@ -65,6 +65,20 @@ BRIDGE_PREFILL = (
 # The full bridge text of the seed transcripts (what the transcript JSONL's `bridge` holds by default).
 SEED_BRIDGE = BRIDGE + BRIDGE_PREFILL
 
+# A bridge that names the check the judge has to make (`tirgrpo data gsm8k-verify --bridge
+# check`): the seed's bridge asks to "analyze issues", which a model new to the format reads as
+# "explain the code"; this one asks to compare each line with its plan step and the problem,
+# and says what each verdict looks like. Same format: \boxed{} to submit, a code block to decline.
+CHECK_BRIDGE = (
+    "<｜end▁of▁sentence｜><｜User｜>Your code was executed.\n\n"
+    "```output\n{output}\n```\n\n"
+    "Check the code line by line: does each line compute what its step of the plan says, with the "
+    "numbers and operations the problem gives? Name the first line that does not, if any.\n\n"
+    "If every line is right, the output is the answer: write it in \\boxed{}. If a line is wrong, "
+    "write the corrected code in a new ```python block.\n"
+    "<｜Assistant｜><think>\n"
+)
+
 # The short first turn of the gsm8k-verify task: the question and a one-line instruction, then
 # the assistant's plan inside <think> and its code block. BRIDGE follows (without the pre-fill,
 # so that the model's whole analysis is the completion and prompts stay short).
