@@ -5,7 +5,8 @@
 #   RUNS=runs/learning DATA=data benchmarks/learning_runs.sh [WAVE ...]
 #
 # Needs: the GGUF of qwen2.5-coder-1.5b-instruct (../shared/models/get.sh, or TIRGRPO_MODELS),
-# and DATA/gsm8k-verify{,-hard}/{train,eval-500}.jsonl (commands in docs/data-format.md).
+# and DATA/gsm8k-verify{,-hard,-prefill,-check}/{train,eval-500}.jsonl as the waves need them
+# (commands in docs/data-format.md).
 # Waves:
 #   from-base  GRPO from the base model, the recipe of configs/...-grpo-from-base.toml
 #   ablations  the same from the base model with the plain reward (no judge_only): the original

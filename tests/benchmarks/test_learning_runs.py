@@ -20,10 +20,10 @@ SCRIPT = REPO / "benchmarks" / "learning_runs.sh"
 RECORDER = "import json, os, sys\nopen(os.environ['RECORD'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
 
 
-def waves() -> list[str]:
+def waves(tmp_path: Path) -> list[str]:
     """The script's waves, as its own message for an unknown wave lists them."""
     out = subprocess.run(["bash", str(SCRIPT), "no-such-wave"], capture_output=True, text=True,
-                         env={**os.environ, "RUNS": "/nonexistent-runs"}, cwd=REPO)
+                         env={**os.environ, "RUNS": str(tmp_path / "unused")}, cwd=REPO)
     assert out.returncode == 2
     names = re.search(r"unknown wave no-such-wave \((.*)\)", " ".join(out.stdout.split())).group(1)
     return [w.strip() for w in names.split(",")]
@@ -51,7 +51,7 @@ def split_call(argv: list[str]) -> tuple[str, str, list[str]]:
 def test_every_wave_makes_loadable_configs_in_separate_folders(tmp_path):
     from tirgrpo.train.sft import SFTConfig
 
-    names = waves()
+    names = waves(tmp_path)
     assert {"from-base", "long-budget", "long-384", "long-384-wide", "check", "prefill", "prefill-fast", "small"} <= set(names)
     calls = recorded_calls(tmp_path, names)
     out_dirs = []

@@ -24,7 +24,7 @@ from tirgrpo.data.gsm8k import (
     read_gsm8k,
 )
 from tirgrpo.data.records import parse_int_answer, read_examples
-from tirgrpo.data.templates import BRIDGE_PREFILL, CODE_BLOCK_START
+from tirgrpo.data.templates import BRIDGE_PREFILL, CODE_BLOCK_START, SEED_BRIDGE
 
 REPO = Path(__file__).resolve().parents[2]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
@@ -168,7 +168,10 @@ def test_bridges_change_only_the_text_after_the_output(tmp_path):
     for bridge in ("seed", "seed-prefill", "check"):
         made[bridge] = tmp_path / f"{bridge}.jsonl"
         assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(made[bridge]), "--bridge", bridge]) == 0
-    head = BRIDGE_PREFILL[: -len("Looking at my code,")]
+    from tirgrpo.data.gsm8k import ANALYSIS_START
+
+    assert SEED_BRIDGE.endswith(BRIDGE_PREFILL) and BRIDGE_PREFILL.endswith(ANALYSIS_START)
+    head = BRIDGE_PREFILL[: -len(ANALYSIS_START)]
     triples = list(zip(*(read_examples(made[b]) for b in ("seed", "seed-prefill", "check"))))
     assert len(triples) == 2
     for a, b, c in triples:

@@ -50,6 +50,41 @@ def test_kernel_category(name, category):
     assert kernel_category(name) == category
 
 
+def test_profile_entries_on_older_torch_match_kernels_in_time_order():
+    """torch 2.11: no linked_correlation_id; each op lists its kernels (name, duration), and a
+    device event is matched to one of them. The same kernel listed by two ops in different
+    ranges goes to them in time order, whatever the order of the event list; a labelled
+    range's own device span is left out; a kernel no op lists is named by itself."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from tirgrpo.perf.profile import profile_entries
+
+    def op(id_, name, start, parent=None, kernels=()):
+        return SimpleNamespace(id=id_, name=name, cpu_parent=parent, device_type=DeviceType.CPU, is_async=False,
+                               self_cpu_time_total=1.0, time_range=SimpleNamespace(start=start),
+                               kernels=[SimpleNamespace(name=n, device=0, duration=d) for n, d in kernels])
+
+    def device(name, start, us):
+        return SimpleNamespace(id=0, name=name, device_type=DeviceType.CUDA, is_async=False,
+                               time_range=SimpleNamespace(start=start, elapsed_us=lambda: us))
+
+    step = op(1, "decode::step", 0)
+    norm = op(2, "decode::add_rmsnorm", 1, step)
+    norm_mul = op(3, "aten::mul", 2, norm, kernels=[("k_same", 3.0)])
+    silu = op(4, "decode::silu_mul", 5, step)
+    silu_mul = op(5, "aten::mul", 6, silu, kernels=[("k_same", 3.0)])
+    events = [step, norm, norm_mul, silu, silu_mul,
+              device("k_same", 120, 3.0), device("k_same", 100, 3.0),  # listed late first
+              device("decode::silu_mul", 119, 5.0),  # the range's device span
+              device("_triton_kernel", 110, 7.0)]  # launched by Triton, listed by no op
+    entries, steps = profile_entries(SimpleNamespace(events=lambda: events), "cuda")
+    assert steps == 1
+    assert entries == [("decode::silu_mul > k_same", 3.0, 1), ("decode::add_rmsnorm > k_same", 3.0, 1),
+                       ("_triton_kernel", 7.0, 1)]
+
+
 def test_split_scope_keeps_whole_kernel_names():
     from tirgrpo.perf.profile import split_scope
 
@@ -168,18 +203,3 @@ def test_profile_entries_names_cuda_kernels_by_their_launching_range():
     assert ("decode::lm_head > aten::mm", 1.0, 1) in entries and ("decode::lm_head", 1.0, 1) in entries
     assert ("aten::addmm", 1.0, 1) in entries and len(entries) == 6
 
-    # Older torch (2.11): no linked_correlation_id; each op lists its kernels instead, and a
-    # device event is matched to its op by name and duration. Same entries.
-    def old(e):
-        fields = {k: v for k, v in vars(e).items() if k != "linked_correlation_id"}
-        return SimpleNamespace(**fields)
-
-    kernel_of = {3: ("nvjet_lm", 40.0), 4: ("_add_rmsnorm_kernel", 5.0), 5: ("nvjet_qkv", 20.0)}
-    old_events = [old(e) for e in events]
-    for e in old_events[:6]:
-        e.kernels = [SimpleNamespace(name=n, device=0, duration=d) for n, d in [kernel_of[e.id]]] if e.id in kernel_of else []
-    old_events[4].kernels = []  # qkv's kernel not listed (as a Triton launch): named by itself
-    entries_old, steps_old = profile_entries(SimpleNamespace(events=lambda: old_events), "cuda")
-    assert (entries_old, steps_old) == (
-        [("decode::lm_head > nvjet_lm", 40.0, 1), ("decode::add_rmsnorm > _add_rmsnorm_kernel", 5.0, 1),
-         ("nvjet_qkv", 20.0, 1), ("Memcpy DtoH", 1.0, 1)], 2)

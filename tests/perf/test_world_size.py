@@ -98,6 +98,15 @@ def test_step_table_speed_up_over_one_gpu():
     # With no 1-GPU row of the same prompts per GPU, the one with the same prompts per step.
     lines = table([{**row, "gpus": 1, "prompts": 8}, {**row, "gpus": 2, "prompts": 8, "tokens_per_s": 1900.0}]).splitlines()
     assert "1.90x" in lines[2]
+    # Both kinds present: the same work per GPU wins; of two such rows, the nearest (its call's).
+    rows = [{**row, "gpus": 1, "prompts": 8, "tokens_per_s": 500.0}, {**row, "gpus": 1, "tokens_per_s": 1000.0},
+            {**row, "gpus": 2, "prompts": 8, "tokens_per_s": 1900.0},
+            {**row, "gpus": 2, "prompts": 8, "tokens_per_s": 2100.0}, {**row, "gpus": 1, "tokens_per_s": 1050.0}]
+    lines = table(rows).splitlines()
+    assert [line.split()[-3] for line in lines[1:]] == ["1.00x", "1.00x", "1.90x", "2.00x", "1.00x"]
+    # A profiled row is not compared, and is no baseline.
+    lines = table([{**row, "gpus": 1, "profiled": True}, {**row, "gpus": 2, "prompts": 8}]).splitlines()
+    assert lines[1].split()[-3] == "profiled" and lines[2].split()[-3] == "-"
     lines = table([{**row, "gpus": 1, "prompts": 8}, {**row, "gpus": 2, "prompts": 6}]).splitlines()
     assert lines[2].split()[-3] == "-"  # neither 3 nor 6 prompts on one GPU: nothing to compare with
 

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--bridge", choices=tuple(BRIDGES), default="seed",
                    help="the text after the code's output: the seed's bridge (default); the same with the seed's "
                         "pre-filled start of the analysis (\"... Let me go through my code step by step. Looking at "
-                        "my code,\"; the target completion is the rest of that sentence; +51-57 prompt tokens); or "
-                        "one that asks to check each code line against its plan step and the problem (+18 tokens)")
+                        "my code,\"; the target completion is the rest of that sentence; +55 prompt tokens with the default "
+                        "tokenizer); or one that asks to check each code line against its plan step and the problem "
+                        "(+8 tokens)")
     _add_split_transcripts(sub)
 
 

@@ -4,7 +4,7 @@ GSM8K solutions carry calculator annotations, `Natalia sold 48/2 = <<48/2=24>>24
 Each annotation becomes one line of a short Python program (`step1 = 48 / 2`); a number
 equal to an earlier step's result is written as that step's variable, so the program is
 one data flow ending in `answer = ...` and `print(answer)`. The program's output is shown
-after the same bridge text as the seed transcripts, and the model must judge it:
+after the seed transcripts' bridge text (or a variant: `BRIDGES`), and the model must judge it:
 
 - the correct example shows the program as derived from the solution (its output equals
   GSM8K's answer); its target completion is a short check and `\\boxed{answer}`;
@@ -31,18 +31,17 @@ from typing import Sequence
 from tirgrpo.data.limits import text_problem
 from tirgrpo.data.records import Example, iter_jsonl, parse_int_answer
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.data.templates import BRIDGE, BRIDGE_PREFILL, CHECK_BRIDGE, CODE_BLOCK_START, GSM8K_CODE_PROMPT, fill
+from tirgrpo.data.templates import BRIDGE, CHECK_BRIDGE, CODE_BLOCK_START, GSM8K_CODE_PROMPT, SEED_BRIDGE, fill
 
 SOURCE = "gsm8k-verify"
 MAX_PROMPT_TOKENS = 400
 # The text after the code's output, by `--bridge` name: the seed's bridge without its
 # pre-filled analysis (short prompts; the default), with it (as the seed transcripts have it),
 # or one that names the check to make (templates.CHECK_BRIDGE).
-BRIDGES = {"seed": BRIDGE, "seed-prefill": BRIDGE + BRIDGE_PREFILL, "check": CHECK_BRIDGE}
+BRIDGES = {"seed": BRIDGE, "seed-prefill": SEED_BRIDGE, "check": CHECK_BRIDGE}
 # Every target completion starts with the last words of the seed's pre-fill, so after a bridge
 # that ends with them the completion is the rest of the same sentence.
 ANALYSIS_START = "Looking at my code,"
-assert BRIDGE_PREFILL.endswith(ANALYSIS_START)
 
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 # An annotation with the result the solution text repeats after it: "= $<<48/2=24>>24".

@@ -17,6 +17,7 @@ own: copies / other).
 from __future__ import annotations
 
 import re
+from collections import deque
 from contextlib import contextmanager
 
 import torch
@@ -156,28 +157,29 @@ def _scope(event) -> str | None:
     return None
 
 
-def _launcher_by_correlation(ops):
-    """Device event -> the op that launched it, by the event's `linked_correlation_id` (torch >= 2.13)."""
+def _launcher_by_correlation(ops, device_events):
+    """Device event -> the op that launched it, by the event's `linked_correlation_id`."""
     by_id = {e.id: e for e in ops}
     return lambda event: by_id.get(event.linked_correlation_id)
 
 
-def _launcher_by_kernel_list(ops):
-    """Device event -> the op that launched it, for torch releases whose events do not carry
-    `linked_correlation_id` (2.11): there each op lists its kernels as (name, device,
-    duration) in `op.kernels`, so a device event is matched by its name and duration, each
-    listed kernel used once. A kernel no op lists (e.g. one launched by Triton's own
-    launcher) gets None, like an unlinked event in newer torch."""
-    pending: dict[tuple[str, float], list] = {}
-    for op in ops:
+def _launcher_by_kernel_list(ops, device_events):
+    """Device event -> the op that launched it, for torch releases whose events carry no
+    `linked_correlation_id` (2.11). There each op lists its kernels as (name, device,
+    duration) in `op.kernels`, so a device event is matched by its name and duration. Many
+    kernels share both (the same GEMM in every layer), so matches go in time order: on one
+    stream kernels run in launch order, and the k-th run of a (name, duration) belongs to the
+    k-th op, by start time, that lists it. A kernel no op lists (e.g. one launched by Triton's
+    own launcher) gets None, like an unlinked event in newer torch."""
+    pending: dict[tuple[str, float], deque] = {}
+    for op in sorted(ops, key=lambda e: e.time_range.start):
         for k in getattr(op, "kernels", ()):
-            pending.setdefault((k.name, k.duration), []).append(op)
-
-    def launcher_of(event):
+            pending.setdefault((k.name, k.duration), deque()).append(op)
+    launcher = {}
+    for event in sorted(device_events, key=lambda e: e.time_range.start):
         waiting = pending.get((event.name, event.time_range.elapsed_us()))
-        return waiting.pop(0) if waiting else None
-
-    return launcher_of
+        launcher[id(event)] = waiting.popleft() if waiting else None
+    return lambda event: launcher[id(event)]
 
 
 def profile_entries(prof, device_type: str) -> tuple[list[tuple[str, float, int]], int]:
@@ -198,11 +200,12 @@ def profile_entries(prof, device_type: str) -> tuple[list[tuple[str, float, int]
         return f"{scope}{SCOPE_SEP}{name}" if scope and scope != name else name
 
     if device_type == "cuda":
-        launcher_of = _launcher_by_correlation(ops) if linked else _launcher_by_kernel_list(ops)
         # A labelled range also shows up as a device event spanning its kernels (a GPU user
         # annotation, torch 2.11): a span, not a kernel, so it is left out.
-        entries = [(named(_scope(launcher_of(e)), e.name), e.time_range.elapsed_us(), 1)
-                   for e in events if e.device_type == DeviceType.CUDA and e.name not in LABELS and e.name != STEP_LABEL]
+        kernels = [e for e in events
+                   if e.device_type == DeviceType.CUDA and e.name not in LABELS and e.name != STEP_LABEL]
+        launcher_of = (_launcher_by_correlation if linked else _launcher_by_kernel_list)(ops, kernels)
+        entries = [(named(_scope(launcher_of(e)), e.name), e.time_range.elapsed_us(), 1) for e in kernels]
     else:
         entries = [(named(_scope(e), e.name), e.self_cpu_time_total, 1) for e in ops]
     return entries, steps

@@ -91,7 +91,7 @@ def bench_step(args) -> dict:
     tokens = row["completion/tokens_mean"] * cfg.rollout.prompts_per_step * cfg.rollout.group_size
     return {"shape": args.shape, "gpus": dist.world_size(), "prompts": cfg.rollout.prompts_per_step,
             "G": cfg.rollout.group_size, "context": f"{args.prompt_tokens}+{args.new_tokens}",
-            "lora": cfg.model.lora, "step_s": seconds, "rollout_s": row["time/rollout_s"],
+            "lora": cfg.model.lora, "profiled": bool(getattr(args, "profile", None)), "step_s": seconds, "rollout_s": row["time/rollout_s"],
             "train_s": row["time/train_s"], "tokens": tokens, "tokens_per_s": tokens / seconds,
             "peak_gib": row["memory/peak_gib"], "estimate_gib": s.plan.memory.peak_gib if s.plan.memory else None,
             "rollout_peak_gib": row["memory/rollout_peak_gib"], "train_peak_gib": row["memory/train_peak_gib"],
@@ -133,20 +133,34 @@ def is_collective(name: str) -> bool:
                                       "all_reduce"))
 
 
-def table(rows: list[dict]) -> str:
-    """Rows side by side. `speed-up`: tokens/s over a 1-GPU row of the same shape, G and
-    lengths: the one with the same work per GPU (each GPU keeps its load) or, when there is
-    none, the one with the same prompts per step (one GPU does the whole step's work)."""
-    def key(r, prompts: int):
-        return r["shape"], prompts, r["G"], r["context"]
+def baseline(rows: list[dict], i: int) -> dict | None:
+    """The 1-GPU row that row i's speed-up is taken over: of the same shape, G and lengths,
+    with the same work per GPU (each GPU keeps its load) or, when no row has it, the same
+    prompts per step (one GPU does the whole step's work); of several, the nearest in the file,
+    since a call that measures a baseline beside a run writes them next to each other. A
+    profiled row has none (the profiler's own cost is in its time)."""
+    r = rows[i]
+    if r.get("profiled"):
+        return None
+    if r["gpus"] == 1:
+        return r
 
-    base = {key(r, r["prompts"]): r["tokens_per_s"] for r in rows if r["gpus"] == 1}
+    def nearest(prompts: int) -> dict | None:
+        same = [j for j, o in enumerate(rows) if o["gpus"] == 1 and not o.get("profiled") and
+                (o["shape"], o["prompts"], o["G"], o["context"]) == (r["shape"], prompts, r["G"], r["context"])]
+        return rows[min(same, key=lambda j: abs(j - i))] if same else None
+
+    return nearest(r["prompts"] // r["gpus"]) or nearest(r["prompts"])
+
+
+def table(rows: list[dict]) -> str:
+    """Rows side by side; `speed-up` is tokens/s over the row's `baseline`."""
     head = (f"{'shape':<22}{'gpus':>5}{'prompts':>8}{'/gpu':>5}{'G':>4}{'context':>11}{'step s':>8}{'rollout s':>10}"
             f"{'train s':>9}{'tok/s':>8}{'speed-up':>9}{'peak GiB':>9}{'est GiB':>8}")
     lines = [head]
-    for r in rows:
-        one = base.get(key(r, r["prompts"] // r["gpus"])) or base.get(key(r, r["prompts"]))
-        speed = f"{r['tokens_per_s'] / one:.2f}x" if one else "-"
+    for i, r in enumerate(rows):
+        one = baseline(rows, i)
+        speed = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x" if one else ("profiled" if r.get("profiled") else "-")
         est = f"{r['estimate_gib']:.1f}" if r["estimate_gib"] is not None else "-"
         lines.append(f"{r['shape']:<22}{r['gpus']:>5}{r['prompts']:>8}{r['prompts'] // r['gpus']:>5}{r['G']:>4}"
                      f"{r['context']:>11}{r['step_s']:>8.1f}{r['rollout_s']:>10.1f}{r['train_s']:>9.1f}"
