@@ -124,7 +124,8 @@ def test_silu_mul(device, dtype):
 
 @on_devices
 def test_engine_with_triton_kernels_equals_torch_kernels(device, tiny_model_dir, byte_tokenizer):
-    """The whole decode step: same greedy tokens and log-probs with either kernel set (fp32),
+    """The whole decode step: same greedy tokens and log-probs with each kernel set (fp32;
+    triton: projections through kernels/gemv.py, triton-nogemv: through the modules),
     including rows that finish early (compaction) and CUDA graphs on a GPU."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().to(device)
     ps = [byte_tokenizer(t)["input_ids"] for t in ("hello", "a much longer prompt than the others", "x")]
@@ -135,16 +136,17 @@ def test_engine_with_triton_kernels_equals_torch_kernels(device, tiny_model_dir,
     # finish early and the 4 others are compacted into a smaller batch bucket.
     eos = next(t for t in first[1][1:] if all(t not in f for f in first[:1] + first[2:]))
     runs = {}
-    for kind in ("torch", "triton"):
+    for kind in ("torch", "triton", "triton-nogemv"):
         engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64,), kernels=kind)
         assert engine.kernels.name == kind
         engine.eos = {eos}
         runs[kind] = engine.generate(ps, 2, params)
     assert {c.finish_reason for g in runs["triton"] for c in g} == {"eos", "length"}
-    for a, b in zip(runs["torch"], runs["triton"]):
-        for ca, cb in zip(a, b):
-            assert ca.token_ids == cb.token_ids
-            assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-4)
+    for kind in ("triton", "triton-nogemv"):
+        for a, b in zip(runs["torch"], runs[kind]):
+            for ca, cb in zip(a, b):
+                assert ca.token_ids == cb.token_ids
+                assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-4)
 
 
 def test_kernel_choice():
@@ -153,6 +155,13 @@ def test_kernel_choice():
     assert K.select_kernels("torch", cpu).name == "torch"
     with pytest.raises(TirgrpoError, match="kernels must be"):
         K.select_kernels("cuda", cpu)
+    assert K.TRITON_KERNELS.gemv_max_batch == 16 and K.TRITON_NOGEMV_KERNELS.gemv_max_batch == 0
+    assert K.TORCH_KERNELS.gemv_max_batch == 0  # the torch set runs the modules
+    if K.triton_interpreting():
+        assert K.select_kernels("triton-nogemv", cpu).name == "triton-nogemv"
+    else:
+        with pytest.raises(TirgrpoError, match="triton"):
+            K.select_kernels("triton-nogemv", cpu)
 
 
 @pytest.mark.gpu

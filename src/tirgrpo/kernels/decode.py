@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tirgrpo.errors import TirgrpoError
+from tirgrpo.kernels import gemv
 from tirgrpo.kernels.triton_compat import HAVE_TRITON, INTERPRETED, libdevice, tl, triton
 
 # Keys one attention program reads (a multiple of ATTN_BLOCK_N). Smaller means more programs
@@ -357,33 +358,48 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 class Kernels(NamedTuple):
-    """The four operations of a decode step, all torch or all Triton."""
+    """The operations of a decode step, all torch or all Triton.
+
+    linears / gate_up_silu: the projections (kernels/gemv.py), which the engine sends there
+    for plain nn.Linear modules at batch sizes up to gemv_max_batch (0: never; the modules
+    themselves, i.e. cuBLAS, run instead).
+    """
 
     name: str
     add_rmsnorm: Callable
     rotary_cache_write: Callable
     decode_attention: Callable
     silu_mul: Callable
+    linears: Callable
+    gate_up_silu: Callable
+    gemv_max_batch: int
 
 
-TORCH_KERNELS = Kernels("torch", add_rmsnorm_torch, rotary_cache_write_torch, decode_attention_torch, silu_mul_torch)
-TRITON_KERNELS = Kernels("triton", add_rmsnorm, rotary_cache_write, decode_attention, silu_mul)
+TORCH_KERNELS = Kernels("torch", add_rmsnorm_torch, rotary_cache_write_torch, decode_attention_torch, silu_mul_torch,
+                        gemv.linears_torch, gemv.gate_up_silu_torch, 0)
+TRITON_KERNELS = Kernels("triton", add_rmsnorm, rotary_cache_write, decode_attention, silu_mul, gemv.linears,
+                         gemv.gate_up_silu, gemv.GEMV_MAX_BATCH)
+# The Triton decode kernels with every projection run by its module (cuBLAS): the set before
+# kernels/gemv.py, for comparing the two in one call (`tirgrpo bench rollout --kernels ...`).
+TRITON_NOGEMV_KERNELS = TRITON_KERNELS._replace(name="triton-nogemv", gemv_max_batch=0)
+KERNEL_CHOICES = ("auto", "torch", "triton", "triton-nogemv")
 
 
 def select_kernels(kind: str, device: torch.device) -> Kernels:
-    """The kernels for `kind`: torch, triton, or auto (Triton on CUDA when it imports, else torch)."""
+    """The kernels for `kind`: torch, triton, triton-nogemv (triton without the small-batch
+    projections of kernels/gemv.py) or auto (triton on CUDA when it imports, else torch)."""
     if kind == "auto":
         kind = "triton" if device.type == "cuda" and HAVE_TRITON else "torch"
     if kind == "torch":
         return TORCH_KERNELS
-    if kind != "triton":
-        raise TirgrpoError(f"system.kernels must be 'auto', 'torch' or 'triton', not {kind!r}")
+    if kind not in ("triton", "triton-nogemv"):
+        raise TirgrpoError(f"system.kernels must be one of {', '.join(map(repr, KERNEL_CHOICES))}, not {kind!r}")
     if not HAVE_TRITON:
-        raise TirgrpoError("system.kernels='triton' needs the triton package (pip install triton)")
+        raise TirgrpoError(f"system.kernels={kind!r} needs the triton package (pip install triton)")
     if device.type != "cuda" and not triton_interpreting():
-        raise TirgrpoError(f"system.kernels='triton' runs on CUDA devices, not {device.type} "
+        raise TirgrpoError(f"system.kernels={kind!r} runs on CUDA devices, not {device.type} "
                          "(or on CPU tensors with TRITON_INTERPRET=1 set before import, for tests)")
-    return TRITON_KERNELS
+    return TRITON_KERNELS if kind == "triton" else TRITON_NOGEMV_KERNELS
 
 
 def _require_contiguous(**tensors: torch.Tensor | None) -> None:

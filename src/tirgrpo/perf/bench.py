@@ -2,7 +2,9 @@
 
 Every row forces exactly `--new-tokens` tokens (eos is masked out), on random prompt
 tokens. `--kernels torch triton` times FastEngine with each kernel set in the same call
-(one row each), so the torch decode step is measured beside the Triton one. Reported:
+(one row each), so the torch decode step is measured beside the Triton one; `--kernels
+triton-nogemv triton` compares the projections on cuBLAS with the small-batch GEMV kernels
+(kernels/gemv.py, batch <= 16) under the same Triton decode kernels. Reported:
 prefill time (all prompts of the batch, once per prompt), milliseconds per decode step,
 generated tokens/s over the whole call, peak memory (GiB = 2^30 bytes,
 `torch.cuda.max_memory_allocated`), the one-time CUDA graph capture cost,
@@ -185,11 +187,11 @@ def result_row(args, model, device, prompts: int, times: dict[int, float], first
 
 def rollout_table(rows: list[dict]) -> str:
     """The printed table of `bench rollout`: one line per row, the floors also as % of the step."""
-    lines = [f"{'engine':<13}{'batch':>6}{'G':>4}{'prefill s':>11}{'ms/step':>9}{'floor ms':>10}{'floor/step':>11}"
+    lines = [f"{'engine':<20}{'batch':>6}{'G':>4}{'prefill s':>11}{'ms/step':>9}{'floor ms':>10}{'floor/step':>11}"
              f"{'shared floor':>13}{'shared/step':>12}{'tok/s':>9}{'peak GiB':>9}{'capture s':>11}{'TB/s':>7}"]
     for r in rows:
         lines.append(
-            f"{r['engine']:<13}{r['batch']:>6}{r['group']:>4}{r['prefill_s']:>11.3f}{r['ms_per_step']:>9.2f}"
+            f"{r['engine']:<20}{r['batch']:>6}{r['group']:>4}{r['prefill_s']:>11.3f}{r['ms_per_step']:>9.2f}"
             f"{r['floor_ms']:>10.2f}{r['floor_fraction']:>11.0%}{r['shared_floor_ms']:>13.2f}"
             f"{r['shared_floor_fraction']:>12.0%}{r['tokens_per_s']:>9.0f}{r['peak_gib']:>9.2f}"
             f"{r['capture_s']:>11.1f}{r['bandwidth_tbs']:>6.2f}{r['bandwidth_source'][0]}")

@@ -32,6 +32,9 @@ LABELS = {
     "decode::rotary_cache_write": "rotary + cache write",
     "decode::decode_attention": "attention",
     "decode::silu_mul": "silu * mul",
+    # the small-batch GEMV projections (kernels/gemv.py); gate_up_silu's SiLU * up is in its epilogue
+    "decode::linears": "matmul",
+    "decode::gate_up_silu": "matmul",
     "decode::lm_head": "LM head / logits",
     "decode::sample": "sampling",
 }
@@ -43,7 +46,7 @@ NAME_PATTERNS = (
     ("rotary + cache write", r"rotary|rope"),
     ("add + RMSNorm", r"rmsnorm|rms_norm"),
     ("silu * mul", r"silu"),
-    ("matmul", r"gemm|nvjet|cutlass|xmma|cublas|splitkreduce|aten::(mm|addmm|bmm|linear|matmul)$"),
+    ("matmul", r"gemm|gemv|nvjet|cutlass|xmma|cublas|splitkreduce|aten::(mm|addmm|bmm|linear|matmul)$"),
     ("sampling", r"exponential|multinomial|searchsorted|argmax|softmax|topk|sort|cumsum"),
 )
 
@@ -136,7 +139,8 @@ def label_decode_ops(engine):
     kernels, lm_head, sample_next = engine.kernels, engine.lm_head, engine_module.sample_next
     step_fn, prefill = engine._step_fn, engine._prefill
     engine.kernels = kernels._replace(**{op: _ranged(f"decode::{op}", getattr(kernels, op)) for op in
-                                         ("add_rmsnorm", "rotary_cache_write", "decode_attention", "silu_mul")})
+                                         ("add_rmsnorm", "rotary_cache_write", "decode_attention", "silu_mul",
+                                          "linears", "gate_up_silu")})
     engine.lm_head = _ranged("decode::lm_head", lm_head)
     engine._prefill = _ranged("decode::prefill", prefill)
     engine._step_fn = lambda B: _ranged(STEP_LABEL, step_fn(B))

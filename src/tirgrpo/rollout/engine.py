@@ -17,6 +17,13 @@ spends ~100 ms per step in Python and kernel launches. Here:
   cache write -> split-K attention over each row's own length -> o_proj -> add + RMSNorm ->
   gate/up projections -> SiLU * up -> down projection. The kernels are Triton on CUDA and
   plain torch elsewhere (`kernels="torch"` forces the torch versions on CUDA too);
+* the projections run as the modules themselves (cuBLAS for nn.Linear), except at batch
+  sizes up to 16 under the Triton kernel set: there q/k/v go through one small-batch GEMV
+  launch and gate/up through another with SiLU * up in its epilogue (`kernels/gemv.py`),
+  reading the modules' own weight tensors, when those modules are plain nn.Linear (a group
+  with a LoRA-wrapped module runs as modules). o_proj, down_proj and the LM head stay
+  modules: for one matrix cuBLAS measured as fast (`kernels="triton-nogemv"`: the Triton
+  kernels with every projection as a module);
 * on CUDA a step is captured once per batch bucket (and cache capacity) in a CUDA graph
   and replayed;
 * sampling (temperature, top-k, top-p) runs on the device; stop strings are matched on
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tirgrpo.kernels import gemv
 from tirgrpo.kernels.decode import select_kernels
 from tirgrpo.rollout.sampling import sample_next
 from tirgrpo.rollout.simple import eos_ids
@@ -90,7 +98,8 @@ class FastEngine:
     max_batch: most rows decoded at once (prompts per batch = max_batch // G).
     length_buckets: capacities of the prompt cache (longest prompt of a batch) and of the
     completion cache (max_new_tokens), each rounded up to the smallest bucket that holds it.
-    kernels: "auto" (Triton on CUDA when triton imports, else torch), "torch" or "triton".
+    kernels: "auto" (Triton on CUDA when triton imports, else torch), "torch", "triton" or
+    "triton-nogemv" (Triton without the small-batch projection kernels; kernels/decode.py).
     """
 
     def __init__(self, model, tokenizer, max_batch: int = 64, length_buckets=(128, 256, 512, 1024, 2048, 4096, 8192, 16384),
@@ -126,10 +135,27 @@ class FastEngine:
 
     # ------------------------------------------------------------------ the decode step
 
+    def _qkv(self, x: torch.Tensor, attn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, N_i] of x [B, H]: one small-batch GEMV launch over the three modules'
+        own weights where the kernel set allows it at this batch size and all three are plain
+        nn.Linear (kernels/gemv.py); otherwise each module runs itself (cuBLAS, or LoRA)."""
+        qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+        if x.shape[0] <= self.kernels.gemv_max_batch and gemv.supports(x, qkv):
+            return self.kernels.linears(x, [m.weight for m in qkv], [m.bias for m in qkv])
+        return tuple(m(x) for m in qkv)
+
     def _mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_mlp:
-            return mlp.down_proj(self.kernels.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
-        return mlp(x)
+        if not self.fused_mlp:
+            return mlp(x)
+        gate_up = (mlp.gate_proj, mlp.up_proj)
+        if x.shape[0] <= self.kernels.gemv_max_batch and gemv.supports(x, gate_up):
+            # gate and up in one launch, SiLU(gate) * up in its epilogue
+            act = self.kernels.gate_up_silu(x, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.gate_proj.bias,
+                                            mlp.up_proj.bias)
+        else:
+            act = self.kernels.silu_mul(mlp.gate_proj(x), mlp.up_proj(x))
+        # down_proj (and o_proj) stay modules: one matrix, where cuBLAS measured as fast
+        return mlp.down_proj(act)
 
     def _decode_step(self, tokens: torch.Tensor, prefix_slot: torch.Tensor, prefix_len: torch.Tensor,
                      comp_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -148,9 +174,9 @@ class FastEngine:
         for i, layer in enumerate(self.decoder.layers):
             attn, norm = layer.self_attn, layer.input_layernorm
             h, x = ops.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon)
-            q = attn.q_proj(x).view(B, self.n_heads, self.head_dim)
-            k = attn.k_proj(x).view(B, self.n_kv, self.head_dim)
-            v = attn.v_proj(x).view(B, self.n_kv, self.head_dim)
+            q, k, v = self._qkv(x, attn)
+            q, k, v = (q.view(B, self.n_heads, self.head_dim), k.view(B, self.n_kv, self.head_dim),
+                       v.view(B, self.n_kv, self.head_dim))
             ops.rotary_cache_write(q, k, v, cache.k_comp[i], cache.v_comp[i], pos, comp_pos, inv_freq, scaling)
             out = ops.decode_attention(q, cache.k_prompt[i], cache.v_prompt[i], cache.k_comp[i], cache.v_comp[i],
                                        prefix_slot, prefix_len, comp_len)
