@@ -32,6 +32,10 @@
 #   long-384, long-384-wide  the 384-token from-base run longer: 150 steps, evaluated every
 #              50; and wider: 60 steps of 16 pairs (each on a GPU of its own fits the target's 20
 #              GPU-minutes)
+#   wider-2gpu the 384-token run with 32 pairs a step (twice long-384-wide's), 60 steps, on two
+#              GPUs under torchrun (TIRGRPO_2GPU; each GPU does long-384-wide's work per step)
+#   wide-long  long-384-wide for 150 steps, evaluated every 50 (past the target's 20 GPU-minutes:
+#              does the skill keep rising at the rate of its first 60 steps?)
 #   check      GRPO from the base model, 384 new tokens, 60 steps, on prompts whose bridge names the
 #              check to make (DATA/gsm8k-verify-check, `tirgrpo data gsm8k-verify --bridge check`),
 #              evaluated before (the base model under that bridge) and after
@@ -51,15 +55,17 @@ set -u
 RUNS=${RUNS:-runs/learning}
 DATA=${DATA:-data}
 TIRGRPO=${TIRGRPO:-python3 -m tirgrpo}
+TIRGRPO_2GPU=${TIRGRPO_2GPU:-torchrun --standalone --nproc-per-node 2 -m tirgrpo}
 EXTRA=${EXTRA:-}
 BASE=configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml
 mkdir -p "$RUNS"
 
-# train NAME CONFIG [--set ...]: one GRPO run on $TASK, skipped when it already finished.
+# train NAME CONFIG [--set ...]: one GRPO run on $TASK, skipped when it already finished;
+# launched by $LAUNCH when set (the two-GPU waves), else by $TIRGRPO.
 train() {
   local name=$1 config=$2; shift 2
   [ -f "$RUNS/$name/summary.json" ] && { echo "$name: done already"; return 0; }
-  $TIRGRPO train --config "$config" --overwrite --set run.out_dir="$RUNS/$name" \
+  ${LAUNCH:-$TIRGRPO} train --config "$config" --overwrite --set run.out_dir="$RUNS/$name" \
     --set data.train="$DATA/$TASK/train.jsonl" --set data.eval="$DATA/$TASK/eval-500.jsonl" \
     --set run.save_final_checkpoint=false --set run.tensorboard=false "$@" $EXTRA > "$RUNS/$name.log" 2>&1
   echo "$name: exit $?"
@@ -120,6 +126,14 @@ for wave in "${waves[@]}"; do
     long-384-wide)
       TASK=gsm8k-verify train grpo-from-base-384-wide "$BASE" --set rollout.max_new_tokens=384 \
         --set run.eval_before=false --set optim.total_steps=60 --set rollout.prompts_per_step=32 ;;
+    wider-2gpu)
+      LAUNCH=$TIRGRPO_2GPU TASK=gsm8k-verify train grpo-from-base-384-wider "$BASE" \
+        --set rollout.max_new_tokens=384 --set run.eval_before=false --set optim.total_steps=60 \
+        --set rollout.prompts_per_step=64 ;;
+    wide-long)
+      TASK=gsm8k-verify train grpo-from-base-384-wide-150 "$BASE" --set rollout.max_new_tokens=384 \
+        --set run.eval_before=false --set optim.total_steps=150 --set rollout.prompts_per_step=32 \
+        --set run.eval_every=50 ;;
     check)
       TASK=gsm8k-verify-check train grpo-from-base-check "$BASE" --set rollout.max_new_tokens=384 \
         --set optim.total_steps=60 ;;
@@ -150,6 +164,6 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
     *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget,"\
-            "long-384, long-384-wide, check, prefill, prefill-fast, small)"; exit 2 ;;
+            "long-384, long-384-wide, wider-2gpu, wide-long, check, prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done

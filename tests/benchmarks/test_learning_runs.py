@@ -33,7 +33,8 @@ def recorded_calls(tmp_path: Path, wave_names: list[str]) -> list[list[str]]:
     record, recorder = tmp_path / "calls.jsonl", tmp_path / "record.py"
     recorder.write_text(RECORDER)
     env = {**os.environ, "RUNS": str(tmp_path / "runs"), "DATA": "data", "RECORD": str(record),
-           "TIRGRPO": f"{sys.executable} {recorder}"}  # the script splits it into words
+           "TIRGRPO": f"{sys.executable} {recorder}", "TIRGRPO_2GPU": f"{sys.executable} {recorder}"}
+    # (the script splits them into words)
     out = subprocess.run(["bash", str(SCRIPT), *wave_names], capture_output=True, text=True, env=env, cwd=REPO,
                          timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -52,7 +53,8 @@ def test_every_wave_makes_loadable_configs_in_separate_folders(tmp_path):
     from tirgrpo.train.sft import SFTConfig
 
     names = waves(tmp_path)
-    assert {"from-base", "long-budget", "long-384", "long-384-wide", "check", "prefill", "prefill-fast", "small"} <= set(names)
+    assert {"from-base", "long-budget", "long-384", "long-384-wide", "wider-2gpu", "wide-long", "check", "prefill",
+            "prefill-fast", "small"} <= set(names)
     calls = recorded_calls(tmp_path, names)
     out_dirs = []
     for argv in calls:
@@ -76,3 +78,18 @@ def test_the_prefill_wave_trains_on_the_prefill_data(tmp_path):
         assert "rollout.max_new_tokens=256" in sets and "grpo.mask_truncated=true" in sets
     small = [sets for _, _, sets in calls if "model.name_or_path=qwen2.5-coder-0.5b-instruct" in sets]
     assert len(small) == 1
+
+
+def test_the_two_gpu_wave_is_launched_by_torchrun(tmp_path):
+    """wider-2gpu goes through $TIRGRPO_2GPU (torchrun by default), every other wave through $TIRGRPO."""
+    script = SCRIPT.read_text()
+    assert "TIRGRPO_2GPU=${TIRGRPO_2GPU:-torchrun --standalone --nproc-per-node 2 -m tirgrpo}" in script
+    record, recorder = tmp_path / "calls.jsonl", tmp_path / "record.py"
+    recorder.write_text(RECORDER)
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "DATA": "data", "RECORD": str(record),
+           "TIRGRPO": "false", "TIRGRPO_2GPU": f"{sys.executable} {recorder}"}
+    out = subprocess.run(["bash", str(SCRIPT), "wider-2gpu"], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=60)
+    assert "grpo-from-base-384-wider: exit 0" in out.stdout, out.stdout + out.stderr
+    (argv,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert "rollout.prompts_per_step=64" in split_call(argv)[2]
