@@ -14,29 +14,9 @@ from tirgrpo.errors import TirgrpoError
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.kernels import decode as K
 from tirgrpo.rollout.engine import FastEngine
-
-if K.triton_interpreting():
-    DEVICES = ["cpu"]
-elif K.HAVE_TRITON and torch.cuda.is_available():
-    DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu)]
-else:
-    DEVICES = []
+from triton_devices import on_devices, tol
 
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-def on_devices(test):
-    """Run `test` on each device where the Triton kernels can run; skip it where none can."""
-    test = pytest.mark.parametrize("device", DEVICES or ["none"])(test)
-    return pytest.mark.skipif(not DEVICES, reason="needs triton, and CUDA or TRITON_INTERPRET=1 before "
-                              "import (tests/conftest.py)")(test)
-
-
-def tol(dtype, device):
-    if dtype == torch.float32:
-        return {"atol": 1e-5, "rtol": 1e-5}
-    # Triton's interpreter truncates fp32 -> bf16 where the GPU (and torch) round to nearest.
-    return {"atol": 1e-2, "rtol": 1e-2} if device == "cuda" else {"atol": 4e-2, "rtol": 4e-2}
 
 
 def randn(*shape, dtype, device, generator):
