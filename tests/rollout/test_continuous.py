@@ -153,3 +153,95 @@ def test_cuda_graphs_in_the_background_thread_give_the_one_at_a_time_tokens(tiny
         batcher.stop()
     for done, ref in zip(runs, refs):
         assert [c.token_ids for c in done] == [r.token_ids for r in ref]
+
+
+def test_timing_says_when_a_group_was_admitted_with_whom_and_when_its_first_token_came(model, byte_tokenizer):
+    tok = byte_tokenizer
+    batcher = ContinuousBatcher(FastEngine(model, tok, max_batch=8, length_buckets=(64,)), max_rows=8,
+                                max_prompt_len=64, max_new_tokens=32)
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, min_new_tokens=20)
+    _, _, a = collect(batcher, tok("running")["input_ids"], 3, params)
+    batcher.step()
+    batcher.step()
+    _, _, b = collect(batcher, tok("b")["input_ids"], 2, params)
+    _, _, c = collect(batcher, tok("a longer one")["input_ids"], 1, params)
+    batcher.step()  # b and c: one prefill, beside a's 3 running rows
+    for g in (b, c):
+        t = g.timing
+        assert 0 < t.submitted <= t.admitted <= t.first_token
+        assert t.prefill_groups == 2 and t.prefill_tokens == 2 * len(c.prompt_ids)
+        assert t.running_rows == 3 and t.steps_waited == 0 and t.prefill_s > 0
+    assert a.timing.running_rows == 0 and a.timing.prefill_groups == 1
+    st = batcher.stats
+    assert st["steps"] == 3 and st["rows"] == 3 + 3 + 6
+    assert all(st[k] > 0 for k in ("admit_s", "sample_s", "decode_record_s"))
+
+
+def test_on_cpu_a_step_hands_out_its_tokens_before_the_decode_and_skips_a_decode_nobody_needs(model, byte_tokenizer):
+    tok = byte_tokenizer
+    batcher = ContinuousBatcher(FastEngine(model, tok, max_batch=4, length_buckets=(64,)), max_rows=4,
+                                max_prompt_len=64, max_new_tokens=8)
+    seen, decodes = [], []
+    decode = batcher._decode
+
+    def spy(tokens):
+        decodes.append(list(seen))
+        return decode(tokens)
+
+    batcher._decode = spy
+    g = Group(tok("hi")["input_ids"], 1, SamplingParams(max_new_tokens=3, temperature=0.0, min_new_tokens=3),
+              lambda updates: seen.extend(u.token_ids[0] for u in updates))
+    batcher.submit(g)
+    for _ in range(3):
+        batcher.step()
+    # The first token (from the prefill) was out before the first decode ran; the third step's
+    # only row finished, so it ran no decode.
+    assert len(seen) == 3 and decodes == [seen[:1], seen[:2]] and not batcher.busy()
+
+
+def test_warm_prefill_runs_each_burst_size_and_leaves_no_trace(model, byte_tokenizer):
+    tok = byte_tokenizer
+
+    def fresh():
+        return ContinuousBatcher(FastEngine(model, tok, max_batch=8, length_buckets=(64,)), max_rows=8,
+                                 max_prompt_len=48, max_new_tokens=16, max_prefill_tokens=80, seed=3)
+
+    warmed, cold = fresh(), fresh()
+    sizes = []
+    prefill = warmed._prefill
+    warmed._prefill = lambda batch: sizes.append((len(batch), len(batch[0].prompt_ids))) or prefill(batch)
+    warmed.warm_prefill(width=16)
+    # 1, 2, 4 prompts of 16 tokens (8 x 16 is over the 80-token budget), then one longest prompt.
+    assert sizes == [(1, 16), (2, 16), (4, 16), (1, 48)]
+    assert not warmed.busy() and sorted(warmed.free_slots) == list(range(8))
+    assert warmed.steps == 0 and not warmed.stats
+    prompt = tok("the same prompt")["input_ids"]
+    sampled = SamplingParams(max_new_tokens=12, temperature=1.0)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
+    # The batcher's own random numbers were not drawn from, and greedy tokens are those of a cold batcher.
+    for params in (sampled, greedy):
+        assert [c.token_ids for c in warmed.generate(prompt, 2, params)] == \
+            [c.token_ids for c in cold.generate(prompt, 2, params)]
+
+
+def test_start_warms_on_the_stepping_thread_and_raises_what_warming_raised(model, byte_tokenizer):
+    import threading
+
+    batcher = ContinuousBatcher(FastEngine(model, byte_tokenizer, max_batch=4, length_buckets=(64,)), max_rows=4,
+                                max_prompt_len=32, max_new_tokens=8)
+    threads = []
+    batcher.warm_prefill = lambda: threads.append(threading.current_thread().name)
+    batcher.start(warm=True)
+    try:
+        assert threads == ["tirgrpo-batcher"]  # done before start() returned
+    finally:
+        batcher.stop()
+
+    def fail():
+        raise RuntimeError("no memory for the prefill")
+
+    broken = ContinuousBatcher(FastEngine(model, byte_tokenizer, max_batch=4, length_buckets=(64,)), max_rows=4,
+                               max_prompt_len=32, max_new_tokens=8)
+    broken.warm_prefill = fail
+    with pytest.raises(RuntimeError, match="no memory"):
+        broken.start(warm=True)

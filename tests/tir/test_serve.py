@@ -454,3 +454,62 @@ def test_random_bodies_are_answered_or_refused_never_crash(policy_dir):
         except RequestError as e:
             assert 400 <= e.status < 500 and str(e)
     assert 0 < accepted < 600
+
+
+def test_debug_timings_take_a_streamed_request_s_time_to_first_token_apart(server):
+    base = server.rsplit("/v1", 1)[0]
+    httpx.get(base + "/debug/timings", params={"clear": "1"}, timeout=30)
+    chunks = stream_chunks(server + "/completions", {"prompt": "x", "max_tokens": 5, "n": 2, "ignore_eos": True})
+    report = httpx.get(base + "/debug/timings", timeout=30).json()
+    [record] = [t for t in report["timings"] if t["id"] == chunks[0]["id"]]  # one record per group
+    parts = ("parse_ms", "queue_ms", "first_token_ms", "send_ms")
+    assert record["n"] == 2 and all(record[p] is not None and record[p] >= 0 for p in parts + ("ttft_ms",))
+    assert 0 < record["prefill_ms"] and record["prefill_groups"] >= 1 and record["prefill_tokens"] >= 2
+    # The parts follow one another: they add up to the whole (to the few us between two of them).
+    assert abs(sum(record[p] for p in parts) - record["ttft_ms"]) < 20
+    assert report["batcher"]["steps"] >= 5 and report["batcher"]["rows"] >= 10
+    httpx.get(base + "/debug/timings", params={"clear": "1"}, timeout=30)
+    cleared = httpx.get(base + "/debug/timings", timeout=30).json()
+    assert cleared == {"timings": [], "batcher": {}}
+
+
+def test_handoff_wakes_the_loop_once_for_a_burst_and_loses_nothing():
+    import asyncio
+    import threading
+
+    from tirgrpo.tir.serve import Handoff
+
+    steps, groups = 300, 8
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        wakes = []
+
+        class CountingLoop:
+            def call_soon_threadsafe(self, *args):
+                wakes.append(1)
+                return loop.call_soon_threadsafe(*args)
+
+        handoff = Handoff(loop)
+        handoff.loop = CountingLoop()
+        queues = [asyncio.Queue() for _ in range(groups)]
+
+        def batcher():  # a step's sinks, one per group, back to back; now and then a pause
+            for step in range(steps):
+                for q in queues:
+                    handoff.put(q, step)
+                if step % 7 == 0:
+                    time.sleep(0.001)
+
+        async def reader(q):
+            return [await q.get() for _ in range(steps)]
+
+        thread = threading.Thread(target=batcher)
+        thread.start()
+        got = await asyncio.wait_for(asyncio.gather(*(reader(q) for q in queues)), 60)
+        thread.join()
+        return got, len(wakes)
+
+    got, wakes = asyncio.run(run())
+    assert all(g == list(range(steps)) for g in got)  # every update, in order
+    assert wakes < steps * groups / 4  # one per put would be 2,400

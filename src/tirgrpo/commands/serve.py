@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-request-tokens", type=int, default=1 << 20,
                         help="per-request cap on prompts x n x max_tokens")
     parser.add_argument("--max-queue", type=int, default=1024, help="groups (prompt x n) waiting before 429")
-    parser.add_argument("--max-prefill-tokens", type=int, default=8192, help="padded prompt tokens prefilled per step")
+    parser.add_argument("--max-prefill-tokens", type=int, default=8192,
+                        help="padded prompt tokens prefilled in one step (a longer prompt goes alone): bounds how "
+                             "long admissions pause the running rows; more admits a burst in fewer steps")
     parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--seed", type=int, default=0)
 
@@ -99,7 +101,7 @@ def run(args) -> int:
     # The batcher thread and the event loop share the GIL: hand it over within 1 ms, not
     # Python's default 5 ms, so neither waits a whole decode step for the other.
     sys.setswitchinterval(0.001)
-    batcher.start()
+    batcher.start()  # on CUDA, after prefills of each burst size on its thread (warm_prefill)
     name = args.served_model_name or Path(args.model.rstrip("/")).name
     limits = Limits(max_model_len=max_len, max_prompt_tokens=batcher.max_prompt_len, max_tokens=batcher.max_new_tokens,
                     max_n=min(args.max_batch, 128), max_request_tokens=args.max_request_tokens, max_queue=args.max_queue)

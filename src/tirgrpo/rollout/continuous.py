@@ -14,7 +14,8 @@ fixed by `max_rows`, `max_prompt_len` and `max_new_tokens`) and runs a loop of s
    bucket (a CUDA graph per bucket on GPU, captured by `warmup()`);
 4. while the GPU decodes, records the tokens on the host and reports them to each group's
    `sink` (token ids, log-probs, the text that is safe to stream, and the finished
-   `Completion` when a row ends);
+   `Completion` when a row ends); on a CPU, where nothing runs behind the host's back, it
+   reports them before the decode step instead;
 5. releases finished and cancelled rows: the last live rows move into their places (their
    completion keys and next-token logits are copied), so live rows stay 0..n_live-1.
 
@@ -23,114 +24,26 @@ many rows sample from it, as in FastEngine. FIFO admission means no request wait
 later ones. Greedy rows give the same tokens as `FastEngine.generate` on the same prompt
 (tests/rollout/test_continuous.py).
 
-`step()` is called by one thread only (`start()` runs it in a background thread); `submit`
-and `cancel` may be called from any thread.
+`step()` is called by one thread only (`start()` runs it in a background thread, on CUDA
+after `warm_prefill()` there); `submit` and `cancel` may be called from any thread. Each group's
+`timing` records when it was queued, admitted (with whom, beside how many running rows) and
+when its first token reached the host; `stats` sums the steps' phases (tir/serve_timing.py
+reports both).
 """
 
 from __future__ import annotations
 
 import collections
-import codecs
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from tirgrpo.rollout.engine import BATCH_BUCKETS, FastEngine, _bucket, _cache_kv
+from tirgrpo.rollout.per_row import TokenText, _TextState, sample_rows
 from tirgrpo.rollout.types import Completion, SamplingParams
-
-
-# ----------------------------------------------------------------------------- per-row sampling
-
-
-def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
-                uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row, each row with its own sampling settings. Returns (tokens [B], logp [B]).
-
-    logits: [B, V]; temperature, top_p: [B] float (temperature 0 = greedy); top_k: [B] long
-    (0 = off); uniform: [B] in (0, 1], the row's random number. Inverse-CDF sampling of the
-    temperature-scaled, top-k/top-p filtered distribution; log-probs under the scaled,
-    unfiltered one (as `sampling.sample_next`, which has the same greedy rule and filters).
-    """
-    logits = logits.float()
-    greedy = temperature <= 0
-    scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
-    logp_all = torch.log_softmax(scaled, dim=-1)
-    order = None
-    if bool(((top_k > 0) | (top_p < 1.0)).any()):
-        # Filter in sorted order, all rows at once: top-k by rank, then drop a token when the
-        # tokens ranked above it already hold top_p of the (top-k filtered) mass.
-        scaled, order = torch.sort(scaled, dim=-1, descending=True)
-        ranks = torch.arange(scaled.shape[-1], device=scaled.device)[None, :]
-        scaled = scaled.masked_fill((top_k[:, None] > 0) & (ranks >= top_k[:, None]), float("-inf"))
-        probs = torch.softmax(scaled, dim=-1)
-        above = torch.cumsum(probs, dim=-1) - probs
-        scaled = scaled.masked_fill((above >= top_p[:, None]) & (ranks > 0), float("-inf"))
-    cdf = torch.softmax(scaled, dim=-1).cumsum(dim=-1)
-    sampled = torch.searchsorted(cdf, (uniform[:, None] * cdf[:, -1:]).contiguous())
-    sampled = sampled.clamp_(max=logits.shape[-1] - 1)
-    sampled = (order.gather(-1, sampled) if order is not None else sampled)[:, 0]
-    tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
-    return tokens, logp_all.gather(-1, tokens[:, None])[:, 0]
-
-
-# ----------------------------------------------------------------------------- text, token by token
-
-
-class TokenText:
-    """Incremental detokenizer: the text of a growing token list without decoding it all again.
-
-    Byte-level BPE tokenizers (GPT-2, Qwen, Llama-3, SmolLM) get a table id -> bytes and an
-    incremental UTF-8 decoder (microseconds per token); others decode a short window of
-    recent tokens. A token that ends inside a multi-byte character adds its text later.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.table = _byte_table(tokenizer)
-
-    def start(self) -> "_TextState":
-        return _TextState(codecs.getincrementaldecoder("utf-8")("replace") if self.table is not None else None)
-
-    def push(self, state: "_TextState", ids: list[int]) -> str:
-        """Text added by the last token of `ids` (all of a row's tokens so far)."""
-        if self.table is not None:
-            piece = self.table[ids[-1]] if 0 <= ids[-1] < len(self.table) else b""
-            return state.decoder.decode(piece)
-        start = max(0, state.done - 4)  # a few tokens of context: tokenizers that merge spaces
-        before = self.tokenizer.decode(ids[start : state.done], skip_special_tokens=False)
-        after = self.tokenizer.decode(ids[start:], skip_special_tokens=False)
-        if after.endswith("\ufffd") or not after.startswith(before):
-            return ""
-        state.done = len(ids)
-        return after[len(before) :]
-
-
-@dataclass
-class _TextState:
-    decoder: object
-    done: int = 0
-
-
-def _byte_table(tokenizer) -> list[bytes] | None:
-    """id -> the bytes it decodes to, for byte-level BPE tokenizers; None for others."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or type(backend.decoder).__name__ != "ByteLevel":
-        return None
-    from tirgrpo.data.tokenizer import _bytes_to_unicode
-
-    char_byte = {c: b for b, c in _bytes_to_unicode().items()}
-    added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
-    table = []
-    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        if i in added:
-            table.append(added[i].encode("utf-8"))
-        elif piece is None or any(ch not in char_byte for ch in piece):
-            return None  # not the byte-level alphabet after all: decode windows instead
-        else:
-            table.append(bytes(char_byte[ch] for ch in piece))
-    return table
 
 
 # ----------------------------------------------------------------------------- requests
@@ -148,6 +61,23 @@ class RowUpdate:
 
 
 @dataclass
+class Timing:
+    """Where a group's time to first token went: `time.perf_counter()` seconds (0: not yet), the
+    same clock in every thread (and, on Linux, every process: CLOCK_MONOTONIC)."""
+
+    submitted: float = 0.0  # `submit()` queued it
+    admitted: float = 0.0  # the step that admits it began its prefill
+    first_token: float = 0.0  # its first token reached the host, before its sink heard of it
+    prefill_s: float = 0.0  # the prefill's own time (on a GPU by CUDA events, so without host waits)
+    prefill_groups: int = 0  # groups prefilled together with it (itself included)
+    prefill_tokens: int = 0  # padded prompt tokens of that prefill
+    running_rows: int = 0  # rows that were decoding and waited for that prefill
+    steps_waited: int = 0  # steps begun after its submission and before the one that admitted it
+    submitted_step: int = 0
+    events: tuple | None = field(default=None, repr=False)  # CUDA (start, end) of the prefill, read later
+
+
+@dataclass
 class Group:
     """One prompt sampled n times: the unit of admission. `sink(updates)` runs on the batcher's thread."""
 
@@ -160,6 +90,7 @@ class Group:
     error: str | None = None
     seqs: list["_Seq"] = field(default_factory=list)
     slot: int = -1
+    timing: Timing = field(default_factory=Timing)
 
     def __post_init__(self):
         self.stops = [x for x in self.params.stop if x]
@@ -210,6 +141,11 @@ class ContinuousBatcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.cancelled_rows = 0  # rows released because their request went away (for /health)
+        self.steps = 0  # steps run (Timing.steps_waited)
+        # Record a step's tokens before launching its decode: where the decode runs on the host
+        # (a CPU), there is nothing to overlap with, and the tokens go out one decode sooner.
+        self.record_first = engine.device.type == "cpu"
+        self.stats: collections.Counter = collections.Counter()  # seconds per phase of step(), for /debug/timings
 
     # ------------------------------------------------------------------ the outside view
 
@@ -221,6 +157,7 @@ class ContinuousBatcher:
             raise ValueError(f"n={group.n}; this batcher runs at most {self.max_rows} rows")
         if not 1 <= group.params.max_new_tokens <= self.max_new_tokens:
             raise ValueError(f"max_new_tokens={group.params.max_new_tokens}; at most {self.max_new_tokens}")
+        group.timing.submitted, group.timing.submitted_step = time.perf_counter(), self.steps
         with self.lock:
             self.waiting.append(group)
             self.lock.notify()
@@ -238,10 +175,33 @@ class ContinuousBatcher:
         """Groups waiting for rows."""
         return len(self.waiting)
 
-    def start(self) -> None:
-        """Run `step()` in a daemon thread until `stop()`; it sleeps while there is nothing to do."""
-        self._thread = threading.Thread(target=self._loop, name="tirgrpo-batcher", daemon=True)
+    def start(self, warm: bool | None = None) -> None:
+        """Run `step()` in a daemon thread until `stop()`; it sleeps while there is nothing to do.
+
+        warm (default: on CUDA): the thread first runs `warm_prefill()`, and `start` returns once
+        it is done (raising what it raised), so that no request pays for first uses.
+        """
+        warm = self.engine.device.type == "cuda" if warm is None else warm
+        ready, failed = threading.Event(), []
+
+        def run():
+            if self.engine.device.type == "cuda":  # a new thread starts on device 0
+                torch.cuda.set_device(self.engine.device)
+            try:
+                if warm:
+                    self.warm_prefill()
+            except BaseException as e:
+                failed.append(e)
+                return
+            finally:
+                ready.set()
+            self._loop()
+
+        self._thread = threading.Thread(target=run, name="tirgrpo-batcher", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failed:
+            raise failed[0]
 
     def stop(self) -> None:
         with self.lock:
@@ -251,8 +211,6 @@ class ContinuousBatcher:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        if self.engine.device.type == "cuda":  # a new thread starts on device 0
-            torch.cuda.set_device(self.engine.device)
         while True:
             with self.lock:
                 while not self._stopping and not self.busy():
@@ -294,19 +252,45 @@ class ContinuousBatcher:
         if was_training:
             model.eval()
         try:
+            self.steps += 1
+            clock = [time.perf_counter()]
             new_logits = self._admit()
             logits = [t for t in (self.logits, new_logits) if t is not None]
             if not self.rows:
                 self.logits = None
                 return
+            clock.append(time.perf_counter())
+            rows = len(self.rows)
             tokens, logp = self._sample(torch.cat(logits) if len(logits) > 1 else logits[0])
             host = self._to_host(tokens, logp)
-            self.logits = self._decode(tokens)
-            self._record_all(host)
+            clock.append(time.perf_counter())
+            if self.record_first:
+                # Nothing runs behind the host's back: hand the tokens out (a new group's first
+                # token among them) before the decode, not one decode step later, and skip the
+                # decode when no row is left to use it.
+                self._record_all(host)
+                if any(s.finish is None for s in self.rows):
+                    self.logits = self._decode(tokens)
+            else:
+                self.logits = self._decode(tokens)
+                self._record_all(host)
+            clock.append(time.perf_counter())
             self._release()
+            clock.append(time.perf_counter())
+            self._count(clock, rows)
         finally:
             if was_training:
                 model.train()
+
+    def _count(self, clock: list[float], rows: int) -> None:
+        """Add one step's phases to `stats` (seconds): admit (prefill included), sample (on a GPU
+        this waits for the previous decode step), decode and record (launch, tokens to the host,
+        sinks), release."""
+        st = self.stats
+        for name, a, b in zip(("admit_s", "sample_s", "decode_record_s", "release_s"), clock, clock[1:]):
+            st[name] += b - a
+        st["steps"] += 1
+        st["rows"] += rows
 
     def _admit(self) -> torch.Tensor | None:
         """Prefill the waiting groups that fit; returns their rows' next-token logits [rows, V]."""
@@ -328,7 +312,7 @@ class ContinuousBatcher:
                 rows, width = rows + g.n, longest
         if not batch:
             return None
-        last = self._prefill(batch)  # [len(batch), V]
+        last = self._timed_prefill(batch, len(self.rows))  # [len(batch), V]
         out = []
         for i, g in enumerate(batch):
             g.seqs = [_Seq(g, j, state=self.text.start()) for j in range(g.n)]
@@ -339,6 +323,25 @@ class ContinuousBatcher:
                 self.comp_pos.append(0)
             out.append(last[i : i + 1].expand(g.n, -1))
         return torch.cat(out)
+
+    def _timed_prefill(self, batch: list[Group], running: int) -> torch.Tensor:
+        """`_prefill`, with when, how long and with whom written into each group's `timing`."""
+        now = time.perf_counter()
+        events = None
+        if self.engine.device.type == "cuda":  # timed on the GPU; read once the first token is on the host
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
+        last = self._prefill(batch)
+        if events is not None:
+            events[1].record()
+        took = time.perf_counter() - now
+        tokens = len(batch) * max(len(g.prompt_ids) for g in batch)
+        for g in batch:
+            t = g.timing
+            t.admitted, t.prefill_s, t.events = now, took if events is None else 0.0, events
+            t.prefill_groups, t.prefill_tokens, t.running_rows = len(batch), tokens, running
+            t.steps_waited = self.steps - 1 - t.submitted_step
+        return last
 
     def _prefill(self, batch: list[Group]) -> torch.Tensor:
         """One right-padded forward over the groups' prompts; keys/values into their slots."""
@@ -405,7 +408,13 @@ class ContinuousBatcher:
             event.synchronize()
         host_tokens, host_logp = values.tolist()
         updates: dict[int, tuple[Group, list[RowUpdate]]] = {}
+        now = time.perf_counter()
         for s, tok, lp in zip(self.rows, host_tokens, host_logp):
+            if not s.tokens and not s.group.timing.first_token:
+                t = s.group.timing
+                t.first_token = now
+                if t.events is not None:  # both have run: this step's tokens came after them
+                    t.prefill_s, t.events = t.events[0].elapsed_time(t.events[1]) / 1000, None
             if s.group.cancelled:
                 s.finish = "cancelled"
                 self.cancelled_rows += 1
@@ -504,6 +513,40 @@ class ContinuousBatcher:
                 self.engine._step_fn(b)
                 if b >= self.max_rows:
                     break
+
+    def warm_prefill(self, width: int = 256) -> None:
+        """Run dummy groups through admission, sampling and release at the prefill sizes a burst
+        brings: 1, 2, 4, ... prompts of `width` tokens up to `max_prefill_tokens`, and one longest
+        prompt, under each sampling path (plain, eos held back, top-k/top-p). What a prefill of a new
+        size may pay the first time on a GPU (CUDA's lazily loaded kernels, this thread's cuBLAS
+        handle and workspace, the allocator's new blocks) is paid here, not by the first requests. Call on the thread that will step, before any request. Leaves no trace:
+        not in `stats`, `steps` or the random numbers of later groups.
+        """
+        width = min(width, self.max_prompt_len)
+        sizes, k = [], 1
+        while k <= self.max_rows and (k == 1 or k * width <= self.max_prefill_tokens):
+            sizes.append((k, width))
+            k *= 2
+        if self.max_prompt_len > width:
+            sizes.append((1, self.max_prompt_len))
+        new = min(2, self.max_new_tokens)
+        kinds = [SamplingParams(max_new_tokens=new, temperature=1.0),
+                 SamplingParams(max_new_tokens=new, temperature=1.0, min_new_tokens=new),
+                 SamplingParams(max_new_tokens=new, temperature=0.7, top_p=0.9, top_k=20)]
+        generator = torch.Generator().manual_seed(0)
+        steps = self.steps
+        for i, (k, length) in enumerate(sizes):
+            left = [k]
+
+            def sink(updates):
+                left[0] -= sum(u.completion is not None for u in updates)
+
+            for _ in range(k):
+                self.submit(Group([self.engine.pad_id] * length, 1, kinds[i % len(kinds)], sink, generator))
+            while left[0] > 0:
+                self.step()
+        self.stats.clear()
+        self.steps = steps
 
     def _fail_all(self, message: str) -> None:
         """A step raised: end every live and waiting group with `message` and reset."""

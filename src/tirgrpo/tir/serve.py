@@ -1,6 +1,7 @@
 """`tirgrpo serve`: an OpenAI-compatible server over the fast engine, with continuous batching.
 
-Endpoints: `GET /v1/models`, `GET /health`, `POST /v1/completions` (prompt: a string, a list of
+Endpoints: `GET /v1/models`, `GET /health`, `GET /debug/timings` (where each recent request's time
+to first token went: tir/serve_timing.py), `POST /v1/completions` (prompt: a string, a list of
 strings, or token ids) and `POST /v1/chat/completions` (messages rendered with the model's chat
 template, or `--chat-template`; `continue_final_message` continues a pre-filled assistant
 turn). Options: `max_tokens`, `temperature`, `top_p`, `top_k`, `n`, `stop`, `seed`, `logprobs`,
@@ -10,7 +11,8 @@ Every request becomes one `Group` per prompt (n rows sharing the prompt's keys) 
 `ContinuousBatcher` running in its own thread: groups join the running batch at the next step
 and leave when done, so a long request never holds up a short one. Streams send each step's
 new text as it is made (a stop string's possible beginning is held back until it is ruled
-out). When a client disconnects, its rows are released at the next step.
+out); a step's updates reach the event loop with one wake-up (`Handoff`). When a client
+disconnects, its rows are released at the next step.
 
 Bad requests get 400 (413 for a body over 16 MiB, 404 for an unknown model or route, 429 when
 the queue is full) with an OpenAI-style error body `{"error": {"message", "type", "param",
@@ -20,12 +22,15 @@ the queue is full) with an OpenAI-style error body `{"error": {"message", "type"
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from tirgrpo.tir.serve_timing import record_timing, timings_report
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -121,6 +126,8 @@ class Service:
         self.batcher, self.tokenizer, self.model_name, self.limits = batcher, tokenizer, model_name, limits
         self.created = int(time.time())
         self.vocab = len(tokenizer)
+        self.timings: collections.deque[dict] = collections.deque(maxlen=8192)  # GET /debug/timings
+        self.handoff: Handoff | None = None  # made on the event loop, by the first request
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
@@ -260,13 +267,45 @@ class Flight:
     groups: list = field(default_factory=list)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     open_groups: int = 0
+    id: str = ""  # the response's id
+    received: float = 0.0  # time.perf_counter() when the request reached its endpoint
+    submitted: float = 0.0  # time.perf_counter() when its groups were queued
 
     def cancel(self, batcher) -> None:
         for g in self.groups:
             batcher.cancel(g)
 
 
-def submit(service: Service, req: ParsedRequest) -> Flight:
+class Handoff:
+    """Updates from the batcher's thread to the flights' queues on the event loop, one wake-up of the
+    loop for all that arrives before it runs (a step's sinks: one per group), not one per group.
+
+    Each wake-up writes to the loop's self-pipe, a system call that releases the GIL; the loop's
+    every later send then waits for the batcher thread to hand the GIL back. With 256 groups a
+    step, one wake-up each made the host, not the GPU, the limit.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.pending: collections.deque = collections.deque()
+        self.scheduled = False
+
+    def put(self, queue: asyncio.Queue, item) -> None:
+        """On the batcher's thread."""
+        self.pending.append((queue, item))
+        if not self.scheduled:  # else a drain is already on its way and will take this item too
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop. The flag goes down first: an item put after this point schedules another drain."""
+        self.scheduled = False
+        while self.pending:
+            queue, item = self.pending.popleft()
+            queue.put_nowait(item)
+
+
+def submit(service: Service, req: ParsedRequest, received: float = 0.0) -> Flight:
     """Queue the request's groups (429 when the queue is full). Call on the event loop."""
     import torch
 
@@ -277,12 +316,16 @@ def submit(service: Service, req: ParsedRequest) -> Flight:
     if batcher.queued() + len(req.prompts) > service.limits.max_queue:
         raise RequestError(f"the server is busy ({batcher.queued()} groups queued); try again shortly", 429)
     loop = asyncio.get_running_loop()
-    flight = Flight(req)
+    if service.handoff is None or service.handoff.loop is not loop:
+        service.handoff = Handoff(loop)
+    handoff = service.handoff
+    flight = Flight(req, received=received or time.perf_counter(),
+                    id=f"{'chatcmpl' if req.chat else 'cmpl'}-{uuid.uuid4().hex}")
     params = SamplingParams(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                             top_k=req.top_k, stop=req.stop, min_new_tokens=req.min_tokens)
     for i, ids in enumerate(req.prompts):
         def sink(updates, i=i):
-            loop.call_soon_threadsafe(flight.queue.put_nowait, (i, updates))
+            handoff.put(flight.queue, (i, updates))
 
         generator = None if req.seed is None else torch.Generator().manual_seed((req.seed + i) % 2**63)
         flight.groups.append(Group(ids, req.n, params, sink, generator))
@@ -293,6 +336,7 @@ def submit(service: Service, req: ParsedRequest) -> Flight:
             flight.cancel(batcher)
             raise RequestError(str(e)) from None
     flight.open_groups = len(flight.groups)
+    flight.submitted = time.perf_counter()
     return flight
 
 
@@ -353,9 +397,10 @@ def token_logprobs(tokenizer, token_ids: list[int], logprobs: list[float], chat:
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": None, "text_offset": offsets}
 
 
-def response_head(service: Service, chat: bool, chunk: bool) -> dict:
+def response_head(service: Service, flight: Flight, chunk: bool) -> dict:
+    chat = flight.req.chat
     kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
-    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
+    return {"id": flight.id, "object": kind, "created": int(time.time()),
             "model": service.model_name}
 
 
@@ -372,6 +417,7 @@ async def complete(service: Service, flight: Flight) -> dict:
         for index, u in pairs:
             if u.completion is not None:
                 done[index] = u.completion
+    record_timing(service, flight, None)
     choices = []
     for index in sorted(done):
         c = done[index]
@@ -382,15 +428,15 @@ async def complete(service: Service, flight: Flight) -> dict:
         else:
             choice["text"] = c.text
         choices.append(choice)
-    return {**response_head(service, req.chat, False), "choices": choices,
+    return {**response_head(service, flight, False), "choices": choices,
             "usage": usage(req, sum(len(c.token_ids) for c in done.values()))}
 
 
 async def stream(service: Service, flight: Flight):
     """Server-sent events: the new text of each step, each choice's finish, usage, [DONE]."""
     req = flight.req
-    head = response_head(service, req.chat, True)
-    tokens = 0
+    head = response_head(service, flight, True)
+    tokens, timed = 0, False
     if req.chat:
         first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                  for i in range(len(req.prompts) * req.n)]
@@ -408,7 +454,11 @@ async def stream(service: Service, flight: Flight):
                 choice["delta" if req.chat else "text"] = {"content": text} if req.chat else text
                 choices.append(choice)
             if choices:
-                yield _event({**head, "choices": choices})
+                event = _event({**head, "choices": choices})
+                if not timed:  # the HTTP layer writes it to the socket as soon as it has it
+                    timed = True
+                    record_timing(service, flight, time.perf_counter())
+                yield event
     except RuntimeError as e:  # the model failed mid-stream: say so in the stream, then end it
         yield _event(error_body(500, f"generation failed: {e}"))
         return
@@ -458,6 +508,9 @@ def make_app(service: Service):
     async def models(request):
         return JSONResponse(service.models())
 
+    async def timings(request):
+        return JSONResponse(timings_report(service, request.query_params.get("clear") in ("1", "true")))
+
     async def health(request):
         return JSONResponse({"status": "ok", "running_rows": len(service.batcher.rows),
                              "queued_groups": service.batcher.queued(),
@@ -465,9 +518,10 @@ def make_app(service: Service):
 
     def generation(chat: bool):
         async def endpoint(request):
+            received = time.perf_counter()
             try:
                 req = service.parse(parse_json(await read_body(request)), chat)
-                flight = submit(service, req)
+                flight = submit(service, req, received)
             except RequestError as e:
                 return error(e.status, str(e), e.param)
             if req.stream:
@@ -496,7 +550,7 @@ def make_app(service: Service):
         return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
 
     routes = [Route(p, models, methods=["GET"]) for p in ("/v1/models", "/models")]
-    routes += [Route("/health", health, methods=["GET"])]
+    routes += [Route("/health", health, methods=["GET"]), Route("/debug/timings", timings, methods=["GET"])]
     routes += [Route(p, generation(False), methods=["POST"]) for p in ("/v1/completions", "/completions")]
     routes += [Route(p, generation(True), methods=["POST"]) for p in ("/v1/chat/completions", "/chat/completions")]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
