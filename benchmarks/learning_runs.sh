@@ -30,8 +30,8 @@
 #              grpo.mask_truncated (truncated completions left out of the update); 40 steps
 #              each, evaluated after (and the first before, at 384 tokens)
 #   long-384, long-384-wide  the 384-token from-base run longer: 150 steps, evaluated every
-#              50; and wider: 60 steps of 16 pairs (each on a GPU of its own fits the target's 20
-#              GPU-minutes)
+#              50 (~25 GPU-minutes with its evaluations on a GPU of its own); and wider: 60 steps
+#              of 16 pairs (19 GPU-minutes, sharing a GPU with one other run)
 #   wider-2gpu the 384-token run with 32 pairs a step (twice long-384-wide's), 60 steps, on two
 #              GPUs under torchrun (TIRGRPO_2GPU; each GPU does long-384-wide's work per step)
 #   wide-long  long-384-wide for 150 steps, evaluated every 50 (past the target's 20 GPU-minutes:
