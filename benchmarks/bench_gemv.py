@@ -43,6 +43,7 @@ GROUPS = ("qkv", "o", "gate_up", "down", "layer", "lm_head")
 
 
 def parse_args(argv=None):
+    """The command line (argv: None for sys.argv) as an argparse.Namespace."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="r1-distill-qwen-1.5b", choices=sorted(RANDOM_SHAPES))
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16, 64])
@@ -129,6 +130,7 @@ def time_graph(fn, repeats: int):
 
 
 def max_diff(a, b) -> float:
+    """Largest |a - b| over two tensors (or tuples of tensors, pairwise), in fp32."""
     if isinstance(a, tuple):
         return max(max_diff(x, y) for x, y in zip(a, b))
     return (a.float() - b.float()).abs().max().item()
@@ -146,6 +148,9 @@ def config_of(name: str, weights: dict, batch: int, n_sm: int) -> str:
 
 
 def bench(args, weights, copy_tbs: float, n_sm: int) -> list[dict]:
+    """Time each group of GROUPS at each --batch, cuBLAS against the GEMV kernels (CUDA graph
+    replays, median): one row per (group, batch) with times per call, bandwidth fractions of
+    `copy_tbs`, the largest difference and the default config; each row printed as it is done."""
     rows = []
     for batch in args.batch:
         for name in GROUPS:
@@ -181,6 +186,7 @@ def sweep(args, weights) -> list[dict]:
 
 
 def table(rows: list[dict], copy_tbs: float) -> str:
+    """`bench`'s rows as a fixed-width text table, with a line saying what the columns measure."""
     lines = [f"{'group':<9}{'B':>4}{'MB':>8}{'cuBLAS us':>11}{'gemv us':>9}{'speedup':>9}{'cuBLAS BW':>10}"
              f"{'gemv BW':>9}{'max|diff|':>11}  gemv config"]
     for r in rows:
@@ -193,6 +199,8 @@ def table(rows: list[dict], copy_tbs: float) -> str:
 
 
 def main(argv=None) -> dict:
+    """Run the benchmark (and --sweep) on the CUDA device; print the table, write --json;
+    returns what --json gets (shape, GPU, versions, rows, sweep)."""
     args = parse_args(argv)
     if not (torch.cuda.is_available() and decode.HAVE_TRITON):
         raise SystemExit("bench_gemv needs a CUDA device and triton")

@@ -14,12 +14,14 @@ sampled, so use `ignore_eos` or `max_tokens`). Everything else is the real
 code: admission, sampling, text and stop strings, the hand-off to the event loop, the HTTP and
 SSE side, the GIL between the batcher's thread and the event loop.
 
-The defaults are a 1.5B Qwen2 on an H200 (docs/benchmarks.md: 2.55-2.85 ms per decode step at
-batch 8, 4.2 at 64; a prefill of 3,072-token prompts 6-10 us a token; ~1,100 launches in
-transformers' 28-layer forward). With them and the code before issue 16's fixes, serve_load.py
-with the httpx client lands near the H200's throughput at every level and its time to first
-token at 256 streams, but not its 8-stream time to first token (docs/benchmarks.md, "Serving
-under load").
+The defaults stand for a 1.5B Qwen2 on an H200 (docs/benchmarks.md). A decode step of
+2.8 ms + 0.01 ms a row is 2.88 ms at batch 8 (measured: 2.55-2.85 ms) and 3.44 ms at 64, short
+of the measured 4.2 (`--decode-ms 2.6 --decode-row-ms 0.025` gives 2.8 and 4.2). A prefill of
+8 ms + 5 us a padded token is 23 ms for one 3,072-token prompt, 7.6 us a token (measured: 6-10
+us a token). ~1,100 launches is transformers' 28-layer forward. With these defaults,
+serve_load.py with the httpx client lands near the H200's throughput at every level and its
+time to first token at 256 streams, but not its 8-stream time to first token
+(docs/benchmarks.md, "Serving under load").
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def emulate(decode_ms: float, decode_row_ms: float, prefill_ms: float, prefill_t
 
 
 def main() -> int:
+    """Patch the batcher with this script's options, then run the `tirgrpo` command line on the
+    arguments left over (`serve ...`); returns its exit code."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], usage="%(prog)s [options] serve ...",
                                  allow_abbrev=False)
     ap.add_argument("--decode-ms", type=float, default=2.8, help="a decode step's fixed time")

@@ -99,6 +99,7 @@ class RawStream:
         self.writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> None:
+        """Open the TCP connection (`post` does it when there is none)."""
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
     async def post(self, path: str, body: bytes) -> dict:
@@ -135,6 +136,7 @@ class RawStream:
                 "id": rid.group(1).decode() if rid else None}
 
     def close(self) -> None:
+        """Close the connection, if open; the next `post` opens a new one."""
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
@@ -316,6 +318,9 @@ def main() -> None:
 
 
 def print_tables(args, device: str, rows: list[dict]) -> None:
+    """Print the levels' results as Markdown tables: throughput and TTFT / latency percentiles per
+    engine and stream count, then (when the server's timing records were fetched) the parts of
+    the time to first token and the batcher's step phases."""
     print(f"\nmodel {os.path.basename(args.model)}, {'' if args.emulate_gpu is None else 'GPU emulated on '}{device}, "
           f"prompt {args.prompt_tokens} tokens, {args.max_tokens} generated tokens per request, "
           f"{args.client} client\n")

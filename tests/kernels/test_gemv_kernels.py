@@ -55,14 +55,11 @@ def test_default_config():
     # the engine's launches: what the H200 sweep measured fastest (docs/benchmarks.md)
     assert G.default_config(8, (1536, 256, 256), 1536, n_sm) == G.GemvConfig(16, 256, 1, 4, 3)
     assert G.default_config(8, (8960,), 1536, n_sm, glu=True) == G.GemvConfig(128, 64, 1, 4, 4)
-    # one matrix: >= 4 programs per SM. 8960 columns in 16-wide blocks are enough, no split
-    assert G.default_config(8, (8960,), 1536, n_sm) == G.GemvConfig(block_n=16, split_k=1)
-    # down (K = 8960): 96 blocks of 16, 8 slices
-    assert G.default_config(8, (1536,), 8960, n_sm) == G.GemvConfig(block_n=16, split_k=8)
-    # the LM head: the widest blocks
-    assert G.default_config(8, (151936,), 1536, n_sm).block_n == 64
-    # a short K is not split below two tiles per slice
-    assert G.default_config(1, (64,), 256, n_sm).split_k == 1
+    # one matrix: the sweep's best for o (K 1536) and the LM head, unsplit; for down (K 8960),
+    # K split in 4
+    assert G.default_config(8, (1536,), 1536, n_sm) == G.GemvConfig(64, 128, 1, 4, 4)
+    assert G.default_config(8, (151936,), 1536, n_sm) == G.GemvConfig(64, 128, 1, 4, 4)
+    assert G.default_config(8, (1536,), 8960, n_sm) == G.GemvConfig(64, 128, 4, 4, 4)
 
 
 def test_supports_only_plain_linears():
@@ -84,6 +81,31 @@ def test_supports_only_plain_linears():
     t.weight = torch.nn.Parameter(torch.randn(4, 8).t())  # [8, 4] viewed [4, 8]: not contiguous
     assert not G.supports(torch.randn(2, 4), [t])
     assert not G.supports(x.t().contiguous().t(), [plain])  # x's rows are not contiguous
+
+
+def test_supports_checks_biases_as_the_launch_does():
+    """A bias the launch's `_check` would reject (another dtype, shape or layout) makes
+    `supports` False, so the engine runs the module instead of raising in the decode step."""
+    x = torch.randn(2, 8)
+    device_ok = G.kernels_available(x.device)
+    m = torch.nn.Linear(8, 4)
+    assert G.supports(x, [m]) is device_ok
+    m.bias = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))  # weight fp32, bias fp64
+    assert not G.supports(x, [m])
+    m.bias = torch.nn.Parameter(torch.randn(1, 4))  # [1, 4], not [4]
+    assert not G.supports(x, [m])
+    m.bias = torch.nn.Parameter(torch.randn(8)[::2])  # [4] strided: not contiguous
+    assert not G.supports(x, [m])
+
+
+def test_supports_gate_up_needs_equal_shapes():
+    """glu=True (the engine's fused gate/up): gate and up must have the same [I, K] weight."""
+    x = torch.randn(2, 8)
+    device_ok = G.kernels_available(x.device)
+    gate, up = torch.nn.Linear(8, 6, bias=False), torch.nn.Linear(8, 6, bias=False)
+    assert G.supports(x, [gate, up], glu=True) is device_ok
+    assert not G.supports(x, [gate, torch.nn.Linear(8, 5, bias=False)], glu=True)
+    assert G.supports(x, [gate, torch.nn.Linear(8, 5, bias=False)]) is device_ok  # stacked: fine
 
 
 # ---------------------------------------------------------------------------- Triton against the twins
@@ -175,7 +197,9 @@ def test_engine_uses_gemv_only_where_it_should(device, tiny_model_dir, byte_toke
     layers = model.config.num_hidden_layers
     tokens = {}
     for kind, group in (("triton", 2), ("triton", 16), ("triton-nogemv", 2)):
-        engine = FastEngine(model, byte_tokenizer, max_batch=32, length_buckets=(64,), kernels=kind)
+        # no CUDA graphs: a graph replays its launches without Python calls to count
+        engine = FastEngine(model, byte_tokenizer, max_batch=32, length_buckets=(64,), kernels=kind,
+                            use_cuda_graphs=False)
         calls = _count_calls(engine)
         out = engine.generate(ps, group, params)
         tokens[kind, group] = [out[i][0].token_ids for i in range(len(ps))]
@@ -208,7 +232,9 @@ def test_engine_with_lora_modules(device, tiny_model_dir, byte_tokenizer):
     params = SamplingParams(max_new_tokens=10, temperature=0.0, min_new_tokens=10)  # no row ends early
     runs = {}
     for kind in ("torch", "triton"):
-        engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64,), kernels=kind)
+        # no CUDA graphs: a graph replays its launches without Python calls to count
+        engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64,), kernels=kind,
+                            use_cuda_graphs=False)
         calls = _count_calls(engine)
         runs[kind] = engine.generate(ps, 2, params)
         if kind == "triton":
@@ -228,8 +254,8 @@ def test_engine_with_lora_modules(device, tiny_model_dir, byte_tokenizer):
 @pytest.mark.skipif(not (K.HAVE_TRITON and torch.cuda.is_available()), reason="needs triton and CUDA")
 @pytest.mark.parametrize("batch", [1, 8, 16])
 def test_kernels_at_the_benchmark_shape(batch):
-    """R1-Distill-Qwen-1.5B's projections in bf16 with the default configs (split-K for q/k/v,
-    o and down), against the torch twins (cuBLAS)."""
+    """R1-Distill-Qwen-1.5B's projections in bf16 with the default configs (q/k/v stacked,
+    gate/up fused, down alone with K split), against the torch twins (cuBLAS)."""
     g = torch.Generator().manual_seed(batch)
     dev, bf16, H, I = "cuda", torch.bfloat16, 1536, 8960
     x = randn(batch, H, dtype=bf16, device=dev, generator=g)

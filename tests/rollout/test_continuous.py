@@ -245,3 +245,31 @@ def test_start_warms_on_the_stepping_thread_and_raises_what_warming_raised(model
     broken.warm_prefill = fail
     with pytest.raises(RuntimeError, match="no memory"):
         broken.start(warm=True)
+
+
+def test_start_raises_a_failure_to_select_the_device_instead_of_hanging(model, byte_tokenizer, monkeypatch):
+    """The thread's torch.cuda.set_device runs before start() may return: when it raises,
+    start() raises it (it used to wait forever for a thread that had died)."""
+    import threading
+
+    engine = FastEngine(model, byte_tokenizer, max_batch=4, length_buckets=(64,))
+    batcher = ContinuousBatcher(engine, max_rows=4, max_prompt_len=32, max_new_tokens=8)
+    engine.device = torch.device("cuda", 0)  # now, after the set-up: only makes the thread select it
+
+    def set_device(device):
+        raise RuntimeError("no such device")
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    raised = []
+
+    def start():
+        try:
+            batcher.start(warm=False)
+        except RuntimeError as e:
+            raised.append(e)
+
+    caller = threading.Thread(target=start, daemon=True)  # a hang fails the test, not the run
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive(), "start() hung"
+    assert [str(e) for e in raised] == ["no such device"]

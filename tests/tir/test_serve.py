@@ -465,12 +465,62 @@ def test_debug_timings_take_a_streamed_request_s_time_to_first_token_apart(serve
     parts = ("parse_ms", "queue_ms", "first_token_ms", "send_ms")
     assert record["n"] == 2 and all(record[p] is not None and record[p] >= 0 for p in parts + ("ttft_ms",))
     assert 0 < record["prefill_ms"] and record["prefill_groups"] >= 1 and record["prefill_tokens"] >= 2
-    # The parts follow one another: they add up to the whole (to the few us between two of them).
-    assert abs(sum(record[p] for p in parts) - record["ttft_ms"]) < 20
+    # The moments the parts lie between come one after the other, and the whole spans them.
+    moments = [record[k] for k in ("received", "submitted", "admitted", "first_token", "sent")]
+    assert all(moments) and moments == sorted(moments)
+    assert record["ttft_ms"] == pytest.approx(1000 * (record["sent"] - record["received"]), abs=0.01)
     assert report["batcher"]["steps"] >= 5 and report["batcher"]["rows"] >= 10
     httpx.get(base + "/debug/timings", params={"clear": "1"}, timeout=30)
     cleared = httpx.get(base + "/debug/timings", timeout=30).json()
     assert cleared == {"timings": [], "batcher": {}}
+
+
+def test_each_group_of_a_streamed_request_is_timed_at_its_own_first_event(server):
+    """Two prompts of one streamed request, n = 8 on a server of 8 rows: the second group is
+    admitted only when the first has finished. Each group's record has the `sent` of the event
+    that first carried one of its choices (not the request's first event)."""
+    base = server.rsplit("/v1", 1)[0]
+    httpx.get(base + "/debug/timings", params={"clear": "1"}, timeout=30)
+    n, seen = 8, {}  # group -> when the client first saw one of its choices
+    with httpx.stream("POST", server + "/completions", timeout=60, json={
+            "prompt": ["x", "a longer prompt"], "n": n, "max_tokens": 5, "ignore_eos": True, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                event = json.loads(line[6:])
+                rid = event["id"]
+                for c in event["choices"]:
+                    seen.setdefault(c["index"] // n, time.perf_counter())
+    assert sorted(seen) == [0, 1]
+    records = [t for t in httpx.get(base + "/debug/timings", timeout=30).json()["timings"] if t["id"] == rid]
+    first, second = sorted(records, key=lambda t: t["prompt_tokens"])  # "x" is the shorter prompt
+    for g, t in enumerate((first, second)):
+        assert t["received"] <= t["submitted"] <= t["admitted"] <= t["first_token"] <= t["sent"] <= seen[g]
+        assert t["ttft_ms"] == pytest.approx(1000 * (t["sent"] - t["received"]), abs=0.01)
+    assert second["admitted"] > first["sent"]  # it waited for the first group's rows
+
+
+def test_handoff_call_soon_failure_does_not_block_later_puts():
+    """When scheduling the drain raises (the loop is closed), the put raises and the next put
+    schedules again instead of waiting for a drain that will never come."""
+    import asyncio
+
+    from tirgrpo.tir.serve import Handoff
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    handoff = Handoff(loop)
+    queue = asyncio.Queue()
+    with pytest.raises(RuntimeError):
+        handoff.put(queue, 1)
+    assert not handoff.scheduled
+    loop = asyncio.new_event_loop()
+    try:
+        handoff.loop = loop
+        handoff.put(queue, 2)  # schedules a drain on the open loop
+        loop.run_until_complete(asyncio.sleep(0))
+        assert [queue.get_nowait() for _ in range(queue.qsize())] == [1, 2]
+    finally:
+        loop.close()
 
 
 def test_handoff_wakes_the_loop_once_for_a_burst_and_loses_nothing():

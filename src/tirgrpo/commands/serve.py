@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
+from tirgrpo.kernels import KERNEL_CHOICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prefill-tokens", type=int, default=8192,
                         help="padded prompt tokens prefilled in one step (a longer prompt goes alone): bounds how "
                              "long admissions pause the running rows; more admits a burst in fewer steps")
-    parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--kernels", default="auto", choices=KERNEL_CHOICES,
+                        help="FastEngine's decode-step kernels (triton-nogemv: Triton without the GEMV kernels)")
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.kernels import gemv
+from tirgrpo.kernels import KERNEL_CHOICES, gemv
 from tirgrpo.kernels.triton_compat import HAVE_TRITON, INTERPRETED, libdevice, tl, triton
 
 # Keys one attention program reads (a multiple of ATTN_BLOCK_N). Smaller means more programs
@@ -382,7 +382,6 @@ TRITON_KERNELS = Kernels("triton", add_rmsnorm, rotary_cache_write, decode_atten
 # The Triton decode kernels with every projection run by its module (cuBLAS): the set before
 # kernels/gemv.py, for comparing the two in one call (`tirgrpo bench rollout --kernels ...`).
 TRITON_NOGEMV_KERNELS = TRITON_KERNELS._replace(name="triton-nogemv", gemv_max_batch=0)
-KERNEL_CHOICES = ("auto", "torch", "triton", "triton-nogemv")
 
 
 def select_kernels(kind: str, device: torch.device) -> Kernels:

@@ -11,9 +11,9 @@ BLOCK_K-wide tiles: W is read once, in wide contiguous loads, and x (a few KB) c
 The product of a [BLOCK_N, BLOCK_K] tile of W with the [B, BLOCK_K] tile of x is a `tl.dot`
 with x padded to B_PAD >= 16 rows (tensor cores need 16): the padded rows are masked (read
 as zeros) and never stored. fp32 accumulation, one rounding to the model dtype.
-When N / BLOCK_N programs are too few to keep every SM streaming (k_proj and v_proj have
-N = 256), K is split too (split-K): each program writes an fp32 partial sum, and a second
-small kernel adds the splits in a fixed order (deterministic, unlike atomics) and rounds.
+K may be split too (split-K; the default config splits only a single matrix with a long K,
+as down_proj's): each program writes an fp32 partial sum, and a second small kernel adds
+the splits in a fixed order (deterministic, unlike atomics) and rounds.
 
 One launch covers several projections of the same input:
 
@@ -219,30 +219,23 @@ def _sm_count(device: torch.device) -> int:
 def default_config(batch: int, widths: tuple[int, ...], K: int, n_sm: int, glu: bool = False) -> GemvConfig:
     """Launch parameters for `batch` rows, matrices of `widths` output columns (one entry per
     program column space: (Nq, Nk, Nv) for q/k/v, (I,) for gate/up) and reduction length K,
-    on a device of `n_sm` SMs; glu: the gate/up launch.
+    on a device of `n_sm` SMs (the measured configs below do not depend on it); glu: the
+    gate/up launch.
 
-    The two launches the engine makes use what `benchmarks/bench_gemv.py --sweep` measured
-    fastest on an H200 (1.5B shape, batch 8; docs/benchmarks.md): gate/up 128 columns x 64 of
-    K a program (17.2 us against 22.1 us for cuBLAS's two matmuls), q/k/v 16 columns x 256
-    of K, no split (6.1 us against 16.2 us for three matmuls). Splitting K to fill the SMs
-    was slower for both: the reduction is one more launch. A single matrix (the engine runs
-    o_proj and down_proj as modules: cuBLAS was as fast) gets a first guess from the shape:
-    >= 4 programs per SM, narrower blocks first, then K split in powers of two.
+    All configs are what `benchmarks/bench_gemv.py --sweep` measured fastest on an H200 at
+    batch 8 (1.5B shape; docs/measurements/gemv_sweep_h200.json), used at every batch size.
+    The engine's two launches: gate/up 128 columns x 64 of K a program (17.2 us against
+    22.1 us for cuBLAS's two matmuls), q/k/v 16 columns x 256 of K, no split (6.1 us against
+    16.2 us for three matmuls); splitting K was slower for both (the reduction is one more
+    launch). A single matrix (the engine runs o_proj, down_proj and the LM head as modules:
+    cuBLAS was as fast) takes 64 columns x 128 of K, the best for o (K 1536) and the LM head
+    unsplit, and for down (K 8960) with K split in 4: so split in 4 when K >= 4096.
     """
     if glu:
         return GemvConfig(block_n=128, block_k=64, split_k=1, num_warps=4, num_stages=4)
     if len(widths) > 1:
         return GemvConfig(block_n=16, block_k=256, split_k=1, num_warps=4, num_stages=3)
-    target = 4 * n_sm
-    block_k = GemvConfig().block_k
-    for block_n in (64, 32, 16):
-        programs = sum(_cdiv(n, block_n) for n in widths)
-        if programs >= target:
-            return GemvConfig(block_n=block_n)
-    split = 1
-    while programs * split < target and K >= 2 * block_k * split * 2:
-        split *= 2
-    return GemvConfig(block_n=16, split_k=split)
+    return GemvConfig(block_n=64, block_k=128, split_k=4 if K >= 4096 else 1, num_warps=4, num_stages=4)
 
 
 def _check(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None]) -> bool:
@@ -254,8 +247,10 @@ def _check(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[to
         if w.dim() != 2 or w.shape[1] != K or not w.is_contiguous() or w.dtype != x.dtype or w.device != x.device:
             raise ValueError(f"gemv: weights must be contiguous [N, {K}] {x.dtype} on {x.device}, got "
                              f"{tuple(w.shape)} {w.dtype} strides {w.stride()} on {w.device}")
-        if bias is not None and (bias.shape != (w.shape[0],) or not bias.is_contiguous() or bias.dtype != x.dtype):
-            raise ValueError(f"gemv: bias must be contiguous [{w.shape[0]}] {x.dtype}, got {tuple(bias.shape)}")
+        if bias is not None and (bias.shape != (w.shape[0],) or not bias.is_contiguous() or bias.dtype != x.dtype
+                                 or bias.device != x.device):
+            raise ValueError(f"gemv: bias must be contiguous [{w.shape[0]}] {x.dtype} on {x.device}, got "
+                             f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
     has_bias = [b is not None for b in biases]
     if any(has_bias) and not all(has_bias):
         raise ValueError("gemv: either every matrix of one launch has a bias or none has")
@@ -328,25 +323,31 @@ def gate_up_silu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, b_ga
     return _launch(x, [w_gate, w_up], [b_gate, b_up], True, config)
 
 
-def supports(x: torch.Tensor, modules: Sequence[torch.nn.Module]) -> bool:
+def supports(x: torch.Tensor, modules: Sequence[torch.nn.Module], glu: bool = False) -> bool:
     """May `modules`, applied to x [B, K], run as one `linears` / `gate_up_silu` launch?
 
     Only plain `torch.nn.Linear` (exact type: peft's LoRA layers, quantized or other
     subclasses run as modules) whose weights are ordinary contiguous tensors (not DTensors)
-    of x's dtype and device, reading K features, biases all or none; and only on a device the
-    kernels run on. A host-side check of attributes: no sync, safe during graph capture.
+    [N, K] of x's dtype and device, biases all or none, each a contiguous [N] of x's dtype and
+    device (what `_check` requires, so a True here never raises there); and only on a device
+    the kernels run on. glu: the modules are (gate, up) for `gate_up_silu`, whose weights must
+    have the same shape. A host-side check of attributes: no sync, safe during graph capture.
     """
     if x.dim() != 2 or x.stride(1) != 1 or not kernels_available(x.device):
+        return False
+    if glu and (len(modules) != 2 or any(type(m) is not torch.nn.Linear for m in modules)
+                or modules[0].weight.shape != modules[1].weight.shape):
         return False
     has_bias = set()
     for m in modules:
         if type(m) is not torch.nn.Linear:
             return False
         w, bias = m.weight, m.bias
-        if (type(w.data) is not torch.Tensor or w.shape[1] != x.shape[1] or not w.is_contiguous()
+        if (type(w.data) is not torch.Tensor or w.dim() != 2 or w.shape[1] != x.shape[1] or not w.is_contiguous()
                 or w.dtype != x.dtype or w.device != x.device):
             return False
-        if bias is not None and (type(bias.data) is not torch.Tensor or not bias.is_contiguous()):
+        if bias is not None and (type(bias.data) is not torch.Tensor or bias.shape != (w.shape[0],)
+                                 or not bias.is_contiguous() or bias.dtype != x.dtype or bias.device != x.device):
             return False
         has_bias.add(bias is not None)
     return len(has_bias) == 1

@@ -185,9 +185,9 @@ class ContinuousBatcher:
         ready, failed = threading.Event(), []
 
         def run():
-            if self.engine.device.type == "cuda":  # a new thread starts on device 0
-                torch.cuda.set_device(self.engine.device)
-            try:
+            try:  # everything before `ready` is set: a failure must reach start(), not hang it
+                if self.engine.device.type == "cuda":  # a new thread starts on device 0
+                    torch.cuda.set_device(self.engine.device)
                 if warm:
                     self.warm_prefill()
             except BaseException as e:

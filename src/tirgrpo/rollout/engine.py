@@ -148,8 +148,8 @@ class FastEngine:
         if not self.fused_mlp:
             return mlp(x)
         gate_up = (mlp.gate_proj, mlp.up_proj)
-        if x.shape[0] <= self.kernels.gemv_max_batch and gemv.supports(x, gate_up):
-            # gate and up in one launch, SiLU(gate) * up in its epilogue
+        if x.shape[0] <= self.kernels.gemv_max_batch and gemv.supports(x, gate_up, glu=True):
+            # gate and up (same shape) in one launch, SiLU(gate) * up in its epilogue
             act = self.kernels.gate_up_silu(x, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.gate_proj.bias,
                                             mlp.up_proj.bias)
         else:

@@ -59,6 +59,7 @@ class TokenText:
         self.table = _byte_table(tokenizer)
 
     def start(self) -> "_TextState":
+        """A fresh state for one row's text, to pass to each `push` of that row."""
         return _TextState(codecs.getincrementaldecoder("utf-8")("replace") if self.table is not None else None)
 
     def push(self, state: "_TextState", ids: list[int]) -> str:

@@ -15,8 +15,9 @@ The parts of a streamed request's time to first token, in ms, one after the othe
 `ttft_ms` is their sum (arrival -> handed over; None when not streamed). `prefill_ms` is the prefill
 alone (CUDA events on a GPU), a part of `first_token_ms`. What the group met: `prefill_groups`
 and `prefill_tokens` (the prefill it was in, padded), `running_rows` (rows whose decoding waited
-for that prefill), `steps_waited`. `received` and `sent` are `time.perf_counter()` seconds in the
-server, the clock a client on the same Linux machine can subtract its own times from
+for that prefill), `steps_waited`. `received`, `submitted` (the group queued), `admitted`,
+`first_token` and `sent` are `time.perf_counter()` seconds in the server, the clock a client on
+the same Linux machine can subtract its own times from
 (CLOCK_MONOTONIC): `benchmarks/serve_load.py` does, for the request's way in and the event's way out.
 
 `batcher` in the answer: seconds summed per phase of the batcher's steps (`ContinuousBatcher.stats`),
@@ -28,17 +29,23 @@ from __future__ import annotations
 import collections
 
 
-def record_timing(service, flight, sent: float | None) -> None:
-    """Append one record per group of `flight` to `service.timings` (the first event was handed to
-    the HTTP layer at `sent`, time.perf_counter(); None for a request not streamed)."""
+def record_timing(service, flight, sent: float | None, groups: list[int] | None = None) -> None:
+    """Append one record per group of `flight` (or per index in `groups`) to `service.timings`.
+
+    sent: when the group's first event was handed to the HTTP layer, time.perf_counter(); None
+    for a request not streamed. A streamed request with several prompts records each group at
+    its own first event (its groups may be admitted at different steps), so `sent` is its own.
+    """
 
     def ms(a: float, b: float | None):
         return round(1000 * (b - a), 3) if a and b else None
 
-    for g in flight.groups:
+    for i in range(len(flight.groups)) if groups is None else groups:
+        g = flight.groups[i]
         t = g.timing
         service.timings.append({
-            "id": flight.id, "received": flight.received, "sent": sent, "prompt_tokens": len(g.prompt_ids),
+            "id": flight.id, "received": flight.received, "submitted": t.submitted, "admitted": t.admitted,
+            "first_token": t.first_token, "sent": sent, "prompt_tokens": len(g.prompt_ids),
             "n": g.n, "parse_ms": ms(flight.received, flight.submitted), "queue_ms": ms(t.submitted, t.admitted),
             "prefill_ms": round(1000 * t.prefill_s, 3) if t.prefill_s else None,
             "first_token_ms": ms(t.admitted, t.first_token), "send_ms": ms(t.first_token, sent),
