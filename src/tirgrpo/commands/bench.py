@@ -41,12 +41,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "copy timed once per call (read + write counted)")
     r.add_argument("--json", help="write the rows here too")
     st = sub.add_parser("step", help="the whole GRPO step (rollout + update) of the trainer; under torchrun: N GPUs")
-    st.add_argument("--shape", default="r1-distill-qwen-1.5b", help="random weights of a named shape")
+    weights = st.add_mutually_exclusive_group()
+    weights.add_argument("--shape", default="r1-distill-qwen-1.5b",
+                         help="random weights of a named shape, synthetic prompts of --prompt-tokens, no EOS")
+    weights.add_argument("--model", metavar="NAME_OR_PATH",
+                         help="real weights, as in [model] name_or_path, with the model's own tokenizer and EOS, "
+                              "on real prompts (--data), so completions have their real lengths")
+    st.add_argument("--data", metavar="FILE",
+                    help="with --model: the examples (tirgrpo prepare output); default: the seed config's "
+                         "data.train (data/prepared/train.jsonl)")
     st.add_argument("--group-size", type=int, default=16)
     st.add_argument("--prompts", type=int, default=4, help="prompts per step (all ranks together)")
-    st.add_argument("--prompt-tokens", type=int, default=3072)
+    st.add_argument("--prompt-tokens", type=int, default=3072,
+                    help="prompt length (--shape); with --model the longest prompt kept (data.max_prompt_tokens)")
     st.add_argument("--new-tokens", type=int, default=1024)
-    st.add_argument("--rollouts", type=int, default=2, help="rollouts run; the last is reported")
+    st.add_argument("--rollouts", type=int, default=2, help="rollouts run (each: rollout, reference, updates)")
+    st.add_argument("--warmup", type=int, default=None,
+                    help="first rollouts left out of the medians reported (default: all but the last)")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
     st.add_argument("--work", default="runs/bench-step", help="folder for the synthetic data and run folders")
     st.add_argument("--results", default="runs/bench-step/results.jsonl",

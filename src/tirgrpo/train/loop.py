@@ -36,7 +36,7 @@ from tirgrpo.config import TrainConfig, dumps_toml, to_dict
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_write_text
 from tirgrpo.train import dist
-from tirgrpo.train.metrics import peak_memory_gib
+from tirgrpo.train.metrics import peak_memory_gib, synchronize
 from tirgrpo.train.plan import Plan
 
 FRESH_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json")
@@ -120,7 +120,8 @@ class UpdateStats:
     forward_tokens: int = 0
     micro_batches: int = 0
     row_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole phase: micro-batches, reference pass, updates
+    ref_seconds: float = 0.0  # of which the reference pass (0 without one)
     peak_gib: float = float("nan")  # of the update phase: reference pass + updates (GiB; CPU: peak RSS so far)
 
 
@@ -373,23 +374,25 @@ def update(s: Session, rollout: Rollout) -> UpdateStats:
     from tirgrpo.train.optim import lr_multiplier
     from tirgrpo.train.step import build_micro_batches, grpo_update, reference_logprobs, rollout_objective
 
-    cfg, plan = s.cfg, s.plan
-    start = time.perf_counter()
+    cfg, plan, start = s.cfg, s.plan, time.perf_counter()
     prompt_ids = [p.ids for p in rollout.prompts]
     completion_ids = [c.token_ids for c in rollout.completions]
     batches = build_micro_batches(prompt_ids, completion_ids, cfg.rollout.group_size, plan.micro_batch_tokens,
                                   plan.shared_prefix, s.engine.pad_id, s.device)
     temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     s.model.train()
+    stats = UpdateStats(forward_tokens=sum(b.tokens for b in batches), micro_batches=len(batches),
+                        row_tokens=sum(len(a) + len(b) for a, b in zip(prompt_ids, completion_ids)))
     refs = [None] * len(batches)
     if cfg.grpo.beta > 0:
+        ref_start = time.perf_counter()
         with dist.gathered(s.ref_model if s.ref_model is not None else s.model):  # ranks differ in passes
             refs = [reference_logprobs(s.model, s.ref_model, b, plan.logprob_chunk_tokens, temperature)
                     for b in batches]
+        synchronize(s.device)  # the pass's kernels, not only their launch (one wait per rollout)
+        stats.ref_seconds = time.perf_counter() - ref_start
     objective = rollout_objective(cfg.grpo, batches, refs, rollout.advantages, completion_ids, cfg.rollout.max_new_tokens,
                                   rollout.credits, rollout.include, s.device)
-    stats = UpdateStats(forward_tokens=sum(b.tokens for b in batches), micro_batches=len(batches),
-                        row_tokens=sum(len(a) + len(b) for a, b in zip(prompt_ids, completion_ids)))
     for _ in range(cfg.grpo.num_iterations):
         if s.progress.step >= s.total_steps:
             break
@@ -442,6 +445,7 @@ def metrics_row(s: Session, rollout: Rollout, stats: UpdateStats) -> dict:
         "completion/tokens_mean": completion_tokens / count,
         "completion/truncated": sum(c.finish_reason == "length" for c in completions) / count,
         "time/rollout_s": rollout.rollout_seconds, "time/score_s": rollout.score_seconds, "time/train_s": stats.seconds,
+        "time/reference_s": stats.ref_seconds,  # part of time/train_s
         "throughput/gen_tokens_per_s": completion_tokens / max(1e-9, rollout.rollout_seconds),
         "throughput/train_tokens_per_s": stats.row_tokens * s.cfg.grpo.num_iterations / max(1e-9, stats.seconds),
         # tokens the forward passes ran (fewer than prompt + completion per row with a shared prefix)
@@ -466,6 +470,7 @@ def merge_ranks(s: Session, rollout: Rollout, stats: UpdateStats) -> tuple[Rollo
                                 micro_batches=sum(x.micro_batches for x in all_stats),
                                 row_tokens=sum(x.row_tokens for x in all_stats),
                                 seconds=max(x.seconds for x in all_stats),
+                                ref_seconds=max(x.ref_seconds for x in all_stats),
                                 peak_gib=max(x.peak_gib for x in all_stats))
     return merged, total
 

@@ -72,6 +72,14 @@ class RunLog:
             self.tb.close()
 
 
+def synchronize(device) -> None:
+    """Wait for the accelerator's queued work (a timer then measures the work, not its launch)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def peak_memory_gib(device) -> float:
     """Peak allocated accelerator memory (GiB) since the last reset; CPU: peak RSS of the process."""
     import torch

@@ -176,8 +176,10 @@ def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, 
             raise TirgrpoError(f"cannot load model {name!r}: {e}") from e
         if "gguf_file" in kwargs:
             # transformers dequantises GGUF weights to `dtype` on load; what is left is a plain
-            # model, but it keeps a GGUF "quantizer" that refuses save_pretrained. Drop it.
+            # model, but it keeps a GGUF "quantizer" that refuses save_pretrained, and a mark
+            # `is_quantized` that transformers' Trainer (TRL's) refuses to train. Drop both.
             model.hf_quantizer = None
+            model.is_quantized = False
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
     return model.to(device)
