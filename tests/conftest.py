@@ -67,3 +67,22 @@ def byte_tokenizer():
 def tiny_model_dir(tmp_path_factory, byte_tokenizer):
     """A tiny Qwen2 (hidden 64, 2 layers) with the byte-level tokenizer, as an HF folder."""
     return save_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"), byte_tokenizer)
+
+
+@pytest.fixture
+def load_benchmark(monkeypatch):
+    """A factory: load_benchmark("bench_gemv") imports benchmarks/bench_gemv.py as a module,
+    registered in sys.modules for the test's duration (a script's dataclasses look it up there)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -4,27 +4,15 @@ the table prints. The timing itself (CUDA graphs and events) needs a GPU."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from tirgrpo.kernels import decode as K
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gemv.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_gemv", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.skipif(not K.triton_interpreting(), reason="needs triton with TRITON_INTERPRET=1 (tests/conftest.py)")
-def test_groups_agree_and_the_table_prints():
-    bench = load_script()
+def test_groups_agree_and_the_table_prints(load_benchmark):
+    bench = load_benchmark("bench_gemv")
     shape = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "vocab_size": 200}
     torch.manual_seed(0)

@@ -5,24 +5,13 @@ datasets import (CI has neither)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "trl_step.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("trl_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_finish_reasons_as_the_tracker_reports_them(byte_tokenizer):
-    bench = load_script()
+def test_finish_reasons_as_the_tracker_reports_them(byte_tokenizer, load_benchmark):
+    bench = load_benchmark("trl_step")
     tok = byte_tokenizer
     eos = {tok.eos_token_id}
     ids = tok("fine. ```python\nprint(1)", add_special_tokens=False)["input_ids"]
@@ -35,13 +24,13 @@ def test_finish_reasons_as_the_tracker_reports_them(byte_tokenizer):
     assert bench.finish_of(ids, tok, eos, ["```python"], 100)[1:] == ("stop", "```python")
 
 
-def test_dataset_rows_follow_the_trainers_prompt_stream(tmp_path):
+def test_dataset_rows_follow_the_trainers_prompt_stream(tmp_path, load_benchmark):
     from types import SimpleNamespace
 
     from tirgrpo.data.prompts import Prompt, prompts_for_rollout
     from tirgrpo.data.records import Example
 
-    bench = load_script()
+    bench = load_benchmark("trl_step")
     prompts = [Prompt(Example(question=f"q{i}", prompt=f"p{i}", completion="", correct_answer="1", eventual_answer="1",
                               label="correct", prompt_tokens=1, completion_tokens=0, source="t"), [i]) for i in range(5)]
     cfg = SimpleNamespace(rollout=SimpleNamespace(prompts_per_step=4), run=SimpleNamespace(seed=3),
@@ -53,13 +42,13 @@ def test_dataset_rows_follow_the_trainers_prompt_stream(tmp_path):
         assert [r["prompt"] for r in rows[4 * k:4 * k + 4]] == expected
 
 
-def test_grpo_config_mirrors_the_seed_config(tmp_path):
+def test_grpo_config_mirrors_the_seed_config(tmp_path, load_benchmark):
     pytest.importorskip("trl")
     import torch
 
     from tirgrpo.perf.step_bench import bench_config
 
-    bench = load_script()
+    bench = load_benchmark("trl_step")
     args = bench.parse_args(["--model", "m", "--group-size", "4", "--prompts", "4"])
     args.shape = None
     cfg = bench_config(args, tmp_path / "d.jsonl", tmp_path / "run")
@@ -71,7 +60,7 @@ def test_grpo_config_mirrors_the_seed_config(tmp_path):
     assert c.use_vllm is False and c.shuffle_dataset is False and c.gradient_checkpointing is True
 
 
-def test_trl_step_runs_two_steps_and_writes_a_row(tmp_path, tiny_model_dir, capsys):
+def test_trl_step_runs_two_steps_and_writes_a_row(tmp_path, tiny_model_dir, capsys, load_benchmark):
     pytest.importorskip("trl")
     pytest.importorskip("datasets")
     from tirgrpo.data.records import Example, write_examples
@@ -80,7 +69,7 @@ def test_trl_step_runs_two_steps_and_writes_a_row(tmp_path, tiny_model_dir, caps
     write_examples(data, [Example(question=f"q{i}", prompt=f"What is {i} + {i}?", completion="x",
                                   correct_answer=str(2 * i), eventual_answer=str(2 * i), label="correct",
                                   prompt_tokens=0, completion_tokens=0, source="test") for i in range(4)])
-    bench = load_script()
+    bench = load_benchmark("trl_step")
     assert bench.main(["--model", str(tiny_model_dir), "--data", str(data), "--group-size", "2", "--prompts", "2",
                        "--new-tokens", "4", "--steps", "2", "--warmup", "1", "--work", str(tmp_path / "w"),
                        "--results", str(results)]) == 0

@@ -4,7 +4,6 @@ the `tirgrpo memory` command, the trainer's check, and the device script's dry r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -393,11 +392,8 @@ def _seed_config(*overrides):
     return load_config(TrainConfig, ROOT / "configs/seed-r1-distill-1.5b.toml", list(overrides))
 
 
-def test_device_script_dry_run(tmp_path, capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("memory_check", ROOT / "benchmarks/memory_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(__import__("sys").modules, "memory_check", mod)  # its dataclass looks itself up there
-    spec.loader.exec_module(mod)
+def test_device_script_dry_run(tmp_path, capsys, load_benchmark):
+    mod = load_benchmark("memory_check")
     out = tmp_path / "dry.json"
     assert mod.main(["--dry-run", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
@@ -423,14 +419,11 @@ def test_device_script_imports_nothing_the_device_lacks(tmp_path):
 
 
 @pytest.mark.slow  # ~15 s: two tiny-qwen2 steps under the CPU profiler
-def test_device_script_runs_and_survives_a_failing_case(tmp_path, capsys, monkeypatch):
+def test_device_script_runs_and_survives_a_failing_case(tmp_path, capsys, monkeypatch, load_benchmark):
     """The whole measuring path of benchmarks/memory_check.py on the CPU with a tiny shape:
     models loaded as the trainer loads them, measure_step, the table and the JSON; a case
     that raises becomes a row saying so and the next case still runs."""
-    spec = importlib.util.spec_from_file_location("memory_check", ROOT / "benchmarks/memory_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(__import__("sys").modules, "memory_check", mod)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("memory_check")
     monkeypatch.setattr(mod, "CASES", {"tiny": mod.Case(1, 4, 48, 16, prefix="dense"),
                                        "broken": mod.Case(1, 4, 48, 16, prefix="dense"),
                                        "tiny-lora": mod.Case(1, 4, 48, 16, lora=True, prefix="dense")})

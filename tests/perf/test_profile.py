@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -127,10 +126,8 @@ def test_per_step_table_on_hand_numbers():
 
 
 @pytest.mark.slow
-def test_profile_rollout_by_category_on_cpu(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("profile_rollout", ROOT / "benchmarks/profile_rollout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_profile_rollout_by_category_on_cpu(tmp_path, capsys, load_benchmark):
+    module = load_benchmark("profile_rollout")
     out = tmp_path / "profile.json"
     (table,) = module.main(["--shape", "tiny-qwen2", "--device", "cpu", "--by-category", "--batch", "2",
                             "--group", "2", "--prompt-tokens", "16", "--new-tokens", "4", "--kernels", "torch",
