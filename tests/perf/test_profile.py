@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tirgrpo.perf.profile import CATEGORIES, format_table, kernel_category, per_step_table
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name, category", [
