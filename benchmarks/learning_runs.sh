@@ -5,8 +5,8 @@
 #   RUNS=runs/learning DATA=data benchmarks/learning_runs.sh [WAVE ...]
 #
 # Needs: the GGUF of qwen2.5-coder-1.5b-instruct (../shared/models/get.sh, or TIRGRPO_MODELS),
-# and DATA/gsm8k-verify{,-hard,-prefill,-check}/{train,eval-500}.jsonl as the waves need them
-# (commands in docs/data-format.md).
+# and DATA/gsm8k-verify{,-hard,-prefill,-check}/{train,eval-500}.jsonl as the waves need them,
+# and DATA/gsm8k-verify-format/train.jsonl for format-warm (commands in docs/data-format.md).
 # Waves:
 #   from-base  GRPO from the base model, the recipe of configs/...-grpo-from-base.toml
 #   ablations  the same from the base model with the plain reward (no judge_only): the original
@@ -36,6 +36,9 @@
 #              GPUs under torchrun (TIRGRPO_2GPU; each GPU does long-384-wide's work per step)
 #   wide-long  long-384-wide for 150 steps, evaluated every 50 (past the target's 20 GPU-minutes:
 #              does the skill keep rising at the rate of its first 60 steps?)
+#   format-warm  SFT on format-only targets whose decisions ignore the label (30 steps,
+#              DATA/gsm8k-verify-format, `tirgrpo data format-warmup`), then GRPO from it with 16
+#              pairs a step, 60 steps: GRPO has to teach the decision, not the format
 #   check      GRPO from the base model, 384 new tokens, 60 steps, on prompts whose bridge names the
 #              check to make (DATA/gsm8k-verify-check, `tirgrpo data gsm8k-verify --bridge check`),
 #              evaluated before (the base model under that bridge) and after
@@ -71,12 +74,14 @@ train() {
   echo "$name: exit $?"
 }
 
-# sft NAME [CONFIG]: SFT on $TASK (default: the 1.5B's config), skipped when it already finished.
+# sft NAME [CONFIG [--set ...]]: SFT on $TASK (default: the 1.5B's config), skipped when it
+# already finished.
 sft() {
   local name=$1 config=${2:-configs/gsm8k-verify-qwen2.5-coder-1.5b-sft.toml}
+  shift; [ $# -gt 0 ] && shift
   [ -f "$RUNS/$name/summary.json" ] && { echo "$name: done already"; return 0; }
   $TIRGRPO sft --config "$config" --set run.out_dir="$RUNS/$name" \
-    --set data.train="$DATA/$TASK/train.jsonl" --set run.tensorboard=false > "$RUNS/$name.log" 2>&1
+    --set data.train="$DATA/$TASK/train.jsonl" --set run.tensorboard=false "$@" > "$RUNS/$name.log" 2>&1
   echo "$name: exit $?"
 }
 
@@ -126,6 +131,11 @@ for wave in "${waves[@]}"; do
     long-384-wide)
       TASK=gsm8k-verify train grpo-from-base-384-wide "$BASE" --set rollout.max_new_tokens=384 \
         --set run.eval_before=false --set optim.total_steps=60 --set rollout.prompts_per_step=32 ;;
+    format-warm)
+      TASK=gsm8k-verify-format sft sft-format configs/gsm8k-verify-qwen2.5-coder-1.5b-sft.toml \
+        --set optim.total_steps=30
+      TASK=gsm8k-verify train grpo-format-warm "$BASE" --set model.init_from="$RUNS/sft-format" \
+        --set rollout.prompts_per_step=32 --set optim.total_steps=60 ;;
     wider-2gpu)
       LAUNCH=$TIRGRPO_2GPU TASK=gsm8k-verify train grpo-from-base-384-wider "$BASE" \
         --set rollout.max_new_tokens=384 --set run.eval_before=false --set optim.total_steps=60 \
@@ -164,6 +174,6 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
     *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget,"\
-            "long-384, long-384-wide, wider-2gpu, wide-long, check, prefill, prefill-fast, small)"; exit 2 ;;
+            "long-384, long-384-wide, wider-2gpu, wide-long, format-warm, check, prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done

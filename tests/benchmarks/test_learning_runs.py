@@ -53,8 +53,8 @@ def test_every_wave_makes_loadable_configs_in_separate_folders(tmp_path):
     from tirgrpo.train.sft import SFTConfig
 
     names = waves(tmp_path)
-    assert {"from-base", "long-budget", "long-384", "long-384-wide", "wider-2gpu", "wide-long", "check", "prefill",
-            "prefill-fast", "small"} <= set(names)
+    assert {"from-base", "long-budget", "long-384", "long-384-wide", "wider-2gpu", "wide-long", "format-warm", "check",
+            "prefill", "prefill-fast", "small"} <= set(names)
     calls = recorded_calls(tmp_path, names)
     out_dirs = []
     for argv in calls:
@@ -93,3 +93,13 @@ def test_the_two_gpu_wave_is_launched_by_torchrun(tmp_path):
     assert "grpo-from-base-384-wider: exit 0" in out.stdout, out.stdout + out.stderr
     (argv,) = [json.loads(line) for line in record.read_text().splitlines()]
     assert "rollout.prompts_per_step=64" in split_call(argv)[2]
+
+
+def test_the_format_warm_wave_learns_the_format_then_grpo_starts_from_it(tmp_path):
+    calls = [split_call(argv) for argv in recorded_calls(tmp_path, ["format-warm"])]
+    (sft_cmd, _, sft_sets), (grpo_cmd, _, grpo_sets) = calls
+    assert sft_cmd == "sft" and "data.train=data/gsm8k-verify-format/train.jsonl" in sft_sets
+    assert "optim.total_steps=30" in sft_sets
+    sft_dir = next(v.split("=", 1)[1] for v in sft_sets if v.startswith("run.out_dir="))
+    assert grpo_cmd == "train" and f"model.init_from={sft_dir}" in grpo_sets
+    assert "data.train=data/gsm8k-verify/train.jsonl" in grpo_sets  # the real labels, not the coin flips

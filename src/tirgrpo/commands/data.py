@@ -1,5 +1,7 @@
-"""`tirgrpo data ...`: build other data sets: `gsm8k-verify` (see tirgrpo.data.gsm8k), and
-`split-transcripts`, train / held-out transcript files by problem (tirgrpo.data.split)."""
+"""`tirgrpo data ...`: build other data sets: `gsm8k-verify` (see tirgrpo.data.gsm8k),
+`format-warmup`, format-only SFT targets whose decisions ignore the label
+(tirgrpo.data.format_warmup), and `split-transcripts`, train / held-out transcript files by
+problem (tirgrpo.data.split)."""
 
 from __future__ import annotations
 
@@ -48,7 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "my code,\"; the target completion is the rest of that sentence; +55 prompt tokens with the default "
                         "tokenizer); or one that asks to check each code line against its plan step and the problem "
                         "(+8 tokens)")
+    _add_format_warmup(sub)
     _add_split_transcripts(sub)
+
+
+def _add_format_warmup(sub) -> None:
+    p = sub.add_parser(
+        "format-warmup",
+        help="examples -> the same examples with format-only completions whose decision ignores the label",
+        description=(
+            "Replace each example's completion by a bare submission (boxing the code's own output) or a bare "
+            "decline (opening a new code block), half of each label's examples each, by a seeded shuffle. "
+            "`tirgrpo sft` on the result teaches the answer format without the decision, so GRPO from it "
+            "has to learn the decision (docs/learning.md)."
+        ),
+    )
+    p.add_argument("--input", required=True, metavar="PATH", help="examples (.jsonl/.parquet or bundled:NAME)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .jsonl or .parquet (written atomically)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the decisions (default 0)")
 
 
 def _add_split_transcripts(sub) -> None:
@@ -76,6 +95,8 @@ def _add_split_transcripts(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "gsm8k-verify":
         return _gsm8k_verify(args)
+    if args.data_command == "format-warmup":
+        return _format_warmup(args)
     if args.data_command == "split-transcripts":
         from tirgrpo.data.split import split_transcripts
 
@@ -130,4 +151,25 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
         f"wrote {len(examples)} examples ({labels['correct']} correct, {labels['wrong']} wrong; "
         f"longest prompt {longest} tokens) to {out}"
     )
+    return 0
+
+
+def _format_warmup(args: argparse.Namespace) -> int:
+    from tirgrpo.data.bundled import bundled_path
+    from tirgrpo.data.format_warmup import coin_flip_examples
+    from tirgrpo.data.records import read_examples, write_examples
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.files import check_output_file
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".jsonl", ".parquet"):
+        raise TirgrpoError(f"--out {out}: use a .jsonl or .parquet file name")
+    check_output_file(out)
+    examples = read_examples(bundled_path(args.input))
+    if not examples:
+        raise TirgrpoError(f"{args.input}: no examples")
+    warm = coin_flip_examples(examples, args.seed, where=args.input)
+    write_examples(out, warm)
+    table = Counter((e.label, "submit" if "\\boxed" in e.completion else "decline") for e in warm)
+    print(f"wrote {len(warm)} examples to {out}: " + ", ".join(f"{label} -> {d} {n}" for (label, d), n in sorted(table.items())))
     return 0
