@@ -30,14 +30,19 @@ per generation, each over `P*G / --micro-batch` micro-batches). Where the two mu
 * EOS and stops: the model's generation config gets tirgrpo's EOS set (`eos_ids`); the stop
   strings reach `generate` as `stop_strings` (TRL does not pass the tokenizer that needs, so
   the policy's `generate` gets it bound), and rows that stop early are padded with EOS, so TRL
-  masks the padding as it masks what follows an EOS.
+  masks the padding as it masks what follows an EOS; its mask keeps the first EOS, so a row
+  that ended on a stop string trains on one EOS it never sampled (one token more a row than
+  tirgrpo's, in TRL's token counts too).
 * Reward: tirgrpo's own `score_records` with the config's reward set, on each completion's
   text and finish reason (eos, stop, length) as tirgrpo's tracker reports them.
 
 Timing: a `TrainerCallback` synchronises the GPU at the start of each rollout's first optimizer
 step and at the end of its last (`step_s`); inside, the generation (`_generate_single_turn`,
-`rollout_s`), the reference pass (`reference_s`), the old log-probs pass TRL adds when
-gradient accumulation splits the generation batch (`old_logps_s`) and the reward
+`rollout_s`), the reference pass (`reference_s`), the old log-probs pass (`old_logps_s`: TRL
+1.16 runs it when gradient_accumulation_steps % (steps_per_generation x num_iterations) != 0;
+here the accumulation steps equal the steps per generation, so it runs whenever
+`num_iterations` > 1, i.e. every step of the seed's two updates; tirgrpo has no such pass, it
+keeps the first update's log-probs) and the reward
 (`score_s`) are each timed between synchronisations. `update_s` = step - rollout - reference
 - score (forward/backward/optimizer x `num_iterations`, the old log-probs pass, TRL's
 bookkeeping); `train_s` = update + reference, as in tirgrpo's rows. Medians over the steps
@@ -63,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (the same names as `tirgrpo bench step`'s, so one $A serves both)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="as in [model] name_or_path (a named model, .gguf, HF folder)")
     p.add_argument("--data", help="examples (tirgrpo prepare output); default: the seed config's data.train")
@@ -94,11 +100,12 @@ class StepTimes:
         self.finishes: list[str] = []
 
     def sync(self) -> None:
-        from tirgrpo.train.metrics import synchronize
-
-        synchronize(self.device)
+        """Wait for the GPU's queued work (the timers then measure work, not launches)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def timed(self, name: str, fn, *args, **kwargs):
+        """fn(*args, **kwargs), its synchronised seconds added to parts[name]."""
         self.sync()
         start = time.perf_counter()
         out = fn(*args, **kwargs)
@@ -164,6 +171,10 @@ def grpo_config(cfg, args, steps: int, device: torch.device, out_dir: Path, eos_
         raise SystemExit(f"--micro-batch {micro} must divide the {total} sequences of a step")
     if g.loss_type not in ("grpo", "dr_grpo", "dapo"):
         raise SystemExit(f"grpo.loss_type {g.loss_type!r} has no TRL counterpart here")
+    if g.credit != "all_tokens":
+        raise SystemExit(f"grpo.credit {g.credit!r} has no TRL counterpart (TRL credits every token)")
+    if r.temperature <= 0:
+        raise SystemExit("rollout.temperature must be > 0: TRL's GRPOTrainer samples")
     gen = {"pad_token_id": eos_id}  # rows that stop early are padded with EOS: TRL masks after the first EOS
     if r.stop:
         gen["stop_strings"] = list(r.stop)
@@ -187,7 +198,18 @@ def grpo_config(cfg, args, steps: int, device: torch.device, out_dir: Path, eos_
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Run TRL's steps, append the row and print the table; 2 with a message for a user's mistake."""
+    from tirgrpo.errors import TirgrpoError
+
+    try:
+        return run(parse_args(argv))
+    except TirgrpoError as e:
+        print(f"trl_step: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """main's body: load, train `--steps` rollouts under TRL, time them."""
     try:
         import trl
         from datasets import Dataset

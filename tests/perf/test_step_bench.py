@@ -32,7 +32,10 @@ def test_bench_step_with_a_model_reports_the_measured_rollouts(tmp_path, tiny_mo
     assert row["context"] == "real+3" and (row["steps"], row["warmup"]) == (1, 1) and len(row["per_step"]) == 2
     last = row["per_step"][1]
     assert row["step_s"] == last["step_s"] and row["reference_s"] == last["reference_s"] > 0
-    assert math.isclose(last["update_s"] + last["reference_s"], last["train_s"])
+    # update_s as TRL's row defines it: the step less its timed parts
+    assert math.isclose(last["update_s"] + last["rollout_s"] + last["score_s"] + last["reference_s"], last["step_s"])
+    # the measured rollout takes the stream's first prompts again, as TRL's first step does
+    assert [p["data_pos"] for p in row["per_step"]] == [0, 0]
     assert 1 <= row["completion_tokens"]["min"] <= row["completion_tokens"]["max"] <= 3
     assert math.isclose(sum(row["finish"].values()), 1.0)
     metrics = [json.loads(line) for line in (tmp_path / "w" / "run-" f"{tiny_model_dir.name}-1" / "metrics.jsonl")
@@ -41,11 +44,17 @@ def test_bench_step_with_a_model_reports_the_measured_rollouts(tmp_path, tiny_mo
     assert tiny_model_dir.name in capsys.readouterr().out.splitlines()[-1]
 
 
-def test_bench_step_without_the_data_names_the_prepare_command(tmp_path, tiny_model_dir, capsys):
-    code = main(["bench", "step", "--model", str(tiny_model_dir), "--data", str(tmp_path / "none.jsonl"),
-                 "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r.jsonl")])
-    assert code != 0
-    assert "tirgrpo prepare --input tests/fixtures/r1_distill_7b_tir_sample.csv" in capsys.readouterr().err
+def test_bench_step_without_the_data_names_the_prepare_command(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import tirgrpo.perf.step_bench as step_bench
+
+    common = ["--model", str(tiny_model_dir), "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r.jsonl")]
+    assert main(["bench", "step", *common, "--data", str(tmp_path / "none.jsonl")]) != 0
+    assert f"--data {tmp_path / 'none.jsonl'}: no such file" in capsys.readouterr().err
+    # the seed config's own data file missing: the command that makes it, every transcript to train
+    monkeypatch.setattr(step_bench, "seed_data_path", lambda: str(tmp_path / "prepared" / "train.jsonl"))
+    assert main(["bench", "step", *common]) != 0
+    err = capsys.readouterr().err
+    assert "tirgrpo prepare --input tests/fixtures/r1_distill_7b_tir_sample.csv" in err and "--eval-fraction 0" in err
     assert not (tmp_path / "r.jsonl").exists()
 
 
@@ -77,7 +86,9 @@ def test_table_shows_trl_rows_beside_ours_and_compares_them():
            "rollout_s": 5.3, "train_s": 5.0, "tokens_per_s": 6183.0, "peak_gib": 35.4, "estimate_gib": 36.3}
     lines = table([old, ours, trl]).splitlines()
     assert lines[1].split()[-6:-4] == ["-", "5.0"]  # a row from before the reference was timed: no ref s
-    assert "qwen2.5-coder-1.5b-instruct [trl 1.16.0]" in lines[3] and lines[3].split()[-3] == "1.00x"
+    assert lines[2].split()[-3] == "1.00x"  # ours: its own 1-GPU baseline
+    # TRL's row has no speed-up over itself; it is compared with ours below the table
+    assert "qwen2.5-coder-1.5b-instruct [trl 1.16.0]" in lines[3] and lines[3].split()[-3] == "-"
     (line,) = comparisons([old, ours, trl])
     assert "step 100.00 s / 4.00 s = 25.0x" in line and "rollout 90.00 s / 3.00 s = 30.0x" in line
     assert comparisons([ours, {**trl, "data": "other.jsonl"}]) == []  # other prompts: not the same work

@@ -21,3 +21,18 @@ def test_resume_drops_rows_after_the_checkpoint_and_the_final_eval_it_redoes(tmp
     RunLog(tmp_path, tensorboard=False, resume_step=6, redo_evals=True)  # killed during/after the final eval
     assert read_jsonl(tmp_path / "metrics.jsonl") == rows[:4]
     assert read_jsonl(tmp_path / "samples.jsonl") == [{"step": 6, "completion": "x"}]
+
+
+def test_device_timer_on_the_cpu():
+    import time as _time
+
+    import torch
+
+    from tirgrpo.train.metrics import DeviceTimer
+
+    timer = DeviceTimer(torch.device("cpu"))
+    assert timer.seconds() == 0.0  # never started nor stopped: no pass was timed
+    timer.start()
+    _time.sleep(0.02)
+    timer.stop()
+    assert 0.015 < timer.seconds() < 1.0

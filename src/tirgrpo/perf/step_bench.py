@@ -88,6 +88,7 @@ def warmup_count(args) -> int:
 
 
 def median(values: list[float]) -> float:
+    """The median, NaN for none."""
     return float(statistics.median(values)) if values else float("nan")
 
 
@@ -107,6 +108,17 @@ def summarize(per_step: list[dict], lengths: list[list[int]], finishes: list[lis
     return out
 
 
+def step_entry(seconds: float, row: dict, tokens: int, data_pos: int) -> dict:
+    """One rollout's `per_step` entry from its wall seconds and its metrics row."""
+    return {"step_s": seconds, "rollout_s": row["time/rollout_s"], "score_s": row["time/score_s"],
+            "reference_s": row["time/reference_s"],
+            # as TRL's row defines it: the step less its timed parts (the optimizer's queued
+            # work included, which the trainer's own train_s may not wait for)
+            "update_s": seconds - row["time/rollout_s"] - row["time/score_s"] - row["time/reference_s"],
+            "train_s": row["time/train_s"], "data_pos": data_pos, "tokens": tokens, "peak_gib": row["memory/peak_gib"],
+            "rollout_peak_gib": row["memory/rollout_peak_gib"], "train_peak_gib": row["memory/train_peak_gib"]}
+
+
 def bench_step(args) -> dict:
     """Run the rollouts; return the row of the measured ones (the same on every rank)."""
     from tirgrpo.data.records import write_examples
@@ -119,11 +131,14 @@ def bench_step(args) -> dict:
     dist.init()
     work = Path(args.work)
     if real:
-        data = Path(getattr(args, "data", None) or seed_data_path())
+        given = getattr(args, "data", None)
+        data = Path(given or seed_data_path())
+        if not data.is_file() and given:
+            raise TirgrpoError(f"--data {data}: no such file")
         if not data.is_file():
-            raise TirgrpoError(f"--data {data}: no such file; make the seed data with `tirgrpo prepare --input "
-                               f"tests/fixtures/r1_distill_7b_tir_sample.csv --out {data.parent} --no-pairing "
-                               f"--max-prompt-tokens 0 --max-completion-tokens 0` (or pass --data)")
+            raise TirgrpoError(f"{data} (the seed config's data.train): no such file; make it with `tirgrpo prepare "
+                               f"--input tests/fixtures/r1_distill_7b_tir_sample.csv --out {data.parent} --no-pairing "
+                               f"--max-prompt-tokens 0 --max-completion-tokens 0 --eval-fraction 0` (or pass --data)")
     else:
         data = work / "train.jsonl"
         if dist.is_main():
@@ -136,6 +151,11 @@ def bench_step(args) -> dict:
     s = loop.setup(cfg, None, resume=False, overwrite=True)
     per_step, lengths, finishes = [], [], []
     for i in range(args.rollouts):
+        if i == warmup:
+            # the measured rollouts take the stream's prompts from its start, as TRL's steps do
+            # (benchmarks/trl_step.py): prompt lengths differ, so both must time the same ones
+            s.progress.data_pos = 0
+        data_pos = s.progress.data_pos
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         dist.barrier()
@@ -154,12 +174,7 @@ def bench_step(args) -> dict:
         row = loop.log_rollout(s, rollout, stats)
         lengths.append([n for n, _ in ends])
         finishes.append([f for _, f in ends])
-        per_step.append({"step_s": seconds, "rollout_s": row["time/rollout_s"], "score_s": row["time/score_s"],
-                         "reference_s": row["time/reference_s"],
-                         "update_s": row["time/train_s"] - row["time/reference_s"], "train_s": row["time/train_s"],
-                         "tokens": sum(lengths[-1]), "peak_gib": row["memory/peak_gib"],
-                         "rollout_peak_gib": row["memory/rollout_peak_gib"],
-                         "train_peak_gib": row["memory/train_peak_gib"]})
+        per_step.append(step_entry(seconds, row, sum(lengths[-1]), data_pos))
     s.log.close()
     measured = per_step[warmup:]
     out = {"trainer": "tirgrpo", "shape": label, "model": args.model if real else f"random:{args.shape}",
@@ -220,8 +235,8 @@ def baseline(rows: list[dict], i: int) -> dict | None:
     file, since a call that measures a baseline beside a run writes them next to each other. A
     profiled row has none (the profiler's own cost is in its time)."""
     r = rows[i]
-    if r.get("profiled"):
-        return None
+    if r.get("profiled") or field(r, "trainer") != "tirgrpo":
+        return None  # another trainer's row is compared with ours below the table (`comparisons`)
     if r["gpus"] == 1:
         return r
 
@@ -247,11 +262,13 @@ def field(r: dict, key: str):
 
 
 def row_label(r: dict) -> str:
+    """The table's first column: the shape or model, and the trainer when not tirgrpo."""
     trainer = field(r, "trainer")
     return r["shape"] if trainer == "tirgrpo" else f"{r['shape']} [{trainer}]"
 
 
 def seconds(r: dict, key: str, width: int) -> str:
+    """r[key] right-aligned in `width` characters, one decimal; "-" when the row lacks it."""
     value = r.get(key)
     return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
 

@@ -36,7 +36,7 @@ from tirgrpo.config import TrainConfig, dumps_toml, to_dict
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_write_text
 from tirgrpo.train import dist
-from tirgrpo.train.metrics import peak_memory_gib, synchronize
+from tirgrpo.train.metrics import DeviceTimer, peak_memory_gib
 from tirgrpo.train.plan import Plan
 
 FRESH_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json")
@@ -383,14 +383,13 @@ def update(s: Session, rollout: Rollout) -> UpdateStats:
     s.model.train()
     stats = UpdateStats(forward_tokens=sum(b.tokens for b in batches), micro_batches=len(batches),
                         row_tokens=sum(len(a) + len(b) for a, b in zip(prompt_ids, completion_ids)))
-    refs = [None] * len(batches)
+    refs, ref_timer = [None] * len(batches), DeviceTimer(s.device)  # events: no wait on the hot path
     if cfg.grpo.beta > 0:
-        ref_start = time.perf_counter()
+        ref_timer.start()
         with dist.gathered(s.ref_model if s.ref_model is not None else s.model):  # ranks differ in passes
             refs = [reference_logprobs(s.model, s.ref_model, b, plan.logprob_chunk_tokens, temperature)
                     for b in batches]
-        synchronize(s.device)  # the pass's kernels, not only their launch (one wait per rollout)
-        stats.ref_seconds = time.perf_counter() - ref_start
+        ref_timer.stop()
     objective = rollout_objective(cfg.grpo, batches, refs, rollout.advantages, completion_ids, cfg.rollout.max_new_tokens,
                                   rollout.credits, rollout.include, s.device)
     for _ in range(cfg.grpo.num_iterations):
@@ -411,6 +410,7 @@ def update(s: Session, rollout: Rollout) -> UpdateStats:
             s.progress.nonfinite += 1
         s.progress.step += 1
     stats.seconds = time.perf_counter() - start
+    stats.ref_seconds = ref_timer.seconds()  # 0 without a reference pass; the update has synchronised
     stats.peak_gib = peak_memory_gib(s.device)
     return stats
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 
@@ -72,12 +73,43 @@ class RunLog:
             self.tb.close()
 
 
-def synchronize(device) -> None:
-    """Wait for the accelerator's queued work (a timer then measures the work, not its launch)."""
-    import torch
+class DeviceTimer:
+    """Seconds of the work queued between `start()` and `stop()`, without waiting for it: on
+    CUDA two timing events (read `seconds()` after something later has synchronised, or it
+    waits for the end event), elsewhere the wall clock."""
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    def __init__(self, device):
+        import torch
+
+        self.cuda = device.type == "cuda"
+        self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self.cuda else None
+        self.times = [0.0, 0.0]
+        self.stopped = False
+
+    def start(self) -> None:
+        """Mark the start (an event on the current stream, or now)."""
+        if self.cuda:
+            self.events[0].record()
+        else:
+            self.times[0] = time.perf_counter()
+
+    def stop(self) -> None:
+        """Mark the end."""
+        if self.cuda:
+            self.events[1].record()
+        else:
+            self.times[1] = time.perf_counter()
+        self.stopped = True
+
+    def seconds(self) -> float:
+        """start -> stop in seconds (on CUDA: waits for the end event if it has not run yet);
+        0 when never stopped."""
+        if not self.stopped:
+            return 0.0
+        if self.cuda:
+            self.events[1].synchronize()
+            return self.events[0].elapsed_time(self.events[1]) / 1000
+        return self.times[1] - self.times[0]
 
 
 def peak_memory_gib(device) -> float:
