@@ -36,6 +36,10 @@
 #              GPUs under torchrun (TIRGRPO_2GPU; each GPU does long-384-wide's work per step)
 #   wide-long  long-384-wide for 150 steps, evaluated every 50 (past the target's 20 GPU-minutes:
 #              does the skill keep rising at the rate of its first 60 steps?)
+#   wide-fast  wide-long at lr 1e-5 (twice the from-base config's): with 256 completions a step
+#              the step's label signal rises above its noise, so a larger step may now be taken
+#   update-speed  8 steps of the 384-token from-base run, no evaluation: the update's time per
+#              step (run it under the code before and after a change, on one GPU each)
 #   format-warm  SFT on format-only targets whose decisions ignore the label (30 steps,
 #              DATA/gsm8k-verify-format, `tirgrpo data format-warmup`), then GRPO from it with 16
 #              pairs a step, 60 steps: GRPO has to teach the decision, not the format
@@ -144,6 +148,13 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify train grpo-from-base-384-wide-150 "$BASE" --set rollout.max_new_tokens=384 \
         --set run.eval_before=false --set optim.total_steps=150 --set rollout.prompts_per_step=32 \
         --set run.eval_every=50 ;;
+    wide-fast)
+      TASK=gsm8k-verify train grpo-from-base-384-wide-150-lr1e-5 "$BASE" --set rollout.max_new_tokens=384 \
+        --set run.eval_before=false --set optim.total_steps=150 --set rollout.prompts_per_step=32 \
+        --set run.eval_every=50 --set optim.lr=1e-5 ;;
+    update-speed)
+      TASK=gsm8k-verify train "update-speed${TAG:-}" "$BASE" --set rollout.max_new_tokens=384 \
+        --set run.eval_before=false --set optim.total_steps=8 --set run.eval_max_examples=16 ;;
     check)
       TASK=gsm8k-verify-check train grpo-from-base-check "$BASE" --set rollout.max_new_tokens=384 \
         --set optim.total_steps=60 ;;
@@ -174,6 +185,6 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
     *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget,"\
-            "long-384, long-384-wide, wider-2gpu, wide-long, format-warm, check, prefill, prefill-fast, small)"; exit 2 ;;
+            "long-384, long-384-wide, wider-2gpu, wide-long, wide-fast, update-speed, format-warm, check, prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done

@@ -53,13 +53,15 @@ def segments(P: int, lengths: list[int]) -> torch.Tensor:
     return torch.tensor(seg, device=DEV)
 
 
-def bounds_of(P: int, lengths: list[int]) -> torch.Tensor:
-    return torch.tensor([0, P] + lengths, device=DEV).cumsum(0).to(torch.int32)
+def layout_of(P: int, lengths: list[int]):
+    """(bounds on the device, sizes) of one packed group (`split_attention.split_layout`)."""
+    bounds, sizes = split_attention.split_layout([P], [lengths])
+    return torch.tensor(bounds, dtype=torch.int32, device=DEV), sizes
 
 
-def split(q, k, v, bounds, P, longest, cudnn: bool):
+def split(q, k, v, layout, cudnn: bool):
     split_attention._state["cudnn"] = None if cudnn else False
-    return split_attention.split_prefix_attention(q, k, v, bounds, P, longest, SCALE)
+    return split_attention.split_prefix_attention(q, k, v, *layout, SCALE)
 
 
 def main() -> None:
@@ -87,7 +89,7 @@ def main() -> None:
         ref.backward(grad)
         for cudnn in (True, False):
             got_in = [x[:T].clone().requires_grad_() for x in base]
-            got = split(*got_in, bounds_of(P, lengths), P, max(lengths), cudnn)
+            got = split(*got_in, layout_of(P, lengths), cudnn)
             got.backward(grad)
             diff = [(got - ref).abs().max().item()] + [(x.grad - r.grad[:T]).abs().max().item()
                                                        for x, r in zip(got_in, ref_in)]
@@ -103,7 +105,7 @@ def main() -> None:
     q, k, v = (torch.randn(T, h, D, device=DEV, dtype=BF, requires_grad=True) for h in (HQ, HKV, HKV))
     qp, kp, vp = (torch.randn(seg.numel(), h, D, device=DEV, dtype=BF, requires_grad=True) for h in (HQ, HKV, HKV))
     grad, grad_p = torch.randn(T, HQ, D, device=DEV, dtype=BF), torch.randn(seg.numel(), HQ, D, device=DEV, dtype=BF)
-    bounds = bounds_of(P, [N] * G)
+    layout = layout_of(P, [N] * G)
     qu = torch.randn(G, HQ, P + N, D, device=DEV, dtype=BF, requires_grad=True)
     ku = torch.randn(G, HKV, P + N, D, device=DEV, dtype=BF, requires_grad=True)
     vu = torch.randn(G, HKV, P + N, D, device=DEV, dtype=BF, requires_grad=True)
@@ -116,8 +118,8 @@ def main() -> None:
             return SDPA(qu, ku, vu, is_causal=True, enable_gqa=True)
 
     rows = {"flex, block mask": (lambda: flex_thd(qp, kp, vp, block), grad_p),
-            "split, cuDNN prompt part": (lambda: split(q, k, v, bounds, P, N, True), grad),
-            "split, flash prompt part": (lambda: split(q, k, v, bounds, P, N, False), grad),
+            "split, cuDNN prompt part": (lambda: split(q, k, v, layout, True), grad),
+            "split, flash prompt part": (lambda: split(q, k, v, layout, False), grad),
             f"sdpa unshared {G} x {P + N}": (unshared, grad_u),
             "sdpa unshared, flash forced": (lambda: unshared(SDPBackend.FLASH_ATTENTION), grad_u)}
     if a.sweep:
@@ -143,11 +145,12 @@ def main() -> None:
         except Exception as e:  # a variant this torch cannot run must not hide the others
             print(f"{name:<34} failed: {type(e).__name__}: {str(e)[:120]}")
     with torch.no_grad():
-        cb = bounds[1:] - bounds[1]
+        bounds, sizes = layout
+        cb = split_attention._offsets(bounds, sizes.groups)[2]
         split_attention._state["cudnn"] = None
-        o1, l1 = split_attention._prompt_part(q, k[:P], v[:P], bounds, SCALE)
+        o1, l1 = split_attention._prompt_part(q, k[:P], v[:P], bounds, sizes, SCALE)
         o2, l2 = split_attention._own_part(q[P:], k[P:], v[P:], cb, N, SCALE)
-        parts = {"part: prompt (cuDNN)": lambda: split_attention._prompt_part(q, k[:P], v[:P], bounds, SCALE),
+        parts = {"part: prompt (cuDNN)": lambda: split_attention._prompt_part(q, k[:P], v[:P], bounds, sizes, SCALE),
                  "part: own (flash varlen)": lambda: split_attention._own_part(q[P:], k[P:], v[P:], cb, N, SCALE),
                  "part: merge": lambda: split_attention.merge_partials(o1[P:], l1[:, P:], o2, l2)}
         for name, fn in parts.items():

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from tirgrpo.kernels.split_attention import attend, attend_backward, merge_partials, split_prefix_attention
+from tirgrpo.kernels.split_attention import (SplitSizes, attend, attend_backward, merge_partials,
+                                             split_layout, split_prefix_attention)
 
 
 def test_attend_by_hand():
@@ -49,42 +50,65 @@ def test_attend_backward_equals_autograd():
         assert torch.allclose(g, x.grad)
 
 
-def masked_reference(q, k, v, bounds, scale):
-    """Prompt causal, each completion sees the prompt and its own past: one masked softmax."""
-    T = q.shape[0]
-    seg = torch.zeros(T, dtype=torch.long)
-    for i, (s, e) in enumerate(zip(bounds[1:-1], bounds[2:])):
-        seg[s:e] = i + 1
-    t = torch.arange(T)
-    visible = (t[:, None] >= t[None, :]) & ((seg[None, :] == 0) | (seg[:, None] == seg[None, :]))
+def masked_reference(q, k, v, prompts, completions, scale):
+    """Prompts first, then each group's completions; a prompt causal, a completion sees its
+    group's prompt and its own past: one masked softmax."""
+    seg, grp = [], []
+    for g, p in enumerate(prompts):
+        seg += [0] * p
+        grp += [g] * p
+    i = 0
+    for g, lengths in enumerate(completions):
+        for n in lengths:
+            i += 1
+            seg += [i] * n
+            grp += [g] * n
+    seg, grp = torch.tensor(seg), torch.tensor(grp)
+    # in this layout "causal" is index order: every prompt token precedes every completion token
+    t = torch.arange(len(seg))
+    visible = ((t[:, None] >= t[None, :]) & (grp[:, None] == grp[None, :])
+               & ((seg[None, :] == 0) | (seg[:, None] == seg[None, :])))
     rep = q.shape[1] // k.shape[1]
     s = torch.einsum("qhd,khd->hqk", q, k.repeat_interleave(rep, 1)) * scale
     p = s.masked_fill(~visible, float("-inf")).softmax(-1)
     return torch.einsum("hqk,khd->qhd", p, v.repeat_interleave(rep, 1))
 
 
-def _compare(bounds, dtype, device, atol):
+def _compare(prompts, completions, dtype, device, atol):
     torch.manual_seed(0)
-    T = bounds[-1]
+    T = sum(prompts) + sum(map(sum, completions))
     base = [torch.randn(T, h, 16, dtype=torch.float64) for h in (6, 2, 2)]
     dout = torch.randn(T, 6, 16, dtype=torch.float64)
     ref_in = [x.clone().requires_grad_() for x in base]
-    ref = masked_reference(*ref_in, bounds, 0.25)
+    ref = masked_reference(*ref_in, prompts, completions, 0.25)
     ref.backward(dout)
     got_in = [x.to(device, dtype).requires_grad_() for x in base]
-    b = torch.tensor(bounds, dtype=torch.int32, device=device)
-    got = split_prefix_attention(*got_in, b, bounds[1], max([e - s for s, e in zip(bounds[1:], bounds[2:])], default=0),
-                                 0.25)
+    bounds, sizes = split_layout(prompts, completions)
+    got = split_prefix_attention(*got_in, torch.tensor(bounds, dtype=torch.int32, device=device), sizes, 0.25)
     got.backward(dout.to(device, dtype))
     assert torch.allclose(got.double().cpu(), ref, atol=atol), (got.double().cpu() - ref).abs().max()
     for x, r in zip(got_in, ref_in):
         assert torch.allclose(x.grad.double().cpu(), r.grad, atol=atol), (x.grad.double().cpu() - r.grad).abs().max()
 
 
-@pytest.mark.parametrize("bounds", [[0, 5, 9, 10, 16], [0, 4, 8, 12], [0, 6]])  # ragged, equal, prompt only
-def test_split_attention_equals_masked_attention(bounds):
+def test_split_layout_by_hand():
+    # prompts of 3 and 2 tokens; group 0 has completions of 2, 0, 3 tokens, group 1 one of 1:
+    # prompts at [0, 3) and [3, 5); blocks [0, 5) and [5, 6) after them; own [0, 2), [2, 5), [5, 6)
+    bounds, sizes = split_layout([3, 2], [[2, 0, 3], [1]])
+    assert bounds == [0, 3, 5, 0, 5, 6, 0, 2, 5, 6]
+    assert sizes == SplitSizes(groups=2, prompt_tokens=5, longest_prompt=3, longest_block=5, longest=3)
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        split_layout([0], [[1]])
+
+
+GROUPS = [([5], [[4, 1, 6]]), ([4], [[4, 4]]), ([6], [[]]),  # one group: ragged, equal, prompt only
+          ([5, 3, 4], [[4, 1], [2, 0, 3], [5]]), ([2, 7], [[], [3, 3]])]  # several; one with no completion tokens
+
+
+@pytest.mark.parametrize("prompts,completions", GROUPS)
+def test_split_attention_equals_masked_attention(prompts, completions):
     """Values and gradients of q, k, v (grouped-query heads) against one masked softmax."""
-    _compare(bounds, torch.float64, "cpu", 1e-10)
+    _compare(prompts, completions, torch.float64, "cpu", 1e-10)
 
 
 def test_split_attention_operator_registration():
@@ -92,23 +116,25 @@ def test_split_attention_operator_registration():
     from tirgrpo.kernels.split_attention import _split_forward
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(9, h, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
-    bounds = torch.tensor([0, 4, 7, 9], dtype=torch.int32)
-    torch.library.opcheck(_split_forward, (q, k, v, bounds, 4, 4, 0.3))
+    q, k, v = (torch.randn(12, h, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
+    bounds, sizes = split_layout([4, 3], [[3, 2], [0]])
+    torch.library.opcheck(_split_forward, (q, k, v, torch.tensor(bounds, dtype=torch.int32), *sizes, 0.3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cudnn", [True, False])
-@pytest.mark.parametrize("bounds", [[0, 300, 428, 429, 700], [0, 256, 512, 768]])
-def test_split_attention_on_cuda(bounds, cudnn):
-    """cuDNN (or flash-attention) prompt part + flash-attention varlen own part, bf16, against float64."""
+@pytest.mark.parametrize("prompts,completions", [([300], [[128, 1, 271]]), ([256], [[256, 256]]),
+                                                 ([300, 129, 200], [[128, 1, 40], [256], [0, 77]])])
+def test_split_attention_on_cuda(prompts, completions, cudnn):
+    """cuDNN (one group) or flash-attention prompt part + flash-attention varlen own part, bf16,
+    against float64."""
     from tirgrpo.kernels import split_attention
 
     saved = split_attention._state["cudnn"]
     split_attention._state["cudnn"] = None if cudnn else False
     try:
-        _compare(bounds, torch.bfloat16, "cuda", 0.06)
-        if cudnn:
+        _compare(prompts, completions, torch.bfloat16, "cuda", 0.06)
+        if cudnn and len(prompts) == 1:
             assert split_attention._state["cudnn"] is not False, "cuDNN attention did not run"
     finally:
         split_attention._state["cudnn"] = saved

@@ -225,15 +225,23 @@ def test_packed_micro_batch_plan_follows_split_group():
     # [3072, 16 x 1024] = 19,456 tokens > 16,384: parts of (16384 - 3072) // 1024 = 13 and 3 completions
     assert [len(p) for p in split_group(3072, [1024] * 16, 16384)] == [13, 3]
     assert micro_batch_plan(wl) == {"rows": 13, "micro_batches": 4, "tokens": 3072 + 13 * 1024,
-                                    "completion_tokens": 13 * 1024, "parts per group": 2}
+                                    "completion_tokens": 13 * 1024, "parts per group": 2, "groups per micro-batch": 1}
+    # one full-length group per 32k pass; shorter completions may fill it up to the budget
     whole = micro_batch_plan(replace(wl, micro_batch_tokens=32768))
-    assert (whole["rows"], whole["micro_batches"], whole["tokens"]) == (16, 2, 19456)
-    assert micro_batch_plan(replace(wl, micro_batch_tokens=0))["tokens"] == 19456
+    assert (whole["rows"], whole["micro_batches"], whole["tokens"]) == (16, 2, 32768)
+    assert micro_batch_plan(replace(wl, micro_batch_tokens=19456))["tokens"] == 19456
+    step = micro_batch_plan(replace(wl, micro_batch_tokens=0))  # the rank's whole step: both groups in one pass
+    assert (step["rows"], step["micro_batches"], step["tokens"]) == (32, 1, 2 * 19456)
+    # short groups share a pass: 512 + 8 x 384 = 3,584 tokens, four to a 16k pass, 16 prompts in 4 passes
+    small = micro_batch_plan(Workload(prompt_tokens=512, completion_tokens=384, group_size=8, prompts_per_step=16,
+                                      micro_batch_tokens=16384, prefix="split"))
+    assert (small["rows"], small["micro_batches"], small["tokens"], small["groups per micro-batch"]) == (32, 4, 16384, 4)
     assert micro_batch_plan(replace(wl, micro_batch_tokens=1000))["rows"] == 1  # below prompt + one: one each
-    odd = replace(wl, prompt_tokens=3000, micro_batch_tokens=0)  # 3000 + 16,384 = 19,384 -> 152 blocks of 128
+    odd = replace(wl, prompt_tokens=3000, prompts_per_step=1, micro_batch_tokens=0)  # 3000 + 16,384 = 19,384 -> 152 blocks
     assert micro_batch_plan(replace(odd, prefix="block"))["tokens"] == 19456
     assert micro_batch_plan(replace(odd, prefix="dense"))["tokens"] == 19384
     assert budget_for_rows(wl, 5) == 3072 + 5 * 1024 and budget_for_rows(replace(wl, prefix="off"), 5) == 5 * 4096
+    assert budget_for_rows(wl, 33) == 2 * 19456  # past one group: whole groups
 
 
 def test_packed_layout_saves_less_than_padded_rows():

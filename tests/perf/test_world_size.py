@@ -43,10 +43,11 @@ def test_gathered_parts_by_hand():
 
 def test_each_rank_trains_its_share_of_the_prompts():
     wl = Workload(prompts_per_step=8, group_size=4, prompt_tokens=100, completion_tokens=50, prefix="dense",
-                  micro_batch_tokens=0)
+                  micro_batch_tokens=300)  # one group of 100 + 4 x 50 per pass
     assert micro_batch_plan(wl)["micro_batches"] == 8
     assert micro_batch_plan(replace(wl, world_size=4))["micro_batches"] == 2
-    padded = replace(wl, prefix="off", world_size=2)
+    assert micro_batch_plan(replace(wl, world_size=4, micro_batch_tokens=0))["tokens"] == 2 * 300  # a rank's step
+    padded = replace(wl, prefix="off", world_size=2, micro_batch_tokens=0)
     assert padded.sequences == 16 and micro_batch_plan(padded)["rows"] == 16
 
 

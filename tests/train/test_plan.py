@@ -23,12 +23,15 @@ def fake_gpu(monkeypatch, gib):
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
 
 
-def test_auto_on_cuda_is_one_packed_group_per_pass_when_it_fits(monkeypatch):
+def test_auto_on_cuda_packs_groups_into_16k_passes_when_it_fits(monkeypatch):
     fake_gpu(monkeypatch, 79)
     plan = P.resolve_plan(seed_config(), CUDA)
     assert plan.dtype == "bf16" and plan.shared_prefix == "split" and plan.compile_layers is True
     assert plan.optimizer == "fp32-master" and plan.engine == "fast" and plan.device == "cuda"
-    assert plan.micro_batch_tokens == 3072 + 4 * 1024  # the prompt once, G = 4 completions
+    # a group (the prompt once, G = 4 completions) is 3072 + 4 x 1024 = 7,168 tokens: two to a pass
+    assert plan.micro_batch_tokens == P.AUTO_PASS_TOKENS == 16384
+    # a group over 16k is a pass of its own: 3072 + 16 x 1024
+    assert P.resolve_plan(seed_config("rollout.group_size=16"), CUDA).micro_batch_tokens == 3072 + 16 * 1024
     assert plan.memory is not None and 0 < plan.memory.peak_gib < plan.memory.need_gib < 79
     assert plan.memory.device_gib == pytest.approx(79, abs=0.01)
     # the seed config evaluates (bundled eval data, 8 samples): its greedy pass, 64 prompt slots of

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from tirgrpo.train.batching import right_pad
 from tirgrpo.train.logprobs import token_logprobs
-from tirgrpo.train.prefix import (BLOCK, group_attention_mask, group_block_mask, pack_group, packed_logprobs, split_group,
-                            use_prefix_attention)
+from tirgrpo.train.prefix import (BLOCK, group_attention_mask, group_block_mask, pack_group, pack_groups, packed_logprobs,
+                                  split_group, use_prefix_attention)
 
 
 def test_group_attention_mask_by_hand():
@@ -42,14 +42,18 @@ def test_split_group_by_budget():
 
 
 def unshared(model, prompt, comps, device="cpu"):
-    ids, attn, mask = right_pad([prompt] * len(comps), comps, 0, device)
+    """Log-probs and entropies [rows, width] of each [prompt, completion] as its own padded row;
+    prompt: one prompt for every row, or a list of one prompt per row."""
+    prompts = prompt if prompt and isinstance(prompt[0], list) else [prompt] * len(comps)
+    ids, attn, mask = right_pad(prompts, comps, 0, device)
     logp, ent = token_logprobs(model, ids, attn, mask)
     width = max(len(c) for c in comps)
     out = torch.zeros(len(comps), width, device=device)
     out_e = torch.zeros(len(comps), width, device=device)
-    for i, c in enumerate(comps):
-        out = out.index_put((torch.full((len(c),), i, device=device), torch.arange(len(c), device=device)), logp[i, len(prompt): len(prompt) + len(c)])
-        out_e[i, : len(c)] = ent[i, len(prompt): len(prompt) + len(c)].detach()
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+        cols = slice(len(p), len(p) + len(c))
+        out = out.index_put((torch.full((len(c),), i, device=device), torch.arange(len(c), device=device)), logp[i, cols])
+        out_e[i, : len(c)] = ent[i, cols].detach()
     return out, out_e
 
 
@@ -57,16 +61,19 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_block_mask_tiles_match_torch_create_block_mask():
-    """Our tile classification (full / partial / skipped) equals FlexAttention's own for a
-    group whose segment boundaries fall inside tiles and on tile edges."""
+@pytest.mark.parametrize("groups", [1, 2])
+def test_block_mask_tiles_match_torch_create_block_mask(groups):
+    """Our tile classification (full / partial / skipped) equals FlexAttention's own for
+    packed segments whose boundaries fall inside tiles and on tile edges (one group, or two
+    whose prompts come first: [0, 200) and [200, 256))."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    seg = torch.tensor([0] * 200 + [1] * 56 + [2] * 300 + [3] * 5 + [4] * 207)  # 768 = 6 tiles
-    ours = group_block_mask(seg, rows_per_pass=256)  # several passes
+    seg = torch.tensor([0] * 200 + [0 if groups == 2 else 1] * 56 + [2] * 300 + [3] * 5 + [4] * 207)  # 768 = 6 tiles
+    grp = torch.tensor([0] * 200 + [1 if groups == 2 else 0] * 56 + [0] * 305 + [groups - 1] * 207)
+    ours = group_block_mask(seg, grp, rows_per_pass=256)  # several passes
 
     def mask_mod(b, h, q, kv):
-        return (q >= kv) & ((seg[kv] == 0) | (seg[q] == seg[kv]))
+        return (q >= kv) & (grp[q] == grp[kv]) & ((seg[kv] == 0) | (seg[q] == seg[kv]))
 
     theirs = create_block_mask(mask_mod, None, None, 768, 768, device="cpu", _compile=False)
     assert torch.equal(ours.to_dense(), theirs.to_dense())
@@ -74,7 +81,7 @@ def test_block_mask_tiles_match_torch_create_block_mask():
     assert torch.equal(ours.kv_num_blocks, theirs.kv_num_blocks)
     # the dense mask of the block mask is the group mask itself
     q, kv = torch.meshgrid(torch.arange(768), torch.arange(768), indexing="ij")
-    assert torch.equal(ours.mask_mod(0, 0, q, kv), group_attention_mask(seg))
+    assert torch.equal(ours.mask_mod(0, 0, q, kv), group_attention_mask(seg, grp))
 
 
 def test_block_pack_pads_to_tile_size():
@@ -83,7 +90,11 @@ def test_block_pack_pads_to_tile_size():
     assert g.source.tolist() == [2, 3, 2]  # padding is never read
 
 
-def _packed_vs_unshared(model_dir, lora, kind, device):
+ONE_GROUP = [(9, (4, 1, 6))]  # completions of different lengths: padding
+SEVERAL_GROUPS = [(9, (4, 1, 6)), (5, (3, 2)), (7, (6,))]
+
+
+def _packed_vs_unshared(model_dir, lora, kind, device, spec=ONE_GROUP):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
     if kind in ("block", "split"):  # FlexAttention / split attention for packed groups, sdpa otherwise
@@ -95,25 +106,28 @@ def _packed_vs_unshared(model_dir, lora, kind, device):
         for n, p in model.named_parameters():  # non-zero adapters, so LoRA changes the output
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.1)
-    prompt = torch.randint(0, 250, (9,)).tolist()
-    comps = [torch.randint(0, 250, (n,)).tolist() for n in (4, 1, 6)]  # different lengths: padding
-    weights = torch.randn(3, 6, device=device)  # an arbitrary loss of the log-probs, so gradients are compared
+    groups = [(torch.randint(0, 250, (p,)).tolist(), [torch.randint(0, 250, (n,)).tolist() for n in lengths])
+              for p, lengths in spec]
+    rows_prompts = [prompt for prompt, comps in groups for _ in comps]
+    comps = [c for _, cs in groups for c in cs]
+    weights = torch.randn(len(comps), 6, device=device)  # an arbitrary loss of the log-probs, so gradients are compared
 
-    ref, ref_e = unshared(model, prompt, comps, device)
+    ref, ref_e = unshared(model, rows_prompts, comps, device)
     mask = ref != 0
     (ref * weights * mask).sum().backward()
     g_ref = grads(model)
     model.zero_grad()
 
-    group = pack_group(prompt, comps, width=6, device=device, mask=kind)
+    packed = pack_groups(groups, width=6, device=device, mask=kind)
     # FlexAttention has no CPU backward: on CPU the block mask is checked on values only.
     with torch.set_grad_enabled(kind != "block" or device != "cpu"):
-        got, got_e = packed_logprobs(model, group)
-    assert torch.equal(group.completion_mask, mask)
+        got, got_e = packed_logprobs(model, packed)
+    assert torch.equal(packed.completion_mask, mask)
     assert torch.allclose(got, ref, atol=1e-5)
     assert torch.allclose(got_e, ref_e, atol=1e-5)
-    # the packed forward ran 9 + 11 = 20 tokens where the unshared one ran 3 x (9 + 6) = 45
-    assert group.tokens == (BLOCK if kind == "block" else 20)
+    # one group: the packed forward ran 9 + 11 = 20 tokens where the unshared one ran 3 x (9 + 6) = 45
+    tokens = sum(p + sum(lengths) for p, lengths in spec)
+    assert packed.tokens == (-(-tokens // BLOCK) * BLOCK if kind == "block" else tokens)
     if not got.requires_grad:
         return
     (got * weights * mask).sum().backward()
@@ -129,12 +143,19 @@ def test_packed_equals_unshared_values_and_gradients(tiny_model_dir, lora, kind)
     _packed_vs_unshared(tiny_model_dir, lora, kind, "cpu")
 
 
+@pytest.mark.parametrize("kind", ["dense", "block", "split"])
+def test_several_packed_groups_equal_unshared(tiny_model_dir, kind):
+    """Three groups in one pass: each completion sees its own group's prompt only."""
+    _packed_vs_unshared(tiny_model_dir, False, kind, "cpu", SEVERAL_GROUPS)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("lora,kind", [(False, "block"), (True, "block"), (False, "split")])
 def test_shared_prefix_gradients_on_cuda(tiny_model_dir, lora, kind):
     """Compiled FlexAttention / split attention (forward and backward) against the unshared
-    sdpa batch, float32."""
+    sdpa batch, float32, one group and several."""
     _packed_vs_unshared(tiny_model_dir, lora, kind, "cuda")
+    _packed_vs_unshared(tiny_model_dir, lora, kind, "cuda", SEVERAL_GROUPS)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -168,14 +189,31 @@ def test_split_bf16_kernels_on_cuda_match_unshared(tiny_model_dir, lora):
         assert err < 0.05, (n, err.item())
 
 
-def test_segment_bounds_by_hand():
-    from tirgrpo.train.prefix import segment_bounds
+def test_pack_groups_layout_by_hand():
+    # prompts [7, 8, 9] and [5, 6]; completions [1, 2], [3] of the first, [4] of the second
+    g = pack_groups([([7, 8, 9], [[1, 2], [3]]), ([5, 6], [[4]])], width=2, mask="split")
+    assert g.input_ids.tolist() == [[7, 8, 9, 5, 6, 1, 2, 3, 4]]  # the prompts first
+    assert g.position_ids.tolist() == [[0, 1, 2, 0, 1, 3, 4, 3, 2]]
+    assert g.source.tolist() == [2, 5, 2, 4]  # a first token from its own prompt's last token
+    assert list(zip(g.row.tolist(), g.col.tolist())) == [(0, 0), (0, 1), (1, 0), (2, 0)]
+    # split form: prompts [0, 3), [3, 5); blocks [0, 3), [3, 4) after them; own [0, 2), [2, 3), [3, 4)
+    assert g.mask.dtype == torch.int32 and g.mask.tolist() == [[[[0, 3, 5, 0, 3, 4, 0, 2, 3, 4]]]]
+    assert g.split.groups == 2 and g.split.prompt_tokens == 5 and g.split.longest == 2
+    dense = pack_groups([([7, 8, 9], [[1, 2], [3]]), ([5, 6], [[4]])], width=2).mask[0, 0]
+    assert dense[8].tolist() == [0, 0, 0, 1, 1, 0, 0, 0, 1]  # completion [4]: its prompt [5, 6] and itself
+    assert dense[4].tolist() == [0, 0, 0, 1, 1, 0, 0, 0, 0]  # prompt token 6: its own prompt only
 
-    # prompt 3, completions of 2, 0 and 3 tokens: segments [0, 3), [3, 5), [5, 8); the empty one is dropped
-    bounds = segment_bounds(3, [2, 0, 3])
-    assert bounds.dtype == torch.int32 and bounds.tolist() == [[[[0, 3, 5, 8]]]]
-    g = pack_group([1, 2, 3], [[4, 5], [], [6, 7, 8]], width=3, mask="split")
-    assert torch.equal(g.mask, bounds) and g.longest_completion == 3
+
+def test_micro_batches_pack_whole_groups_by_budget():
+    from tirgrpo.train.step import build_micro_batches
+
+    prompts = [[1] * 4] * 3 + [[2] * 6] * 3 + [[3] * 2] * 3  # three groups of G = 3
+    comps = [[5] * n for n in (2, 3, 1, 4, 4, 4, 1, 1, 1)]  # group tokens: 4 + 6, 6 + 12, 2 + 3
+    sizes = lambda b: [(mb.rows, mb.inputs.tokens) for mb in build_micro_batches(prompts, comps, 3, b, "dense", 0, "cpu")]  # noqa: E731
+    assert sizes(0) == [(list(range(9)), 33)]  # the whole step in one pass
+    assert sizes(28) == [([0, 1, 2, 3, 4, 5], 28), ([6, 7, 8], 5)]  # 10 + 18 fit, + 5 would not
+    assert sizes(18) == [([0, 1, 2], 10), ([3, 4, 5], 18), ([6, 7, 8], 5)]
+    assert sizes(12) == [([0, 1, 2], 10), ([3], 10), ([4], 10), ([5], 10), ([6, 7, 8], 5)]  # the big group split
 
 
 def test_shared_prefix_auto_and_errors():

@@ -15,9 +15,9 @@ per step with `torch.cat` (one layer's K or V exists twice for a moment).
 
 Train phase: the same residents plus gradients (and the fast engine's caches), then for
 the largest micro-batch the tensors autograd saves. The micro-batch is either padded rows
-[prompt, completion] (`batching.pack_by_tokens`) or one packed group [prompt, c_1, ..., c_k]
-(shared prefix, `prefix.split_group`: a group over the token budget is split into parts
-that each repeat the prompt):
+[prompt, completion] (`batching.pack_by_tokens`) or packed groups [prompt, c_1, ..., c_k]
+(shared prefix: as many groups as the token budget holds, `workload.micro_batch_plan`; a
+group over the budget is split into parts that each repeat the prompt, `prefix.split_group`):
   * per decoder layer and token (bf16 b = 2 bytes; H hidden, I MLP, q/kv widths): the two
     RMSNorms' fp32 inputs (4H each) + normalised copies and outputs, q (after rotary), k
     and v (repeated to all heads when a mask makes sdpa skip its GQA path: padded rows of

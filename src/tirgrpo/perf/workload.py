@@ -48,9 +48,10 @@ class Workload:
     padded and attention gets an explicit mask (the trainer's normal case)."""
     prefix: str = "off"
     """Training layout (train/prefix.py): "off" = one padded row [prompt, completion] per
-    sample; "dense", "block", "split" = each group packed as [prompt, c_1, ..., c_G] with that
-    attention form (dense: a [1, 1, T, T] bool mask through sdpa; block: a FlexAttention
-    block mask, the group padded to a multiple of 128; split: no mask)."""
+    sample; "dense", "block", "split" = each group packed as [prompt, c_1, ..., c_G], several
+    groups to a pass as the budget allows, with that attention form (dense: a [1, 1, T, T]
+    bool mask through sdpa; block: a FlexAttention block mask, the pass padded to a multiple
+    of 128; split: no mask)."""
     engine: str = "simple"
     """Rollout engine: "simple" (HF forward, dynamic cache repeated G times) or "fast" (a
     static prompt cache + completion cache that the engine keeps between steps)."""
@@ -182,11 +183,14 @@ def micro_batch_plan(wl: Workload) -> dict[str, int]:
     """How the trainer splits the step's completions, all at full length (the worst case).
 
     prefix "off" (`batching.pack_by_tokens`): right-padded rows, as many per micro-batch as
-    the budget holds. Packed groups (`prefix.split_group`): one group per micro-batch, or,
-    when [prompt, G completions] exceeds the budget, parts of `rows` completions that each
-    repeat the prompt. Returns rows (completions) per micro-batch, micro-batches, the largest
-    micro-batch's forward tokens (block form: padded to a multiple of 128) and its completion
-    tokens; packed layouts add parts per group.
+    the budget holds. Packed groups (`step.build_micro_batches`): as many whole groups
+    [prompt, G completions] per micro-batch as the budget holds (budget 0: the rank's whole
+    step), or, when one group exceeds the budget, parts of `rows` completions that each
+    repeat the prompt. Shorter completions pack more groups into a pass, never more than the
+    budget's tokens, so a pass of several groups counts the whole budget. Returns rows
+    (completions) per micro-batch, micro-batches, the largest micro-batch's forward tokens
+    (block form: padded to a multiple of 128) and its completion tokens; packed layouts add
+    parts per group and groups per micro-batch.
     """
     P, C, G, budget = wl.prompt_tokens, wl.completion_tokens, wl.group_size, wl.micro_batch_tokens
     if not wl.packed:
@@ -194,24 +198,36 @@ def micro_batch_plan(wl: Workload) -> dict[str, int]:
         rows = n_seq if budget <= 0 else max(1, min(n_seq, budget // L))
         return {"rows": rows, "micro_batches": math.ceil(n_seq / rows), "tokens": rows * L,
                 "completion_tokens": rows * C}
-    rows = G if budget <= 0 else max(1, min(G, (budget - P) // max(1, C)))
-    parts = math.ceil(G / rows)
-    tokens = P + rows * C
+    group = P + G * C
+    if budget <= 0 or budget >= group:  # whole groups, several to a pass
+        groups = wl.rank_prompts if budget <= 0 else max(1, min(wl.rank_prompts, budget // group))
+        tokens = group * wl.rank_prompts if budget <= 0 else min(budget, group * wl.rank_prompts)
+        plan = {"rows": groups * G, "micro_batches": math.ceil(wl.rank_prompts / groups), "tokens": tokens,
+                "completion_tokens": tokens - P, "parts per group": 1, "groups per micro-batch": groups}
+    else:
+        rows = max(1, min(G, (budget - P) // max(1, C)))
+        parts = math.ceil(G / rows)
+        plan = {"rows": rows, "micro_batches": wl.rank_prompts * parts, "tokens": P + rows * C,
+                "completion_tokens": rows * C, "parts per group": parts, "groups per micro-batch": 1}
     if wl.prefix == "block":
-        tokens = -(-tokens // BLOCK) * BLOCK
-    return {"rows": rows, "micro_batches": wl.rank_prompts * parts, "tokens": tokens,
-            "completion_tokens": rows * C, "parts per group": parts}
+        plan["tokens"] = -(-plan["tokens"] // BLOCK) * BLOCK
+    return plan
 
 
 def budget_for_rows(wl: Workload, rows: int) -> int:
     """The smallest `micro_batch_tokens` that puts `rows` full-length completions in one
-    micro-batch: rows x (prompt + completion) padded rows, or prompt + rows x completion packed."""
-    return wl.prompt_tokens + rows * wl.completion_tokens if wl.packed else rows * wl.seq_tokens
+    micro-batch: rows x (prompt + completion) padded rows; packed, prompt + rows x completion
+    up to one group, then whole groups (rows // G of them)."""
+    if not wl.packed:
+        return rows * wl.seq_tokens
+    if rows <= wl.group_size:
+        return wl.prompt_tokens + rows * wl.completion_tokens
+    return rows // wl.group_size * (wl.prompt_tokens + wl.group_size * wl.completion_tokens)
 
 
 def max_rows(wl: Workload) -> int:
-    """Most completions one micro-batch can hold: the whole step (padded rows) or one group (packed)."""
-    return wl.group_size if wl.packed else wl.sequences
+    """Most completions one micro-batch can hold: the rank's whole step."""
+    return wl.sequences
 
 
 def bucket(n: int, buckets: tuple[int, ...]) -> int:

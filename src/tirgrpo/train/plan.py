@@ -178,6 +178,20 @@ def group_tokens(cfg: TrainConfig, prefix: str) -> int:
     return prompt + g * completion if prefix != "off" else g * (prompt + completion)
 
 
+AUTO_PASS_TOKENS = 16384
+"""`auto` budget of a pass of packed groups on CUDA (split or block form): short groups share
+a pass up to this many tokens, so the projections run as large matmuls (one 19,456-token pass
+trains at ~115k tokens/s on an H200, docs/benchmarks.md; a ~1,600-token group alone is far
+below that). The dense form (CPU) keeps one group per pass: its mask costs T^2."""
+
+
+def auto_budget(cfg: TrainConfig, prefix: str) -> int:
+    """The micro-batch budget `auto` asks for before the memory check: one whole group, or
+    `AUTO_PASS_TOKENS` when that is more and the form computes only visible pairs."""
+    one = group_tokens(cfg, prefix)
+    return max(one, AUTO_PASS_TOKENS) if prefix in ("split", "block") else one
+
+
 def workload(cfg: TrainConfig, plan: Plan):
     """The `perf.workload.Workload` of a training config run as `plan` (worst case: every prompt
     at its bound, every completion at rollout.max_new_tokens)."""
@@ -201,10 +215,10 @@ def workload(cfg: TrainConfig, plan: Plan):
 
 def planned_workload(cfg: TrainConfig, device: torch.device):
     """(plan, Workload) of a training config as it would run on `device`, without the memory
-    check: an `auto` micro-batch budget is one whole group (`tirgrpo memory` shows what fits)."""
+    check: an `auto` micro-batch budget is `auto_budget` (`tirgrpo memory` shows what fits)."""
     plan = resolve_rollout(cfg.system, device, resolve_execution(cfg.system, device))
     if plan.micro_batch_tokens < 0:
-        plan = dataclasses.replace(plan, micro_batch_tokens=group_tokens(cfg, plan.shared_prefix))
+        plan = dataclasses.replace(plan, micro_batch_tokens=auto_budget(cfg, plan.shared_prefix))
     return plan, workload(cfg, plan)
 
 
@@ -232,14 +246,14 @@ def memory_of(est: dict, available: int) -> MemoryEstimate:
 def fit_memory(cfg: TrainConfig, plan: Plan, device: torch.device, requested: int) -> Plan:
     """`plan` with its micro-batch budget set and its memory estimate attached.
 
-    requested: the configured budget, or -1 (auto: one whole group per pass, lowered on CUDA
+    requested: the configured budget, or -1 (auto: `auto_budget`, lowered on CUDA
     to the largest budget whose estimate fits). CUDA: an explicit budget that does not fit, or
     a configuration in which not even one sequence per pass fits, is refused."""
     from tirgrpo.perf.estimate import estimate, fits, pick_micro_batch_tokens
     from tirgrpo.perf.fit import describe
     from tirgrpo.perf.shape import shape_from_spec
 
-    target = group_tokens(cfg, plan.shared_prefix) if requested < 0 else requested
+    target = auto_budget(cfg, plan.shared_prefix) if requested < 0 else requested
     plan = dataclasses.replace(plan, micro_batch_tokens=target)
     try:
         shape = shape_from_spec(cfg.model.init_from or cfg.model.name_or_path)

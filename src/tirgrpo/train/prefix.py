@@ -14,6 +14,12 @@ log-prob and its gradients are the same, for 3072 + 16 x 1024 = 19,456 tokens in
 16 x 4096 = 65,536. The first token of every completion is predicted from the last prompt
 position, so log-probs are read at an explicit source index, not at t - 1.
 
+Several groups share one forward pass when they fit the micro-batch budget (`pack_groups`):
+the prompts first, then each group's completions, [p_1 | p_2 | c_1,1 ... | c_2,1 ...], with
+the mask also confined to a token's own group. A pass of many short groups then runs its
+projections and MLP as one large matmul instead of one small one per group, while the
+attention still computes only the pairs a group's mask allows.
+
 Three forms of the same mask:
 
 * `dense`: a boolean [1, 1, T, T] tensor, which transformers' `sdpa` and `eager` attention
@@ -30,7 +36,7 @@ Three forms of the same mask:
   completion against its own keys one variable-length flash-attention call; the two are
   merged by their log-sum-exp. Only the visible pairs are computed, on torch's fastest kernels (cuDNN's
   and flash-attention's on CUDA), with a plain-torch version of the same math on CPU. The
-  mask travels as the [1, 1, 1, S + 1] int32 tensor of segment starts (`segment_bounds`).
+  mask travels as the [1, 1, 1, S] int32 tensor of segment offsets (`split_attention.split_layout`).
 """
 
 from __future__ import annotations
@@ -47,13 +53,13 @@ PREFIX_ATTENTION = "tirgrpo_prefix"  # transformers attention implementation reg
 
 @dataclass
 class PackedGroup:
-    """One packed sequence: a prompt and some of its completions.
+    """One packed sequence: one or more prompts and some of their completions.
 
     input_ids, position_ids: [1, T]; mask: [1, 1, T, T] bool (True = may attend), the
-    same as a FlexAttention BlockMask, or the split form's [1, 1, 1, S + 1] segment starts;
-    source, targets, row, col: [N] long — completion token n is targets[n], predicted from
-    the hidden state at source[n]; it belongs at (row[n], col[n]) of the [rows, width]
-    completion layout. completion_mask: [rows, width] bool.
+    same as a FlexAttention BlockMask, or the split form's [1, 1, 1, S] segment offsets
+    (`split_attention.split_layout`); source, targets, row, col: [N] long — completion token
+    n is targets[n], predicted from the hidden state at source[n]; it belongs at (row[n],
+    col[n]) of the [rows, width] completion layout. completion_mask: [rows, width] bool.
     """
 
     input_ids: torch.Tensor
@@ -64,8 +70,7 @@ class PackedGroup:
     row: torch.Tensor
     col: torch.Tensor
     completion_mask: torch.Tensor
-    prompt_len: int = 0
-    longest_completion: int = 0  # the split form's kernels size their grid by it
+    split: object = None  # the split form's `SplitSizes`: its kernels size their grids by them
     form: str = "dense"
     """Which attention reads `mask`: "dense", "block" or "split"."""
 
@@ -74,60 +79,86 @@ class PackedGroup:
         return self.input_ids.shape[1]
 
 
-def visible(segment: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+def visible(segment: torch.Tensor, group: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """May query position q attend to key position kv? (broadcasting index tensors)
 
-    Causal, and a completion token sees the prompt (segment 0) and its own segment only.
+    segment [T]: 0 for prompt tokens, i >= 1 for completion i; group [T]: which packed group
+    a token belongs to. Causal, within one group, and a completion token sees its prompt and
+    its own segment only.
     """
-    return (q >= kv) & ((segment[kv] == 0) | (segment[q] == segment[kv]))
+    return (q >= kv) & (group[q] == group[kv]) & ((segment[kv] == 0) | (segment[q] == segment[kv]))
 
 
-def group_attention_mask(segment: torch.Tensor) -> torch.Tensor:
-    """[T] segment ids (0 = prompt, i = completion i) -> [T, T] bool, `visible` for every pair."""
+def group_attention_mask(segment: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+    """[T] segment ids (0 = prompt, i = completion i) and group ids (None: one group) ->
+    [T, T] bool, `visible` for every pair."""
     t = torch.arange(segment.numel(), device=segment.device)
-    return visible(segment, t[:, None], t[None, :])
+    group = torch.zeros_like(segment) if group is None else group
+    return visible(segment, group, t[:, None], t[None, :])
 
 
 def pack_group(prompt: list[int], completions: list[list[int]], width: int, device=None,
                mask: str = "dense", pad_id: int = 0) -> PackedGroup:
-    """Pack one prompt and its completions (token ids); width = columns of the completion layout.
+    """Pack one prompt and its completions: `pack_groups` with one group."""
+    return pack_groups([(prompt, completions)], width, device, mask, pad_id)
 
-    mask: "dense" (bool tensor), "block" (FlexAttention BlockMask; the sequence is padded
-    with `pad_id` to a multiple of BLOCK, the padding forming its own segment) or "split"
-    (the segments' starts, for `split_attention.split_prefix_attention`).
+
+def pack_groups(groups: list[tuple[list[int], list[list[int]]]], width: int, device=None, mask: str = "dense",
+                pad_id: int = 0) -> PackedGroup:
+    """Pack (prompt, completions) groups (token ids) into one sequence; width = columns of the
+    completion layout, whose rows are the completions in order, group after group.
+
+    Layout: every prompt first, then each group's completions, [p_1 | p_2 | c_1,1 | c_1,2 |
+    c_2,1 ...], so the split form's kernels see the prompts and the completions as two
+    contiguous runs. mask: "dense" (bool tensor), "block" (FlexAttention BlockMask; the
+    sequence is padded with `pad_id` to a multiple of BLOCK, the padding forming a group of
+    its own) or "split" (`split_attention.split_layout` offsets).
     """
-    if not prompt:
+    from tirgrpo.kernels.split_attention import split_layout
+
+    if not groups or any(not prompt for prompt, _ in groups):
         raise TirgrpoError("shared prefix: empty prompt")
     if mask not in ("dense", "block", "split"):
         raise TirgrpoError(f"shared prefix: mask must be 'dense', 'block' or 'split', got {mask!r}")
-    P = len(prompt)
-    ids, seg, pos = list(prompt), [0] * P, list(range(P))
-    source, targets, row, col = [], [], [], []
-    for i, comp in enumerate(completions):
-        start = len(ids)
-        for j, tok in enumerate(comp):
-            source.append(P - 1 if j == 0 else start + j - 1)
-            targets.append(tok)
-            row.append(i)
-            col.append(j)
-        ids += comp
-        seg += [i + 1] * len(comp)
-        pos += list(range(P, P + len(comp)))
+    ids, seg, grp, pos, last = [], [], [], [], []
+    for g, (prompt, _) in enumerate(groups):
+        ids += prompt
+        seg += [0] * len(prompt)
+        grp += [g] * len(prompt)
+        pos += range(len(prompt))
+        last.append(len(ids) - 1)  # each completion's first token is predicted from here
+    source, targets, row, col, lengths = [], [], [], [], []
+    for g, (prompt, completions) in enumerate(groups):
+        P = len(prompt)
+        for comp in completions:
+            start, i = len(ids), len(lengths)
+            for j, tok in enumerate(comp):
+                source.append(last[g] if j == 0 else start + j - 1)
+                targets.append(tok)
+                row.append(i)
+                col.append(j)
+            ids += comp
+            seg += [i + 1] * len(comp)
+            grp += [g] * len(comp)
+            pos += range(P, P + len(comp))
+            lengths.append(len(comp))
     if mask == "block" and len(ids) % BLOCK:
         pad = BLOCK - len(ids) % BLOCK
         ids += [pad_id] * pad
-        seg += [len(completions) + 1] * pad
-        pos += list(range(P, P + pad))
-    cmask = torch.zeros((len(completions), width), dtype=torch.bool)
-    for i, comp in enumerate(completions):
-        cmask[i, : len(comp)] = True
-    seg_t = torch.tensor(seg, device=device)
+        seg += [len(lengths) + 1] * pad
+        grp += [len(groups)] * pad
+        pos += range(pad)
+    cmask = torch.zeros((len(lengths), width), dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        cmask[i, :n] = True
+    split = None
     if mask == "dense":
-        attention = group_attention_mask(seg_t)[None, None]
+        attention = group_attention_mask(torch.tensor(seg, device=device), torch.tensor(grp, device=device))[None, None]
     elif mask == "block":
-        attention = group_block_mask(seg_t)
+        attention = group_block_mask(torch.tensor(seg, device=device), torch.tensor(grp, device=device))
     else:
-        attention = segment_bounds(P, [len(c) for c in completions], device)
+        bounds, split = split_layout([len(p) for p, _ in groups], [[len(c) for c in comps] for _, comps in groups])
+        attention = torch.tensor(bounds, dtype=torch.int32, device=device)[None, None, None]
     as_long = dict(dtype=torch.long, device=device)
     return PackedGroup(
         input_ids=torch.tensor([ids], **as_long),
@@ -138,24 +169,14 @@ def pack_group(prompt: list[int], completions: list[list[int]], width: int, devi
         row=torch.tensor(row, **as_long),
         col=torch.tensor(col, **as_long),
         completion_mask=cmask.to(device),
-        prompt_len=P,
-        longest_completion=max([len(c) for c in completions], default=0),
+        split=split,
         form=mask,
     )
 
 
-def segment_bounds(prompt_len: int, lengths: list[int], device=None) -> torch.Tensor:
-    """[1, 1, 1, S + 1] int32: where each segment starts (the prompt, then each non-empty
-    completion), then the packed length T."""
-    starts = [0, prompt_len]
-    for n in lengths:
-        if n:
-            starts.append(starts[-1] + n)
-    return torch.tensor(starts, dtype=torch.int32, device=device)[None, None, None]
-
-
-def group_block_mask(segment: torch.Tensor, rows_per_pass: int = 2048):
-    """[T] segment ids, T a multiple of BLOCK -> the `group_attention_mask` as a FlexAttention BlockMask.
+def group_block_mask(segment: torch.Tensor, group: torch.Tensor | None = None, rows_per_pass: int = 2048):
+    """[T] segment and group ids (None: one group), T a multiple of BLOCK -> the
+    `group_attention_mask` as a FlexAttention BlockMask.
 
     Each BLOCK x BLOCK tile is classified from the dense mask, built `rows_per_pass` query
     rows at a time (never the whole [T, T]): tiles with every pair visible are "full"
@@ -169,9 +190,10 @@ def group_block_mask(segment: torch.Tensor, rows_per_pass: int = 2048):
     n = T // BLOCK
     step = max(1, rows_per_pass // BLOCK) * BLOCK
     t = torch.arange(T, device=segment.device)
+    group = torch.zeros_like(segment) if group is None else group
     full, partial = [], []
     for r0 in range(0, T, step):
-        dense = visible(segment, t[r0 : r0 + step, None], t[None, :])
+        dense = visible(segment, group, t[r0 : r0 + step, None], t[None, :])
         tiles = dense.view(-1, BLOCK, n, BLOCK)
         every, some = tiles.all(dim=3).all(dim=1), tiles.any(dim=3).any(dim=1)
         full.append(every)
@@ -184,7 +206,7 @@ def group_block_mask(segment: torch.Tensor, rows_per_pass: int = 2048):
         return flags.sum(-1).to(torch.int32)[None, None], order.to(torch.int32)[None, None]
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return visible(segment, q_idx, kv_idx)
+        return visible(segment, group, q_idx, kv_idx)
 
     kv_num, kv_idx = as_indices(partial_t)
     full_num, full_idx = as_indices(full_t)
@@ -219,8 +241,7 @@ def packed_logprobs(model, group: PackedGroup, chunk_tokens: int = 1024, tempera
 
     decoder, head = _decoder_and_head(model)
     # the split form needs these as numbers: reading them from the mask tensor would wait for the GPU
-    extra = ({"prefix_form": "split", "prefix_len": group.prompt_len, "prefix_longest": group.longest_completion}
-             if group.form == "split" else {})
+    extra = {"prefix_form": "split", "prefix_sizes": group.split} if group.form == "split" else {}
     hidden = decoder(input_ids=group.input_ids, attention_mask=group.mask, position_ids=group.position_ids,
                      use_cache=False, **extra).last_hidden_state[0]
     logp, ent = chunked_token_logprobs(hidden[group.source], head.weight, group.targets, chunk_tokens,
@@ -263,8 +284,7 @@ def prefix_attention(module, query, key, value, attention_mask, dropout: float =
         if query.shape[0] != 1:
             raise TirgrpoError(f"split attention takes one packed group per forward, got a batch of {query.shape[0]}")
         q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, dim]
-        out = split_prefix_attention(q, k, v, attention_mask.view(-1), kwargs["prefix_len"], kwargs["prefix_longest"],
-                                     scaling)
+        out = split_prefix_attention(q, k, v, attention_mask.view(-1), kwargs["prefix_sizes"], scaling)
         return out[None], None
     if not isinstance(attention_mask, BlockMask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

@@ -8,7 +8,7 @@ a callable that turns one micro-batch's log-probs into a loss and its statistics
 Two kinds of micro-batch, told apart by their type, never by a tensor's dtype or rank:
 
 * `PaddedRows`: rows [prompt, completion], right-padded (the unshared layout);
-* `prefix.PackedGroup`: one prompt and some of its completions packed into one sequence
+* `prefix.PackedGroup`: prompts and some of their completions packed into one sequence
   (shared prefix), whose `form` field names the attention ("dense", "block" or "split").
 
 Both expose `completion_mask`, the layout in which their log-probs come back.
@@ -71,11 +71,12 @@ def build_micro_batches(prompt_ids: list[list[int]], comp_ids: list[list[int]], 
     prompt_ids[i], comp_ids[i]: the prompt and completion of completion i; groups of
     `group_size` consecutive completions share a prompt. prefix "off": padded rows packed by
     padded size (`batching.pack_by_tokens`). "dense", "block" or "split": each group's prompt
-    once followed by its completions (split into parts that repeat the prompt when a group
-    exceeds the budget), with that attention form (prefix.py).
+    once followed by its completions (a group over the budget split into parts that repeat
+    the prompt), as many whole groups or parts per micro-batch as the budget holds, in order
+    (`prefix.pack_groups`), with that attention form.
     """
     from tirgrpo.train.batching import pack_by_tokens, right_pad
-    from tirgrpo.train.prefix import pack_group, split_group
+    from tirgrpo.train.prefix import pack_groups, split_group
 
     if prefix == "off":
         lengths = [len(a) + len(b) for a, b in zip(prompt_ids, comp_ids)]
@@ -84,14 +85,25 @@ def build_micro_batches(prompt_ids: list[list[int]], comp_ids: list[list[int]], 
                 for mb in pack_by_tokens(lengths, budget)]
     if prefix not in PREFIX_FORMS:
         raise ValueError(f"prefix must be 'off' or one of {PREFIX_FORMS}, got {prefix!r}")
-    out = []
+    units = []  # (prompt index, completion indices): whole groups, or parts of one over the budget
     for start in range(0, len(comp_ids), group_size):
         group = list(range(start, start + group_size))
         for part in split_group(len(prompt_ids[start]), [len(comp_ids[i]) for i in group], budget):
-            rows = [group[i] for i in part]
-            width = max(1, max(len(comp_ids[r]) for r in rows))
-            out.append(MicroBatch(rows, pack_group(prompt_ids[start], [comp_ids[r] for r in rows], width, device,
-                                                   prefix, pad_id)))
+            units.append((start, [group[i] for i in part]))
+    passes, used = [], 0
+    for start, rows in units:
+        tokens = len(prompt_ids[start]) + sum(len(comp_ids[r]) for r in rows)
+        if not passes or (budget > 0 and used + tokens > budget):
+            passes.append([])
+            used = 0
+        passes[-1].append((start, rows))
+        used += tokens
+    out = []
+    for units_of_pass in passes:
+        rows = [r for _, part in units_of_pass for r in part]
+        width = max(1, max(len(comp_ids[r]) for r in rows))
+        groups = [(prompt_ids[start], [comp_ids[r] for r in part]) for start, part in units_of_pass]
+        out.append(MicroBatch(rows, pack_groups(groups, width, device, prefix, pad_id)))
     return out
 
 
