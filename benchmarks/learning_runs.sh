@@ -8,7 +8,10 @@
 # and DATA/gsm8k-verify{,-hard,-prefill,-check}/{train,eval-500}.jsonl as the waves need them,
 # and DATA/gsm8k-verify-format/train.jsonl for format-warm (commands in docs/data-format.md).
 # Waves:
-#   from-base  GRPO from the base model, the recipe of configs/...-grpo-from-base.toml
+#   from-base  GRPO from the base model, the recipe that learns to judge (configs/...-grpo-from-base.toml:
+#              384 tokens, 16 pairs a step, lr 1e-5, 150 steps, evaluated before and every 50 steps)
+#   first-recipe  the first from-base recipe (configs/...-grpo-from-base-128.toml: 128 tokens, 8 pairs,
+#              lr 5e-6, 40 steps), on which the waves below build with --set
 #   ablations  the same from the base model with the plain reward (no judge_only): the original
 #              attempt's recipe (random prompts, token mean, no KL) and paired + sequence mean
 #   sft        SFT, then GRPO from it (configs/...-sft.toml, configs/...-grpo.toml); GRPO's
@@ -64,7 +67,7 @@ DATA=${DATA:-data}
 TIRGRPO=${TIRGRPO:-python3 -m tirgrpo}
 TIRGRPO_2GPU=${TIRGRPO_2GPU:-torchrun --standalone --nproc-per-node 2 -m tirgrpo}
 EXTRA=${EXTRA:-}
-BASE=configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml
+BASE=configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base-128.toml
 mkdir -p "$RUNS"
 
 # train NAME CONFIG [--set ...]: one GRPO run on $TASK, skipped when it already finished;
@@ -104,7 +107,8 @@ waves=("$@")
 [ ${#waves[@]} -eq 0 ] && waves=(from-base sft)
 for wave in "${waves[@]}"; do
   case $wave in
-    from-base) TASK=gsm8k-verify train grpo-from-base "$BASE" ;;
+    from-base) TASK=gsm8k-verify train grpo-from-base configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml ;;
+    first-recipe) TASK=gsm8k-verify train grpo-from-base-128 "$BASE" ;;
     from-base-short)
       TASK=gsm8k-verify train grpo-from-base-short "$BASE" --set rollout.max_new_tokens=32 \
         --set rollout.group_size=16 --set optim.lr=1e-5 --set optim.total_steps=60 ;;
@@ -185,6 +189,6 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
     *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget,"\
-            "long-384, long-384-wide, wider-2gpu, wide-long, wide-fast, update-speed, format-warm, check, prefill, prefill-fast, small)"; exit 2 ;;
+            "first-recipe, long-384, long-384-wide, wider-2gpu, wide-long, wide-fast, update-speed, format-warm, check, prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done
