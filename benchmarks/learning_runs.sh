@@ -17,6 +17,8 @@
 #   sft        SFT, then GRPO from it (configs/...-sft.toml, configs/...-grpo.toml); GRPO's
 #              eval_before is the SFT model's evaluation
 #   hard       from-base and sft on the hard task (gsm8k-verify-hard)
+#   hard-wide  the hard task with the recipe that learns the easy one (configs/...-grpo-from-base.toml),
+#              from the base model; hard-wide-sft: SFT on the hard task (70 steps), then that recipe from it
 #   from-base-short  GRPO from the base model with completions cut to 32 tokens (the decision
 #              is most of every completion, so its credit is not spread over a long preamble),
 #              G = 16, lr 1e-5, 60 steps
@@ -184,11 +186,17 @@ for wave in "${waves[@]}"; do
       TASK=gsm8k-verify train sft-grpo-0.5b-decision "$GRPO" --set model.init_from="$RUNS/sft-0.5b" \
         --set grpo.credit=decision --set run.eval_before=false &
       wait ;;
+    hard-wide)
+      TASK=gsm8k-verify-hard train grpo-from-base-hard-wide configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml ;;
+    hard-wide-sft)
+      TASK=gsm8k-verify-hard sft sft-hard-wide
+      TASK=gsm8k-verify-hard train sft-grpo-hard-wide configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml \
+        --set model.init_from="$RUNS/sft-hard-wide" ;;
     hard)
       TASK=gsm8k-verify-hard train grpo-from-base-hard "$BASE" &
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
-    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, decision, symmetric, long-budget,"\
+    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, hard-wide, hard-wide-sft, decision, symmetric, long-budget,"\
             "first-recipe, long-384, long-384-wide, wider-2gpu, wide-long, wide-fast, update-speed, format-warm, check, prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done

@@ -227,8 +227,8 @@ class ExecutionConfig:
     once plus its completions, and as many packed groups share a pass as fit. A group over the
     budget is split into parts that each repeat the prompt; a sequence over it runs alone. 0:
     the whole step in one pass. `auto`: one group at full prompt and completion length, or
-    16,384 tokens when that is more and the form is `split` or `block` (CUDA), lowered on
-    CUDA to what the memory estimate says fits."""
+    16,384 tokens when that is more and the form is `split` or `block`, lowered on CUDA to
+    what the memory estimate says fits."""
     logprob_chunk_tokens: int = 256
     """Tokens per LM-head chunk when computing log-probs (never the full [B, T, V] logits). Each
     chunk holds [chunk, 151936] fp32 logits and their gradient: 256 keeps that at 0.3 GB at no

@@ -159,11 +159,11 @@ def test_shared_prefix_gradients_on_cuda(tiny_model_dir, lora, kind):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("lora", [False, True])
-def test_split_bf16_kernels_on_cuda_match_unshared(tiny_model_dir, lora):
-    """The split form's CUDA kernels (cuDNN / flash-attention, bf16 only) in a whole model:
-    log-probs and gradients of the packed group against the unshared bf16 batch, to bf16
-    rounding (the float32 test above runs the same math through plain torch)."""
+@pytest.mark.parametrize("lora,groups", [(False, 1), (True, 1), (False, 3)])
+def test_split_bf16_kernels_on_cuda_match_unshared(tiny_model_dir, lora, groups):
+    """The split form's CUDA kernels (cuDNN for one group, flash-attention; bf16 only) in a
+    whole model: log-probs and gradients of one packed pass against the unshared bf16 batch,
+    to bf16 rounding (the float32 test above runs the same math through plain torch)."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).to("cuda")
     use_prefix_attention(model)
@@ -171,15 +171,18 @@ def test_split_bf16_kernels_on_cuda_match_unshared(tiny_model_dir, lora):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    prompt = torch.randint(0, 250, (40,)).tolist()
-    comps = [torch.randint(0, 250, (n,)).tolist() for n in (17, 3, 30, 30)]
-    weights = torch.randn(4, 30, device="cuda")
-    ref, _ = unshared(model, prompt, comps, "cuda")
+    spec = [(40, (17, 3, 30, 30)), (25, (9, 30)), (33, (1,))][:groups]
+    packed = [(torch.randint(0, 250, (p,)).tolist(), [torch.randint(0, 250, (n,)).tolist() for n in lengths])
+              for p, lengths in spec]
+    rows_prompts = [prompt for prompt, cs in packed for _ in cs]
+    comps = [c for _, cs in packed for c in cs]
+    weights = torch.randn(len(comps), 30, device="cuda")
+    ref, _ = unshared(model, rows_prompts, comps, "cuda")
     mask = ref != 0
     (ref * weights * mask).sum().backward()
     g_ref = grads(model)
     model.zero_grad()
-    got, _ = packed_logprobs(model, pack_group(prompt, comps, width=30, device="cuda", mask="split"))
+    got, _ = packed_logprobs(model, pack_groups(packed, width=30, device="cuda", mask="split"))
     (got * weights * mask).sum().backward()
     g_got = grads(model)
     assert (got - ref).abs().max().item() < 0.05

@@ -6,8 +6,8 @@ completion's past. That is the union of two attentions that need no mask:
 
   1. prompt part: every token against the prompt's P keys, causal aligned top-left
      (query i sees keys 0..i): the prompt rows are causal, and every completion row
-     (i >= P) sees the whole prompt. One cuDNN call (19,456 queries x 3,072 keys at
-     G = 16, 3072 + 1024);
+     (i >= P) sees the whole prompt. One cuDNN call for one group (19,456 queries x 3,072
+     keys at G = 16, 3072 + 1024); two flash-attention calls for several (below);
   2. own part: each completion causal on its own keys: one variable-length ("varlen")
      flash-attention call over the completions.
 

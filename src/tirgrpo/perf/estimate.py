@@ -369,7 +369,8 @@ def largest_fitting(shape: ModelShape, wl: Workload, gpu_bytes: int) -> dict[str
 
 def pick_micro_batch_tokens(shape: ModelShape, wl: Workload, gpu_bytes: int) -> int:
     """The configured budget if it fits, else the largest budget of whole completions
-    (`budget_for_rows`: padded rows, or prompt + k completions of a packed group) that does;
+    (`budget_for_rows`: padded rows; packed, prompt + k completions of a group, or whole
+    groups) that does;
     0 when not even one completion per micro-batch fits. A budget of 0 (the whole batch or
     group) is kept only if it fits."""
     if fits(shape, wl, gpu_bytes):

@@ -202,8 +202,9 @@ def micro_batch_plan(wl: Workload) -> dict[str, int]:
     if budget <= 0 or budget >= group:  # whole groups, several to a pass
         groups = wl.rank_prompts if budget <= 0 else max(1, min(wl.rank_prompts, budget // group))
         tokens = group * wl.rank_prompts if budget <= 0 else min(budget, group * wl.rank_prompts)
+        # shorter prompts than the bound leave more room for completions: at least one prompt token a group
         plan = {"rows": groups * G, "micro_batches": math.ceil(wl.rank_prompts / groups), "tokens": tokens,
-                "completion_tokens": tokens - P, "parts per group": 1, "groups per micro-batch": groups}
+                "completion_tokens": tokens - groups, "parts per group": 1, "groups per micro-batch": groups}
     else:
         rows = max(1, min(G, (budget - P) // max(1, C)))
         parts = math.ceil(G / rows)

@@ -182,7 +182,8 @@ AUTO_PASS_TOKENS = 16384
 """`auto` budget of a pass of packed groups on CUDA (split or block form): short groups share
 a pass up to this many tokens, so the projections run as large matmuls (one 19,456-token pass
 trains at ~115k tokens/s on an H200, docs/benchmarks.md; a ~1,600-token group alone is far
-below that). The dense form (CPU) keeps one group per pass: its mask costs T^2."""
+below that). The dense form (CPU) asks for one full-length group of tokens, which shorter
+groups may share: its mask costs T^2."""
 
 
 def auto_budget(cfg: TrainConfig, prefix: str) -> int:

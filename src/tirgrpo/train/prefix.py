@@ -32,8 +32,9 @@ Three forms of the same mask:
   `PREFIX_ATTENTION` (see `use_prefix_attention`), which sends a `BlockMask` to FlexAttention
   and any other mask to sdpa, so the unshared path and generation are unchanged.
 * `split` (the default on CUDA in bf16/fp16): no mask at all (`kernels/split_attention.py`). All
-  tokens against the prompt's keys (causal, aligned top-left) is one cuDNN call, each
-  completion against its own keys one variable-length flash-attention call; the two are
+  tokens against their prompt's keys is one cuDNN call for one group (causal, aligned
+  top-left) or two variable-length flash-attention calls for several, each completion
+  against its own keys one variable-length flash-attention call; the two are
   merged by their log-sum-exp. Only the visible pairs are computed, on torch's fastest kernels (cuDNN's
   and flash-attention's on CUDA), with a plain-torch version of the same math on CPU. The
   mask travels as the [1, 1, 1, S] int32 tensor of segment offsets (`split_attention.split_layout`).
@@ -282,7 +283,7 @@ def prefix_attention(module, query, key, value, attention_mask, dropout: float =
         from tirgrpo.kernels.split_attention import split_prefix_attention
 
         if query.shape[0] != 1:
-            raise TirgrpoError(f"split attention takes one packed group per forward, got a batch of {query.shape[0]}")
+            raise TirgrpoError(f"split attention takes one packed sequence per forward, got a batch of {query.shape[0]}")
         q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, dim]
         out = split_prefix_attention(q, k, v, attention_mask.view(-1), kwargs["prefix_sizes"], scaling)
         return out[None], None
