@@ -256,10 +256,11 @@ def grpo_update(model, optimizer, batches: list[MicroBatch], objective: Objectiv
     total_loss = torch.zeros((), dtype=torch.float32)
     stat_sums: dict[str, torch.Tensor] = {}
     total_tokens = torch.zeros(())
-    if len(batches):  # the smallest pass: an idle pass only keeps the ranks' collectives in step
+    missing = dist.global_max(len(batches)) - len(batches)
+    if missing:  # the smallest pass: an idle pass only keeps the ranks' collectives in step
         idle = min(batches, key=lambda mb: mb.tokens)
-    for _ in range(dist.global_max(len(batches)) - len(batches)):
-        idle_pass(model, idle, chunk_tokens, temperature)
+        for _ in range(missing):
+            idle_pass(model, idle, chunk_tokens, temperature)
     for i, mb in enumerate(batches):
         logp, entropy = micro_batch_logprobs(model, mb, chunk_tokens, temperature, grad=True)
         loss, stats = objective(i, mb, logp, entropy)
