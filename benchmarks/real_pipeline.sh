@@ -14,7 +14,9 @@
 #   5. sft       the judge, from the same MODEL, on the training problems' examples
 #                (SFT_STEPS, default: 2 passes over them, 10..200 steps of SFT_BATCH)
 #   5b. grpo     GRPO on top of the SFT judge, on the same examples (GRPO_STEPS, default 30;
-#                0: the judge is the SFT model)
+#                0: the judge is the SFT model). JUDGE_START=base instead: no SFT, GRPO alone
+#                from MODEL with the recipe that learned GSM8K-verify from the base model
+#                (configs/real-transcripts-judge-grpo-from-base.toml, GRPO_STEPS default 150)
 #   6. eval      the judge (the SFT model too when GRPO ran, and the untrained MODEL,
 #                EVAL_BASE=1) on the held-out problems'
 #                examples, K sampled judgements each (AUROC, correctness, bootstrap intervals,
@@ -56,8 +58,14 @@ SFT_EPOCHS=${SFT_EPOCHS:-2}
 SFT_BATCH=${SFT_BATCH:-16}                        # examples a step
 SFT_CONFIG=${SFT_CONFIG:-configs/real-transcripts-judge-sft.toml}
 SFT_SET=${SFT_SET:-}                              # more sft overrides, e.g. "--set batch_size=4"
-GRPO_STEPS=${GRPO_STEPS:-30}                      # GRPO steps on top of the SFT judge (0: none)
-GRPO_CONFIG=${GRPO_CONFIG:-configs/real-transcripts-judge-grpo.toml}
+JUDGE_START=${JUDGE_START:-sft}                   # sft: SFT, then GRPO on top; base: GRPO alone from MODEL
+case $JUDGE_START in
+  sft) GRPO_STEPS=${GRPO_STEPS:-30}                 # GRPO steps on top of the SFT judge (0: none)
+       GRPO_CONFIG=${GRPO_CONFIG:-configs/real-transcripts-judge-grpo.toml} ;;
+  base) GRPO_STEPS=${GRPO_STEPS:-150}
+        GRPO_CONFIG=${GRPO_CONFIG:-configs/real-transcripts-judge-grpo-from-base.toml} ;;
+  *) echo "real_pipeline: JUDGE_START must be sft or base, not '$JUDGE_START'" >&2; exit 2 ;;
+esac
 GRPO_SET=${GRPO_SET:-}                            # more train overrides, e.g. "--set rollout.group_size=4"
 EVAL_SAMPLES=${EVAL_SAMPLES:-8}                   # sampled judgements per example
 EVAL_MAX_NEW_TOKENS=${EVAL_MAX_NEW_TOKENS:-128}
@@ -237,26 +245,35 @@ log "judge examples: $(wc -l < "$TRAIN") training, $(wc -l < "$HELDOUT") held ou
 stop_after prepare
 
 # ---------------------------------------------------------------- 5. the judge
-if [ "$SFT_STEPS" = auto ]; then
+if [ "$JUDGE_START" = sft ] && [ "$SFT_STEPS" = auto ]; then
   rows=$(wc -l < "$TRAIN")
   SFT_STEPS=$(( (SFT_EPOCHS * rows + SFT_BATCH - 1) / SFT_BATCH ))
   [ "$SFT_STEPS" -lt 10 ] && SFT_STEPS=10
   [ "$SFT_STEPS" -gt 200 ] && SFT_STEPS=200
   log "sft: $SFT_STEPS steps (SFT_EPOCHS=$SFT_EPOCHS passes over $rows examples, $SFT_BATCH a step, 10..200)"
 fi
-# shellcheck disable=SC2086  # SFT_SET is a list of options
-step sft "$WORK/judge/summary.json" $TIRGRPO sft --config "$SFT_CONFIG" --set model.name_or_path="$MODEL" \
-  --set data.train="$TRAIN" --set run.out_dir="$WORK/judge" --set optim.total_steps="$SFT_STEPS" --set batch_size="$SFT_BATCH" \
-  --set run.seed="$SEED" --set system.device="$DEVICE" $SFT_SET
-stop_after sft
-JUDGE=$WORK/judge
+if [ "$JUDGE_START" = sft ]; then
+  # shellcheck disable=SC2086  # SFT_SET is a list of options
+  step sft "$WORK/judge/summary.json" $TIRGRPO sft --config "$SFT_CONFIG" --set model.name_or_path="$MODEL" \
+    --set data.train="$TRAIN" --set run.out_dir="$WORK/judge" --set optim.total_steps="$SFT_STEPS" \
+    --set batch_size="$SFT_BATCH" --set run.seed="$SEED" --set system.device="$DEVICE" $SFT_SET
+  stop_after sft
+  JUDGE=$WORK/judge
+  start=(--set model.init_from="$WORK/judge")
+  grpo_dir=$WORK/judge-grpo
+else  # GRPO alone from the untrained MODEL, in a folder of its own so the two starts never mix
+  JUDGE=$MODEL
+  start=()
+  grpo_dir=$WORK/judge-base-grpo
+  [ "$GRPO_STEPS" -gt 0 ] || { log "real_pipeline: JUDGE_START=base needs GRPO_STEPS > 0"; exit 2; }
+fi
 if [ "$GRPO_STEPS" -gt 0 ]; then
   # shellcheck disable=SC2086  # GRPO_SET is a list of options
-  step grpo "$WORK/judge-grpo/summary.json" $TIRGRPO train --config "$GRPO_CONFIG" --overwrite \
-    --set model.name_or_path="$MODEL" --set model.init_from="$WORK/judge" --set data.train="$TRAIN" \
-    --set run.out_dir="$WORK/judge-grpo" --set optim.total_steps="$GRPO_STEPS" --set run.seed="$SEED" \
+  step grpo "$grpo_dir/summary.json" $TIRGRPO train --config "$GRPO_CONFIG" --overwrite \
+    --set model.name_or_path="$MODEL" "${start[@]}" --set data.train="$TRAIN" \
+    --set run.out_dir="$grpo_dir" --set optim.total_steps="$GRPO_STEPS" --set run.seed="$SEED" \
     --set system.device="$DEVICE" $GRPO_SET
-  JUDGE=$WORK/judge-grpo
+  JUDGE=$grpo_dir
 fi
 stop_after grpo
 
@@ -276,7 +293,7 @@ judge_eval() {  # judge_eval NAME MODEL ARGS...: tirgrpo eval with the protocol'
   echo "$model" > "$WORK/$name.model"
 }
 judge_eval eval-judge "$JUDGE" --data "$HELDOUT"
-[ "$JUDGE" != "$WORK/judge" ] && judge_eval eval-sft "$WORK/judge" --data "$HELDOUT"
+[ "$JUDGE_START" = sft ] && [ "$JUDGE" != "$WORK/judge" ] && judge_eval eval-sft "$WORK/judge" --data "$HELDOUT"
 [ "$EVAL_BASE" = 1 ] && judge_eval eval-base "$MODEL" --data "$HELDOUT"
 judge_eval selection "$JUDGE" --transcripts "$WORK/transcripts-heldout.jsonl" --selection
 stop_after eval

@@ -1,6 +1,7 @@
 """benchmarks/real_pipeline.sh end to end on a CPU with SmolLM2-135M-Instruct: serve,
 generate, the solver's report, the split by problem, prepare, sft, GRPO on top of it, the evaluations and
-answer selection, the summary — and a second run that skips every finished step.
+answer selection, the summary — a second run that skips every finished step, and a third that
+trains the judge by GRPO alone from the untrained model (JUDGE_START=base).
 
 SmolLM2-135M does not write code when asked for a plan and code (it writes a plan and stops),
 so its transcripts give no judge example. Two of the three samples of each problem are
@@ -106,3 +107,13 @@ def test_real_pipeline_on_cpu(tmp_path):
     assert "serve, generate: skipped" in again.stderr and "sft: skipped" in again.stderr
     assert "grpo: skipped" in again.stderr
     assert "selection: skipped" in again.stderr
+
+    # JUDGE_START=base: no SFT; GRPO alone from the untrained model, in a folder of its own, and the
+    # judge's evaluations made again for that model (generation and prepare are reused).
+    base = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env={**env, "JUDGE_START": "base"}, capture_output=True,
+                          text=True, timeout=600)
+    assert base.returncode == 0, base.stdout[-3000:] + base.stderr[-3000:]
+    assert "sft: skipped" not in base.stderr and "made for another model" in base.stderr
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["grpo_from_base"]["steps"] == 1 and summary["judge_model"] == str(work / "judge-base-grpo")
+    assert "GRPO alone from the untrained model: 1 steps (the judge below)" in (work / "summary.md").read_text()

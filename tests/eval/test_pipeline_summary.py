@@ -52,8 +52,18 @@ def test_summary_puts_the_grpo_judge_beside_the_sft_judge(tmp_path):
     _write(tmp_path / "judge-grpo" / "summary.json", {"steps": 2, "eval_after": {}})
     for name, auroc in (("eval-base", 0.55), ("eval-judge", 0.9), ("eval-sft", 0.8)):
         _write(tmp_path / f"{name}.json", {"overall": {"auroc": auroc, "examples": 6}, "samples": 2})
+    (tmp_path / "eval-judge.model").write_text(f"{tmp_path / 'judge-grpo'}\n")
     s = pipeline_summary(tmp_path)
-    assert s["grpo"] == {"steps": 2}
+    assert s["grpo"] == {"steps": 2, "folder": "judge-grpo"} and s["judge_model"] == str(tmp_path / "judge-grpo")
     md = summary_markdown(s)
-    assert "GRPO on top of the SFT judge: 2 steps" in md
+    assert "GRPO on top of the SFT judge: 2 steps (the judge below)" in md
     assert "| metric | judge | SFT judge | untrained model |" in md and "| auroc | 0.900 | 0.800 | 0.550 |" in md
+
+
+def test_summary_names_a_judge_trained_by_grpo_alone_from_the_untrained_model(tmp_path):
+    _write(tmp_path / "judge-base-grpo" / "summary.json", {"steps": 5, "eval_after": {}})
+    _write(tmp_path / "judge-grpo" / "summary.json", {"steps": 2, "eval_after": {}})  # an older run in WORK
+    (tmp_path / "eval-judge.model").write_text(f"{tmp_path / 'judge-base-grpo'}\n")
+    md = summary_markdown(pipeline_summary(tmp_path))
+    assert "GRPO alone from the untrained model: 5 steps (the judge below)" in md
+    assert "GRPO on top of the SFT judge: 2 steps\n" in md  # not the judge evaluated

@@ -5,9 +5,11 @@ files its steps wrote under WORK.
 
 Read (each optional; a missing one is left out of the summary): `solver.json` (the solver's
 report, eval/solver.py), `prepared-{train,heldout}/stats.json` (`prepare`), `judge/summary.json`
-(`sft`), `judge-grpo/summary.json` (GRPO on top of it), `eval-judge.json`, `eval-sft.json` and
-`eval-base.json` (`tirgrpo eval` of the final judge, of the SFT judge when GRPO ran after it,
-and of the untrained model on the held-out problems' examples), `selection.json` (`tirgrpo eval
+(`sft`), `judge-grpo/summary.json` (GRPO on top of it), `judge-base-grpo/summary.json` (GRPO
+alone from the untrained model, `JUDGE_START=base`), `eval-judge.json` and `eval-judge.model`
+(which model the judge is), `eval-sft.json` and `eval-base.json` (`tirgrpo eval` of the final
+judge, of the SFT judge when GRPO ran after it, and of the untrained model on the held-out
+problems' examples), `selection.json` (`tirgrpo eval
 --selection` on the held-out problems' transcripts) and `timings.jsonl` (the steps' times).
 """
 
@@ -22,6 +24,7 @@ from tirgrpo.eval.bootstrap import HEADLINE
 
 
 # the evaluations of the held-out examples, in table order, and their column names
+GRPO_RUNS = {"grpo": "judge-grpo", "grpo_from_base": "judge-base-grpo"}  # summary key -> WORK folder
 EVALS = {"eval-judge": "judge", "eval-sft": "SFT judge", "eval-base": "untrained model"}
 
 
@@ -60,9 +63,13 @@ def pipeline_summary(work: str | Path) -> dict[str, Any]:
     sft = _read_json(work / "judge" / "summary.json")
     if sft:
         summary["sft"] = sft
-    grpo = _read_json(work / "judge-grpo" / "summary.json")
-    if grpo:
-        summary["grpo"] = {"steps": grpo.get("steps")}
+    for key, folder in GRPO_RUNS.items():
+        grpo = _read_json(work / folder / "summary.json")
+        if grpo:
+            summary[key] = {"steps": grpo.get("steps"), "folder": folder}
+    judge = work / "eval-judge.model"
+    if judge.is_file():
+        summary["judge_model"] = judge.read_text(encoding="utf-8").strip()
     for name in EVALS:
         result = _read_json(work / f"{name}.json")
         if result:
@@ -112,8 +119,10 @@ def summary_markdown(s: dict[str, Any]) -> str:
             for side, e in s["judge_examples"].items()), ""]
     if "sft" in s:
         lines += [f"SFT: {s['sft'].get('steps')} steps, final loss {_fmt(s['sft'].get('final_loss'))}", ""]
-    if "grpo" in s:
-        lines += [f"GRPO on top of the SFT judge: {s['grpo'].get('steps')} steps (the judge below)", ""]
+    for key, what in (("grpo", "GRPO on top of the SFT judge"), ("grpo_from_base", "GRPO alone from the untrained model")):
+        if key in s:
+            judged = Path(s.get("judge_model", "")).name == s[key]["folder"]
+            lines += [f"{what}: {s[key].get('steps')} steps" + (" (the judge below)" if judged else ""), ""]
     cols = [c for c in EVALS if c in s]
     if cols:
         lines += ["Held-out examples (K sampled judgements each, 95% intervals over questions):", "",
