@@ -34,7 +34,7 @@ def parse_args(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=3072)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--kernels", choices=["auto", "torch", "triton", "triton-nogemv"], default="auto",
-                    help="triton-nogemv: the Triton decode kernels with the projections on cuBLAS")
+                    help="triton-nogemv: the Triton decode kernels with the projections on cuBLAS and the torch sampler")
     ap.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
     ap.add_argument("--by-category", action="store_true",
                     help="eager decode steps, time per step grouped by kernel category")

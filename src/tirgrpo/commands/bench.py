@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--engine", choices=["fast", "simple"], default="fast")
     r.add_argument("--kernels", nargs="+", choices=["auto", "torch", "triton", "triton-nogemv"], default=["auto"],
                    help="FastEngine's decode-step kernels; several: one row each (triton-nogemv: the Triton "
-                        "kernels with the projections on cuBLAS, to compare with triton's small-batch GEMVs)")
+                        "kernels with the projections on cuBLAS and the torch sampler, to compare with "
+                        "triton's small-batch GEMVs and one-pass sampler)")
     r.add_argument("--compare-hf", action="store_true", help="also time transformers generate() (dynamic cache)")
     r.add_argument("--repeats", type=int, default=2, help="timed calls per row (median)")
     r.add_argument("--bandwidth-tbs", type=bandwidth_arg, default="measure",

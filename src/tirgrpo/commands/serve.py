@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="padded prompt tokens prefilled in one step (a longer prompt goes alone): bounds how "
                              "long admissions pause the running rows; more admits a burst in fewer steps")
     parser.add_argument("--kernels", default="auto", choices=KERNEL_CHOICES,
-                        help="FastEngine's decode-step kernels (triton-nogemv: Triton without the GEMV kernels)")
+                        help="FastEngine's decode-step kernels (triton-nogemv: Triton without the GEMV kernels "
+                             "and the one-pass sampler)")
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from tirgrpo.errors import TirgrpoError
-from tirgrpo.kernels import KERNEL_CHOICES, gemv
+from tirgrpo.kernels import KERNEL_CHOICES, gemv, sampling
 from tirgrpo.kernels.triton_compat import HAVE_TRITON, INTERPRETED, libdevice, tl, triton
+from tirgrpo.rollout.sampling import sample_next
 
 # Keys one attention program reads (a multiple of ATTN_BLOCK_N). Smaller means more programs
 # (more parallelism at small batch) but more partial results to combine.
@@ -362,7 +363,8 @@ class Kernels(NamedTuple):
 
     linears / gate_up_silu: the projections (kernels/gemv.py), which the engine sends there
     for plain nn.Linear modules at batch sizes up to gemv_max_batch (0: never; the modules
-    themselves, i.e. cuBLAS, run instead).
+    themselves, i.e. cuBLAS, run instead). sample: the next token from the logits
+    (`rollout.sampling.sample_next`, or its one-pass kernel, kernels/sampling.py).
     """
 
     name: str
@@ -373,20 +375,23 @@ class Kernels(NamedTuple):
     linears: Callable
     gate_up_silu: Callable
     gemv_max_batch: int
+    sample: Callable
 
 
 TORCH_KERNELS = Kernels("torch", add_rmsnorm_torch, rotary_cache_write_torch, decode_attention_torch, silu_mul_torch,
-                        gemv.linears_torch, gemv.gate_up_silu_torch, 0)
+                        gemv.linears_torch, gemv.gate_up_silu_torch, 0, sample_next)
 TRITON_KERNELS = Kernels("triton", add_rmsnorm, rotary_cache_write, decode_attention, silu_mul, gemv.linears,
-                         gemv.gate_up_silu, gemv.GEMV_MAX_BATCH)
-# The Triton decode kernels with every projection run by its module (cuBLAS): the set before
-# kernels/gemv.py, for comparing the two in one call (`tirgrpo bench rollout --kernels ...`).
-TRITON_NOGEMV_KERNELS = TRITON_KERNELS._replace(name="triton-nogemv", gemv_max_batch=0)
+                         gemv.gate_up_silu, gemv.GEMV_MAX_BATCH, sampling.sample_fused)
+# The Triton decode kernels with every projection run by its module (cuBLAS) and the torch
+# sampler: the set before kernels/gemv.py and kernels/sampling.py, for comparing the two in one
+# call (`tirgrpo bench rollout --kernels ...`).
+TRITON_NOGEMV_KERNELS = TRITON_KERNELS._replace(name="triton-nogemv", gemv_max_batch=0, sample=sample_next)
 
 
 def select_kernels(kind: str, device: torch.device) -> Kernels:
     """The kernels for `kind`: torch, triton, triton-nogemv (triton without the small-batch
-    projections of kernels/gemv.py) or auto (triton on CUDA when it imports, else torch)."""
+    projections of kernels/gemv.py and the one-pass sampler of kernels/sampling.py) or auto
+    (triton on CUDA when it imports, else torch)."""
     if kind == "auto":
         kind = "triton" if device.type == "cuda" and HAVE_TRITON else "torch"
     if kind == "torch":

@@ -134,21 +134,19 @@ def label_decode_ops(engine):
     """Within: `engine`'s decode-step kernels, LM head, prefill, step and sampler run inside
     the profiler ranges of LABELS and STEP_LABEL. Wraps the same callables (numerics
     unchanged); everything is put back on exit."""
-    import tirgrpo.rollout.engine as engine_module
 
-    kernels, lm_head, sample_next = engine.kernels, engine.lm_head, engine_module.sample_next
+    kernels, lm_head = engine.kernels, engine.lm_head
     step_fn, prefill = engine._step_fn, engine._prefill
     engine.kernels = kernels._replace(**{op: _ranged(f"decode::{op}", getattr(kernels, op)) for op in
                                          ("add_rmsnorm", "rotary_cache_write", "decode_attention", "silu_mul",
-                                          "linears", "gate_up_silu")})
+                                          "linears", "gate_up_silu", "sample")})
     engine.lm_head = _ranged("decode::lm_head", lm_head)
     engine._prefill = _ranged("decode::prefill", prefill)
     engine._step_fn = lambda B: _ranged(STEP_LABEL, step_fn(B))
-    engine_module.sample_next = _ranged("decode::sample", sample_next)
     try:
         yield engine
     finally:
-        engine.kernels, engine.lm_head, engine_module.sample_next = kernels, lm_head, sample_next
+        engine.kernels, engine.lm_head = kernels, lm_head
         del engine._step_fn, engine._prefill  # the instance attributes: the class's methods again
 
 

@@ -23,10 +23,11 @@ spends ~100 ms per step in Python and kernel launches. Here:
   reading the modules' own weight tensors, when those modules are plain nn.Linear (a group
   with a LoRA-wrapped module runs as modules). o_proj, down_proj and the LM head stay
   modules: for one matrix cuBLAS measured as fast (`kernels="triton-nogemv"`: the Triton
-  kernels with every projection as a module);
+  kernels with every projection as a module and the torch sampler);
 * on CUDA a step is captured once per batch bucket (and cache capacity) in a CUDA graph
   and replayed;
-* sampling (temperature, top-k, top-p) runs on the device; stop strings are matched on
+* sampling (temperature, top-k, top-p) runs on the device (under the Triton set, without
+  top-k / top-p, as one pass over the logits: `kernels/sampling.py`); stop strings are matched on
   decoded text across token boundaries on the host, which needs the new token ids each
   step (a few bytes);
 * when finished rows leave the batch small enough for a smaller bucket, the live rows'
@@ -46,7 +47,6 @@ import torch
 
 from tirgrpo.kernels import gemv
 from tirgrpo.kernels.decode import select_kernels
-from tirgrpo.rollout.sampling import sample_next
 from tirgrpo.rollout.simple import eos_ids
 from tirgrpo.rollout.tracker import SequenceTracker
 from tirgrpo.rollout.types import Completion, SamplingParams
@@ -99,7 +99,8 @@ class FastEngine:
     length_buckets: capacities of the prompt cache (longest prompt of a batch) and of the
     completion cache (max_new_tokens), each rounded up to the smallest bucket that holds it.
     kernels: "auto" (Triton on CUDA when triton imports, else torch), "torch", "triton" or
-    "triton-nogemv" (Triton without the small-batch projection kernels; kernels/decode.py).
+    "triton-nogemv" (Triton without the small-batch projection kernels and with the torch
+    sampler; kernels/decode.py).
     """
 
     def __init__(self, model, tokenizer, max_batch: int = 64, length_buckets=(128, 256, 512, 1024, 2048, 4096, 8192, 16384),
@@ -331,7 +332,7 @@ class FastEngine:
         step_fn = self._step_fn(width)
         for step in range(params.max_new_tokens):
             logits = track.forbid_eos(logits, step)
-            new, logp = sample_next(logits, params.temperature, params.top_p, params.top_k, generator)
+            new, logp = self.kernels.sample(logits, params.temperature, params.top_p, params.top_k, generator)
             track.record(step, row_seq, new.tolist(), logp.tolist())
             alive = [r for r, seq in enumerate(row_seq) if track.live(seq)]
             if not alive:
