@@ -20,6 +20,7 @@ import json
 import torch
 
 from tirgrpo.data.tokenizer import load_tokenizer
+from tirgrpo.kernels import KERNEL_CHOICES
 from tirgrpo.perf.profile import format_table, profile_decode
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.rollout.engine import FastEngine
@@ -33,8 +34,12 @@ def parse_args(argv=None):
     ap.add_argument("--group", type=int, default=4, help="G: samples per prompt")
     ap.add_argument("--prompt-tokens", type=int, default=3072)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--kernels", choices=["auto", "torch", "triton", "triton-nogemv"], default="auto",
-                    help="triton-nogemv: the Triton decode kernels with the projections on cuBLAS and the torch sampler")
+    ap.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto",
+                    help="triton-nogemv: the Triton decode kernels with the projections on cuBLAS and the torch "
+                         "sampler; triton-perrow: without the rows-of-slot index (each row reads its prompt)")
+    ap.add_argument("--prompt-batch-min-rows", type=int, default=None,
+                    help="batches from this many rows use the rows-of-slot index (default: "
+                         "kernels/decode_attention.py's PROMPT_BATCH_MIN_ROWS); 1: always")
     ap.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
     ap.add_argument("--by-category", action="store_true",
                     help="eager decode steps, time per step grouped by kernel category")
@@ -48,6 +53,9 @@ def parse_args(argv=None):
 def main(argv=None) -> list[dict]:
     """Print the profile of each --batch; return the --by-category tables (empty otherwise)."""
     a = parse_args(argv)
+    if a.prompt_batch_min_rows is not None:
+        from tirgrpo.kernels import decode_attention  # the triton set reads it at each step
+        decode_attention.PROMPT_BATCH_MIN_ROWS = a.prompt_batch_min_rows
     device = resolve_device(a.device)
     model = build_random_model(a.shape, resolve_dtype("auto", device), device=device).eval()
     tok = load_tokenizer(RANDOM_SHAPES[a.shape]["tokenizer"])

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.kernels import decode as K
+from tirgrpo.kernels.decode_attention import PROMPT_BATCH_MIN_ROWS, prompt_items, rows_per_item
 from tirgrpo.rollout.engine import FastEngine
 from triton_devices import on_devices, tol
 
@@ -93,6 +94,80 @@ def test_decode_attention(device, dtype, heads):
     torch.testing.assert_close(ref[b].float(), torch.einsum("ht,htd->hd", probs, values[kv_head]), **tol(dtype, device))
 
 
+# (prefix_slot, prefix_len, comp_len) per row over 5 prompt slots, with the rows of a slot not
+# adjacent (as continuous batching leaves them): slot 0 has 3 rows, one with a shorter prompt
+# (the kernel masks each row by its own prefix_len), slot 1 one row at full capacity, slot 2
+# four rows (several items when R = 2), slot 3 none, slot 4 two rows of a 1-key prompt; two
+# padding rows without prompt keys (prefix_len 0), pointing at slots 0 and 4.
+SLOT_ROWS = [(2, 33, 17), (0, 37, 20), (4, 1, 3), (2, 33, 2), (0, 0, 1), (1, 80, 48), (0, 5, 1), (2, 33, 1),
+             (4, 1, 1), (0, 37, 9), (2, 33, 30), (4, 0, 1)]
+
+
+def check_prompt_rows(rows, slot, plen, n_slots, R):
+    """The index's contract: each row once; an item's rows (from position 0) of one key, at most R."""
+    B = slot.shape[0]
+    key = torch.where(plen > 0, slot, n_slots).tolist()
+    assert rows.dtype == torch.int32 and rows.shape == (prompt_items(B, n_slots, R), R)
+    assert sorted(r for r in rows.flatten().tolist() if r >= 0) == list(range(B))
+    for item in rows.tolist():
+        live = [r for r in item if r >= 0]
+        assert item[: len(live)] == live and len({key[r] for r in live}) <= 1
+
+
+@pytest.mark.parametrize("R", [None, 1, 2, 3])
+def test_prompt_rows_torch(R):
+    """The rows-of-slot index (torch twin, also without triton): items of one slot, in row order."""
+    slot, plen, _ = (torch.tensor(col) for col in zip(*SLOT_ROWS))
+    rows = K.prompt_rows_torch(slot, plen, 5, 6, R)
+    R = R or rows_per_item(6)
+    check_prompt_rows(rows, slot, plen, 5, R)
+    if R == 2:
+        assert rows[:8].tolist() == [[1, 6], [9, -1], [5, -1], [0, 3], [7, 10], [2, 8], [4, 11], [-1, -1]]
+        assert (rows[8:] == -1).all()
+
+
+@on_devices
+@pytest.mark.parametrize("R", [None, 1, 2, 3])
+@pytest.mark.parametrize("B", [1, len(SLOT_ROWS), 40])
+def test_prompt_rows(device, B, R):
+    """The one-launch Triton index equals the torch twin's (40 rows: more than a 16-row block)."""
+    if B <= len(SLOT_ROWS):
+        slot, plen, _ = (torch.tensor(col, device=device) for col in zip(*SLOT_ROWS[:B]))
+    else:  # random slots of 5, a third of the rows without prompt keys
+        g = torch.Generator().manual_seed(5)
+        slot, plen = (torch.randint(0, n, (B,), generator=g).to(device) for n in (5, 3))
+    ref = K.prompt_rows_torch(slot, plen, 5, 6, R)
+    out = K.prompt_rows(slot, plen, 5, 6, R)
+    check_prompt_rows(out.cpu(), slot.cpu(), plen.cpu(), 5, R or rows_per_item(6))
+    assert torch.equal(out, ref)
+
+
+@on_devices
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [(12, 2), (4, 2), (2, 2)])
+@pytest.mark.parametrize("R", [None, 2])
+def test_decode_attention_prompt_batched(device, dtype, heads, R):
+    """Prompt splits one program per (item of a slot's rows, kv head, split), against the torch
+    reference and the per-row kernel: uneven rows per slot, an empty slot, rows of one slot with
+    different prompt lengths, padding rows; block_n 16 and 32 keys per split over a prompt cache
+    of 80 and a completion cache of 48, as test_decode_attention."""
+    Hq, Hkv = heads
+    D, n_slots, P_cap, B_cap, N_cap = 16, 5, 80, 16, 48
+    g = torch.Generator().manual_seed(6)
+    B = len(SLOT_ROWS)
+    q = randn(B, Hq, D, dtype=dtype, device=device, generator=g)
+    k_prompt, v_prompt = (randn(n_slots, Hkv, P_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
+    k_comp, v_comp = (randn(B_cap, Hkv, N_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
+    slot, plen, clen = (torch.tensor(col, device=device) for col in zip(*SLOT_ROWS))
+    rows = K.prompt_rows(slot, plen, n_slots, Hq // Hkv, R)
+    ref = K.decode_attention_torch(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
+    args = (q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
+    out = K.decode_attention(*args, rows, keys_per_split=32, block_n=16)
+    per_row = K.decode_attention(*args, keys_per_split=32, block_n=16)
+    torch.testing.assert_close(out, ref, **tol(dtype, device))
+    torch.testing.assert_close(out, per_row, **tol(dtype, device))
+
+
 @on_devices
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_mul(device, dtype):
@@ -103,10 +178,12 @@ def test_silu_mul(device, dtype):
 
 
 @on_devices
-def test_engine_with_triton_kernels_equals_torch_kernels(device, tiny_model_dir, byte_tokenizer):
+def test_engine_with_triton_kernels_equals_torch_kernels(device, tiny_model_dir, byte_tokenizer, monkeypatch):
     """The whole decode step: same greedy tokens and log-probs with each kernel set (fp32;
-    triton: projections through kernels/gemv.py, triton-nogemv: through the modules),
-    including rows that finish early (compaction) and CUDA graphs on a GPU."""
+    triton: projections through kernels/gemv.py, triton-nogemv: through the modules;
+    triton-perrow: each row reading its prompt itself; triton-index: the rows-of-slot index
+    at every batch size), including padding rows, rows that
+    finish early (compaction) and CUDA graphs on a GPU."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().to(device)
     ps = [byte_tokenizer(t)["input_ids"] for t in ("hello", "a much longer prompt than the others", "x")]
     params = SamplingParams(max_new_tokens=12, temperature=0.0)
@@ -116,13 +193,17 @@ def test_engine_with_triton_kernels_equals_torch_kernels(device, tiny_model_dir,
     # finish early and the 4 others are compacted into a smaller batch bucket.
     eos = next(t for t in first[1][1:] if all(t not in f for f in first[:1] + first[2:]))
     runs = {}
-    for kind in ("torch", "triton", "triton-nogemv"):
-        engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64,), kernels=kind)
-        assert engine.kernels.name == kind
+    for kind in ("torch", "triton", "triton-nogemv", "triton-perrow", "triton-index"):
+        # triton-index: the Triton set with the rows-of-slot index at every batch size (by
+        # default only from PROMPT_BATCH_MIN_ROWS rows: these batches of <= 8 read per row)
+        min_rows = 1 if kind == "triton-index" else PROMPT_BATCH_MIN_ROWS
+        monkeypatch.setattr("tirgrpo.kernels.decode_attention.PROMPT_BATCH_MIN_ROWS", min_rows)
+        engine = FastEngine(model, byte_tokenizer, max_batch=8, length_buckets=(64,),
+                            kernels="triton" if kind == "triton-index" else kind)
         engine.eos = {eos}
         runs[kind] = engine.generate(ps, 2, params)
     assert {c.finish_reason for g in runs["triton"] for c in g} == {"eos", "length"}
-    for kind in ("triton", "triton-nogemv"):
+    for kind in ("triton", "triton-nogemv", "triton-perrow", "triton-index"):
         for a, b in zip(runs["torch"], runs[kind]):
             for ca, cb in zip(a, b):
                 assert ca.token_ids == cb.token_ids
@@ -137,8 +218,17 @@ def test_kernel_choice():
         K.select_kernels("cuda", cpu)
     assert K.TRITON_KERNELS.gemv_max_batch == 16 and K.TRITON_NOGEMV_KERNELS.gemv_max_batch == 0
     assert K.TORCH_KERNELS.gemv_max_batch == 0  # the torch set runs the modules
+    # the Triton set's attention reads per row below PROMPT_BATCH_MIN_ROWS rows, triton-perrow always
+    assert K.TRITON_KERNELS.prompt_rows is K.prompt_rows_from_min_batch
+    assert K.TRITON_PERROW_KERNELS.prompt_rows is K.no_prompt_rows is K.TORCH_KERNELS.prompt_rows
+    small = torch.zeros(PROMPT_BATCH_MIN_ROWS - 1, dtype=torch.long)
+    assert K.prompt_rows_from_min_batch(small, small + 5, 2, 6) is None
     if K.triton_interpreting():
         assert K.select_kernels("triton-nogemv", cpu).name == "triton-nogemv"
+        assert K.select_kernels("triton-perrow", cpu).name == "triton-perrow"
+        large = torch.arange(PROMPT_BATCH_MIN_ROWS) // 4  # slots of 4 rows
+        torch.testing.assert_close(K.prompt_rows_from_min_batch(large, large + 5, 8, 6),
+                                   K.prompt_rows_torch(large, large + 5, 8, 6))
     else:
         with pytest.raises(TirgrpoError, match="triton"):
             K.select_kernels("triton-nogemv", cpu)
@@ -177,4 +267,8 @@ def test_kernels_at_the_benchmark_shape():
     clen = torch.randint(1, N_cap + 1, (B,), generator=g).to(dev)
     ref = K.decode_attention_torch(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
     out = K.decode_attention(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)
+    rows = K.prompt_rows(slot, plen, n_slots, Hq // Hkv)  # each slot's 4 rows in one item
+    assert torch.equal(rows, K.prompt_rows_torch(slot, plen, n_slots, Hq // Hkv))
+    out = K.decode_attention(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen, rows)
     torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)

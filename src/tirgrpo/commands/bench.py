@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from tirgrpo.kernels import KERNEL_CHOICES
+
 
 def bandwidth_arg(text: str) -> str | float:
     """`--bandwidth-tbs`: "measure" or a positive number of TB/s."""
@@ -31,10 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--prompt-tokens", type=int, default=3072)
     r.add_argument("--new-tokens", type=int, default=1024)
     r.add_argument("--engine", choices=["fast", "simple"], default="fast")
-    r.add_argument("--kernels", nargs="+", choices=["auto", "torch", "triton", "triton-nogemv"], default=["auto"],
+    r.add_argument("--kernels", nargs="+", choices=KERNEL_CHOICES, default=["auto"],
                    help="FastEngine's decode-step kernels; several: one row each (triton-nogemv: the Triton "
                         "kernels with the projections on cuBLAS and the torch sampler, to compare with "
-                        "triton's small-batch GEMVs and one-pass sampler)")
+                        "triton's small-batch GEMVs and sampler; triton-perrow: each row reads its prompt's "
+                        "keys itself, to compare with triton's rows-of-slot index)")
     r.add_argument("--compare-hf", action="store_true", help="also time transformers generate() (dynamic cache)")
     r.add_argument("--repeats", type=int, default=2, help="timed calls per row (median)")
     r.add_argument("--bandwidth-tbs", type=bandwidth_arg, default="measure",

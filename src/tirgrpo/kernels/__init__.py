@@ -4,4 +4,4 @@ split attention."""
 
 # FastEngine's kernel sets (kernels/decode.py `select_kernels`). Here, not in decode.py, so that
 # the command line can offer them without importing torch.
-KERNEL_CHOICES = ("auto", "torch", "triton", "triton-nogemv")
+KERNEL_CHOICES = ("auto", "torch", "triton", "triton-nogemv", "triton-perrow")

@@ -6,10 +6,8 @@ here replaces one such group of ops; each has a torch function with the same mat
 same signature (`*_torch`), which is what runs on CPUs, what `kernels="torch"` runs on
 CUDA, and what tests/kernels/test_decode_kernels.py compares the kernels against.
 
-KV cache layout (see engine.py): a prompt's keys/values are stored once, in a *prompt cache*
-[n_slots, Hkv, P_cap, D] (one layer), and each row's own generated keys/values in a
-*completion cache* [B_cap, Hkv, N_cap, D]. Row b sees prompt slot prefix_slot[b], keys
-0..prefix_len[b]-1, followed by its completion keys 0..comp_len[b]-1.
+The attention over the KV cache (prompt slots shared by their rows, completions per row) is
+in kernels/decode_attention.py; its functions are importable from here too.
 
 Triton is optional: without it only the `*_torch` functions can be used
 (`select_kernels("triton")` then fails with a message saying so). Set TRITON_INTERPRET=1 before this module is first
@@ -25,13 +23,12 @@ import torch.nn.functional as F
 
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.kernels import KERNEL_CHOICES, gemv, sampling
+# The attention lives in its own module; its names stay importable from here.
+from tirgrpo.kernels.decode_attention import (ATTN_BLOCK_N, KEYS_PER_SPLIT, _require_contiguous,  # noqa: F401
+                                              decode_attention, decode_attention_torch, no_prompt_rows,
+                                              prompt_rows, prompt_rows_from_min_batch, prompt_rows_torch)
 from tirgrpo.kernels.triton_compat import HAVE_TRITON, INTERPRETED, libdevice, tl, triton
 from tirgrpo.rollout.sampling import sample_next
-
-# Keys one attention program reads (a multiple of ATTN_BLOCK_N). Smaller means more programs
-# (more parallelism at small batch) but more partial results to combine.
-KEYS_PER_SPLIT = 256
-ATTN_BLOCK_N = 64
 
 
 def triton_interpreting() -> bool:
@@ -178,154 +175,6 @@ def rotary_cache_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cach
         INTERPRETED=triton_interpreting())
 
 
-# ---------------------------------------------------------------------------- decode attention
-
-
-def decode_attention_torch(q: torch.Tensor, k_prompt: torch.Tensor, v_prompt: torch.Tensor, k_comp: torch.Tensor,
-                           v_comp: torch.Tensor, prefix_slot: torch.Tensor, prefix_len: torch.Tensor,
-                           comp_len: torch.Tensor) -> torch.Tensor:
-    """One query per row over its prompt's keys then its own completion keys (grouped-query).
-
-    q: [B, Hq, D]; k_prompt, v_prompt: [n_slots, Hkv, P_cap, D]; k_comp, v_comp:
-    [B_cap >= B, Hkv, N_cap, D]; prefix_slot, prefix_len, comp_len: [B] long, comp_len >= 1.
-    Row b attends to k_prompt[prefix_slot[b], :, :prefix_len[b]] and k_comp[b, :, :comp_len[b]].
-    Softmax in fp32, scale D**-0.5. Returns [B, Hq, D] in q's dtype.
-
-    The prompt's keys are gathered per row (a copy), then scored in two matmuls whose scores
-    share one masked softmax.
-    """
-    B, Hq, D = q.shape
-    Hkv, P, N = k_comp.shape[1], k_prompt.shape[2], k_comp.shape[2]
-    qg = q.view(B, Hkv, Hq // Hkv, D)
-    k_p, v_p = k_prompt[prefix_slot], v_prompt[prefix_slot]  # [B, Hkv, P, D]
-    k_c, v_c = k_comp[:B], v_comp[:B]
-    scale = D**-0.5
-    scores_p = torch.matmul(qg, k_p.transpose(-1, -2)).float() * scale  # [B, Hkv, group, P]
-    scores_c = torch.matmul(qg, k_c.transpose(-1, -2)).float() * scale  # [B, Hkv, group, N]
-    hidden_p = torch.arange(P, device=q.device)[None, :] >= prefix_len[:, None]
-    hidden_c = torch.arange(N, device=q.device)[None, :] >= comp_len[:, None]
-    scores = torch.cat((scores_p.masked_fill(hidden_p[:, None, None, :], float("-inf")),
-                        scores_c.masked_fill(hidden_c[:, None, None, :], float("-inf"))), dim=-1)
-    probs = torch.softmax(scores, dim=-1).to(q.dtype)
-    out = torch.matmul(probs[..., :P], v_p) + torch.matmul(probs[..., P:], v_c)
-    return out.reshape(B, Hq, D)
-
-
-@triton.jit
-def _decode_attention_split_kernel(
-        q_ptr, kp_ptr, vp_ptr, kc_ptr, vc_ptr, slot_ptr, plen_ptr, clen_ptr, acc_ptr, m_ptr, l_ptr,
-        stride_qb, stride_pb, stride_ph, stride_cb, stride_ch, n_prompt_splits, n_splits, scale,
-        HQ: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr,
-        KEYS_PER_SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        INTERPRETED: tl.constexpr):
-    # Program (b, kv head, split). Splits [0, n_prompt_splits) cover the prompt cache, the rest
-    # the completion cache, KEYS_PER_SPLIT keys each. A split past the row's length runs no
-    # loop iteration and only writes an empty partial (max -inf, sum 0).
-    b = tl.program_id(0)
-    hk = tl.program_id(1)
-    s = tl.program_id(2)
-    if s < n_prompt_splits:
-        start = s * KEYS_PER_SPLIT
-        end = tl.minimum(start + KEYS_PER_SPLIT, tl.load(plen_ptr + b).to(tl.int32))
-        base = tl.load(slot_ptr + b).to(tl.int64) * stride_pb + hk * stride_ph
-        k_base, v_base = kp_ptr + base, vp_ptr + base
-    else:
-        start = (s - n_prompt_splits) * KEYS_PER_SPLIT
-        end = tl.minimum(start + KEYS_PER_SPLIT, tl.load(clen_ptr + b).to(tl.int32))
-        base = b.to(tl.int64) * stride_cb + hk * stride_ch
-        k_base, v_base = kc_ptr + base, vc_ptr + base
-
-    # The GROUP query heads that share this kv head, padded to >= 16 rows for tl.dot.
-    g = tl.arange(0, GROUP_PAD)
-    d = tl.arange(0, D)
-    g_mask = g < GROUP
-    q = tl.load(q_ptr + b * stride_qb + (hk * GROUP + g)[:, None] * D + d[None, :], mask=g_mask[:, None], other=0.0)
-    if INTERPRETED:  # Triton's CPU interpreter multiplies bf16 as raw integers; fp32 holds bf16 exactly.
-        q = q.to(tl.float32)
-    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, D], tl.float32)
-    n = tl.arange(0, BLOCK_N)
-    for n0 in range(start, end, BLOCK_N):
-        keys = n0 + n
-        valid = keys < end
-        k = tl.load(k_base + keys[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(v_base + keys[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
-        if INTERPRETED:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # [GROUP_PAD, BLOCK_N] fp32
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        # Online softmax: every block has a valid key, so m_new is finite.
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        # The probabilities are rounded to the cache dtype, as the torch version's are.
-        p = p.to(vc_ptr.dtype.element_ty).to(v.dtype)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
-        m_i = m_new
-
-    # Partials are laid out [B, HQ, n_splits(, D)] so the combine reads one head's splits.
-    head = b * HQ + hk * GROUP + g  # [GROUP_PAD]
-    tl.store(m_ptr + head * n_splits + s, m_i, mask=g_mask)
-    tl.store(l_ptr + head * n_splits + s, l_i, mask=g_mask)
-    tl.store(acc_ptr + (head * n_splits + s)[:, None] * D + d[None, :], acc, mask=g_mask[:, None])
-
-
-@triton.jit
-def _decode_attention_combine_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, n_splits,
-                                     D: tl.constexpr, SPLITS_PAD: tl.constexpr):
-    # Program (b * HQ + h): rescale each split's partial to the global max and normalize.
-    head = tl.program_id(0)
-    s = tl.arange(0, SPLITS_PAD)
-    d = tl.arange(0, D)
-    s_mask = s < n_splits
-    m = tl.load(m_ptr + head * n_splits + s, mask=s_mask, other=float("-inf"))
-    l = tl.load(l_ptr + head * n_splits + s, mask=s_mask, other=0.0)
-    acc = tl.load(acc_ptr + (head * n_splits + s)[:, None] * D + d[None, :], mask=s_mask[:, None], other=0.0)
-    w = tl.exp(m - tl.max(m, axis=0))  # empty splits (m = -inf) weigh 0
-    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
-    tl.store(out_ptr + head * D + d, out.to(out_ptr.dtype.element_ty))
-
-
-def decode_attention(q: torch.Tensor, k_prompt: torch.Tensor, v_prompt: torch.Tensor, k_comp: torch.Tensor,
-                     v_comp: torch.Tensor, prefix_slot: torch.Tensor, prefix_len: torch.Tensor, comp_len: torch.Tensor,
-                     keys_per_split: int = KEYS_PER_SPLIT, block_n: int = ATTN_BLOCK_N) -> torch.Tensor:
-    """Triton `decode_attention_torch` (same arguments and shapes), split-K (flash-decoding).
-
-    Grid (B, Hkv, splits), splits sized by the caches' capacities (P_cap, N_cap), not by the
-    rows' lengths, so the grid is fixed for a CUDA graph; programs past a row's length write
-    an empty partial and stop. A second kernel combines the splits. Rows of one prompt are
-    adjacent in the grid, so they read the prompt's keys from L2 after the first.
-    """
-    B, Hq, D = q.shape
-    n_slots, Hkv, P, _ = k_prompt.shape
-    N = k_comp.shape[2]
-    if Hq % Hkv or keys_per_split % block_n:
-        raise ValueError(f"decode_attention: Hq={Hq} must be a multiple of Hkv={Hkv}, keys_per_split="
-                         f"{keys_per_split} a multiple of block_n={block_n}")
-    if q.stride(2) != 1 or q.stride(1) != D:
-        raise ValueError(f"decode_attention: q must have contiguous heads [B, Hq, D], strides {q.stride()}")
-    _require_contiguous(k_prompt=k_prompt, v_prompt=v_prompt, k_comp=k_comp, v_comp=v_comp)
-    group = Hq // Hkv
-    n_prompt_splits = triton.cdiv(P, keys_per_split)
-    n_splits = n_prompt_splits + triton.cdiv(N, keys_per_split)
-    acc = torch.empty((B, Hq, n_splits, D), dtype=torch.float32, device=q.device)
-    m = torch.empty((B, Hq, n_splits), dtype=torch.float32, device=q.device)
-    l = torch.empty_like(m)
-    _decode_attention_split_kernel[(B, Hkv, n_splits)](
-        q, k_prompt, v_prompt, k_comp, v_comp, prefix_slot, prefix_len, comp_len, acc, m, l,
-        q.stride(0), k_prompt.stride(0), k_prompt.stride(1), k_comp.stride(0), k_comp.stride(1),
-        n_prompt_splits, n_splits, D**-0.5, HQ=Hq, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
-        D=D, KEYS_PER_SPLIT=keys_per_split, BLOCK_N=block_n,
-        # fp32 models get full-precision products; tf32 (the default) only matters for them.
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", INTERPRETED=triton_interpreting())
-    out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
-    _decode_attention_combine_kernel[(B * Hq,)](acc, m, l, out, n_splits, D=D,
-                                                SPLITS_PAD=triton.next_power_of_2(n_splits))
-    return out
-
-
 # ---------------------------------------------------------------------------- SiLU(gate) * up
 
 
@@ -365,6 +214,9 @@ class Kernels(NamedTuple):
     for plain nn.Linear modules at batch sizes up to gemv_max_batch (0: never; the modules
     themselves, i.e. cuBLAS, run instead). sample: the next token from the logits
     (`rollout.sampling.sample_next`, or its one-pass kernel, kernels/sampling.py).
+    prompt_rows: (prefix_slot, prefix_len, n_slots, group) -> the rows-of-slot index that
+    decode_attention takes as its 9th argument, built once per step (kernels/decode_attention.py),
+    or None: each row reads its prompt itself (the torch set; triton-perrow).
     """
 
     name: str
@@ -376,37 +228,36 @@ class Kernels(NamedTuple):
     gate_up_silu: Callable
     gemv_max_batch: int
     sample: Callable
+    prompt_rows: Callable
 
 
 TORCH_KERNELS = Kernels("torch", add_rmsnorm_torch, rotary_cache_write_torch, decode_attention_torch, silu_mul_torch,
-                        gemv.linears_torch, gemv.gate_up_silu_torch, 0, sample_next)
+                        gemv.linears_torch, gemv.gate_up_silu_torch, 0, sample_next, no_prompt_rows)
 TRITON_KERNELS = Kernels("triton", add_rmsnorm, rotary_cache_write, decode_attention, silu_mul, gemv.linears,
-                         gemv.gate_up_silu, gemv.GEMV_MAX_BATCH, sampling.sample_fused)
+                         gemv.gate_up_silu, gemv.GEMV_MAX_BATCH, sampling.sample_fused, prompt_rows_from_min_batch)
 # The Triton decode kernels with every projection run by its module (cuBLAS) and the torch
 # sampler: the set before kernels/gemv.py and kernels/sampling.py, for comparing the two in one
 # call (`tirgrpo bench rollout --kernels ...`).
 TRITON_NOGEMV_KERNELS = TRITON_KERNELS._replace(name="triton-nogemv", gemv_max_batch=0, sample=sample_next)
+# The Triton set with each row reading its prompt's keys itself at every batch size (the
+# attention before the rows-of-slot index), for a same-call comparison.
+TRITON_PERROW_KERNELS = TRITON_KERNELS._replace(name="triton-perrow", prompt_rows=no_prompt_rows)
 
 
 def select_kernels(kind: str, device: torch.device) -> Kernels:
     """The kernels for `kind`: torch, triton, triton-nogemv (triton without the small-batch
-    projections of kernels/gemv.py and the one-pass sampler of kernels/sampling.py) or auto
-    (triton on CUDA when it imports, else torch)."""
+    projections of kernels/gemv.py and the one-pass sampler of kernels/sampling.py),
+    triton-perrow (triton without the rows-of-slot index: every row reads its prompt itself)
+    or auto (triton on CUDA when it imports, else torch)."""
     if kind == "auto":
         kind = "triton" if device.type == "cuda" and HAVE_TRITON else "torch"
     if kind == "torch":
         return TORCH_KERNELS
-    if kind not in ("triton", "triton-nogemv"):
+    if kind not in ("triton", "triton-nogemv", "triton-perrow"):
         raise TirgrpoError(f"system.kernels must be one of {', '.join(map(repr, KERNEL_CHOICES))}, not {kind!r}")
     if not HAVE_TRITON:
         raise TirgrpoError(f"system.kernels={kind!r} needs the triton package (pip install triton)")
     if device.type != "cuda" and not triton_interpreting():
         raise TirgrpoError(f"system.kernels={kind!r} runs on CUDA devices, not {device.type} "
                          "(or on CPU tensors with TRITON_INTERPRET=1 set before import, for tests)")
-    return TRITON_KERNELS if kind == "triton" else TRITON_NOGEMV_KERNELS
-
-
-def _require_contiguous(**tensors: torch.Tensor | None) -> None:
-    for name, t in tensors.items():
-        if t is not None and not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (shape {tuple(t.shape)}, strides {t.stride()})")
+    return {"triton": TRITON_KERNELS, "triton-nogemv": TRITON_NOGEMV_KERNELS, "triton-perrow": TRITON_PERROW_KERNELS}[kind]

@@ -98,9 +98,9 @@ class FastEngine:
     max_batch: most rows decoded at once (prompts per batch = max_batch // G).
     length_buckets: capacities of the prompt cache (longest prompt of a batch) and of the
     completion cache (max_new_tokens), each rounded up to the smallest bucket that holds it.
-    kernels: "auto" (Triton on CUDA when triton imports, else torch), "torch", "triton" or
+    kernels: "auto" (Triton on CUDA when triton imports, else torch), "torch", "triton",
     "triton-nogemv" (Triton without the small-batch projection kernels and with the torch
-    sampler; kernels/decode.py).
+    sampler) or "triton-perrow" (Triton without the rows-of-slot index; kernels/decode.py).
     """
 
     def __init__(self, model, tokenizer, max_batch: int = 64, length_buckets=(128, 256, 512, 1024, 2048, 4096, 8192, 16384),
@@ -172,6 +172,9 @@ class FastEngine:
         rot = self.decoder.rotary_emb
         inv_freq, scaling = rot.inv_freq.float(), float(getattr(rot, "attention_scaling", 1.0))
         h, delta = self.decoder.embed_tokens(tokens), None  # residual stream [B, H], pending residual add
+        # The rows of each prompt slot, once per step for all layers: the Triton attention then
+        # reads a slot's prompt keys once for all its rows (None under the torch set).
+        slot_rows = ops.prompt_rows(prefix_slot, prefix_len, cache.k_prompt.shape[1], self.n_heads // self.n_kv)
         for i, layer in enumerate(self.decoder.layers):
             attn, norm = layer.self_attn, layer.input_layernorm
             h, x = ops.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon)
@@ -180,7 +183,7 @@ class FastEngine:
                        v.view(B, self.n_kv, self.head_dim))
             ops.rotary_cache_write(q, k, v, cache.k_comp[i], cache.v_comp[i], pos, comp_pos, inv_freq, scaling)
             out = ops.decode_attention(q, cache.k_prompt[i], cache.v_prompt[i], cache.k_comp[i], cache.v_comp[i],
-                                       prefix_slot, prefix_len, comp_len)
+                                       prefix_slot, prefix_len, comp_len, slot_rows)
             delta = attn.o_proj(out.view(B, self.n_heads * self.head_dim))
             norm = layer.post_attention_layernorm
             h, x = ops.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon)
