@@ -20,6 +20,10 @@
 #   hard-wide  the hard task with the recipe that learns the easy one (configs/...-grpo-from-base.toml),
 #              from the base model; hard-wide-sft: SFT on the hard task, 300 steps (4,800 of its 10,342
 #              examples; 70 steps left its loss at ~0.03 a token), then that recipe from it
+#   hard-sft-gentle  GRPO on the hard-wide-sft wave's SFT judge (AUROC 0.955) that does not
+#              sharpen it away: the wide recipe at lr 1e-5 kept its correctness but cut its AUROC to
+#              0.887; here lr 2e-6 with KL 0.04, and lr 2e-6 with KL 0.2, 150 steps each
+#   hard-wide-long  hard-wide for 300 steps (its AUROC rose 0.63 -> 0.70 in 150 steps, still rising)
 #   from-base-short  GRPO from the base model with completions cut to 32 tokens (the decision
 #              is most of every completion, so its credit is not spread over a long preamble),
 #              G = 16, lr 1e-5, 60 steps
@@ -194,11 +198,22 @@ for wave in "${waves[@]}"; do
         --set optim.total_steps=300
       TASK=gsm8k-verify-hard train sft-grpo-hard-wide configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml \
         --set model.init_from="$RUNS/sft-hard-wide" ;;
+    hard-sft-gentle)
+      TASK=gsm8k-verify-hard sft sft-hard-wide configs/gsm8k-verify-qwen2.5-coder-1.5b-sft.toml \
+        --set optim.total_steps=300
+      TASK=gsm8k-verify-hard train sft-grpo-hard-lr2e-6 configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml \
+        --set model.init_from="$RUNS/sft-hard-wide" --set optim.lr=2e-6 &
+      TASK=gsm8k-verify-hard train sft-grpo-hard-lr2e-6-kl0.2 configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml \
+        --set model.init_from="$RUNS/sft-hard-wide" --set optim.lr=2e-6 --set grpo.beta=0.2 --set run.eval_before=false &
+      wait ;;
+    hard-wide-long)
+      TASK=gsm8k-verify-hard train grpo-from-base-hard-wide-300 configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml \
+        --set optim.total_steps=300 --set run.eval_every=100 ;;
     hard)
       TASK=gsm8k-verify-hard train grpo-from-base-hard "$BASE" &
       TASK=gsm8k-verify-hard sft_then_grpo hard &
       wait ;;
-    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, hard-wide, hard-wide-sft, decision, symmetric, long-budget,"\
+    *) echo "unknown wave $wave (from-base, from-base-short, ablations, sft, hard, hard-wide, hard-wide-sft, hard-sft-gentle, hard-wide-long, decision, symmetric, long-budget,"\
             "first-recipe, long-384, long-384-wide, wider-2gpu, wide-long, wide-fast, update-speed, format-warm, check, prefill, prefill-fast, small)"; exit 2 ;;
   esac
 done
