@@ -4,7 +4,7 @@
 #
 #   1. serve     tirgrpo serve MODEL in the background (stopped at the end and on any exit)
 #   2. generate  TIR transcripts of the first N_PROBLEMS problems, K samples each, in the
-#                model's own chat format, code run in the sandbox, at most 4 turns
+#                model's own chat format, code run in the sandbox, at most MAX_TURNS turns (4)
 #                (stopped after GEN_SECONDS; the run goes on with what was written)
 #   3. solver    the solver's own report: pass@1, majority@K, pass@K, segments, tokens, time
 #   4. split     transcripts -> training / held-out problems (HELDOUT_FRACTION, by a hash of
@@ -52,6 +52,7 @@ CONCURRENCY=${CONCURRENCY:-64}                    # samples generate keeps in fl
 GEN_SECONDS=${GEN_SECONDS:-0}                     # wall-clock cap on generation (0 = none)
 GEN_GRACE=${GEN_GRACE:-10}                        # then seconds before generate is killed
 MAX_TOKENS=${MAX_TOKENS:-2048}                    # generated tokens per transcript, all turns
+MAX_TURNS=${MAX_TURNS:-4}                         # model turns per transcript (a code block ends a turn)
 TEMPERATURE=${TEMPERATURE:-0.7}
 SFT_STEPS=${SFT_STEPS:-auto}                      # auto: SFT_EPOCHS passes, 10..200 steps
 SFT_EPOCHS=${SFT_EPOCHS:-2}
@@ -142,7 +143,7 @@ step() {
 }
 
 log "real_pipeline: MODEL=$MODEL PROBLEMS=$PROBLEMS N_PROBLEMS=$N_PROBLEMS K=$K WORK=$WORK MAX_BATCH=$MAX_BATCH" \
-    "CONCURRENCY=$CONCURRENCY GEN_SECONDS=$GEN_SECONDS MAX_TOKENS=$MAX_TOKENS SFT_STEPS=$SFT_STEPS" \
+    "CONCURRENCY=$CONCURRENCY GEN_SECONDS=$GEN_SECONDS MAX_TOKENS=$MAX_TOKENS MAX_TURNS=$MAX_TURNS SFT_STEPS=$SFT_STEPS" \
     "EVAL_SAMPLES=$EVAL_SAMPLES DEVICE=$DEVICE PORT=$PORT"
 [ -f "$PROBLEMS" ] || { log "PROBLEMS=$PROBLEMS: no such file"; exit 2; }
 
@@ -177,7 +178,7 @@ generate() {
   [ "$GEN_SECONDS" -gt 0 ] && cap=(timeout --foreground -s INT -k "$GEN_GRACE" "$GEN_SECONDS")
   "${cap[@]}" $TIRGRPO generate --problems "$PROBLEMS" --max-problems "$N_PROBLEMS" --base-url "http://127.0.0.1:$PORT/v1" \
     --model solver --chat-template "$MODEL" --samples-per-problem "$K" --concurrency "$CONCURRENCY" \
-    --max-turns 4 --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --seed "$SEED" --out "$T" \
+    --max-turns "$MAX_TURNS" --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --seed "$SEED" --out "$T" \
     --no-progress $SANDBOX_ARGS $GENERATE_ARGS || rc=$?
   # A line cut by the SIGKILL: drop it (generate would too, on resume).
   if [ -s "$T" ] && [ -n "$(tail -c 1 "$T")" ]; then sed -i '$ d' "$T"; echo "dropped a cut-off last line"; fi
