@@ -92,6 +92,31 @@ class KVCache:
         return (self.k_prompt.shape[1], self.k_prompt.shape[3], self.k_comp.shape[1], self.k_comp.shape[3])
 
 
+class _HostTokens:
+    """A step's tokens and log-probs [B], copied to the host behind the work queued so far.
+
+    On CUDA the copy goes to pinned memory without blocking and `wait` waits for that copy
+    alone, not for what was queued after it (the next step's forward)."""
+
+    def __init__(self, tokens: torch.Tensor, logps: torch.Tensor):
+        self.event = None
+        if tokens.is_cuda:
+            self.tokens = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            self.logps = torch.empty(logps.shape, dtype=logps.dtype, pin_memory=True)
+            self.tokens.copy_(tokens, non_blocking=True)
+            self.logps.copy_(logps, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.tokens, self.logps = tokens, logps
+
+    def wait(self) -> tuple[list[int], list[float]]:
+        """(tokens, log-probs) as lists, once the copy is done."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.tokens.tolist(), self.logps.tolist()
+
+
 class FastEngine:
     """Rollout engine with the same interface as `SimpleEngine`.
 
@@ -307,6 +332,12 @@ class FastEngine:
                 row_slot += [slot] * rows_per_copy
         return torch.cat(logits, dim=0), row_slot
 
+    def _sample(self, track: SequenceTracker, logits: torch.Tensor, step: int, params: SamplingParams,
+                generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step `step`'s tokens [B] (long) and log-probs [B] (fp32, nats) from logits [B, V], on the device."""
+        logits = track.forbid_eos(logits, step)
+        return self.kernels.sample(logits, params.temperature, params.top_p, params.top_k, generator)
+
     def _capacity(self, n: int) -> int:
         return _bucket(n, self.length_buckets) if n <= self.length_buckets[-1] else n
 
@@ -333,10 +364,17 @@ class FastEngine:
         advance = per_row([seq is not None for seq in row_seq])
         logits = torch.cat([logits, logits.new_zeros((B - n, logits.shape[1]))])
         step_fn = self._step_fn(width)
+        new, logp = self._sample(track, logits, 0, params, generator)
         for step in range(params.max_new_tokens):
-            logits = track.forbid_eos(logits, step)
-            new, logp = self.kernels.sample(logits, params.temperature, params.top_p, params.top_k, generator)
-            track.record(step, row_seq, new.tolist(), logp.tolist())
+            sampled = _HostTokens(new, logp)
+            if step + 1 < params.max_new_tokens:
+                # The next forward and sample are queued before the host reads this step's
+                # tokens, so the GPU works while the host records them. A row that has just
+                # finished runs one step for nothing; record() drops its token.
+                logits = step_fn(new, prefix_slot, prefix_len, comp_pos)
+                comp_pos = comp_pos + advance
+                new, logp = self._sample(track, logits, step + 1, params, generator)
+            track.record(step, row_seq, *sampled.wait())
             alive = [r for r, seq in enumerate(row_seq) if track.live(seq)]
             if not alive:
                 break
@@ -344,19 +382,19 @@ class FastEngine:
             if smaller < width:
                 # Finished rows would keep costing attention: move the live rows to the front
                 # and continue with the graph of the smaller bucket. Only completion rows
-                # move; the rows keep pointing at their prompt slots.
+                # move (with the step just queued: its keys, positions, sampled tokens); the
+                # rows keep pointing at their prompt slots.
                 idx = per_row(alive)
                 cache.k_comp[:, : len(alive)] = cache.k_comp[:, idx]
                 cache.v_comp[:, : len(alive)] = cache.v_comp[:, idx]
                 pad = smaller - len(alive)
                 row_seq = [row_seq[r] for r in alive] + [None] * pad
                 new = torch.cat([new[idx], new.new_full((pad,), self.pad_id)])
+                logp = torch.cat([logp[idx], logp.new_zeros(pad)])
                 prefix_slot, prefix_len, comp_pos = (torch.cat([t[idx], t.new_zeros(pad)])
                                                      for t in (prefix_slot, prefix_len, comp_pos))
                 advance = per_row([seq is not None for seq in row_seq])
                 width = smaller
                 step_fn = self._step_fn(width)
-            logits = step_fn(new, prefix_slot, prefix_len, comp_pos)
-            comp_pos = comp_pos + advance
 
         return track.completions()
