@@ -70,18 +70,25 @@ def test_rotary_cache_write(device, dtype, heads):
 ROWS = [(2, 0, 1), (0, 5, 1), (0, 37, 20), (1, 80, 48), (2, 33, 17), (2, 16, 2)]
 
 
+def attention_inputs(rows, heads, n_slots, B_cap, seed, dtype, device):
+    """(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen) for rows of (slot, prompt length,
+    completion length): random values, head size 16, prompt cache of 80 keys, completion cache of 48."""
+    Hq, Hkv = heads
+    D, P_cap, N_cap = 16, 80, 48
+    g = torch.Generator().manual_seed(seed)
+    q = randn(len(rows), Hq, D, dtype=dtype, device=device, generator=g)
+    k_prompt, v_prompt = (randn(n_slots, Hkv, P_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
+    k_comp, v_comp = (randn(B_cap, Hkv, N_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
+    slot, plen, clen = (torch.tensor(col, device=device) for col in zip(*rows))
+    return q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen
+
+
 @on_devices
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads", [(12, 2), (4, 2), (2, 2)])
 def test_decode_attention(device, dtype, heads):
-    Hq, Hkv = heads
-    D, n_slots, P_cap, B_cap, N_cap = 16, 3, 80, 8, 48
-    g = torch.Generator().manual_seed(2)
-    B = len(ROWS)
-    q = randn(B, Hq, D, dtype=dtype, device=device, generator=g)
-    k_prompt, v_prompt = (randn(n_slots, Hkv, P_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
-    k_comp, v_comp = (randn(B_cap, Hkv, N_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
-    slot, plen, clen = (torch.tensor(col, device=device) for col in zip(*ROWS))
+    q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen = attention_inputs(ROWS, heads, 3, 8, 2, dtype, device)
+    Hq, Hkv, D = *heads, q.shape[-1]
     ref = K.decode_attention_torch(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
     out = K.decode_attention(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen, keys_per_split=32, block_n=16)
     torch.testing.assert_close(out, ref, **tol(dtype, device))
@@ -152,16 +159,11 @@ def test_decode_attention_prompt_batched(device, dtype, heads, R):
     different prompt lengths, padding rows; block_n 16 and 32 keys per split over a prompt cache
     of 80 and a completion cache of 48, as test_decode_attention."""
     Hq, Hkv = heads
-    D, n_slots, P_cap, B_cap, N_cap = 16, 5, 80, 16, 48
-    g = torch.Generator().manual_seed(6)
-    B = len(SLOT_ROWS)
-    q = randn(B, Hq, D, dtype=dtype, device=device, generator=g)
-    k_prompt, v_prompt = (randn(n_slots, Hkv, P_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
-    k_comp, v_comp = (randn(B_cap, Hkv, N_cap, D, dtype=dtype, device=device, generator=g) for _ in range(2))
-    slot, plen, clen = (torch.tensor(col, device=device) for col in zip(*SLOT_ROWS))
+    n_slots = 5
+    args = attention_inputs(SLOT_ROWS, heads, n_slots, 16, 6, dtype, device)
+    slot, plen = args[5], args[6]
     rows = K.prompt_rows(slot, plen, n_slots, Hq // Hkv, R)
-    ref = K.decode_attention_torch(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
-    args = (q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen)
+    ref = K.decode_attention_torch(*args)
     out = K.decode_attention(*args, rows, keys_per_split=32, block_n=16)
     per_row = K.decode_attention(*args, keys_per_split=32, block_n=16)
     torch.testing.assert_close(out, ref, **tol(dtype, device))

@@ -182,6 +182,29 @@ def decode_attention_torch(q: torch.Tensor, k_prompt: torch.Tensor, v_prompt: to
 
 
 @triton.jit
+def _attend_block(q, k, v, visible, m_i, l_i, acc, scale, v_cache_ptr, DOT_PRECISION: tl.constexpr,
+                  INTERPRETED: tl.constexpr):
+    """One block of keys into a running softmax (flash attention's inner step): q [M, D], k, v
+    [BLOCK_N, D], visible [M or 1, BLOCK_N]; m_i, l_i [M] (running max and sum), acc [M, D] fp32.
+    Returns the updated (m_i, l_i, acc)."""
+    if INTERPRETED:  # Triton's CPU interpreter multiplies bf16 as raw integers; fp32 holds bf16 exactly.
+        k, v = k.to(tl.float32), v.to(tl.float32)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # [M, BLOCK_N] fp32
+    scores = tl.where(visible, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    # A row with no visible key here nor before (m_new -inf) keeps max -inf and sum 0, an
+    # empty partial, not exp(-inf + inf) = nan.
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_ref)
+    p = tl.exp(scores - m_ref[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    # The probabilities are rounded to the cache dtype, as the torch version's are.
+    p = p.to(v_cache_ptr.dtype.element_ty).to(v.dtype)
+    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_attention_split_kernel(
         q_ptr, kp_ptr, vp_ptr, kc_ptr, vc_ptr, slot_ptr, plen_ptr, clen_ptr, acc_ptr, m_ptr, l_ptr,
         stride_qb, stride_pb, stride_ph, stride_cb, stride_ch, split0, n_prompt_splits, n_splits, scale,
@@ -222,19 +245,7 @@ def _decode_attention_split_kernel(
         valid = keys < end
         k = tl.load(k_base + keys[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_base + keys[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
-        if INTERPRETED:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # [GROUP_PAD, BLOCK_N] fp32
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        # Online softmax: every block has a valid key, so m_new is finite.
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        # The probabilities are rounded to the cache dtype, as the torch version's are.
-        p = p.to(vc_ptr.dtype.element_ty).to(v.dtype)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _attend_block(q, k, v, valid[None, :], m_i, l_i, acc, scale, vc_ptr, DOT_PRECISION, INTERPRETED)
 
     # Partials are laid out [B, HQ, n_splits(, D)] so the combine reads one head's splits.
     head = b * HQ + hk * GROUP + g  # [GROUP_PAD]
@@ -280,21 +291,9 @@ def _decode_attention_prompt_kernel(
         keys = n0 + n
         k = tl.load(kp_ptr + base + keys[:, None] * D + d[None, :], mask=(keys < end)[:, None], other=0.0)
         v = tl.load(vp_ptr + base + keys[:, None] * D + d[None, :], mask=(keys < end)[:, None], other=0.0)
-        if INTERPRETED:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # [M_PAD, BLOCK_N] fp32
-        scores = tl.where(keys[None, :] < tl.minimum(plen, end)[:, None], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        # A row whose prompt ends before this block has no key here; with no key before either
-        # (m_new -inf) it keeps max -inf and sums 0, an empty partial, not exp(-inf + inf) = nan.
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_ref)
-        p = tl.exp(scores - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        # The probabilities are rounded to the cache dtype, as the torch version's are.
-        p = p.to(vp_ptr.dtype.element_ty).to(v.dtype)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        # each row sees its own prompt's keys only
+        visible = keys[None, :] < tl.minimum(plen, end)[:, None]
+        m_i, l_i, acc = _attend_block(q, k, v, visible, m_i, l_i, acc, scale, vp_ptr, DOT_PRECISION, INTERPRETED)
 
     out = (row.to(tl.int64) * HQ + head) * n_splits + s  # [M_PAD] into the [B, HQ, n_splits] layout
     tl.store(m_ptr + out, m_i, mask=live)
