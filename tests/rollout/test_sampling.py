@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tirgrpo.rollout.sampling import filter_logits, sample_next
+from tirgrpo.rollout.sampling import HostCopy, filter_logits, sample_next
 
 NEG = float("-inf")
 
@@ -135,3 +135,17 @@ def test_never_samples_a_zero_probability_token():
     tok, lp = sample_next(logits.expand(5000, 4), 1.0, generator=torch.Generator().manual_seed(0))
     assert not bool((tok == 2).any())
     torch.testing.assert_close(lp, torch.full((5000,), math.log(1 / 3)))
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_host_copy_returns_exact_token_ids_and_log_probs(device):
+    """Token ids travel as fp32 beside the log-probs: exact below 2**24 (Qwen's largest id is
+    151,935), handed back as ints; the buffer is reused by the next step's copy."""
+    copy = HostCopy()
+    tokens = torch.tensor([0, 7, 151935, 2**24 - 1], device=device)
+    logp = torch.tensor([-0.5, -1.25, -3.0, 0.0], device=device)
+    ids, lps = HostCopy.wait(copy.start(tokens, logp))
+    assert ids == [0, 7, 151935, 2**24 - 1] and all(type(t) is int for t in ids)
+    assert lps == [-0.5, -1.25, -3.0, 0.0]
+    ids, lps = HostCopy.wait(copy.start(tokens[:2] + 1, logp[:2]))
+    assert ids == [1, 8] and lps == [-0.5, -1.25]

@@ -43,6 +43,7 @@ import torch
 
 from tirgrpo.rollout.engine import BATCH_BUCKETS, FastEngine, _bucket, _cache_kv
 from tirgrpo.rollout.per_row import TokenText, _TextState, sample_rows
+from tirgrpo.rollout.sampling import HostCopy
 from tirgrpo.rollout.types import Completion, SamplingParams
 
 
@@ -135,7 +136,7 @@ class ContinuousBatcher:
         self.free_slots = list(range(max_rows - 1, -1, -1))
         self.rows: list[_Seq] = []  # live rows, in cache-row order
         self.slot, self.prefix_len, self.comp_pos = [], [], []
-        self._pinned: torch.Tensor | None = None  # host buffer of each step's tokens (CUDA)
+        self._host = HostCopy()  # each step's tokens to the host, behind the next decode
         self.logits: torch.Tensor | None = None  # next-token logits of the live rows
         self.lock = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -262,7 +263,7 @@ class ContinuousBatcher:
             clock.append(time.perf_counter())
             rows = len(self.rows)
             tokens, logp = self._sample(torch.cat(logits) if len(logits) > 1 else logits[0])
-            host = self._to_host(tokens, logp)
+            host = self._host.start(tokens, logp)
             clock.append(time.perf_counter())
             if self.record_first:
                 # Nothing runs behind the host's back: hand the tokens out (a new group's first
@@ -384,29 +385,9 @@ class ContinuousBatcher:
         temperature, top_p, top_k, uniform = torch.cat([settings, uniform[:, None]], 1).to(logits.device).unbind(1)
         return sample_rows(logits, temperature, top_p, top_k.long(), uniform)  # top_k is exact in fp32
 
-    def _to_host(self, tokens: torch.Tensor, logp: torch.Tensor):
-        """Start copying the sampled tokens and log-probs to the host; `_record_all` waits for it.
-
-        One copy: token ids are exact in fp32 (vocabularies are under 2**24). On CUDA it goes
-        into pinned memory behind an event, so that the decode launched next is not waited for.
-        """
-        both = torch.stack([tokens.to(logp.dtype), logp])
-        if both.device.type != "cuda":
-            return both, None
-        if self._pinned is None:
-            self._pinned = torch.empty(2 * self.max_rows, dtype=both.dtype, pin_memory=True)
-        dst = self._pinned[: both.numel()].view(both.shape)  # contiguous, or the copy would not be async
-        dst.copy_(both, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return dst, done
-
     def _record_all(self, host) -> None:
         """Append each row's token, find finished rows, report to the sinks."""
-        values, event = host
-        if event is not None:
-            event.synchronize()
-        host_tokens, host_logp = values.tolist()
+        host_tokens, host_logp = HostCopy.wait(host)
         updates: dict[int, tuple[Group, list[RowUpdate]]] = {}
         now = time.perf_counter()
         for s, tok, lp in zip(self.rows, host_tokens, host_logp):
@@ -419,7 +400,7 @@ class ContinuousBatcher:
                 s.finish = "cancelled"
                 self.cancelled_rows += 1
                 continue
-            u = self._record(s, int(tok), lp)
+            u = self._record(s, tok, lp)
             updates.setdefault(id(s.group), (s.group, []))[1].append(u)
         for g, us in updates.values():
             g.sink(us)

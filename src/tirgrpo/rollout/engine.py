@@ -47,6 +47,7 @@ import torch
 
 from tirgrpo.kernels import gemv
 from tirgrpo.kernels.decode import select_kernels
+from tirgrpo.rollout.sampling import HostCopy
 from tirgrpo.rollout.simple import eos_ids
 from tirgrpo.rollout.tracker import SequenceTracker
 from tirgrpo.rollout.types import Completion, SamplingParams
@@ -90,31 +91,6 @@ class KVCache:
     def capacity(self) -> tuple[int, int, int, int]:
         """(slots, P_cap, rows, N_cap)."""
         return (self.k_prompt.shape[1], self.k_prompt.shape[3], self.k_comp.shape[1], self.k_comp.shape[3])
-
-
-class _HostTokens:
-    """A step's tokens and log-probs [B], copied to the host behind the work queued so far.
-
-    On CUDA the copy goes to pinned memory without blocking and `wait` waits for that copy
-    alone, not for what was queued after it (the next step's forward)."""
-
-    def __init__(self, tokens: torch.Tensor, logps: torch.Tensor):
-        self.event = None
-        if tokens.is_cuda:
-            self.tokens = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            self.logps = torch.empty(logps.shape, dtype=logps.dtype, pin_memory=True)
-            self.tokens.copy_(tokens, non_blocking=True)
-            self.logps.copy_(logps, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.tokens, self.logps = tokens, logps
-
-    def wait(self) -> tuple[list[int], list[float]]:
-        """(tokens, log-probs) as lists, once the copy is done."""
-        if self.event is not None:
-            self.event.synchronize()
-        return self.tokens.tolist(), self.logps.tolist()
 
 
 class FastEngine:
@@ -364,9 +340,10 @@ class FastEngine:
         advance = per_row([seq is not None for seq in row_seq])
         logits = torch.cat([logits, logits.new_zeros((B - n, logits.shape[1]))])
         step_fn = self._step_fn(width)
+        host = HostCopy()
         new, logp = self._sample(track, logits, 0, params, generator)
         for step in range(params.max_new_tokens):
-            sampled = _HostTokens(new, logp)
+            sampled = host.start(new, logp)
             if step + 1 < params.max_new_tokens:
                 # The next forward and sample are queued before the host reads this step's
                 # tokens, so the GPU works while the host records them. A row that has just
@@ -374,7 +351,7 @@ class FastEngine:
                 logits = step_fn(new, prefix_slot, prefix_len, comp_pos)
                 comp_pos = comp_pos + advance
                 new, logp = self._sample(track, logits, step + 1, params, generator)
-            track.record(step, row_seq, *sampled.wait())
+            track.record(step, row_seq, *HostCopy.wait(sampled))
             alive = [r for r, seq in enumerate(row_seq) if track.live(seq)]
             if not alive:
                 break

@@ -56,3 +56,38 @@ def sample_next(
         tokens = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=probs.shape[-1] - 1)[:, 0]
     logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None])[:, 0]
     return tokens, logp
+
+
+class HostCopy:
+    """A decode step's sampled tokens [B] and log-probs [B], copied to the host behind the work
+    queued so far, without waiting for what is queued after it (the next decode step).
+
+    One copy: token ids are exact in fp32 (vocabularies are under 2**24). On CUDA it goes into
+    a pinned buffer, reused from step to step (each step's copy is read before the next
+    starts), behind an event; elsewhere the tensors themselves are read.
+    """
+
+    def __init__(self):
+        self._pinned: torch.Tensor | None = None
+
+    def start(self, tokens: torch.Tensor, logp: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Queue the copy; `wait` on what this returns gives the values."""
+        both = torch.stack([tokens.to(logp.dtype), logp])
+        if both.device.type != "cuda":
+            return both, None
+        if self._pinned is None or self._pinned.numel() < both.numel():
+            self._pinned = torch.empty(both.numel(), dtype=both.dtype, pin_memory=True)
+        dst = self._pinned[: both.numel()].view(both.shape)  # contiguous, or the copy would not be async
+        dst.copy_(both, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return dst, done
+
+    @staticmethod
+    def wait(copy: tuple[torch.Tensor, torch.cuda.Event | None]) -> tuple[list[int], list[float]]:
+        """(token ids, log-probs) of a `start`ed copy, once it has arrived."""
+        values, done = copy
+        if done is not None:
+            done.synchronize()
+        tokens, logp = values.tolist()
+        return [int(t) for t in tokens], logp
