@@ -70,6 +70,14 @@ def test_rotary_cache_write(device, dtype, heads):
 ROWS = [(2, 0, 1), (0, 5, 1), (0, 37, 20), (1, 80, 48), (2, 33, 17), (2, 16, 2)]
 
 
+@pytest.fixture(autouse=True)
+def nan_partials(monkeypatch):
+    """The attention's split partials start as NaN, so a partial no kernel wrote reaches the
+    output (a reused allocator block could otherwise hold an earlier call's right values)."""
+    monkeypatch.setattr("tirgrpo.kernels.decode_attention.partials",
+                        lambda shape, device: torch.full(shape, float("nan"), device=device))
+
+
 def attention_inputs(rows, heads, n_slots, B_cap, seed, dtype, device):
     """(q, k_prompt, v_prompt, k_comp, v_comp, slot, plen, clen) for rows of (slot, prompt length,
     completion length): random values, head size 16, prompt cache of 80 keys, completion cache of 48."""
@@ -225,6 +233,8 @@ def test_kernel_choice():
     assert K.TRITON_PERROW_KERNELS.prompt_rows is K.no_prompt_rows is K.TORCH_KERNELS.prompt_rows
     small = torch.zeros(PROMPT_BATCH_MIN_ROWS - 1, dtype=torch.long)
     assert K.prompt_rows_from_min_batch(small, small + 5, 2, 6) is None
+    unshared = torch.arange(PROMPT_BATCH_MIN_ROWS)  # a prompt slot per row (share_prefill=False)
+    assert K.prompt_rows_from_min_batch(unshared, unshared + 5, PROMPT_BATCH_MIN_ROWS, 6) is None
     if K.triton_interpreting():
         assert K.select_kernels("triton-nogemv", cpu).name == "triton-nogemv"
         assert K.select_kernels("triton-perrow", cpu).name == "triton-perrow"

@@ -1,4 +1,4 @@
-"""The one-pass Triton sampler (kernels/sampling.py) against `rollout.sampling.sample_next`.
+"""The split-vocabulary Triton sampler (kernels/sampling.py) against `rollout.sampling.sample_next`.
 
 On a CPU it runs in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), on
 CUDA compiled; without triton the tests are skipped.
@@ -51,6 +51,37 @@ def test_samples_follow_the_tempered_softmax_and_their_log_probs(device):
 
 
 @on_devices
+def test_samples_across_blocks(device):
+    """The mass in three blocks of the vocabulary, at the same offset in each (tokens 5,
+    BLOCK_V + 5, 2 BLOCK_V + 5; probabilities 0.5, 0.3, 0.2): the combine must pick the block by
+    its Gumbel key (not by its largest logit), and each block draw its own noise."""
+    V, tokens = 3 * BLOCK_V, torch.tensor([5, BLOCK_V + 5, 2 * BLOCK_V + 5])
+    expected = torch.tensor([0.5, 0.3, 0.2])
+    logits = torch.full((2000, V), float("-inf"))
+    logits[:, tokens] = expected.log()
+    drawn, logp = sample_fused(logits.to(device), 1.0, generator=generator(device))
+    drawn = drawn.cpu()
+    assert torch.isin(drawn, tokens).all()
+    freq = torch.stack([(drawn == t).double().mean() for t in tokens])
+    se = (expected * (1 - expected) / len(drawn)).sqrt().double()
+    assert (freq - expected.double()).abs().le(4 * se).all(), freq
+    assert torch.allclose(logp.cpu(), logits[0, drawn], atol=1e-5)
+
+
+@on_devices
+def test_greedy_ties_go_to_the_lowest_token(device):
+    """As torch.argmax: equal maxima in one block, and across a block boundary (on a CPU the
+    interpreter breaks ties to the left whatever the kernel asks; the check bites on CUDA)."""
+    logits = torch.zeros(3, 2 * BLOCK_V)
+    logits[0, [7, 9]] = 3.0  # one block
+    logits[1, [BLOCK_V - 1, BLOCK_V]] = 3.0  # the two sides of the boundary
+    logits[2, [BLOCK_V + 2, 3]] = 3.0  # the later block's first
+    tokens, logp = sample_fused(logits.to(device), 0.0)
+    assert tokens.tolist() == [7, BLOCK_V - 1, 3]
+    torch.testing.assert_close(logp, sample_next(logits.to(device), 0.0)[1], atol=1e-5, rtol=1e-5)
+
+
+@on_devices
 def test_seeded_generator_reproduces_and_calls_differ(device):
     logits = torch.zeros(64, 50, device=device)  # uniform: every token as likely
     a, _ = sample_fused(logits, 1.0, generator=generator(device, 3))
@@ -75,7 +106,7 @@ def test_filters_fall_back_to_sample_next(device):
 
 @on_devices
 def test_engine_samples_with_it_and_log_probs_equal_the_trainers(device, tiny_model_dir, byte_tokenizer):
-    """FastEngine with the Triton set samples through the one-pass kernel: each sampled token's
+    """FastEngine with the Triton set samples through the Triton kernels: each sampled token's
     log-prob is the trainer's (token_logprobs at the same temperature), and a seeded generator
     gives the same completions twice."""
     from transformers import AutoModelForCausalLM

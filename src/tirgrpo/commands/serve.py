@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "long admissions pause the running rows; more admits a burst in fewer steps")
     parser.add_argument("--kernels", default="auto", choices=KERNEL_CHOICES,
                         help="FastEngine's decode-step kernels (triton-nogemv: Triton without the GEMV kernels "
-                             "and the one-pass sampler)")
+                             "and the Triton sampler)")
     parser.add_argument("--seed", type=int, default=0)
 
 

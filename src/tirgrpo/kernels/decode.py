@@ -213,7 +213,7 @@ class Kernels(NamedTuple):
     linears / gate_up_silu: the projections (kernels/gemv.py), which the engine sends there
     for plain nn.Linear modules at batch sizes up to gemv_max_batch (0: never; the modules
     themselves, i.e. cuBLAS, run instead). sample: the next token from the logits
-    (`rollout.sampling.sample_next`, or its one-pass kernel, kernels/sampling.py).
+    (`rollout.sampling.sample_next`, or its Triton kernels, kernels/sampling.py).
     prompt_rows: (prefix_slot, prefix_len, n_slots, group) -> the rows-of-slot index that
     decode_attention takes as its 9th argument, built once per step (kernels/decode_attention.py),
     or None: each row reads its prompt itself (the torch set; triton-perrow).
@@ -246,7 +246,7 @@ TRITON_PERROW_KERNELS = TRITON_KERNELS._replace(name="triton-perrow", prompt_row
 
 def select_kernels(kind: str, device: torch.device) -> Kernels:
     """The kernels for `kind`: torch, triton, triton-nogemv (triton without the small-batch
-    projections of kernels/gemv.py and the one-pass sampler of kernels/sampling.py),
+    projections of kernels/gemv.py and the Triton sampler of kernels/sampling.py),
     triton-perrow (triton without the rows-of-slot index: every row reads its prompt itself)
     or auto (triton on CUDA when it imports, else torch)."""
     if kind == "auto":

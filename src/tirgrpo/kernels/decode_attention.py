@@ -33,7 +33,9 @@ ATTN_BLOCK_N = 64
 PROMPT_TILE_M = 64
 # Batches below this many rows read each row's prompt per row: on an H200 (1.5B shape, 3,072
 # prompt tokens, G = 4; docs/benchmarks.md) the index made attention slower at batch 8 (0.42 vs
-# 0.31 ms a step: a quarter of the programs) and faster at batch 64 (0.91 vs 1.21 ms).
+# 0.31 ms a step: a quarter of the programs) and faster at batch 64 (0.92 vs 1.22 ms). So do
+# caches with more than half as many prompt slots as rows (a slot per row: nothing is shared,
+# and each item's tile would hold one row; measured only at G = 4).
 PROMPT_BATCH_MIN_ROWS = 32
 
 
@@ -61,9 +63,11 @@ def no_prompt_rows(prefix_slot: torch.Tensor, prefix_len: torch.Tensor, n_slots:
 
 def prompt_rows_from_min_batch(prefix_slot: torch.Tensor, prefix_len: torch.Tensor, n_slots: int,
                                group: int) -> torch.Tensor | None:
-    """`prompt_rows` for batches of at least PROMPT_BATCH_MIN_ROWS rows, else None (per row);
-    the Triton set's choice. B is fixed for a captured graph, so the choice is too."""
-    if prefix_slot.shape[0] < PROMPT_BATCH_MIN_ROWS:
+    """`prompt_rows` for batches of at least PROMPT_BATCH_MIN_ROWS rows over a cache of at most
+    B / 2 prompt slots, else None (per row); the Triton set's choice. Shapes alone decide, fixed
+    for a captured graph."""
+    B = prefix_slot.shape[0]
+    if B < PROMPT_BATCH_MIN_ROWS or 2 * n_slots > B:
         return None
     return prompt_rows(prefix_slot, prefix_len, n_slots, group)
 
@@ -148,6 +152,12 @@ def prompt_rows(prefix_slot: torch.Tensor, prefix_len: torch.Tensor, n_slots: in
 
 
 # ---------------------------------------------------------------------------- attention
+
+
+def partials(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """fp32 scratch for the splits' partial results: every entry is written by a split kernel
+    before the combine reads it, so it need not be cleared (tests fill it with NaN to check)."""
+    return torch.empty(shape, dtype=torch.float32, device=device)
 
 
 def decode_attention_torch(q: torch.Tensor, k_prompt: torch.Tensor, v_prompt: torch.Tensor, k_comp: torch.Tensor,
@@ -347,9 +357,8 @@ def decode_attention(q: torch.Tensor, k_prompt: torch.Tensor, v_prompt: torch.Te
     group = Hq // Hkv
     n_prompt_splits = triton.cdiv(P, keys_per_split)
     n_splits = n_prompt_splits + triton.cdiv(N, keys_per_split)
-    acc = torch.empty((B, Hq, n_splits, D), dtype=torch.float32, device=q.device)
-    m = torch.empty((B, Hq, n_splits), dtype=torch.float32, device=q.device)
-    l = torch.empty_like(m)
+    acc = partials((B, Hq, n_splits, D), q.device)
+    m, l = partials((B, Hq, n_splits), q.device), partials((B, Hq, n_splits), q.device)
     # fp32 models get full-precision products; tf32 (the default) only matters for them.
     common = dict(HQ=Hq, GROUP=group, D=D, KEYS_PER_SPLIT=keys_per_split, BLOCK_N=block_n,
                   DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", INTERPRETED=INTERPRETED)

@@ -4,7 +4,7 @@ Every row forces exactly `--new-tokens` tokens (eos is masked out), on random pr
 tokens. `--kernels torch triton` times FastEngine with each kernel set in the same call
 (one row each), so the torch decode step is measured beside the Triton one; `--kernels
 triton-nogemv triton` compares the projections on cuBLAS and the torch sampler with the
-small-batch GEMV kernels (kernels/gemv.py, batch <= 16) and the one-pass sampler
+small-batch GEMV kernels (kernels/gemv.py, batch <= 16) and the Triton sampler
 (kernels/sampling.py) under the same Triton decode kernels. Reported:
 prefill time (all prompts of the batch, once per prompt), milliseconds per decode step,
 generated tokens/s over the whole call, peak memory (GiB = 2^30 bytes,
