@@ -563,3 +563,17 @@ def test_handoff_wakes_the_loop_once_for_a_burst_and_loses_nothing():
     got, wakes = asyncio.run(run())
     assert all(g == list(range(steps)) for g in got)  # every update, in order
     assert wakes < steps * groups / 4  # one per put would be 2,400
+
+
+def test_context_errors_end_a_transcript_in_generate(server):
+    """A prompt over the server's prompt limit, and a prompt whose max_tokens would run past the
+    model's length: both 400s say "maximum context length", which `tirgrpo generate` reads as the
+    end of a transcript ("length"), not as a failed sample."""
+    from tirgrpo.tir.generate import context_full
+
+    max_len = httpx.get(server + "/models", timeout=30).json()["data"][0]["max_model_len"]
+    for prompt, max_tokens in (("x" * (max_len + 10), 1), ("x" * (max_len - 4), 8)):
+        r = httpx.post(server + "/completions", json={"prompt": prompt, "max_tokens": max_tokens}, timeout=30)
+        assert r.status_code == 400 and context_full(r.status_code, r.text), r.text
+    r = httpx.post(server + "/completions", json={"prompt": "x", "temperature": -1}, timeout=30)
+    assert r.status_code == 400 and not context_full(r.status_code, r.text)

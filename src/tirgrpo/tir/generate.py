@@ -290,6 +290,12 @@ class ServerError(Exception):
         self.retry = retry
 
 
+def context_full(status: int, detail: str) -> bool:
+    """Whether an error answer says the prompt and max_tokens do not fit the context (HTTP 400 with
+    "maximum context length", as OpenAI, vLLM and tirgrpo serve word it)."""
+    return status == 400 and "maximum context length" in detail
+
+
 class ContextFull(ServerError):
     """The prompt and max_tokens do not fit the server's context: the transcript ends here ("length")."""
 
@@ -373,7 +379,7 @@ class CompletionsClient:
             with self.http.stream("POST", self.base + "/completions", json=body) as r:
                 if r.status_code != 200:
                     detail = r.read().decode("utf-8", "replace")[:300]
-                    if r.status_code == 400 and "maximum context length" in detail:
+                    if context_full(r.status_code, detail):
                         raise ContextFull(detail)
                     raise ServerError(f"HTTP {r.status_code} from /completions: {detail}", retry=r.status_code >= 500 or r.status_code == 429)
                 for line in r.iter_lines():

@@ -151,8 +151,10 @@ class Service:
             max_tokens = _number(body, "max_completion_tokens", None, True, 1, lim.max_tokens)
         max_tokens = default_max if max_tokens is None else max_tokens
         if longest > lim.max_prompt_tokens:
-            raise RequestError(f"a prompt of {longest} tokens; this server takes at most {lim.max_prompt_tokens}",
-                               param="messages" if chat else "prompt")
+            # "maximum context length", as OpenAI and vLLM say it: clients (tirgrpo generate) end a
+            # transcript on it instead of failing the sample
+            raise RequestError(f"a prompt of {longest} tokens is over this server's maximum context length for "
+                               f"prompts ({lim.max_prompt_tokens} tokens)", param="messages" if chat else "prompt")
         if longest + max_tokens > lim.max_model_len or max_tokens < 1:
             raise RequestError(
                 f"This model's maximum context length is {lim.max_model_len} tokens. However, you requested "
