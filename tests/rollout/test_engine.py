@@ -99,6 +99,28 @@ def test_rows_that_finish_early_are_compacted_and_still_right(models, byte_token
             assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-5)
 
 
+def test_min_new_tokens_masks_eos_up_to_its_step(models, byte_tokenizer):
+    """min_new_tokens = m: eos is masked at steps 0..m-1 and allowed from step m, with the next
+    step queued before the host reads the current one (the step number must follow the token).
+    With eos = the unmasked greedy token at step m (absent before), the row ends there; with eos
+    = the one at step m - 1, the mask changes the token at m - 1. Both as the simple engine."""
+    model = models["qwen2"]
+    ps = prompts(byte_tokenizer)[:1]
+    g = FastEngine(model, byte_tokenizer, length_buckets=(64,)).generate(ps, 1, SamplingParams(16, 0.0))[0][0].token_ids
+    m = next(i for i in range(3, 12) if g[i] not in g[:i] and g[i - 1] not in g[: i - 1])
+    for eos, ends_at in ((g[m], m), (g[m - 1], None)):
+        runs = []
+        for engine in (SimpleEngine(model, byte_tokenizer), FastEngine(model, byte_tokenizer, length_buckets=(64,))):
+            engine.eos = {eos}
+            (c,), = engine.generate(ps, 1, SamplingParams(16, 0.0, min_new_tokens=m))
+            runs.append((c.token_ids, c.finish_reason))
+        assert runs[0] == runs[1], (eos, runs)
+        if ends_at is not None:
+            assert runs[1] == (g[: m + 1], "eos")
+        else:
+            assert runs[1][0][m - 1] != eos and runs[1][0][: m - 1] == g[: m - 1]
+
+
 def test_stop_string_and_length(models, byte_tokenizer):
     model = models["qwen2"]
     ps = prompts(byte_tokenizer)

@@ -149,3 +149,5 @@ def test_host_copy_returns_exact_token_ids_and_log_probs(device):
     assert lps == [-0.5, -1.25, -3.0, 0.0]
     ids, lps = HostCopy.wait(copy.start(tokens[:2] + 1, logp[:2]))
     assert ids == [1, 8] and lps == [-0.5, -1.25]
+    ids, _ = HostCopy.wait(copy.start(tokens, logp.bfloat16()))  # a 16-bit logp: the ids stay exact
+    assert ids == [0, 7, 151935, 2**24 - 1]

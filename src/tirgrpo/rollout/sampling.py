@@ -72,7 +72,7 @@ class HostCopy:
 
     def start(self, tokens: torch.Tensor, logp: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Queue the copy; `wait` on what this returns gives the values."""
-        both = torch.stack([tokens.to(logp.dtype), logp])
+        both = torch.stack([tokens.float(), logp.float()])  # ids exact in fp32, not in a 16-bit logp's dtype
         if both.device.type != "cuda":
             return both, None
         if self._pinned is None or self._pinned.numel() < both.numel():
