@@ -69,7 +69,7 @@ case $JUDGE_START in
 esac
 GRPO_SET=${GRPO_SET:-}                            # more train overrides, e.g. "--set rollout.group_size=4"
 EVAL_SAMPLES=${EVAL_SAMPLES:-8}                   # sampled judgements per example
-EVAL_MAX_NEW_TOKENS=${EVAL_MAX_NEW_TOKENS:-128}
+EVAL_MAX_NEW_TOKENS=${EVAL_MAX_NEW_TOKENS:-auto}      # auto: GRPO_CONFIG's rollout.max_new_tokens
 EVAL_BATCH=${EVAL_BATCH:-64}
 EVAL_BASE=${EVAL_BASE:-1}                         # also evaluate the untrained MODEL as a judge
 HELDOUT_FRACTION=${HELDOUT_FRACTION:-0.3}
@@ -85,6 +85,12 @@ SERVE_WAIT=${SERVE_WAIT:-1200}                    # seconds to wait for the serv
 STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft, grpo or eval
 PYTHON=${PYTHON:-python3}
 TIRGRPO=${TIRGRPO:-$PYTHON -m tirgrpo}
+# The judge is evaluated with the room it was trained to write in: at 128 tokens a judge trained
+# with 384 (JUDGE_START=base) is cut off and counted invalid on half its judgements.
+if [ "$EVAL_MAX_NEW_TOKENS" = auto ]; then
+  EVAL_MAX_NEW_TOKENS=$($PYTHON -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["rollout"]["max_new_tokens"])' \
+    "$GRPO_CONFIG") || { echo "real_pipeline: cannot read rollout.max_new_tokens from GRPO_CONFIG=$GRPO_CONFIG" >&2; exit 2; }
+fi
 
 mkdir -p "$WORK/logs"
 LOG=$WORK/pipeline.log
@@ -144,7 +150,7 @@ step() {
 
 log "real_pipeline: MODEL=$MODEL PROBLEMS=$PROBLEMS N_PROBLEMS=$N_PROBLEMS K=$K WORK=$WORK MAX_BATCH=$MAX_BATCH" \
     "CONCURRENCY=$CONCURRENCY GEN_SECONDS=$GEN_SECONDS MAX_TOKENS=$MAX_TOKENS MAX_TURNS=$MAX_TURNS SFT_STEPS=$SFT_STEPS" \
-    "EVAL_SAMPLES=$EVAL_SAMPLES DEVICE=$DEVICE PORT=$PORT"
+    "EVAL_SAMPLES=$EVAL_SAMPLES EVAL_MAX_NEW_TOKENS=$EVAL_MAX_NEW_TOKENS DEVICE=$DEVICE PORT=$PORT"
 [ -f "$PROBLEMS" ] || { log "PROBLEMS=$PROBLEMS: no such file"; exit 2; }
 
 # ---------------------------------------------------------------- 1-2. serve and generate

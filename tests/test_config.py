@@ -175,6 +175,23 @@ def test_repo_configs_exist_and_seed_config_matches_the_issue():
     assert cfg.grpo.num_iterations == 2 and cfg.rollout.temperature == 1.0 and cfg.rollout.stop == ["```python"]
 
 
+def test_hard_task_configs_are_the_settings_the_measured_waves_ran():
+    """docs/learning.md's hard-task numbers came from benchmarks/learning_runs.sh (waves
+    hard-wide-sft and hard-sft-gentle): the easy-task configs with these overrides. The hard-task
+    configs must be exactly that, paths aside, or the documented command is not what was measured."""
+    from tirgrpo.train.sft import SFTConfig
+
+    hard = ["data.train=data/gsm8k-verify-hard/train.jsonl"]
+    sft = load_config(SFTConfig, REPO / "configs/gsm8k-verify-qwen2.5-coder-1.5b-sft.toml",
+                      hard + ["optim.total_steps=300", "run.out_dir=runs/gsm8k-verify-hard-1.5b-sft"])
+    assert load_config(SFTConfig, REPO / "configs/gsm8k-verify-hard-qwen2.5-coder-1.5b-sft.toml") == sft
+    grpo = load_config(TrainConfig, REPO / "configs/gsm8k-verify-qwen2.5-coder-1.5b-grpo-from-base.toml",
+                       hard + ["data.eval=data/gsm8k-verify-hard/eval-500.jsonl",
+                               "model.init_from=runs/gsm8k-verify-hard-1.5b-sft", "optim.lr=2e-6",
+                               "run.out_dir=runs/gsm8k-verify-hard-1.5b-grpo"])
+    assert load_config(TrainConfig, REPO / "configs/gsm8k-verify-hard-qwen2.5-coder-1.5b-grpo.toml") == grpo
+
+
 # --------------------------------------------------------------------------- [system] and old keys
 
 

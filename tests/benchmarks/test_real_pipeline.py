@@ -117,3 +117,19 @@ def test_real_pipeline_on_cpu(tmp_path):
     summary = json.loads((work / "summary.json").read_text())
     assert summary["grpo_from_base"]["steps"] == 1 and summary["judge_model"] == str(work / "judge-base-grpo")
     assert "GRPO alone from the untrained model: 1 steps (the judge below)" in (work / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("start,tokens", [("sft", "128"), ("base", "384")])
+def test_the_judge_is_evaluated_with_the_room_it_was_trained_to_write_in(tmp_path, start, tokens):
+    """EVAL_MAX_NEW_TOKENS defaults to the GRPO config's rollout.max_new_tokens (a from-base judge
+    trained with 384 tokens and evaluated with 128 was cut off on half its judgements); the script
+    logs the value before it reads anything else, and stops on the missing problems file."""
+    env = {**os.environ, "JUDGE_START": start, "PROBLEMS": str(tmp_path / "missing.jsonl"),
+           "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
+    env.pop("EVAL_MAX_NEW_TOKENS", None)
+    run = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert f"EVAL_MAX_NEW_TOKENS={tokens} " in run.stdout + run.stderr
+    explicit = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env={**env, "EVAL_MAX_NEW_TOKENS": "24"},
+                              capture_output=True, text=True, timeout=60)
+    assert "EVAL_MAX_NEW_TOKENS=24 " in explicit.stdout + explicit.stderr
