@@ -163,6 +163,25 @@ def test_cuda_graph_decode_equals_eager(models, byte_tokenizer, kernels):
     assert [[c.token_ids for c in g] for g in eager] == [[c.token_ids for c in g] for g in graphed]
 
 
+def test_graph_ms_times_each_captured_width_and_leaves_generation_unchanged(models, byte_tokenizer):
+    """Without graphs there is nothing to time; with them, one positive time per batch width
+    captured, and replaying the graph does not change what the next generate() samples."""
+    ps = prompts(byte_tokenizer)
+    params = SamplingParams(12, 0.0)
+    # (the shared model may already be on the GPU, moved there by another test)
+    eager = FastEngine(models["qwen2"], byte_tokenizer, use_cuda_graphs=False, length_buckets=(64,))
+    eager.generate(ps, 2, params)
+    assert eager.graph_ms() == {}
+    if not torch.cuda.is_available():
+        pytest.skip("the timed half needs CUDA")
+    engine = FastEngine(models["qwen2"].cuda(), byte_tokenizer, use_cuda_graphs=True, length_buckets=(64,))
+    before = engine.generate(ps, 2, params)
+    times = engine.graph_ms(repeats=5)
+    assert times and all(0 < ms < 1e3 for ms in times.values())
+    after = engine.generate(ps, 2, params)
+    assert [[c.token_ids for c in g] for g in before] == [[c.token_ids for c in g] for g in after]
+
+
 def test_release_cache_frees_a_large_batch_and_generation_goes_on(models, byte_tokenizer):
     """A greedy pass over many prompts (one prompt slot per row) grows the cache to max_batch
     slots; release_cache frees it, and the next, smaller batch gets a cache of its own size

@@ -257,6 +257,27 @@ class FastEngine:
 
         return run
 
+    def graph_ms(self, repeats: int = 50) -> dict[int, float]:
+        """{batch width: median ms of one replay of its captured decode graph}, GPU time by CUDA
+        events, replays back to back with no host work between them: the decode step's forward
+        with the graph's own gaps between kernels, without sampling and without the host loop.
+        Beside `bench rollout`'s wall ms per step it says whether the rest is the host's; {} when
+        no graph was captured. The replays write keys/values at the positions of their last
+        inputs, which no later generate() reads before writing them."""
+        out = {}
+        for width, (graph, _, _) in sorted(self._graphs.items()):
+            graph.replay()  # warm
+            times = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            out[width] = sorted(times)[len(times) // 2]
+        return out
+
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
