@@ -69,7 +69,7 @@ case $JUDGE_START in
 esac
 GRPO_SET=${GRPO_SET:-}                            # more train overrides, e.g. "--set rollout.group_size=4"
 EVAL_SAMPLES=${EVAL_SAMPLES:-8}                   # sampled judgements per example
-EVAL_MAX_NEW_TOKENS=${EVAL_MAX_NEW_TOKENS:-auto}      # auto: GRPO_CONFIG's rollout.max_new_tokens
+EVAL_MAX_NEW_TOKENS=${EVAL_MAX_NEW_TOKENS:-auto}      # auto: GRPO_CONFIG's rollout.max_new_tokens (not GRPO_SET's)
 EVAL_BATCH=${EVAL_BATCH:-64}
 EVAL_BASE=${EVAL_BASE:-1}                         # also evaluate the untrained MODEL as a judge
 HELDOUT_FRACTION=${HELDOUT_FRACTION:-0.3}
@@ -285,19 +285,23 @@ fi
 stop_after grpo
 
 # ---------------------------------------------------------------- 6. evaluation on held-out problems
-# An evaluation belongs to one model (WORK/NAME.model names it): it runs again when it was made
-# for another one (GRPO_STEPS changed between runs) or before that model was trained again.
+# An evaluation belongs to one model and one budget (WORK/NAME.model: the model on its first
+# line, the budget on its second): it runs again
+# when it was made for another model (GRPO_STEPS changed between runs), with another
+# EVAL_MAX_NEW_TOKENS or EVAL_SAMPLES, or before that model was trained again.
 judge_eval() {  # judge_eval NAME MODEL ARGS...: tirgrpo eval with the protocol's settings
   local name=$1 model=$2; shift 2
-  if [ -f "$WORK/$name.json" ] && { [ "$(cat "$WORK/$name.model" 2>/dev/null)" != "$model" ] ||
+  local stamp
+  stamp=$(printf '%s\nmax_new_tokens=%s samples=%s' "$model" "$EVAL_MAX_NEW_TOKENS" "$EVAL_SAMPLES")
+  if [ -f "$WORK/$name.json" ] && { [ "$(cat "$WORK/$name.model" 2>/dev/null)" != "$stamp" ] ||
                                     [ "$model/summary.json" -nt "$WORK/$name.json" ]; }; then
-    log "$name: made for another model than $model; evaluating again"
+    log "$name: made for another model or budget than $model (max_new_tokens=$EVAL_MAX_NEW_TOKENS, samples=$EVAL_SAMPLES); evaluating again"
     rm -f "$WORK/$name.json" "$WORK/$name.md"
   fi
   step "$name" "$WORK/$name.json" $TIRGRPO eval --model "$model" --samples "$EVAL_SAMPLES" \
     --max-new-tokens "$EVAL_MAX_NEW_TOKENS" --batch-size "$EVAL_BATCH" --device "$DEVICE" --seed "$SEED" \
     --out "$WORK/$name.json" "$@"
-  echo "$model" > "$WORK/$name.model"
+  echo "$stamp" > "$WORK/$name.model"
 }
 judge_eval eval-judge "$JUDGE" --data "$HELDOUT"
 [ "$JUDGE_START" = sft ] && [ "$JUDGE" != "$WORK/judge" ] && judge_eval eval-sft "$WORK/judge" --data "$HELDOUT"
