@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 
 from tirgrpo.kernels import decode, gemv
 from tirgrpo.perf.bench import measure_copy_bandwidth_tbs
+from tirgrpo.perf.timing import cuda_median_ms
 from tirgrpo.train.model import RANDOM_SHAPES
 
 GROUPS = ("qkv", "o", "gate_up", "down", "layer", "lm_head")
@@ -118,15 +118,7 @@ def time_graph(fn, repeats: int):
         out = fn()
     for _ in range(3):
         graph.replay()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times), out
+    return cuda_median_ms(graph.replay, repeats) / 1e3, out
 
 
 def max_diff(a, b) -> float:

@@ -15,13 +15,13 @@ ragged lengths.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
 from tirgrpo.kernels import split_attention
+from tirgrpo.perf.timing import cuda_median_ms
 from tirgrpo.train.prefix import group_block_mask
 
 DEV, BF = "cuda", torch.bfloat16
@@ -35,15 +35,7 @@ def timeit(fn, reps: int = 9) -> float:
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return cuda_median_ms(fn, reps)
 
 
 def segments(P: int, lengths: list[int]) -> torch.Tensor:

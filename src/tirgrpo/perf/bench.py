@@ -19,11 +19,14 @@ unless `--bandwidth-tbs` gives one.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
 
 import torch
+
+from tirgrpo.perf.timing import cuda_median_ms
 
 
 def decode_floor_ms(model, kv_positions: int, bandwidth_tbs: float) -> float:
@@ -56,16 +59,11 @@ def measure_copy_bandwidth_tbs(device: torch.device | str, bytes_: int = 2 * 2**
     src = torch.empty(bytes_, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
     dst.copy_(src)  # warm-up: first touch of the pages, the copy kernel
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
+    if device.type == "cuda":
+        times = [cuda_median_ms(functools.partial(dst.copy_, src), repeats) / 1e3]
+    else:
+        times = []
+        for _ in range(repeats):
             t0 = time.perf_counter()
             dst.copy_(src)
             times.append(time.perf_counter() - t0)

@@ -264,18 +264,12 @@ class FastEngine:
         Beside `bench rollout`'s wall ms per step it says whether the rest is the host's; {} when
         no graph was captured. The replays write keys/values at the positions of their last
         inputs, which no later generate() reads before writing them."""
+        from tirgrpo.perf.timing import cuda_median_ms
+
         out = {}
         for width, (graph, _, _) in sorted(self._graphs.items()):
             graph.replay()  # warm
-            times = []
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                graph.replay()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            out[width] = sorted(times)[len(times) // 2]
+            out[width] = cuda_median_ms(graph.replay, repeats)
         return out
 
     # ------------------------------------------------------------------ generation
