@@ -104,7 +104,7 @@ def run(args) -> int:
     # The batcher thread and the event loop share the GIL: hand it over within 1 ms, not
     # Python's default 5 ms, so neither waits a whole decode step for the other.
     sys.setswitchinterval(0.001)
-    batcher.start()  # on CUDA, after prefills of each burst size on its thread (warm_prefill)
+    batcher.start()  # on CUDA, after prefills of 1, 2, 4, ... prompts on its thread (warm_prefill)
     name = args.served_model_name or Path(args.model.rstrip("/")).name
     limits = Limits(max_model_len=max_len, max_prompt_tokens=batcher.max_prompt_len, max_tokens=batcher.max_new_tokens,
                     max_n=min(args.max_batch, 128), max_request_tokens=args.max_request_tokens, max_queue=args.max_queue)

@@ -7,9 +7,9 @@ Read (each optional; a missing one is left out of the summary): `solver.json` (t
 report, eval/solver.py), `prepared-{train,heldout}/stats.json` (`prepare`), `judge/summary.json`
 (`sft`), `judge-grpo/summary.json` (GRPO on top of it), `judge-base-grpo/summary.json` (GRPO
 alone from the untrained model, `JUDGE_START=base`), `eval-judge.json` and `eval-judge.model`
-(which model the judge is, on its first line), `eval-sft.json` and `eval-base.json` (`tirgrpo eval` of the final
-judge, of the SFT judge when GRPO ran after it, and of the untrained model on the held-out
-problems' examples), `selection.json` (`tirgrpo eval
+(which model the judge is, on its first line), `eval-sft.json` and `eval-base.json`
+(`tirgrpo eval` of the final judge, of the SFT judge when GRPO ran after it, and of the
+untrained model on the held-out problems' examples), `selection.json` (`tirgrpo eval
 --selection` on the held-out problems' transcripts) and `timings.jsonl` (the steps' times).
 """
 

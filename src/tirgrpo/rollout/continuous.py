@@ -69,7 +69,7 @@ class Timing:
     submitted: float = 0.0  # `submit()` queued it
     admitted: float = 0.0  # the step that admits it began its prefill
     first_token: float = 0.0  # its first token reached the host, before its sink heard of it
-    prefill_s: float = 0.0  # the prefill's own time (on a GPU by CUDA events, so without host waits)
+    prefill_s: float = 0.0  # the prefill's own time (on a GPU by CUDA events: gaps between its launches included)
     prefill_groups: int = 0  # groups prefilled together with it (itself included)
     prefill_tokens: int = 0  # padded prompt tokens of that prefill
     running_rows: int = 0  # rows that were decoding and waited for that prefill
@@ -500,8 +500,10 @@ class ContinuousBatcher:
         brings: 1, 2, 4, ... prompts of `width` tokens up to `max_prefill_tokens`, and one longest
         prompt, under each sampling path (plain, eos held back, top-k/top-p). What a prefill of a new
         size may pay the first time on a GPU (CUDA's lazily loaded kernels, this thread's cuBLAS
-        handle and workspace, the allocator's new blocks) is paid here, not by the first requests. Call on the thread that will step, before any request. Leaves no trace:
-        not in `stats`, `steps` or the random numbers of later groups.
+        handle and workspace, the allocator's new blocks) is paid here, not by the first requests;
+        sizes in between (e.g. 6 prompts) may still pay part of it. Call on the thread that will
+        step, before any request. Leaves no trace: not in `stats`, `steps` or the random numbers
+        of later groups.
         """
         width = min(width, self.max_prompt_len)
         sizes, k = [], 1
