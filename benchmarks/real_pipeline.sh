@@ -8,7 +8,9 @@
 #                (stopped after GEN_SECONDS; the run goes on with what was written)
 #   3. solver    the solver's own report: pass@1, majority@K, pass@K, segments, tokens, time
 #   4. split     transcripts -> training / held-out problems (HELDOUT_FRACTION, by a hash of
-#                the problem id); prepare --judge-targets on each side (up to PAIRS_PER_QUESTION
+#                the problem id; TRAIN_EXTRA: other problems' transcripts joining the training
+#                side, and HELDOUT_FRACTION=1 then holds out all of this run's problems);
+#                prepare --judge-targets on each side (up to PAIRS_PER_QUESTION
 #                correct/wrong segment pairs per question, default 4; PREPARE_ARGS=--no-pairing
 #                keeps every segment)
 #   5. sft       the judge, from the same MODEL, on the training problems' examples
@@ -73,6 +75,8 @@ EVAL_MAX_NEW_TOKENS=${EVAL_MAX_NEW_TOKENS:-auto}      # auto: GRPO_CONFIG's roll
 EVAL_BATCH=${EVAL_BATCH:-64}
 EVAL_BASE=${EVAL_BASE:-1}                         # also evaluate the untrained MODEL as a judge
 HELDOUT_FRACTION=${HELDOUT_FRACTION:-0.3}
+TRAIN_EXTRA=${TRAIN_EXTRA:-}                      # transcript JSONLs of other problems, all for the judge's
+                                                  # training (e.g. a STOP_AFTER=generate run on GSM8K train)
 SEED=${SEED:-0}
 PORT=${PORT:-8765}
 DEVICE=${DEVICE:-auto}
@@ -150,7 +154,7 @@ step() {
 
 log "real_pipeline: MODEL=$MODEL PROBLEMS=$PROBLEMS N_PROBLEMS=$N_PROBLEMS K=$K WORK=$WORK MAX_BATCH=$MAX_BATCH" \
     "CONCURRENCY=$CONCURRENCY GEN_SECONDS=$GEN_SECONDS MAX_TOKENS=$MAX_TOKENS MAX_TURNS=$MAX_TURNS SFT_STEPS=$SFT_STEPS" \
-    "EVAL_SAMPLES=$EVAL_SAMPLES EVAL_MAX_NEW_TOKENS=$EVAL_MAX_NEW_TOKENS DEVICE=$DEVICE PORT=$PORT"
+    "EVAL_SAMPLES=$EVAL_SAMPLES EVAL_MAX_NEW_TOKENS=$EVAL_MAX_NEW_TOKENS DEVICE=$DEVICE PORT=$PORT TRAIN_EXTRA=$TRAIN_EXTRA"
 [ -f "$PROBLEMS" ] || { log "PROBLEMS=$PROBLEMS: no such file"; exit 2; }
 
 # ---------------------------------------------------------------- 1-2. serve and generate
@@ -234,9 +238,10 @@ step solver "$WORK/solver.json" $PYTHON -m tirgrpo.eval.solver "$T" --tokenizer 
   --generation-seconds "$(cat "$WORK/generate.seconds" 2>/dev/null || echo 0)"
 
 # ---------------------------------------------------------------- 4. split by problem, prepare
+# shellcheck disable=SC2086  # TRAIN_EXTRA is a list of files
 step split "$WORK/transcripts-heldout.jsonl" $TIRGRPO data split-transcripts --input "$T" \
   --train "$WORK/transcripts-train.jsonl" --heldout "$WORK/transcripts-heldout.jsonl" \
-  --heldout-fraction "$HELDOUT_FRACTION" --seed "$SEED"
+  --heldout-fraction "$HELDOUT_FRACTION" --seed "$SEED" ${TRAIN_EXTRA:+--extra-train $TRAIN_EXTRA}
 # Each side whole (--eval-fraction 0: every example lands in OUT/train.jsonl).
 PAIRING="--pairs-per-question $PAIRS_PER_QUESTION"
 case " $PREPARE_ARGS " in *" --no-pairing "*) PAIRING= ;; esac  # every segment: no pairs to count

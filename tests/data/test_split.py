@@ -45,7 +45,8 @@ def test_split_transcripts_writes_whole_problems_to_one_side(tmp_path):
     src = tmp_path / "t.jsonl"
     src.write_text("".join(json.dumps(transcript_to_dict(t)) + "\n" for t in ts))
     counts = split_transcripts(src, tmp_path / "train.jsonl", tmp_path / "held.jsonl", 0.4, seed=0)
-    assert counts == {"train_problems": 3, "heldout_problems": 2, "train_transcripts": 9, "heldout_transcripts": 6}
+    assert counts == {"train_problems": 3, "heldout_problems": 2, "train_transcripts": 9, "heldout_transcripts": 6,
+                      "extra_problems": 0, "extra_transcripts": 0}
     train, held = read_transcripts(tmp_path / "train.jsonl"), read_transcripts(tmp_path / "held.jsonl")
     assert {t.problem_id for t in held} == heldout_problems([t.problem_id for t in ts], 0.4)
     assert not {t.problem_id for t in train} & {t.problem_id for t in held}
@@ -73,3 +74,35 @@ def test_split_transcripts_command(tmp_path, capsys):
         [f"p{i}" for i in range(4)], 0.5, seed=3)
     with pytest.raises(SystemExit):  # argparse refuses a fraction outside [0, 1]
         main([*argv[:-4], "--heldout-fraction", "1.5"])
+
+
+def _write(path, ts):
+    path.write_text("".join(json.dumps(transcript_to_dict(t)) + "\n" for t in ts))
+    return path
+
+
+def test_extra_training_transcripts_join_the_training_side_only(tmp_path):
+    src = _write(tmp_path / "test.jsonl", [_t(f"test-{i}", k) for i in range(5) for k in range(2)])
+    extra = _write(tmp_path / "train.jsonl", [_t(f"train-{i}", k) for i in range(3) for k in range(4)])
+    plain = split_transcripts(src, tmp_path / "a.jsonl", tmp_path / "b.jsonl", 0.4)
+    counts = split_transcripts(src, tmp_path / "train-side.jsonl", tmp_path / "held.jsonl", 0.4,
+                               extra_train=[extra])
+    # the held-out side is what it is without the extras; 3 problems x 4 transcripts more to train
+    assert read_transcripts(tmp_path / "held.jsonl") == read_transcripts(tmp_path / "b.jsonl")
+    assert counts == {"train_problems": 3 + 3, "heldout_problems": 2, "train_transcripts": 6 + 12,
+                      "heldout_transcripts": 4, "extra_problems": 3, "extra_transcripts": 12}
+    assert plain["train_transcripts"] == 6
+    train = read_transcripts(tmp_path / "train-side.jsonl")
+    assert train[:6] == read_transcripts(tmp_path / "a.jsonl") and train[6:] == read_transcripts(extra)
+    # with extras, a fraction of 1 holds out every problem of the input (without, one stays to train)
+    all_held = split_transcripts(src, tmp_path / "c.jsonl", tmp_path / "d.jsonl", 1.0, extra_train=[extra])
+    assert all_held["heldout_problems"] == 5 and all_held["train_transcripts"] == 12
+    assert split_transcripts(src, tmp_path / "e.jsonl", tmp_path / "f.jsonl", 1.0)["heldout_problems"] == 4
+
+
+def test_extra_training_transcripts_of_a_held_problem_are_refused_and_nothing_is_written(tmp_path):
+    src = _write(tmp_path / "test.jsonl", [_t(f"p{i}", 0) for i in range(4)])
+    extra = _write(tmp_path / "more.jsonl", [_t("q0", 0), _t("p2", 1)])
+    with pytest.raises(TirgrpoError, match=r"more.jsonl: problem 'p2' is also in .*test.jsonl"):
+        split_transcripts(src, tmp_path / "a.jsonl", tmp_path / "b.jsonl", 0.5, extra_train=[extra])
+    assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "b.jsonl").exists()

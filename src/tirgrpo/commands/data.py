@@ -90,6 +90,10 @@ def _add_split_transcripts(sub) -> None:
     p.add_argument("--heldout-fraction", type=unit_interval, default=0.3, metavar="F",
                    help="share of problems held out (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the hash order (default 0)")
+    p.add_argument("--extra-train", nargs="+", default=[], metavar="PATH",
+                   help="transcript JSONLs of other problems, all to the training side (e.g. the solver's "
+                        "transcripts of another split); with them --heldout-fraction 1 holds out every "
+                        "problem of --input")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "split-transcripts":
         from tirgrpo.data.split import split_transcripts
 
-        counts = split_transcripts(args.input, args.train, args.heldout, args.heldout_fraction, args.seed)
+        counts = split_transcripts(args.input, args.train, args.heldout, args.heldout_fraction, args.seed,
+                                   args.extra_train)
+        extra = (f" ({counts['extra_problems']} of them, {counts['extra_transcripts']} transcripts, from "
+                 f"--extra-train)" if args.extra_train else "")
         print(f"{args.input}: {counts['train_problems']} problems ({counts['train_transcripts']} transcripts) "
-              f"to {args.train}, {counts['heldout_problems']} problems ({counts['heldout_transcripts']} "
+              f"to {args.train}{extra}, {counts['heldout_problems']} problems ({counts['heldout_transcripts']} "
               f"transcripts) to {args.heldout}")
         return 0
     raise AssertionError(args.data_command)  # argparse only lets known names through

@@ -9,6 +9,11 @@ A problem is held out when its hash (sha256 of the seed and the id) is among the
 `eval_question_count(n, fraction)` smallest of the file's problems: the choice depends only
 on the ids and the seed, never on the file's order, and both sides get at least one problem
 when there are two or more.
+
+The training side may also take the transcripts of other problems (`extra_train`: e.g. the
+solver's transcripts of GSM8K's train split beside those of its test split), so the judge trains
+on more problems than the held-out file's run holds; they must share no problem with it. With
+them, a fraction of 1 holds out every problem of the input.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ def heldout_problems(problem_ids: Sequence[str], fraction: float, seed: int = 0)
 
 
 def split_transcripts(path: str | Path, train_out: str | Path, heldout_out: str | Path, fraction: float,
-                      seed: int = 0) -> dict[str, int]:
+                      seed: int = 0, extra_train: Sequence[str | Path] = ()) -> dict[str, int]:
     """Write the transcripts of `path` (read with the strict reader) to `train_out` and
-    `heldout_out` by `heldout_problems`, each file atomically, lines in input order.
-    Returns the counts of problems and transcripts on each side."""
+    `heldout_out` by `heldout_problems`, each file atomically, lines in input order; then the
+    transcripts of each `extra_train` file to `train_out` too. Returns the counts of problems
+    and transcripts on each side (extras included) and of the extras alone."""
     from tirgrpo.data.records import read_transcripts, transcript_to_dict
     from tirgrpo.errors import TirgrpoError
     from tirgrpo.files import atomic_write_text, check_output_file
@@ -47,12 +53,21 @@ def split_transcripts(path: str | Path, train_out: str | Path, heldout_out: str 
     transcripts = read_transcripts(path)
     if not transcripts:
         raise TirgrpoError(f"{path}: no transcripts to split")
-    held = heldout_problems([str(t.problem_id) for t in transcripts], fraction, seed)
+    ids = {str(t.problem_id) for t in transcripts}
+    extras = []
+    for extra in extra_train:
+        for t in read_transcripts(extra):
+            if str(t.problem_id) in ids:
+                raise TirgrpoError(f"{extra}: problem {t.problem_id!r} is also in {path}; the extra training "
+                                   "transcripts must come from other problems")
+            extras.append(t)
+    held = (ids if extras and fraction >= 1 else heldout_problems(sorted(ids), fraction, seed))
     sides: dict[bool, list[str]] = {False: [], True: []}
-    for t in transcripts:
+    for t in transcripts + extras:
         sides[str(t.problem_id) in held].append(json.dumps(transcript_to_dict(t), ensure_ascii=False) + "\n")
     atomic_write_text(Path(train_out), "".join(sides[False]))
     atomic_write_text(Path(heldout_out), "".join(sides[True]))
-    n_problems = len({str(t.problem_id) for t in transcripts})
-    return {"train_problems": n_problems - len(held), "heldout_problems": len(held),
-            "train_transcripts": len(sides[False]), "heldout_transcripts": len(sides[True])}
+    n_extra = len({str(t.problem_id) for t in extras})
+    return {"train_problems": len(ids) - len(held) + n_extra, "heldout_problems": len(held),
+            "train_transcripts": len(sides[False]), "heldout_transcripts": len(sides[True]),
+            "extra_problems": n_extra, "extra_transcripts": len(extras)}
