@@ -75,3 +75,18 @@ def test_score_out_naming_a_folder_refused_before_work(tmp_path, capsys, monkeyp
     (tmp_path / "outdir").mkdir()
     assert main(["score", "--input", str(_score_input(tmp_path)), "--out", str(tmp_path / "outdir")]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_report_paths_and_distinct_files(tmp_path):
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.files import check_distinct_files, report_paths
+
+    assert report_paths(tmp_path / "r.json") == (tmp_path / "r.json", tmp_path / "r.md")
+    assert report_paths(tmp_path / "r") == (tmp_path / "r", tmp_path / "r.md")
+    with pytest.raises(TirgrpoError, match="--out .*r.md: the Markdown report goes beside"):
+        report_paths(tmp_path / "r.md")
+    check_distinct_files({"--a": tmp_path / "a", "--b": tmp_path / "b"})
+    (tmp_path / "real").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(TirgrpoError, match="--a and --b are the same file"):
+        check_distinct_files({"--a": tmp_path / "real", "--b": tmp_path / "link"})

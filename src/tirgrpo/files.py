@@ -101,6 +101,28 @@ def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
+def check_distinct_files(paths: dict[str, str | os.PathLike]) -> None:
+    """Refuse two of `paths` ({option or role: path}) naming the same file (after resolving links
+    and `..`): a command would write over its own input, or one output over another."""
+    seen: dict[Path, str] = {}
+    for name, path in paths.items():
+        real = Path(path).resolve()
+        if real in seen:
+            raise TirgrpoError(f"{seen[real]} and {name} are the same file ({path}); name another file")
+        seen[real] = name
+
+
+def report_paths(out: str | os.PathLike, option: str = "--out") -> tuple[Path, Path]:
+    """The JSON report `out` and its Markdown beside it (`out` with the suffix .md), both
+    checked by `check_output_file`; an `out` ending in .md is refused (the Markdown would
+    replace the JSON)."""
+    out = check_output_file(out, option)
+    if out.suffix == ".md":
+        raise TirgrpoError(f"{option} {out}: the Markdown report goes beside the JSON as {out.name}; "
+                           "name a .json file")
+    return out, out.with_suffix(".md")
+
+
 def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse an output folder that cannot be written as a whole (`atomic_dir` builds it next to
     its final place, so the parent must take new entries). Returns the path."""

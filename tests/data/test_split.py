@@ -103,6 +103,39 @@ def test_extra_training_transcripts_join_the_training_side_only(tmp_path):
 def test_extra_training_transcripts_of_a_held_problem_are_refused_and_nothing_is_written(tmp_path):
     src = _write(tmp_path / "test.jsonl", [_t(f"p{i}", 0) for i in range(4)])
     extra = _write(tmp_path / "more.jsonl", [_t("q0", 0), _t("p2", 1)])
-    with pytest.raises(TirgrpoError, match=r"more.jsonl: problem 'p2' is also in .*test.jsonl"):
+    with pytest.raises(TirgrpoError, match=r"more.jsonl: problem 'p2' \('qp2'\) is also in .*test.jsonl"):
         split_transcripts(src, tmp_path / "a.jsonl", tmp_path / "b.jsonl", 0.5, extra_train=[extra])
     assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "b.jsonl").exists()
+
+
+def test_split_refuses_to_write_over_its_input_or_one_output_over_the_other(tmp_path):
+    src = _write(tmp_path / "t.jsonl", [_t(f"p{i}", 0) for i in range(4)])
+    before = src.read_text()
+    with pytest.raises(TirgrpoError, match="--input and --train are the same file"):
+        split_transcripts(src, src, tmp_path / "held.jsonl", 0.5)
+    with pytest.raises(TirgrpoError, match="--train and --heldout are the same file"):
+        split_transcripts(src, tmp_path / "x.jsonl", tmp_path / "sub" / ".." / "x.jsonl", 0.5)
+    with pytest.raises(TirgrpoError, match="--heldout and --extra-train"):
+        split_transcripts(src, tmp_path / "a.jsonl", tmp_path / "more.jsonl", 0.5,
+                          extra_train=[_write(tmp_path / "more.jsonl", [_t("q", 0)])])
+    assert src.read_text() == before and not (tmp_path / "held.jsonl").exists() and not (tmp_path / "x.jsonl").exists()
+
+
+def test_problems_of_one_question_are_held_out_together(tmp_path):
+    # p0..p9 with distinct questions, and "dup" asking p0's..p9's question under another id each
+    ts = [_t(f"p{i}", 0) for i in range(10)]
+    ts += [Transcript(f"dup{i}", 0, f"  Q{t.problem_id.upper()} ", "1", "1", "P", SEED_BRIDGE, t.turns)
+           for i, t in enumerate(ts)]  # the same question up to case and spaces
+    src = _write(tmp_path / "t.jsonl", ts)
+    split_transcripts(src, tmp_path / "train.jsonl", tmp_path / "held.jsonl", 0.3)
+    train, held = read_transcripts(tmp_path / "train.jsonl"), read_transcripts(tmp_path / "held.jsonl")
+    key = lambda t: " ".join(t.question.lower().split())  # noqa: E731
+    assert held and train and not {key(t) for t in train} & {key(t) for t in held}
+
+
+def test_extra_training_transcripts_of_the_same_question_under_another_id_are_refused(tmp_path):
+    src = _write(tmp_path / "test.jsonl", [_t(f"p{i}", 0) for i in range(3)])
+    same_question = Transcript("train-7", 0, "qp1", "1", "1", "P", SEED_BRIDGE, _t("p1", 0).turns)
+    extra = _write(tmp_path / "more.jsonl", [same_question])
+    with pytest.raises(TirgrpoError, match="problem 'train-7' .* is also in"):
+        split_transcripts(src, tmp_path / "a.jsonl", tmp_path / "b.jsonl", 0.5, extra_train=[extra])

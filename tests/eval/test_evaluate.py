@@ -345,3 +345,11 @@ def test_eval_command_on_transcripts(tmp_path, tiny_model_dir):
     assert sel["problems"] == 2 and [r["transcripts"] for r in sel["per_problem"]] == [3, 1]
     # problem a: 4 once, 5 twice -> the plain vote picks 5 (wrong); problem b: 4 (right)
     assert sel["methods"]["majority"]["accuracy"] == 0.5 and sel["methods"]["any_correct"]["accuracy"] == 1.0
+
+
+def test_eval_refuses_a_markdown_out_before_loading_anything(tmp_path, capsys):
+    from tirgrpo.cli import main
+
+    # the model does not exist: the --out check comes first, before any loading or judging
+    assert main(["eval", "--model", str(tmp_path / "nowhere"), "--data", "x.jsonl", "--out", str(tmp_path / "e.md")]) == 2
+    assert "name a .json file" in capsys.readouterr().err

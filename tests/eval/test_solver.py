@@ -70,3 +70,11 @@ def test_main_writes_json_and_markdown(tmp_path, capsys):
     empty.write_text("")
     assert main([str(empty), "--out", str(tmp_path / "x.json")]) == 2
     assert "no transcripts" in capsys.readouterr().err
+
+
+def test_main_refuses_an_out_whose_markdown_would_replace_it(tmp_path, capsys):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(transcript_to_dict(t)) + "\n" for t in TRANSCRIPTS), encoding="utf-8")
+    assert main([str(path), "--out", str(tmp_path / "solver.md")]) == 2
+    assert "name a .json file" in capsys.readouterr().err
+    assert not (tmp_path / "solver.md").exists()

@@ -232,6 +232,17 @@ def test_cut_off_last_line_is_dropped_on_resume(tmp_path):
         finished_pairs(out)
 
 
+def test_a_whole_last_line_without_its_newline_gets_one_so_appends_start_a_new_line(tmp_path):
+    from tirgrpo.tir.generate import _Appender, finished_pairs
+
+    out = tmp_path / "t.jsonl"
+    out.write_text('{"problem_id": "a", "sample": 0}\n{"problem_id": "a", "sample": 1}')  # no final newline
+    assert finished_pairs(out) == {("a", 0), ("a", 1)}
+    _Appender(out).write({"problem_id": "b", "sample": 0})
+    assert finished_pairs(out) == {("a", 0), ("a", 1), ("b", 0)}
+    assert out.read_text().count("\n") == 3
+
+
 @needs_sandbox
 def test_a_full_context_ends_the_transcript_and_max_tokens_respects_the_server_cap(fake, tmp_path):
     script, url = fake
@@ -252,6 +263,24 @@ def test_read_problems_from_gsm8k_jsonl(tmp_path):
     p.write_text(json.dumps({"question": "q", "answer": "#### many"}) + "\n")
     with pytest.raises(TirgrpoError, match="line 1.*integer"):
         read_problems(p)
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"id": "", "question": "q"}, "line 1: empty id"),
+    ({"id": "   ", "question": "q"}, "line 1: empty id"),
+    ({"id": ["a"], "question": "q"}, "line 1: the id must be a string or an integer"),
+    ({"id": True, "question": "q"}, "line 1: the id must be a string or an integer"),
+    ({"id": "a", "question": "q3\x00x"}, "line 1: question"),
+    ({"id": "a\x00b", "question": "q"}, "line 1: id"),
+])
+def test_jsonl_problems_get_the_checks_of_csv_rows(tmp_path, row, message):
+    """What the transcripts' reader would refuse after a whole run is refused before it."""
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    with pytest.raises(TirgrpoError, match=message):
+        read_problems(p)
+    p.write_text(json.dumps({"id": 7, "question": "q"}) + "\n")
+    assert read_problems(p)[0][0].id == "7"
 
 
 def test_problem_answers_with_a_degree_mark(tmp_path):

@@ -75,13 +75,16 @@ def run(args) -> int:
     from tirgrpo.eval.evaluate import eval_rewards, markdown_table
     from tirgrpo.eval.selection import selection_table
     from tirgrpo.eval.verifier import examples_to_judge, judge, selection
-    from tirgrpo.files import atomic_write_text
+    from tirgrpo.files import atomic_write_text, report_paths
     from tirgrpo.rollout import SamplingParams
     from tirgrpo.train.model import load_base_model, resolve_device, resolve_dtype, tokenizer_spec
 
     if args.samples < 1:
         raise TirgrpoError("--samples must be >= 1")
     run_cfg = _run_config(args.model)
+    # checked before the model loads and the evaluation runs, not after
+    out, md_path = report_paths(Path(args.out) if args.out else
+                                (Path(args.model) / "eval.json" if run_cfg else Path("eval.json")))
     rollout = run_cfg.rollout if run_cfg else None
     max_new = args.max_new_tokens or (rollout.max_new_tokens if rollout else 1024)
     params = SamplingParams(max_new, args.temperature, rollout.top_p if rollout else 1.0,
@@ -105,9 +108,8 @@ def run(args) -> int:
     if args.selection:
         result["selection"] = selection(result, judged, examples, problem_ids, args.threshold, args.seed)
         md += "\n" + selection_table(result["selection"])
-    out = Path(args.out) if args.out else (Path(args.model) / "eval.json" if run_cfg else Path("eval.json"))
     atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False))
-    atomic_write_text(out.with_suffix(".md"), md)
+    atomic_write_text(md_path, md)
     print(md)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    print(f"wrote {out} and {md_path}")
     return 0

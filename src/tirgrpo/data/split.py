@@ -8,7 +8,8 @@ that give no judge example (no code output) — for answer selection (`tirgrpo e
 A problem is held out when its hash (sha256 of the seed and the id) is among the
 `eval_question_count(n, fraction)` smallest of the file's problems: the choice depends only
 on the ids and the seed, never on the file's order, and both sides get at least one problem
-when there are two or more.
+when there are two or more. Problems of one question (the same text under two ids) go to the
+held-out side together, so the judge is never evaluated on a question it trained on.
 
 The training side may also take the transcripts of other problems (`extra_train`: e.g. the
 solver's transcripts of GSM8K's train split beside those of its test split), so the judge trains
@@ -44,24 +45,30 @@ def split_transcripts(path: str | Path, train_out: str | Path, heldout_out: str 
     `heldout_out` by `heldout_problems`, each file atomically, lines in input order; then the
     transcripts of each `extra_train` file to `train_out` too. Returns the counts of problems
     and transcripts on each side (extras included) and of the extras alone."""
+    from tirgrpo.data.gsm8k import question_key
     from tirgrpo.data.records import read_transcripts, transcript_to_dict
     from tirgrpo.errors import TirgrpoError
-    from tirgrpo.files import atomic_write_text, check_output_file
+    from tirgrpo.files import atomic_write_text, check_distinct_files, check_output_file
 
     check_output_file(train_out, "--train")
     check_output_file(heldout_out, "--heldout")
+    check_distinct_files({"--input": path, "--train": train_out, "--heldout": heldout_out,
+                          **{f"--extra-train {e}": e for e in extra_train}})
     transcripts = read_transcripts(path)
     if not transcripts:
         raise TirgrpoError(f"{path}: no transcripts to split")
     ids = {str(t.problem_id) for t in transcripts}
+    questions = {question_key(t.question) for t in transcripts}
     extras = []
     for extra in extra_train:
         for t in read_transcripts(extra):
-            if str(t.problem_id) in ids:
-                raise TirgrpoError(f"{extra}: problem {t.problem_id!r} is also in {path}; the extra training "
-                                   "transcripts must come from other problems")
+            if str(t.problem_id) in ids or question_key(t.question) in questions:
+                raise TirgrpoError(f"{extra}: problem {t.problem_id!r} ({t.question[:60]!r}) is also in {path}; "
+                                   "the extra training transcripts must come from other problems")
             extras.append(t)
     held = (ids if extras and fraction >= 1 else heldout_problems(sorted(ids), fraction, seed))
+    held_questions = {question_key(t.question) for t in transcripts if str(t.problem_id) in held}
+    held |= {str(t.problem_id) for t in transcripts if question_key(t.question) in held_questions}
     sides: dict[bool, list[str]] = {False: [], True: []}
     for t in transcripts + extras:
         sides[str(t.problem_id) in held].append(json.dumps(transcript_to_dict(t), ensure_ascii=False) + "\n")

@@ -97,11 +97,9 @@ def solver_markdown(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m tirgrpo.eval.solver TRANSCRIPTS [--tokenizer T] [--out FILE] [--generation-seconds S]`."""
-    from pathlib import Path
-
     from tirgrpo.data.records import read_transcripts
     from tirgrpo.errors import TirgrpoError
-    from tirgrpo.files import atomic_write_text
+    from tirgrpo.files import atomic_write_text, report_paths
 
     p = argparse.ArgumentParser(prog="python -m tirgrpo.eval.solver", description=__doc__.split("\n\n")[0])
     p.add_argument("transcripts", help="transcript JSONL (tirgrpo generate's output)")
@@ -110,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--generation-seconds", type=float, default=None, help="wall time of generate, to record")
     args = p.parse_args(argv)
     try:
+        out, md_path = report_paths(args.out)
         transcripts = read_transcripts(args.transcripts)
         if not transcripts:
             raise TirgrpoError(f"{args.transcripts}: no transcripts")
@@ -126,12 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["data"] = args.transcripts
     if args.generation_seconds is not None:
         report["generation_seconds"] = args.generation_seconds
-    out = Path(args.out)
     md = solver_markdown(report)
     atomic_write_text(out, json.dumps(report, indent=1))
-    atomic_write_text(out.with_suffix(".md"), md)
+    atomic_write_text(md_path, md)
     print(md)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    print(f"wrote {out} and {md_path}")
     return 0
 
 

@@ -6,6 +6,7 @@ The library half of `tirgrpo eval`; metric definitions in evaluate.py and select
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
@@ -37,8 +38,11 @@ def transcript_examples(path: str):
 def examples_to_judge(data: str | None, transcripts: str | None, tokenizer, max_prompt_tokens: int,
                       max_examples: int):
     """(examples, problem ids, decision prompts or None) from labelled examples (`data`) or a
-    transcript file, prompts over `max_prompt_tokens` dropped (0: no limit), at most
-    `max_examples` (0: all)."""
+    transcript file. Labelled examples: those with prompts over `max_prompt_tokens` dropped (0:
+    no limit), at most `max_examples` (0: all). Transcripts: every problem keeps all its
+    transcripts, so that answer selection votes over all of them: an over-long prompt becomes
+    None (unjudged, as a transcript without a code output), and `max_examples` takes whole
+    problems in file order up to that many transcripts (at least one problem)."""
     from tirgrpo.data.bundled import bundled_path
     from tirgrpo.data.records import read_examples
 
@@ -48,10 +52,24 @@ def examples_to_judge(data: str | None, transcripts: str | None, tokenizer, max_
         prompts: list[str | None] = [ex.prompt for ex in examples]
     else:
         examples, problem_ids, prompts = transcript_examples(transcripts)
-    keep = [i for i, p in enumerate(prompts)
-            if p is None or max_prompt_tokens <= 0 or len(tokenizer(p)["input_ids"]) <= max_prompt_tokens]
-    if max_examples > 0:
-        keep = keep[:max_examples]
+    fits = [p is None or max_prompt_tokens <= 0 or len(tokenizer(p)["input_ids"]) <= max_prompt_tokens
+            for p in prompts]
+    if data:
+        keep = [i for i, ok in enumerate(fits) if ok]
+        if max_examples > 0:
+            keep = keep[:max_examples]
+    else:
+        prompts = [p if ok else None for p, ok in zip(prompts, fits)]
+        keep = list(range(len(examples)))
+        if max_examples > 0:
+            count = Counter(problem_ids)  # keys in first-seen order
+            taken, total = set(), 0
+            for pid in count:
+                if taken and total + count[pid] > max_examples:
+                    break
+                taken.add(pid)
+                total += count[pid]
+            keep = [i for i in keep if problem_ids[i] in taken]
     if not keep:
         raise TirgrpoError("no example left to evaluate (check --max-prompt-tokens / --max-examples)")
     return [examples[i] for i in keep], [problem_ids[i] for i in keep], [prompts[i] for i in keep]

@@ -139,6 +139,8 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
 
 
 def _problems_from_jsonl(path: Path, text: str) -> tuple[list[Problem], bool]:
+    from tirgrpo.data.limits import check_row_count, text_problem
+
     problems, seen, has_answers = [], set(), True
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -150,10 +152,20 @@ def _problems_from_jsonl(path: Path, text: str) -> tuple[list[Problem], bool]:
             raise TirgrpoError(f"{where}: not JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise TirgrpoError(f"{where}: expected a JSON object")
-        pid = str(next((row[k] for k in _ID_COLUMNS if row.get(k) is not None), f"{path.stem}-{line_no}"))
+        check_row_count(line_no, path)
+        raw_id = next((row[k] for k in _ID_COLUMNS if row.get(k) is not None), f"{path.stem}-{line_no}")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise TirgrpoError(f"{where}: the id must be a string or an integer, got {raw_id!r}")
+        pid = str(raw_id).strip()
         question = next((row[k] for k in _QUESTION_COLUMNS if isinstance(row.get(k), str)), "").strip()
         if not question:
             raise TirgrpoError(f"{where}: no problem or question text")
+        if not pid:
+            raise TirgrpoError(f"{where}: empty id")
+        # the same checks as a CSV row's: what the transcripts' reader would refuse after the run
+        problem = text_problem(question) or text_problem(pid)
+        if problem:
+            raise TirgrpoError(f"{where}: {'question' if text_problem(question) else 'id'} {problem}")
         if pid in seen:
             raise TirgrpoError(f"{where}: duplicate id {pid!r}")
         raw = next((row[k] for k in _ANSWER_COLUMNS if row.get(k) is not None), None)
@@ -502,8 +514,10 @@ def errors_path(out: Path) -> Path:
 def finished_pairs(out: Path) -> set[tuple[str, int]]:
     """(problem_id, sample) of the transcripts already in `out`.
 
-    A last line cut short by a crash is removed (its sample runs again); any other bad line is
-    an error, since the file is not ours to rewrite.
+    A last line cut short by a crash is removed (its sample runs again); a whole last line
+    without its newline (a file written by other tools) gets one, so the next line appended
+    starts a line of its own; any other bad line is an error, since the file is not ours to
+    rewrite.
     """
     if not out.exists():
         return set()
@@ -526,6 +540,9 @@ def finished_pairs(out: Path) -> set[tuple[str, int]]:
     if keep_bytes != len(raw):
         with open(out, "r+b") as f:
             f.truncate(keep_bytes)
+    elif raw and not raw.endswith(b"\n"):
+        with open(out, "ab") as f:
+            f.write(b"\n")
     return done
 
 
