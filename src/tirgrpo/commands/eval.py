@@ -44,8 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=temperature, default=1.0,
                    help="sampling temperature of the K samples (default 1.0; 0 = greedy)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
-    p.add_argument("--max-examples", type=non_negative_int, default=0, help="evaluate at most this many examples (0 = all)")
-    p.add_argument("--max-prompt-tokens", type=non_negative_int, default=0, help="drop longer prompts (0 = no limit)")
+    p.add_argument("--max-examples", type=non_negative_int, default=0,
+                   help="evaluate at most this many examples (0 = all); with --transcripts, whole problems")
+    p.add_argument("--max-prompt-tokens", type=non_negative_int, default=0,
+                   help="drop longer prompts (0 = no limit); with --transcripts, leave them unjudged (they "
+                        "still vote in --selection)")
     p.add_argument("--tokenizer", default="", help="tokenizer name or path (default: the model's own)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
