@@ -33,7 +33,7 @@ install: $(VENV)/.installed
 # The CPU demo: a short supervised warm start (the answer format), then GRPO from it; the
 # train step ends with the before/after table and where the plots and report are.
 demo: install
-	$(VENV)/bin/tirgrpo sft --config configs/demo-cpu-sft.toml
+	$(VENV)/bin/tirgrpo sft --config configs/demo-cpu-sft.toml --overwrite
 	$(VENV)/bin/tirgrpo train --config configs/demo-cpu.toml --overwrite --set model.init_from=runs/demo-sft
 
 test: install

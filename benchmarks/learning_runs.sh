@@ -94,7 +94,7 @@ sft() {
   local name=$1 config=${2:-configs/gsm8k-verify-qwen2.5-coder-1.5b-sft.toml}
   shift; [ $# -gt 0 ] && shift
   [ -f "$RUNS/$name/summary.json" ] && { echo "$name: done already"; return 0; }
-  $TIRGRPO sft --config "$config" --set run.out_dir="$RUNS/$name" \
+  $TIRGRPO sft --config "$config" --overwrite --set run.out_dir="$RUNS/$name" \
     --set data.train="$DATA/$TASK/train.jsonl" --set run.tensorboard=false "$@" > "$RUNS/$name.log" 2>&1
   echo "$name: exit $?"
 }

@@ -266,7 +266,7 @@ if [ "$JUDGE_START" = sft ] && [ "$SFT_STEPS" = auto ]; then
 fi
 if [ "$JUDGE_START" = sft ]; then
   # shellcheck disable=SC2086  # SFT_SET is a list of options
-  step sft "$WORK/judge/summary.json" $TIRGRPO sft --config "$SFT_CONFIG" --set model.name_or_path="$MODEL" \
+  step sft "$WORK/judge/summary.json" $TIRGRPO sft --config "$SFT_CONFIG" --overwrite --set model.name_or_path="$MODEL" \
     --set data.train="$TRAIN" --set run.out_dir="$WORK/judge" --set optim.total_steps="$SFT_STEPS" \
     --set batch_size="$SFT_BATCH" --set run.seed="$SEED" --set system.device="$DEVICE" $SFT_SET
   stop_after sft

@@ -18,6 +18,8 @@ from tirgrpo.validate import RULES, Range, check_fits_ram, check_value, positive
     ("rollout.temperature=nan", "rollout.temperature"),
     ("rollout.temperature=inf", "rollout.temperature"),
     ("rollout.temperature=2.5", "rollout.temperature"),
+    ("rollout.temperature=0", "rollout.temperature"),  # greedy groups: no reward spread, nothing learned
+    ("system.logprob_chunk_tokens=0", "system.logprob_chunk_tokens"),
     ("rollout.group_size=1", "rollout.group_size"),
     ("rollout.top_p=0", "rollout.top_p"),
     ("rollout.top_p=1.5", "rollout.top_p"),
@@ -42,8 +44,9 @@ def test_sft_config_checked_too():
 
 
 def test_defaults_and_edges_pass():
-    load_config(TrainConfig, None, ["rollout.temperature=0", "rollout.top_p=1", "rollout.temperature=2",
-                                    "grpo.beta=0", "optim.min_lr_ratio=1"])
+    load_config(TrainConfig, None, ["rollout.temperature=0.01", "rollout.top_p=1", "system.logprob_chunk_tokens=1",
+                                    "grpo.beta=0", "optim.min_lr_ratio=1", "run.eval_temperature=0"])
+    load_config(TrainConfig, None, ["rollout.temperature=2"])
     load_config(SFTConfig)
 
 

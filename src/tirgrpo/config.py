@@ -81,6 +81,8 @@ class RolloutConfig:
     """Prompts per optimizer step (so the step trains on prompts_per_step * G completions)."""
     max_new_tokens: int = 1024
     temperature: float = 1.0
+    """Sampling temperature of the rollouts, in (0, 2]: at 0 a group's G samples would all be the
+    same and no group would carry a reward spread to learn from."""
     top_p: float = 1.0
     top_k: int = 0
     """0 disables top-k."""

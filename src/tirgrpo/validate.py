@@ -63,7 +63,7 @@ RULES: dict[str, Range] = {
     "rollout.group_size": Range(2),
     "rollout.prompts_per_step": AT_LEAST_1,
     "rollout.max_new_tokens": AT_LEAST_1,
-    "rollout.temperature": TEMPERATURE,
+    "rollout.temperature": Range(0, 2, lo_open=True),  # 0 would make every group's samples the same
     "rollout.top_p": Range(0, 1, lo_open=True),
     "rollout.top_k": AT_LEAST_0,
     "grpo.beta": AT_LEAST_0,
@@ -79,7 +79,7 @@ RULES: dict[str, Range] = {
     "optim.max_grad_norm": POSITIVE,
     "system.rollout_batch_size": AT_LEAST_1,
     "system.micro_batch_tokens": AT_LEAST_0,  # or "auto" (not a number, so not checked here)
-    "system.logprob_chunk_tokens": AT_LEAST_0,
+    "system.logprob_chunk_tokens": AT_LEAST_1,
     "run.eval_every": AT_LEAST_0,
     "run.eval_samples": AT_LEAST_1,
     "run.eval_temperature": Range(-1, 2),  # -1: the rollout temperature

@@ -478,3 +478,17 @@ def test_judge_only_pays_for_the_transcripts_own_answer_only():
         ("submit", 1.0), ("submit", -1.0), ("decline", 0.0), ("submit", 1.0)]
     assert [(s["decision"], s["correctness"]) for s in judge] == [
         ("invalid", -1.0), ("submit", -1.0), ("decline", 0.0), ("submit", 1.0)]
+    # and a re-solved answer, invalid under judge_only, gets the invalid -1 of length and formatting too
+    shaped = {"length": 1.0, "formatting": 1.0}
+    plain = score_records(records[:2], RewardConfig(curriculum=False, weights=shaped), Tok(), 0, 1)
+    judge = score_records(records[:2], RewardConfig(curriculum=False, weights=shaped, judge_only=True), Tok(), 0, 1)
+    assert judge[0]["length"] == pytest.approx(plain[0]["length"] - 1.0)
+    assert judge[0]["formatting"] == pytest.approx(plain[0]["formatting"] - 1.0)
+    assert (judge[1]["length"], judge[1]["formatting"]) == (plain[1]["length"], plain[1]["formatting"])
+
+
+def test_a_boxed_number_of_thousands_of_digits_is_no_answer():
+    from tirgrpo.score.rewards import parse_integer_answer
+
+    assert parse_integer_answer("1" * 4301) is None and parse_integer_answer("1" * 41) is None
+    assert parse_integer_answer("1" * 40) == int("1" * 40)

@@ -106,3 +106,43 @@ def test_sft_unused_key_is_an_error(capsys):
 @pytest.fixture(autouse=True)
 def _quiet_tqdm(monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+def test_resume_refuses_to_change_the_model_or_the_folder(tmp_path, capsys):
+    (tmp_path / "config.toml").write_text('[model]\nname_or_path = "random:tiny-qwen2"\n[system]\ndevice = "cpu"\n',
+                                          encoding="utf-8")
+    assert main(["train", "--resume", str(tmp_path), "--set", "model.lora=true"]) == 2
+    assert "[model] cannot change on resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--set", "run.out_dir=elsewhere"]) == 2
+    assert "run.out_dir cannot change on resume" in capsys.readouterr().err
+
+
+def test_overwrite_removes_the_earlier_runs_checkpoints_and_final_model(tmp_path):
+    from tirgrpo.train.loop import claim_run_dir
+
+    for d in ("checkpoints/step_000004", "final", "tensorboard"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text("step_000004")
+    for f in ("metrics.jsonl", "summary.json", "eval_step_000050.json", "labels.png", "notes.txt"):
+        (tmp_path / f).write_text("old")
+    claim_run_dir(tmp_path, resume=False, config_toml="", plan_toml="")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["config.toml", "notes.txt", "plan.toml"]  # the user's own file stays
+    (tmp_path / "checkpoints").mkdir()
+    claim_run_dir(tmp_path, resume=True, config_toml="", plan_toml="")
+    assert (tmp_path / "checkpoints").is_dir()  # a resume keeps everything
+
+
+def test_sft_refuses_a_folder_that_holds_a_run_unless_overwrite(tmp_path, tiny_model_dir, byte_tokenizer, capsys):
+    write_examples(tmp_path / "train.jsonl", compare_examples(4, 0, byte_tokenizer))
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_000002").mkdir(parents=True)  # e.g. a GRPO run's
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    sets = [f"model.name_or_path={tiny_model_dir}", f"data.train={tmp_path / 'train.jsonl'}", "optim.total_steps=1",
+            "batch_size=2", f"run.out_dir={out}", "run.tensorboard=false", "system.device=cpu"]
+    argv = ["sft"] + [a for s in sets for a in ("--set", s)]
+    assert main(argv) == 2
+    assert "already holds a run; use --overwrite" in capsys.readouterr().err
+    assert (out / "checkpoints").is_dir() and (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert main(argv + ["--overwrite"]) == 0
+    assert not (out / "checkpoints").exists() and (out / "final").is_dir()

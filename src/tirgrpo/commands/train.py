@@ -33,6 +33,14 @@ def requested_config(args) -> dict:
     if asked.get("system") != recorded.get("system"):
         raise TirgrpoError(f"--resume runs the recorded plan ({args.resume}/plan.toml): [system] settings cannot "
                            f"change; start a new run to change them")
+    # The checkpoint's weights belong to the recorded model (its base, LoRA layout, tokenizer, the
+    # reference it started from), and the run's folder is where it is.
+    for section, key in (("model", None), ("run", "out_dir")):
+        mine, theirs = asked.get(section, {}), recorded.get(section, {})
+        if (mine if key is None else mine.get(key)) != (theirs if key is None else theirs.get(key)):
+            name = f"[{section}]" if key is None else f"{section}.{key}"
+            raise TirgrpoError(f"--resume {args.resume}: {name} cannot change on resume (the checkpoint belongs "
+                               f"to the recorded one); start a new run to change it")
     return asked
 
 

@@ -281,7 +281,7 @@ def parse_integer_answer(text: Any) -> int | None:
     s = s.replace("{,}", ",").replace("\\,", ",")
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
-    if not _INTEGER.match(s):
+    if not _INTEGER.match(s) or len(s) > 40:  # no answer has 40 digits; int() refuses > 4,300
         return None
     return int(s.split(".")[0])
 
@@ -334,13 +334,14 @@ def judged_decision(c: RewardInput, cfg: RewardConfig) -> str:
 
 
 def default_length(c: RewardInput, ctx: RewardContext) -> float:
-    """The seed's length shape; the -1 applies when the decision is invalid."""
-    return length_value(*token_counts(c.text, ctx.tokenizer), _decision(c) != "invalid")
+    """The seed's length shape; the -1 applies when the decision is invalid (`judged_decision`:
+    with judge_only, boxing an answer other than the code's output is invalid too)."""
+    return length_value(*token_counts(c.text, ctx.tokenizer), judged_decision(c, ctx.config) != "invalid")
 
 
 def default_formatting(c: RewardInput, ctx: RewardContext) -> float:
-    """The seed's formatting shape; the -1 applies when the decision is invalid."""
-    return formatting_value(c.text, _decision(c) != "invalid")
+    """The seed's formatting shape; the -1 applies when the decision is invalid (`judged_decision`)."""
+    return formatting_value(c.text, judged_decision(c, ctx.config) != "invalid")
 
 
 def default_correctness(c: RewardInput, ctx: RewardContext) -> float:

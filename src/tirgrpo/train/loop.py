@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,12 @@ from tirgrpo.train import dist
 from tirgrpo.train.metrics import DeviceTimer, peak_memory_gib
 from tirgrpo.train.plan import Plan
 
-FRESH_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json")
+# What a fresh run (--overwrite) removes of an earlier run in its folder: its logs, evaluations,
+# summary, checkpoints (whose `latest` a later --resume would load) and final model.
+FRESH_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json", "summary.json",
+                   "report.html")
+FRESH_RUN_GLOBS = ("eval_step_*.json", "*.png")
+FRESH_RUN_DIRS = ("checkpoints", "final", "tensorboard")
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Session:
     eval_before: dict = field(default_factory=dict)
     last_save: int = 0
     counts: tuple[int, int] = (0, 0)  # (trainable, total) parameters
+    nonfinite_at_start: int = 0  # progress.nonfinite when this session began (a resume starts afresh)
 
     @property
     def total_steps(self) -> int:
@@ -138,10 +145,26 @@ def find_checkpoint(run_dir: Path, resume: bool, overwrite: bool):
         if ckpt is None:
             raise TirgrpoError(f"--resume {run_dir}: no checkpoint there (checkpoints/latest)")
         return ckpt
-    if (run_dir / "metrics.jsonl").exists() and not overwrite:
+    if holds_a_run(run_dir) and not overwrite:
         raise TirgrpoError(f"{run_dir} already holds a run; use --resume {run_dir}, --overwrite, "
                            f"or --set run.out_dir=OTHER")
     return None
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run (GRPO or SFT) that a fresh one would replace."""
+    return any((run_dir / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints", "final"))
+
+
+def clear_earlier_run(run_dir: Path) -> None:
+    """Remove what an earlier run left in `run_dir` (FRESH_RUN_*), the user's other files kept."""
+    for stale in FRESH_RUN_FILES:
+        (run_dir / stale).unlink(missing_ok=True)
+    for pattern in FRESH_RUN_GLOBS:
+        for stale in run_dir.glob(pattern):
+            stale.unlink()
+    for stale in FRESH_RUN_DIRS:
+        shutil.rmtree(run_dir / stale, ignore_errors=True)
 
 
 def claim_run_dir(run_dir: Path, resume: bool, config_toml: str, plan_toml: str) -> None:
@@ -149,8 +172,7 @@ def claim_run_dir(run_dir: Path, resume: bool, config_toml: str, plan_toml: str)
     Called once every refusal is behind us, so a refused run leaves the folder as it was."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        for stale in FRESH_RUN_FILES:
-            (run_dir / stale).unlink(missing_ok=True)
+        clear_earlier_run(run_dir)
     atomic_write_text(run_dir / "config.toml", config_toml)
     atomic_write_text(run_dir / "plan.toml", plan_toml)
 
@@ -287,7 +309,7 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
         log = NullLog()
     return Session(cfg, plan, run_dir, device, config_toml, plan_toml, tokenizer, train_prompts, eval_prompts, model,
                    ref_model, optimizer, engine, progress, log, train_pairs=train_pairs, last_save=progress.step,
-                   counts=count_parameters(model))
+                   counts=count_parameters(model), nonfinite_at_start=progress.nonfinite)
 
 
 # --------------------------------------------------------------------------- the phases
@@ -497,13 +519,15 @@ def sample_record(rollout: Rollout, i: int) -> dict:
 
 
 def after_rollout(s: Session, step_before: int) -> None:
-    """Stop on too many non-finite updates; evaluate and save when their interval is crossed."""
+    """Stop on too many non-finite updates (counted since this session began: a run resumed
+    after such a stop gets its chance); evaluate and save when their interval is crossed."""
     from tirgrpo.eval.evaluate import log_values
 
     cfg, step = s.cfg, s.progress.step
-    if s.progress.nonfinite >= cfg.run.max_nonfinite:
+    skipped = s.progress.nonfinite - s.nonfinite_at_start
+    if skipped >= cfg.run.max_nonfinite:
         s.save()
-        raise TirgrpoError(f"{s.progress.nonfinite} steps had a non-finite loss or gradient (run.max_nonfinite="
+        raise TirgrpoError(f"{skipped} steps had a non-finite loss or gradient (run.max_nonfinite="
                            f"{cfg.run.max_nonfinite}); stopped at step {step}, checkpoint saved. "
                            f"Lower optim.lr or check the data.")
     every = cfg.run.eval_every

@@ -138,15 +138,20 @@ def sft_examples(cfg: SFTConfig, tokenizer) -> tuple[list[list[int]], list[list[
     return [ids for ids, _ in pairs], targets
 
 
-def sft(cfg: SFTConfig, requested: dict | None = None) -> dict:
+def sft(cfg: SFTConfig, requested: dict | None = None, overwrite: bool = False) -> dict:
     """Run supervised fine-tuning as configured; returns a summary dict. `requested` (what the
     user asked, as a dict) is written as RUN_DIR/config.toml (None: `cfg` whole). The run
-    folder is locked for the run's life; a refused run leaves nothing in it."""
+    folder is locked for the run's life; a refused run leaves nothing in it. A folder that holds
+    a run (SFT or GRPO) is refused unless `overwrite`, which replaces that run."""
+    from tirgrpo.train.loop import holds_a_run
     from tirgrpo.train.model import check_model_source, resolve_init
     from tirgrpo.train.runlock import RunLock
     from tirgrpo.validate import check_config
 
     check_config(cfg)
+    if holds_a_run(Path(cfg.run.out_dir)) and not overwrite:
+        raise TirgrpoError(f"{cfg.run.out_dir} already holds a run; use --overwrite to replace it, "
+                           f"or --set run.out_dir=OTHER")
     check_model_source(resolve_init(cfg.model).name_or_path)
     with RunLock(cfg.run.out_dir):
         return run_sft(cfg, requested)
@@ -159,6 +164,7 @@ def run_sft(cfg: SFTConfig, requested: dict | None) -> dict:
     from tirgrpo.data.prompts import prompts_for_rollout
     from tirgrpo.data.tokenizer import load_tokenizer
     from tirgrpo.files import atomic_write_text
+    from tirgrpo.train.loop import clear_earlier_run
     from tirgrpo.train.metrics import RunLog
     from tirgrpo.train.model import compile_decoder_layers, load_policy, resolve_init, save_hf_folder, tokenizer_spec
     from tirgrpo.train.optim import AdamW, lr_multiplier
@@ -180,7 +186,8 @@ def run_sft(cfg: SFTConfig, requested: dict | None) -> dict:
                       master_fp32=plan.master_fp32, bf16_update=plan.bf16_update, seed=cfg.run.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     # Only now, with every refusal (data, model) behind us, does the run folder change.
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clear_earlier_run(run_dir)
     atomic_write_text(run_dir / "config.toml", dumps_toml(to_dict(cfg) if requested is None else requested))
     write_plan(run_dir, plan)
     log = RunLog(run_dir, cfg.run.tensorboard)
