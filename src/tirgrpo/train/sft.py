@@ -143,7 +143,7 @@ def sft(cfg: SFTConfig, requested: dict | None = None, overwrite: bool = False) 
     user asked, as a dict) is written as RUN_DIR/config.toml (None: `cfg` whole). The run
     folder is locked for the run's life; a refused run leaves nothing in it. A folder that holds
     a run (SFT or GRPO) is refused unless `overwrite`, which replaces that run."""
-    from tirgrpo.train.loop import holds_a_run
+    from tirgrpo.train.run_folder import holds_a_run
     from tirgrpo.train.model import check_model_source, resolve_init
     from tirgrpo.train.runlock import RunLock
     from tirgrpo.validate import check_config
@@ -164,7 +164,7 @@ def run_sft(cfg: SFTConfig, requested: dict | None) -> dict:
     from tirgrpo.data.prompts import prompts_for_rollout
     from tirgrpo.data.tokenizer import load_tokenizer
     from tirgrpo.files import atomic_write_text
-    from tirgrpo.train.loop import clear_earlier_run
+    from tirgrpo.train.run_folder import clear_earlier_run
     from tirgrpo.train.metrics import RunLog
     from tirgrpo.train.model import compile_decoder_layers, load_policy, resolve_init, save_hf_folder, tokenizer_spec
     from tirgrpo.train.optim import AdamW, lr_multiplier
