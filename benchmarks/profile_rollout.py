@@ -21,6 +21,8 @@ import torch
 
 from tirgrpo.data.tokenizer import load_tokenizer
 from tirgrpo.kernels import KERNEL_CHOICES
+# The triton set reads PROMPT_BATCH_MIN_ROWS and KEYS_PER_SPLIT at each call: the options set them here.
+from tirgrpo.kernels import decode_attention
 from tirgrpo.perf.profile import format_table, profile_decode
 from tirgrpo.rollout import SamplingParams
 from tirgrpo.rollout.engine import FastEngine
@@ -40,6 +42,9 @@ def parse_args(argv=None):
     ap.add_argument("--prompt-batch-min-rows", type=int, default=None,
                     help="batches from this many rows use the rows-of-slot index (default: "
                          "kernels/decode_attention.py's PROMPT_BATCH_MIN_ROWS); 1: always")
+    ap.add_argument("--keys-per-split", type=int, nargs="+", default=None,
+                    help="profile each batch once per value of decode_attention.KEYS_PER_SPLIT (keys one "
+                         "attention program reads; a multiple of 64); default: the module's")
     ap.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
     ap.add_argument("--by-category", action="store_true",
                     help="eager decode steps, time per step grouped by kernel category")
@@ -54,7 +59,6 @@ def main(argv=None) -> list[dict]:
     """Print the profile of each --batch; return the --by-category tables (empty otherwise)."""
     a = parse_args(argv)
     if a.prompt_batch_min_rows is not None:
-        from tirgrpo.kernels import decode_attention  # the triton set reads it at each step
         decode_attention.PROMPT_BATCH_MIN_ROWS = a.prompt_batch_min_rows
     device = resolve_device(a.device)
     model = build_random_model(a.shape, resolve_dtype("auto", device), device=device).eval()
@@ -63,26 +67,40 @@ def main(argv=None) -> list[dict]:
     params = SamplingParams(a.new_tokens, 1.0, min_new_tokens=a.new_tokens)  # eos masked: every row runs all steps
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     tables = []
-    for batch in a.batch:
-        g = torch.Generator().manual_seed(0)
-        ids = [torch.randint(0, vocab, (a.prompt_tokens,), generator=g).tolist() for _ in range(max(1, batch // a.group))]
-        gen = torch.Generator(device=device).manual_seed(0)
-        if a.by_category:
-            eng = FastEngine(model, tok, max_batch=batch, kernels=a.kernels, use_cuda_graphs=False)
-            table = {"shape": a.shape, "batch": len(ids) * a.group, "group": a.group, "prompt_tokens": a.prompt_tokens,
-                     "new_tokens": a.new_tokens, "kernels": eng.kernels.name, "device": str(device), "gpu": gpu,
-                     **profile_decode(eng, ids, a.group, params, gen)}
-            print(f"\n{a.shape}, batch {table['batch']} (G = {a.group}), {a.prompt_tokens} + {a.new_tokens} tokens, "
-                  f"{table['kernels']} kernels, eager, {table['time']} time per decode step on {gpu}:")
-            print(format_table(table), flush=True)
-            tables.append(table)
-        else:
-            profile_ops(FastEngine(model, tok, max_batch=batch, kernels=a.kernels), ids, a.group, params, gen)
+    default = decode_attention.KEYS_PER_SPLIT
+    try:
+        for keys_per_split in a.keys_per_split or [default]:
+            decode_attention.KEYS_PER_SPLIT = keys_per_split
+            for batch in a.batch:
+                table = profile_batch(a, model, tok, vocab, params, gpu, device, batch)
+                if table is not None:
+                    tables.append({**table, "keys_per_split": keys_per_split})
+    finally:
+        decode_attention.KEYS_PER_SPLIT = default
     if a.json:
         from tirgrpo.files import atomic_write_text
 
         atomic_write_text(a.json, json.dumps(tables, indent=1))
     return tables
+
+
+def profile_batch(a, model, tok, vocab, params, gpu, device, batch) -> dict | None:
+    """Profile one --batch: the --by-category table (printed and returned), else the op tables (None)."""
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, vocab, (a.prompt_tokens,), generator=g).tolist() for _ in range(max(1, batch // a.group))]
+    gen = torch.Generator(device=device).manual_seed(0)
+    if not a.by_category:
+        profile_ops(FastEngine(model, tok, max_batch=batch, kernels=a.kernels), ids, a.group, params, gen)
+        return None
+    eng = FastEngine(model, tok, max_batch=batch, kernels=a.kernels, use_cuda_graphs=False)
+    table = {"shape": a.shape, "batch": len(ids) * a.group, "group": a.group, "prompt_tokens": a.prompt_tokens,
+             "new_tokens": a.new_tokens, "kernels": eng.kernels.name, "device": str(device), "gpu": gpu,
+             **profile_decode(eng, ids, a.group, params, gen)}
+    print(f"\n{a.shape}, batch {table['batch']} (G = {a.group}), {a.prompt_tokens} + {a.new_tokens} tokens, "
+          f"{table['kernels']} kernels, {decode_attention.KEYS_PER_SPLIT} keys per attention split, eager, "
+          f"{table['time']} time per decode step on {gpu}:")
+    print(format_table(table), flush=True)
+    return table
 
 
 def profile_ops(eng, ids, group, params, gen) -> None:

@@ -179,6 +179,23 @@ def test_decode_attention_prompt_batched(device, dtype, heads, R):
 
 
 @on_devices
+def test_decode_attention_reads_keys_per_split_at_each_call(device, monkeypatch):
+    """Without keys_per_split the kernel takes decode_attention.KEYS_PER_SPLIT as it is at the
+    call (benchmarks set it): 32 there gives the explicit 32's result, the split count included."""
+    from tirgrpo.kernels import decode_attention as DA
+
+    args = attention_inputs(SLOT_ROWS, (4, 2), 5, 16, 6, torch.float32, device)
+    shapes = []  # the partial buffers' shapes: [B, Hq, splits, D] first
+    real_partials = DA.partials
+    monkeypatch.setattr(DA, "partials", lambda shape, dev: shapes.append(shape) or real_partials(shape, dev))
+    monkeypatch.setattr(DA, "KEYS_PER_SPLIT", 32)
+    out = K.decode_attention(*args, block_n=16)
+    explicit = K.decode_attention(*args, keys_per_split=32, block_n=16)
+    assert torch.equal(out, explicit)
+    assert shapes[0] == shapes[3] and shapes[0][2] == 80 // 32 + 1 + 48 // 32 + 1  # prompt cache 80, completions 48
+
+
+@on_devices
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_mul(device, dtype):
     g = torch.Generator().manual_seed(3)

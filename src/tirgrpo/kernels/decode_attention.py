@@ -329,7 +329,7 @@ def _decode_attention_combine_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, n_splits,
 
 def decode_attention(q: torch.Tensor, k_prompt: torch.Tensor, v_prompt: torch.Tensor, k_comp: torch.Tensor,
                      v_comp: torch.Tensor, prefix_slot: torch.Tensor, prefix_len: torch.Tensor, comp_len: torch.Tensor,
-                     prompt_rows: torch.Tensor | None = None, keys_per_split: int = KEYS_PER_SPLIT,
+                     prompt_rows: torch.Tensor | None = None, keys_per_split: int | None = None,
                      block_n: int = ATTN_BLOCK_N) -> torch.Tensor:
     """Triton `decode_attention_torch` (same arguments and shapes), split-K (flash-decoding).
 
@@ -341,7 +341,10 @@ def decode_attention(q: torch.Tensor, k_prompt: torch.Tensor, v_prompt: torch.Te
     completion splits on grid (B, Hkv, completion splits). Splits are sized by the caches'
     capacities (P_cap, N_cap), not by the rows' lengths, so the grids are fixed for a CUDA
     graph; programs past a row's length write an empty partial. A last kernel combines them.
+    keys_per_split None: the module's KEYS_PER_SPLIT, read at each call (so a benchmark may set it).
     """
+    if keys_per_split is None:
+        keys_per_split = KEYS_PER_SPLIT
     B, Hq, D = q.shape
     n_slots, Hkv, P, _ = k_prompt.shape
     N = k_comp.shape[2]
