@@ -92,3 +92,23 @@ def test_cpu_ram_check_refuses_unless_overridden():
         check_fits_ram(697 * 2**30, 23.5 * 2**30, "parts", override=False)
     with pytest.warns(UserWarning, match="overridden"):
         check_fits_ram(697 * 2**30, 23.5 * 2**30, "parts", override=True)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda:-1", "CUDA", "cuda:0:1", ""])
+def test_an_unknown_device_is_refused_at_load_naming_the_key_and_the_valid_values(device):
+    for cls in (TrainConfig, SFTConfig):
+        with pytest.raises(TirgrpoError, match=r"system\.device.*auto, cpu, cuda, cuda:N"):
+            load_config(cls, None, [f'system.device="{device}"'])
+
+
+def test_valid_devices_load():
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:7"):
+        assert load_config(TrainConfig, None, [f'system.device="{device}"']).system.device == device
+
+
+def test_a_bad_device_through_the_cli_is_a_message_not_a_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--set", 'system.device="gpu"', "--set", f'run.out_dir="{run}"']) == 2
+    err = capsys.readouterr().err
+    assert "system.device" in err and "Traceback" not in err and "internal error" not in err
+    assert not run.exists()  # refused before the run folder is made

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -122,9 +123,21 @@ def check_value(key: str, value: Any, choices: tuple[str, ...] | None = None) ->
             raise TirgrpoError(f"config: {key} must be {rule.describe()}, got {value!r}")
 
 
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device(key: str, value: str) -> None:
+    """Refuse a device string the trainer cannot use (torch's own error would be an internal one)."""
+    if not DEVICE.fullmatch(value):
+        raise TirgrpoError(f"config: {key} must be one of auto, cpu, cuda, cuda:N (N a GPU index, e.g. cuda:1), "
+                           f"got {value!r}")
+
+
 def check_config(cfg: Any) -> None:
     """Check every numeric field of a config dataclass (sections one level deep) against RULES,
-    and every field with `metadata["choices"]` against its names."""
+    every field with `metadata["choices"]` against its names, and `[system]`'s device."""
+    from tirgrpo.config import ExecutionConfig
+
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
@@ -132,6 +145,8 @@ def check_config(cfg: Any) -> None:
                 check_value(f"{f.name}.{g.name}", getattr(value, g.name), g.metadata.get("choices"))
         else:
             check_value(f.name, value, f.metadata.get("choices"))
+        if isinstance(value, ExecutionConfig):
+            check_device(f"{f.name}.device", value.device)
 
 
 # --------------------------------------------------------------------------- memory
