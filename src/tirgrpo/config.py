@@ -94,10 +94,17 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    """Which reward functions score a completion and how they are mixed."""
+    """Which reward functions score a completion and how they are mixed.
+
+    `judge_only` and the decision constants (`submit_correct` ... `invalid`) belong to the
+    `default` set: `seed` reproduces the original formulas exactly, for comparison, so a config
+    that sets any of them away from its default next to `set = "seed"` is refused at load
+    rather than ignored. The set and the reward names in `weights` are checked at load too
+    (`score.rewards.check_rewards`)."""
 
     set: str = "default"
-    """`default` (decision from finish reasons, integer answers) or `seed` (the original formulas)."""
+    """`default` (decision from finish reasons, integer answers) or `seed` (the original formulas,
+    which read none of the fields below `weights`)."""
     curriculum: bool = True
     """Mix length/formatting/correctness with the curriculum schedule; else use `weights`."""
     weights: dict[str, float] = field(default_factory=dict)

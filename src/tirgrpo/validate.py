@@ -135,8 +135,10 @@ def check_device(key: str, value: str) -> None:
 
 def check_config(cfg: Any) -> None:
     """Check every numeric field of a config dataclass (sections one level deep) against RULES,
-    every field with `metadata["choices"]` against its names, and `[system]`'s device."""
-    from tirgrpo.config import ExecutionConfig
+    every field with `metadata["choices"]` against its names, `[system]`'s device and
+    `[rewards]`' names (`score.rewards.check_rewards`)."""
+    from tirgrpo.config import ExecutionConfig, RewardConfig
+    from tirgrpo.score.rewards import check_rewards
 
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -147,6 +149,8 @@ def check_config(cfg: Any) -> None:
             check_value(f.name, value, f.metadata.get("choices"))
         if isinstance(value, ExecutionConfig):
             check_device(f"{f.name}.device", value.device)
+        if isinstance(value, RewardConfig):
+            check_rewards(value)
 
 
 # --------------------------------------------------------------------------- memory
