@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -123,34 +122,19 @@ def check_value(key: str, value: Any, choices: tuple[str, ...] | None = None) ->
             raise TirgrpoError(f"config: {key} must be {rule.describe()}, got {value!r}")
 
 
-DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
-
-
-def check_device(key: str, value: str) -> None:
-    """Refuse a device string the trainer cannot use (torch's own error would be an internal one)."""
-    if not DEVICE.fullmatch(value):
-        raise TirgrpoError(f"config: {key} must be one of auto, cpu, cuda, cuda:N (N a GPU index, e.g. cuda:1), "
-                           f"got {value!r}")
-
-
 def check_config(cfg: Any) -> None:
     """Check every numeric field of a config dataclass (sections one level deep) against RULES,
-    every field with `metadata["choices"]` against its names, `[system]`'s device and
-    `[rewards]`' names (`score.rewards.check_rewards`)."""
-    from tirgrpo.config import ExecutionConfig, RewardConfig
-    from tirgrpo.score.rewards import check_rewards
-
+    every field with `metadata["choices"]` against its names, and then what a section checks
+    itself (its `check(section)` method: `[system]`'s device, `[rewards]`' names)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             for g in dataclasses.fields(value):
                 check_value(f"{f.name}.{g.name}", getattr(value, g.name), g.metadata.get("choices"))
+            if callable(getattr(value, "check", None)):
+                value.check(f.name)
         else:
             check_value(f.name, value, f.metadata.get("choices"))
-        if isinstance(value, ExecutionConfig):
-            check_device(f"{f.name}.device", value.device)
-        if isinstance(value, RewardConfig):
-            check_rewards(value)
 
 
 # --------------------------------------------------------------------------- memory

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tirgrpo.config import RewardConfig
+from tirgrpo.config import BUILTIN_REWARDS, RewardConfig
 from tirgrpo.errors import TirgrpoError
 
 THINK_END = "</think>"
@@ -28,7 +28,6 @@ CODE_FENCE = "```python"
 """Opening a python block is how the model declines to answer; it is also the stop string."""
 FINISH_REASONS = ("eos", "stop", "length")
 DECISIONS = ("submit", "decline", "invalid")
-BUILTIN_REWARDS = ("length", "formatting", "correctness")
 
 # The seed's length targets, in tokens (bos included), and its formatting target, in characters.
 PREFERRED_THINK_TOKENS = 246
@@ -417,42 +416,6 @@ def reward_weights(cfg: RewardConfig, step: int, total_steps: int) -> dict[str, 
             "set rewards.curriculum = false to fix their weights"
         )
     return {**curriculum_weights(step, total_steps), **cfg.weights}
-
-
-# RewardConfig fields that only the default set reads; `seed` refuses them (see `check_rewards`).
-DEFAULT_SET_ONLY = ("judge_only", "submit_correct", "submit_wrong", "decline", "decline_wrong", "invalid")
-
-
-def check_rewards(cfg: RewardConfig) -> None:
-    """Refuse at config load what would otherwise fail (or be ignored) at the first rollout:
-    an unknown `rewards.set`, a reward name the set does not have, weights the curriculum
-    cannot use, and the default set's settings under `seed`. A `module:function` name is
-    only checked for its form here; the trainer imports it before it evaluates."""
-    if cfg.set not in REWARD_SETS:
-        raise TirgrpoError(f"config: rewards.set must be one of {', '.join(sorted(REWARD_SETS))}, got {cfg.set!r}")
-    if cfg.set == "seed":
-        defaults = RewardConfig()
-        changed = [f"rewards.{k}" for k in DEFAULT_SET_ONLY if getattr(cfg, k) != getattr(defaults, k)]
-        if changed:
-            # `seed` reproduces the original formulas exactly (for comparison); applying these
-            # would make it something else, and ignoring them would do so without a word.
-            raise TirgrpoError(f"config: {', '.join(changed)} apply to the default reward set only, not to "
-                               'rewards.set = "seed" (the original formulas, reproduced exactly); remove '
-                               f'{"it" if len(changed) == 1 else "them"} or set rewards.set = "default"')
-    known = REWARD_SETS[cfg.set]
-    for name in cfg.weights:
-        module_name, colon, attr = name.partition(":")
-        if colon and (not module_name or not attr):
-            raise TirgrpoError(f"config: rewards.weights: {name!r} is not of the form module:function")
-        if not colon and name not in known:
-            raise TirgrpoError(f"config: rewards.weights names an unknown reward {name!r}; the {cfg.set!r} set has "
-                               f"{', '.join(sorted(known))}, or name your own as module:function")
-    if not cfg.curriculum and not cfg.weights:
-        raise TirgrpoError("config: rewards.weights is empty while rewards.curriculum is false: nothing to score")
-    fixed = sorted(set(cfg.weights) & set(BUILTIN_REWARDS))
-    if cfg.curriculum and fixed:
-        raise TirgrpoError(f"config: rewards.weights names {fixed} while rewards.curriculum is true (the schedule "
-                           "sets them); set rewards.curriculum = false to fix their weights")
 
 
 def record_problem(record: Any, reward_set: str = "default") -> str | None:
