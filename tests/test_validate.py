@@ -92,3 +92,52 @@ def test_cpu_ram_check_refuses_unless_overridden():
         check_fits_ram(697 * 2**30, 23.5 * 2**30, "parts", override=False)
     with pytest.warns(UserWarning, match="overridden"):
         check_fits_ram(697 * 2**30, 23.5 * 2**30, "parts", override=True)
+
+
+@pytest.mark.parametrize("overrides, key, listed", [
+    (['rewards.set="sed"'], "rewards.set", "default, seed"),
+    (["rewards.curriculum=false", "rewards.weights={correctnes = 1.0}"], "rewards.weights", "correctness"),
+    (["rewards.weights={brevity = 0.5}"], "rewards.weights", "module:function"),  # a user reward rides along
+    (["rewards.weights={':f' = 0.5}"], "rewards.weights", "module:function"),
+    (["rewards.curriculum=false"], "rewards.weights", "empty"),  # nothing to score
+    (["rewards.weights={correctness = 1.0}"], "rewards.curriculum", "curriculum"),  # the schedule sets it
+])
+def test_reward_names_and_set_are_checked_at_load_naming_the_key_and_the_valid_names(overrides, key, listed):
+    with pytest.raises(TirgrpoError, match=key.replace(".", r"\.")) as e:
+        load_config(TrainConfig, None, overrides)
+    assert listed in str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rewards.judge_only=true", "rewards.judge_only"),
+    ("rewards.decline=-1.0", "rewards.decline"),
+    ("rewards.submit_wrong=-2.0", "rewards.submit_wrong"),
+])
+def test_the_seed_set_refuses_the_default_sets_settings(override, key):
+    # `seed` reproduces the original formulas exactly: judge_only and the decision constants
+    # are the default set's and would otherwise be ignored without a word.
+    with pytest.raises(TirgrpoError, match=key.replace(".", r"\.") + '.*rewards.set = "seed"'):
+        load_config(TrainConfig, None, ['rewards.set="seed"', override])
+    load_config(TrainConfig, None, [override])  # the default set applies them
+    load_config(TrainConfig, None, ['rewards.set="seed"', "rewards.curriculum=false",
+                                    "rewards.weights={correctness = 1.0, 'my_mod:fn' = 0.1}"])
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda:-1", "CUDA", "cuda:0:1", ""])
+def test_an_unknown_device_is_refused_at_load_naming_the_key_and_the_valid_values(device):
+    for cls in (TrainConfig, SFTConfig):
+        with pytest.raises(TirgrpoError, match=r"system\.device.*auto, cpu, cuda, cuda:N"):
+            load_config(cls, None, [f'system.device="{device}"'])
+
+
+def test_valid_devices_load():
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:7"):
+        assert load_config(TrainConfig, None, [f'system.device="{device}"']).system.device == device
+
+
+def test_a_bad_device_through_the_cli_is_a_message_not_a_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--set", 'system.device="gpu"', "--set", f'run.out_dir="{run}"']) == 2
+    err = capsys.readouterr().err
+    assert "system.device" in err and "Traceback" not in err and "internal error" not in err
+    assert not run.exists()  # refused before the run folder is made

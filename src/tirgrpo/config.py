@@ -17,6 +17,7 @@ one release through `OLD_KEYS` (with a note naming the new key).
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import tomllib
 import types
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from tirgrpo.errors import TirgrpoError
+
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+"""The device strings the trainer can use (torch's own error for another is an internal one)."""
+DEVICES = "auto, cpu, cuda, cuda:N (N a GPU index, e.g. cuda:1)"
 
 
 @dataclass
@@ -92,12 +97,25 @@ class RolloutConfig:
     from which the stop string was stripped."""
 
 
+REWARD_SETS = ("default", "seed")  # the sets of score/rewards.py REWARD_SETS
+BUILTIN_REWARDS = ("length", "formatting", "correctness")  # in both sets; the curriculum's three
+DEFAULT_SET_ONLY = ("judge_only", "submit_correct", "submit_wrong", "decline", "decline_wrong", "invalid")
+"""RewardConfig fields that only the default set reads."""
+
+
 @dataclass
 class RewardConfig:
-    """Which reward functions score a completion and how they are mixed."""
+    """Which reward functions score a completion and how they are mixed.
 
-    set: str = "default"
-    """`default` (decision from finish reasons, integer answers) or `seed` (the original formulas)."""
+    `judge_only` and the decision constants (`submit_correct` ... `invalid`) belong to the
+    `default` set: `seed` reproduces the original formulas exactly, for comparison, so a config
+    that sets any of them away from its default next to `set = "seed"` is refused at load
+    rather than ignored. The set and the reward names in `weights` are checked at load too
+    (`check`)."""
+
+    set: str = field(default="default", metadata={"choices": REWARD_SETS})
+    """`default` (decision from finish reasons, integer answers) or `seed` (the original formulas,
+    which read none of the fields below `weights`)."""
     curriculum: bool = True
     """Mix length/formatting/correctness with the curriculum schedule; else use `weights`."""
     weights: dict[str, float] = field(default_factory=dict)
@@ -121,6 +139,34 @@ class RewardConfig:
     decision by whether it was right (docs/learning.md). Evaluation always scores with the
     defaults, so runs with other constants compare."""
     invalid: float = -1.0
+
+    def check(self, section: str = "rewards") -> None:
+        """Refuse at load what would otherwise fail, or be ignored, at the first rollout (after
+        the before-training evaluation): the default set's settings under `seed`, a reward name
+        the set does not have, weights the curriculum cannot use. A `module:function` name is
+        only checked for its form here; the trainer imports it before it evaluates."""
+        if self.set == "seed":
+            # Applying these would make `seed` something other than the original formulas;
+            # ignoring them would do so without a word.
+            changed = [f"{section}.{k}" for k in DEFAULT_SET_ONLY if getattr(self, k) != getattr(RewardConfig, k)]
+            if changed:
+                raise TirgrpoError(f"config: {', '.join(changed)} apply to the default reward set only, not to "
+                                   f'{section}.set = "seed" (the original formulas, reproduced exactly); remove '
+                                   f'{"it" if len(changed) == 1 else "them"} or set {section}.set = "default"')
+        for name in self.weights:
+            module_name, colon, attr = name.partition(":")
+            if colon and (not module_name or not attr):
+                raise TirgrpoError(f"config: {section}.weights: {name!r} is not of the form module:function")
+            if not colon and name not in BUILTIN_REWARDS:
+                raise TirgrpoError(f"config: {section}.weights names an unknown reward {name!r}; the {self.set!r} set "
+                                   f"has {', '.join(BUILTIN_REWARDS)}, or name your own as module:function")
+        if not self.curriculum and not self.weights:
+            raise TirgrpoError(f"config: {section}.weights is empty while {section}.curriculum is false: "
+                               "nothing to score")
+        fixed = sorted(set(self.weights) & set(BUILTIN_REWARDS))
+        if self.curriculum and fixed:
+            raise TirgrpoError(f"config: {section}.weights names {fixed} while {section}.curriculum is true (the "
+                               f"schedule sets them); set {section}.curriculum = false to fix their weights")
 
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")  # GRPOConfig.loss_type (train/loss.py `aggregate`)
@@ -209,7 +255,7 @@ class ExecutionConfig:
     records what was chosen."""
 
     device: str = "auto"
-    """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ... (checked at load: `check`)."""
     dtype: str = "auto"
     """Compute dtype of weights and activations: `auto` (bf16 on CUDA, fp32 elsewhere: bf16
     matmuls are slow on most CPUs), `bf16` or `fp32`."""
@@ -241,6 +287,11 @@ class ExecutionConfig:
     compensation buffer, 10 bytes), `bf16-stochastic` (bf16 with stochastic rounding, 8 bytes)
     or `auto` (fp32-master). With `dtype = "fp32"` the plan says `fp32` whatever this says: fp32
     weights need neither remedy (LoRA adapters are fp32 in any dtype, and updated so)."""
+
+    def check(self, section: str = "system") -> None:
+        """Refuse a device string the trainer cannot use, naming the key and the valid ones."""
+        if not DEVICE.fullmatch(self.device):
+            raise TirgrpoError(f"config: {section}.device must be one of {DEVICES}, got {self.device!r}")
 
 
 @dataclass

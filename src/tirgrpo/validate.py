@@ -124,12 +124,15 @@ def check_value(key: str, value: Any, choices: tuple[str, ...] | None = None) ->
 
 def check_config(cfg: Any) -> None:
     """Check every numeric field of a config dataclass (sections one level deep) against RULES,
-    and every field with `metadata["choices"]` against its names."""
+    every field with `metadata["choices"]` against its names, and then what a section checks
+    itself (its `check(section)` method: `[system]`'s device, `[rewards]`' names)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             for g in dataclasses.fields(value):
                 check_value(f"{f.name}.{g.name}", getattr(value, g.name), g.metadata.get("choices"))
+            if callable(getattr(value, "check", None)):
+                value.check(f.name)
         else:
             check_value(f.name, value, f.metadata.get("choices"))
 

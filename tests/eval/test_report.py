@@ -179,6 +179,46 @@ def test_report_command_between_checkpoints(tiny_run, tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2  # not a run folder
 
 
+GOOD_ROW = json.dumps({"step": 1, "reward/total": 0.1}) + "\n"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("metrics.jsonl", GOOD_ROW + '{"step": 2, "rew\n' + GOOD_ROW, "line 2: not valid JSON"),
+    ("metrics.jsonl", GOOD_ROW + "3\n", "line 2: expected a JSON object"),
+    ("metrics.jsonl", '{"reward/total": 0.1}\n', "line 1: no integer 'step'"),
+    ("metrics.jsonl", '{"step": "1", "reward/total": 0.1}\n', "line 1: no integer 'step'"),
+    ("metrics.jsonl", b'{"step": 1, "a": "\xff"}\n', "not UTF-8"),
+    ("samples.jsonl", '{"completion": "x"}\n', "line 1: no integer 'step'"),
+    ("samples.jsonl", '{"step": 1,\n', "line 1: not valid JSON"),
+    ("eval_before.json", '{"overall": ', "not valid JSON"),
+    ("eval_before.json", "[1]", "expected a JSON object"),
+    ("eval_after.json", '{"overall": {}, "baselines": 3}', "'baselines' must be an object"),
+    ("eval_after.json", '{"intervals": {"policy": {"correctness": ["a", 1]}}}', "'intervals'"),
+    ("summary.json", "[]", "expected a JSON object"),
+    ("config.toml", b"\xff\xfe", "not UTF-8"),
+])
+def test_a_malformed_run_file_is_an_error_naming_it_not_a_traceback(tmp_path, capsys, name, text, message):
+    (tmp_path / "metrics.jsonl").write_text(GOOD_ROW)
+    (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["report", str(tmp_path), "--prompts", "0"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / name) in err and message in err, err
+    assert "internal error" not in err and not (tmp_path / "report.html").exists()
+
+
+def test_a_cut_off_last_log_line_of_a_crashed_run_is_left_out(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text(GOOD_ROW + '{"step": 2, "rew')  # killed mid-append
+    assert main(["report", str(tmp_path), "--prompts", "0"]) == 0
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_report_refuses_an_unknown_device_naming_the_option(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text(GOOD_ROW)
+    assert main(["report", str(tmp_path), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and "cuda:N" in err and "internal error" not in err
+
+
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

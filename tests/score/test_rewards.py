@@ -355,7 +355,10 @@ def test_decline_is_paid_by_the_examples_label():
 
 
 def test_registry_names():
+    from tirgrpo import config
+
     assert set(REWARD_SETS["seed"]) == set(REWARD_SETS["default"]) == {"length", "formatting", "correctness"}
+    assert set(REWARD_SETS) == set(config.REWARD_SETS)  # the names the config checks at load
     assert get_reward("length", "seed") is seed_length
     assert get_reward("correctness") is default_correctness
     with pytest.raises(TirgrpoError, match="unknown reward 'speed'"):

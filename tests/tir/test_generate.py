@@ -297,3 +297,46 @@ def test_problem_answers_with_a_degree_mark(tmp_path):
     p2 = tmp_path / "a.jsonl"
     p2.write_text(json.dumps({"question": "angle?", "answer": "#### 90^\\circ"}) + "\n")
     assert read_problems(p2)[0][0].answer == "90"
+
+
+@needs_sandbox
+def test_ctrl_c_writes_the_samples_that_finish_and_resume_runs_only_the_rest(fake, tmp_path, monkeypatch, capsys):
+    import signal
+    import time
+
+    from tirgrpo.commands import generate as gen_cmd
+    from tirgrpo.data.records import Transcript, Turn
+
+    _, url = fake
+    problems = tmp_path / "problems.csv"
+    problems.write_text("id,problem,answer\np1,a,1\np2,b,2\np3,c,3\n")
+    out = tmp_path / "t.jsonl"
+    main_thread = threading.main_thread().ident
+    ran = []
+
+    def transcript(p, k):
+        ran.append(p.id)
+        return Transcript(p.id, k, p.question, p.answer, p.answer, "prompt", "{output}",
+                          (Turn(f"\\boxed{{{p.answer}}}", None, None, "eos", 0.0),))
+
+    p2_started = threading.Event()
+
+    def interrupted(client, sandbox, p, k, settings):
+        if p.id == "p1":  # the user presses Ctrl-C while p1 and p2 are in flight
+            p2_started.wait(10)
+            signal.pthread_kill(main_thread, signal.SIGINT)
+        else:
+            p2_started.set()
+        time.sleep(0.5)  # both are still running when the interrupt lands; p3 waits in the queue
+        return transcript(p, k)
+
+    monkeypatch.setattr(gen_cmd, "run_sample", interrupted)
+    assert main(gen_args(problems, url, out, "--concurrency", "2")) == 130
+    assert "interrupted" in capsys.readouterr().err
+    written = {t.problem_id for t in read_transcripts(out)}
+    assert {"p1", "p2"} <= written  # finished after the Ctrl-C: written, not dropped
+    ran.clear()
+    monkeypatch.setattr(gen_cmd, "run_sample", lambda client, sandbox, p, k, settings: transcript(p, k))
+    assert main(gen_args(problems, url, out)) == 0
+    assert sorted(ran) == sorted({"p1", "p2", "p3"} - written)  # the resumed run redoes none of them
+    assert sorted(t.problem_id for t in read_transcripts(out)) == ["p1", "p2", "p3"]

@@ -36,3 +36,19 @@ def test_device_timer_on_the_cpu():
     _time.sleep(0.02)
     timer.stop()
     assert 0.015 < timer.seconds() < 1.0
+
+
+def test_read_jsonl_names_the_file_and_line_of_a_bad_row_and_skips_a_cut_off_last_line(tmp_path):
+    import pytest
+
+    from tirgrpo.errors import TirgrpoError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "reward/to')  # a run killed mid-append
+    assert read_jsonl(path) == [{"step": 1}]
+    for text, message in [('{"step": 1,\n{"step": 2}\n', "line 1: not valid JSON"),
+                          ('{"step": 1}\n[1]\n', "line 2: expected a JSON object"),
+                          ('{"loss": 1}\n', "line 1: no integer 'step'")]:
+        path.write_text(text)
+        with pytest.raises(TirgrpoError, match=f"metrics.jsonl, {message}"):
+            read_jsonl(path)

@@ -146,3 +146,12 @@ def test_sft_refuses_a_folder_that_holds_a_run_unless_overwrite(tmp_path, tiny_m
     assert (out / "checkpoints").is_dir() and (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert main(argv + ["--overwrite"]) == 0
     assert not (out / "checkpoints").exists() and (out / "final").is_dir()
+
+
+def test_a_users_reward_that_does_not_import_is_refused_before_the_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = ['model.name_or_path="random:tiny-qwen2"', "system.device=cpu", f"run.out_dir={run}",
+            "rewards.weights={'no_such_module_xyz:f' = 1.0}", "run.eval_max_examples=2", "run.eval_samples=1"]
+    assert main(["train"] + [a for s in sets for a in ("--set", s)]) == 2
+    assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
+    assert not run.exists()  # not after the before-training evaluation

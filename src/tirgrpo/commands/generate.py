@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -43,8 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     for name in ("samples_per_problem", "concurrency", "max_turns", "max_tokens"):
         if getattr(args, name) < 1:
             raise TirgrpoError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -75,33 +74,9 @@ def run(args) -> int:
     remaining = {p.id: 0 for p in problems}
     for p, _ in jobs:
         remaining[p.id] += 1
-    n_failed = n_ok = 0
     try:
         client.check()
-        with ThreadPoolExecutor(max_workers=args.concurrency) as pool, tqdm(
-            total=sum(1 for v in remaining.values() if v), unit="problem", desc="generate",
-            disable=args.no_progress, file=sys.stderr,
-        ) as bar:
-            futures = {pool.submit(run_sample, client, sandbox, p, k, settings): (p, k) for p, k in jobs}
-            try:
-                for fut in as_completed(futures):
-                    p, k = futures[fut]
-                    try:
-                        writer.write(transcript_to_dict(fut.result()))
-                        n_ok += 1
-                    except SampleFailed as e:
-                        n_failed += 1
-                        failures.write({"problem_id": p.id, "sample": k, "error": str(e), "time": time.time(),
-                                        "turns": [dataclasses.asdict(t) for t in e.turns]})
-                        bar.write(f"problem {p.id} sample {k} failed: {e}")
-                    remaining[p.id] -= 1
-                    if remaining[p.id] == 0:
-                        bar.update(1)
-                    bar.set_postfix(ok=n_ok, failed=n_failed)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        n_ok, n_failed = _run_jobs(args, client, sandbox, settings, jobs, remaining, writer, failures)
     finally:
         client.close()
     print(f"tirgrpo generate: wrote {n_ok} transcripts to {out}", file=sys.stderr)
@@ -110,3 +85,58 @@ def run(args) -> int:
               "run the same command again to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_jobs(args, client, sandbox, settings, jobs, remaining, writer, failures) -> tuple[int, int]:
+    """Run the samples `concurrency` at a time, appending each as it finishes; (written, failed).
+
+    Each worker appends its own sample, so that on Ctrl-C (which can land anywhere, even inside
+    `submit`) the samples in flight are still written when they finish: the samples not started
+    are cancelled, those running are waited for (the pool would wait for them anyway), and a
+    resumed run does not redo work already paid for.
+    """
+    from tqdm import tqdm
+
+    counts, lock = {"ok": 0, "failed": 0}, threading.Lock()
+
+    def job(p, k) -> str | None:  # in a worker: the sample, written; its failure message or None
+        try:
+            line = transcript_to_dict(run_sample(client, sandbox, p, k, settings))
+        except SampleFailed as e:
+            failures.write({"problem_id": p.id, "sample": k, "error": str(e), "time": time.time(),
+                            "turns": [dataclasses.asdict(t) for t in e.turns]})
+            with lock:
+                counts["failed"] += 1
+            return str(e)
+        writer.write(line)
+        with lock:
+            counts["ok"] += 1
+        return None
+
+    try:
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool, tqdm(
+            total=sum(1 for v in remaining.values() if v), unit="problem", desc="generate",
+            disable=args.no_progress, file=sys.stderr,
+        ) as bar:
+            try:
+                futures = {pool.submit(job, p, k): (p, k) for p, k in jobs}
+                for fut in as_completed(futures):
+                    p, k = futures[fut]
+                    failed = fut.result()
+                    if failed is not None:
+                        bar.write(f"problem {p.id} sample {k} failed: {failed}", file=sys.stderr)
+                    remaining[p.id] -= 1
+                    if remaining[p.id] == 0:
+                        bar.update(1)
+                    bar.set_postfix(ok=counts["ok"], failed=counts["failed"])
+            except BaseException as e:
+                pool.shutdown(wait=False, cancel_futures=True)  # drop the samples not started
+                if isinstance(e, KeyboardInterrupt):
+                    print("tirgrpo generate: interrupted; waiting for the samples in flight, to write them",
+                          file=sys.stderr)
+                raise
+    except KeyboardInterrupt:
+        print(f"tirgrpo generate: wrote {counts['ok']} transcripts to {writer.path}; "
+              "run the same command again to do the rest", file=sys.stderr)
+        raise
+    return counts["ok"], counts["failed"]

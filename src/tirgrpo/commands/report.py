@@ -21,9 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from tirgrpo.eval.report import MODEL_NAME, build_report
 
+    from tirgrpo.config import DEVICE, DEVICES
+
     for name in (args.from_model, args.to_model):
         if not MODEL_NAME.fullmatch(name):
             raise TirgrpoError(f"model {name!r}: use init, final or step_NNNNNN (a checkpoint folder's name)")
+    if not DEVICE.fullmatch(args.device):
+        raise TirgrpoError(f"--device must be one of {DEVICES}, got {args.device!r}")
     path = build_report(Path(args.run_dir), Path(args.out) if args.out else None, prompts=args.prompts,
                         from_model=args.from_model, to_model=args.to_model, device=args.device)
     print(f"report: {path}")

@@ -286,18 +286,20 @@ def movement_views(run_dir: Path, cfg, n_prompts: int, from_model: str, to_model
         raise TirgrpoError("the run has no eval data (data.eval) to take prompts from")
     tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
     prompts = load_prompts(cfg.data.eval, tokenizer, cfg.data.max_prompt_tokens)[:n_prompts]
-    after_path = run_dir / "eval_after.json"
-    evaluated = json.loads(after_path.read_text(encoding="utf-8")).get("completions", []) if after_path.is_file() else []
+    evaluated = read_json_object(run_dir / "eval_after.json").get("completions")
+    evaluated = evaluated if isinstance(evaluated, list) else []
     items = []  # (title, prompt, completion text)
     for i, p in enumerate(prompts):
         ex = p.example
         items.append((f"eval prompt {i + 1} ({ex.label}), reference completion", p, ex.completion))
-        if i < len(evaluated) and evaluated[i].get("samples"):
-            s = evaluated[i]["samples"][0]
-            text = s["text"] + (s["stop"] if s.get("finish_reason") == "stop" and s.get("stop") else "")
-            if text:
-                items.append((f"eval prompt {i + 1} ({ex.label}), final policy's eval completion "
-                              f"(decision: {s['decision']})", p, text))
+        kept = evaluated[i].get("samples") if i < len(evaluated) and isinstance(evaluated[i], dict) else None
+        s = kept[0] if isinstance(kept, list) and kept and isinstance(kept[0], dict) else {}
+        text = s.get("text") if isinstance(s.get("text"), str) else ""
+        if text and s.get("finish_reason") == "stop" and isinstance(s.get("stop"), str):
+            text += s["stop"]
+        if text:  # a kept sample of another shape is left out: the reference completion still shows
+            items.append((f"eval prompt {i + 1} ({ex.label}), final policy's eval completion "
+                          f"(decision: {s.get('decision', '?')})", p, text))
     dev = resolve_device(device)
     dtype = resolve_dtype(cfg.system.dtype, dev)
     encoded = [(t, p, tokenizer(text, add_special_tokens=False)["input_ids"]) for t, p, text in items]
@@ -366,6 +368,51 @@ def render_report(run_dir: Path, config_text: str, rows: list[dict], samples: li
 """
 
 
+def read_text(path: Path) -> str:
+    """A text file of the run ("" when missing), or a TirgrpoError naming it when it is not UTF-8."""
+    if not path.is_file():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TirgrpoError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object file of the run ({} when missing), or a TirgrpoError naming it."""
+    text = read_text(path)
+    if not text:
+        return {}
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise TirgrpoError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise TirgrpoError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_eval(path: Path) -> dict:
+    """An eval_*.json of the run, its tables checked to be what the page reads: objects of
+    objects, and each interval two numbers (or null)."""
+    result = read_json_object(path)
+    for part in (result, result.get("greedy") or {}):
+        if not isinstance(part, dict):
+            raise TirgrpoError(f"{path}: 'greedy' must be an object")
+        for key in ("overall", "baselines", "intervals"):
+            table = part.get(key)
+            if table is not None and not isinstance(table, dict):
+                raise TirgrpoError(f"{path}: {key!r} must be an object, got {type(table).__name__}")
+            inner = (table or {}).values() if key != "overall" else []
+            if any(not isinstance(v, dict) for v in inner):
+                raise TirgrpoError(f"{path}: every entry of {key!r} must be an object")
+        for who in (part.get("intervals") or {}).values():
+            for metric, ci in who.items():
+                if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_num(x) is not None for x in ci)):
+                    raise TirgrpoError(f"{path}: 'intervals' entry {metric!r} must be two numbers, got {ci!r:.80}")
+    return result
+
+
 def build_report(run_dir: Path, out: Path | None = None, prompts: int = 3, from_model: str = "init",
                  to_model: str = "final", device: str = "cpu") -> Path:
     """Read a run folder, compute the log-prob movement view, write the page; returns its path."""
@@ -375,26 +422,27 @@ def build_report(run_dir: Path, out: Path | None = None, prompts: int = 3, from_
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise TirgrpoError(f"{run_dir}: no metrics.jsonl; not a training run folder")
-
-    def read_json(name: str) -> dict:
-        p = run_dir / name
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-
+    # Every file is read and checked before the (slow) log-prob view, so a malformed one is
+    # refused at once, naming it, and no page is written.
+    rows, samples = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "samples.jsonl")
+    evals = {name: read_eval(run_dir / name) for name in ("eval_before.json", "eval_after.json")}
+    summary = read_json_object(run_dir / "summary.json")
     config_path = run_dir / "config.toml"
-    config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
+    config_text = read_text(config_path)
     plan_path = run_dir / "plan.toml"
     if plan_path.is_file():
-        config_text += "\n# ---- plan.toml: what ran\n" + plan_path.read_text(encoding="utf-8")
+        config_text += "\n# ---- plan.toml: what ran\n" + read_text(plan_path)
     movement = "<p class=note>Not computed (--prompts 0).</p>"
     if prompts > 0:
         try:
             cfg = load_config(TrainConfig, config_path, [])
             moves = movement_views(run_dir, cfg, prompts, from_model, to_model, device)
             movement = movement_html(moves, from_model, to_model)
-        except TirgrpoError as e:
-            movement = f"<p class=note>Not available: {esc(str(e))}</p>"
-    page = render_report(run_dir, config_text, read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "samples.jsonl"),
-                         read_json("eval_before.json"), read_json("eval_after.json"), read_json("summary.json"), movement)
+        except (TirgrpoError, OSError) as e:  # the view is optional: the rest of the page still helps
+            where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+            movement = f"<p class=note>Not available: {esc(str(e))}{esc(where)}</p>"
+    page = render_report(run_dir, config_text, rows, samples, evals["eval_before.json"], evals["eval_after.json"],
+                         summary, movement)
     out = out or run_dir / "report.html"
     atomic_write_text(out, page)
     return out

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tirgrpo.config import RewardConfig
+from tirgrpo.config import BUILTIN_REWARDS, RewardConfig
 from tirgrpo.errors import TirgrpoError
 
 THINK_END = "</think>"
@@ -28,7 +28,6 @@ CODE_FENCE = "```python"
 """Opening a python block is how the model declines to answer; it is also the stop string."""
 FINISH_REASONS = ("eos", "stop", "length")
 DECISIONS = ("submit", "decline", "invalid")
-BUILTIN_REWARDS = ("length", "formatting", "correctness")
 
 # The seed's length targets, in tokens (bos included), and its formatting target, in characters.
 PREFERRED_THINK_TOKENS = 246

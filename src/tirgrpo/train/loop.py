@@ -537,11 +537,14 @@ def train(cfg: TrainConfig, requested: dict | None = None, resume: bool = False,
     RUN_DIR/config.toml; None writes `cfg` whole. `cfg` is never changed. The run folder is
     locked for the run's life (one writer per folder); a refused run leaves nothing in it.
     """
+    from tirgrpo.score.rewards import get_reward
     from tirgrpo.train.model import check_model_source, resolve_init
     from tirgrpo.train.runlock import RunLock
     from tirgrpo.validate import check_config
 
     check_config(cfg)  # configs built in code skip load_config's check
+    for name in cfg.rewards.weights:  # a user's module:function imports now, not after the first evaluation
+        get_reward(name, cfg.rewards.set)
     check_model_source(resolve_init(cfg.model).name_or_path)
     dist.init()  # under torchrun: join the ranks; one process: nothing
     with RunLock(cfg.run.out_dir) if dist.is_main() else contextlib.nullcontext():

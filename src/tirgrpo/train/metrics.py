@@ -9,10 +9,37 @@ from pathlib import Path
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All rows of a JSONL file (empty list when missing)."""
+    """All rows of a run log (metrics.jsonl, samples.jsonl; empty list when missing), each an
+    object with an integer `step`; anything else is a TirgrpoError naming the file and line.
+
+    A last line without its newline that does not parse is left out: a run killed while it
+    appended leaves one, and the rest of its log is still good to plot and report.
+    """
+    from tirgrpo.errors import TirgrpoError
+
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TirgrpoError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = text.split("\n")
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            if n == len(lines):  # the unterminated last line: an append cut short
+                continue
+            raise TirgrpoError(f"{path}, line {n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise TirgrpoError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
+        if type(row.get("step")) is not int:
+            raise TirgrpoError(f"{path}, line {n}: no integer 'step' (every row of a run log has one)")
+        rows.append(row)
+    return rows
 
 
 def _clean(v):
