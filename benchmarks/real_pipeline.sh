@@ -85,6 +85,8 @@ SANDBOX_ARGS=${SANDBOX_ARGS:-}                    # sandbox options of generate,
 GENERATE_ARGS=${GENERATE_ARGS:-}                  # more generate options
 PREPARE_ARGS=${PREPARE_ARGS:-}                    # more prepare options, e.g. --no-pairing
 PAIRS_PER_QUESTION=${PAIRS_PER_QUESTION:-4}       # correct/wrong pairs kept per question
+TRAIN_WRONG_EXAMPLES=${TRAIN_WRONG_EXAMPLES:-all}  # answered: train only on wrong segments of runs that boxed
+                                                  # a (wrong) answer (prepare --wrong-examples); held out: all
 SERVE_WAIT=${SERVE_WAIT:-1200}                    # seconds to wait for the server to load
 STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft, grpo or eval
 PYTHON=${PYTHON:-python3}
@@ -154,7 +156,8 @@ step() {
 
 log "real_pipeline: MODEL=$MODEL PROBLEMS=$PROBLEMS N_PROBLEMS=$N_PROBLEMS K=$K WORK=$WORK MAX_BATCH=$MAX_BATCH" \
     "CONCURRENCY=$CONCURRENCY GEN_SECONDS=$GEN_SECONDS MAX_TOKENS=$MAX_TOKENS MAX_TURNS=$MAX_TURNS SFT_STEPS=$SFT_STEPS" \
-    "EVAL_SAMPLES=$EVAL_SAMPLES EVAL_MAX_NEW_TOKENS=$EVAL_MAX_NEW_TOKENS DEVICE=$DEVICE PORT=$PORT TRAIN_EXTRA=$TRAIN_EXTRA"
+    "EVAL_SAMPLES=$EVAL_SAMPLES EVAL_MAX_NEW_TOKENS=$EVAL_MAX_NEW_TOKENS DEVICE=$DEVICE PORT=$PORT TRAIN_EXTRA=$TRAIN_EXTRA" \
+    "TRAIN_WRONG_EXAMPLES=$TRAIN_WRONG_EXAMPLES"
 [ -f "$PROBLEMS" ] || { log "PROBLEMS=$PROBLEMS: no such file"; exit 2; }
 
 # ---------------------------------------------------------------- 1-2. serve and generate
@@ -243,13 +246,23 @@ step split "$WORK/transcripts-heldout.jsonl" $TIRGRPO data split-transcripts --i
   --train "$WORK/transcripts-train.jsonl" --heldout "$WORK/transcripts-heldout.jsonl" \
   --heldout-fraction "$HELDOUT_FRACTION" --seed "$SEED" ${TRAIN_EXTRA:+--extra-train $TRAIN_EXTRA}
 # Each side whole (--eval-fraction 0: every example lands in OUT/train.jsonl).
+# The training side's examples are made once: a WORK prepared with other wrong examples is refused
+# (a new WORK, a copy of the generation's files, trains that variant beside this one).
+made=$($PYTHON -c 'import json, sys; print(json.load(open(sys.argv[1]))["settings"].get("wrong_examples", "all"))' \
+  "$WORK/prepared-train/stats.json" 2>/dev/null) || made=
+if [ -n "$made" ] && [ "$made" != "$TRAIN_WRONG_EXAMPLES" ]; then
+  log "real_pipeline: $WORK/prepared-train was made with wrong examples '$made', not TRAIN_WRONG_EXAMPLES=$TRAIN_WRONG_EXAMPLES;" \
+      "use a new WORK (a copy of generate.done and transcripts.jsonl) for that variant"
+  exit 2
+fi
 PAIRING="--pairs-per-question $PAIRS_PER_QUESTION"
 case " $PREPARE_ARGS " in *" --no-pairing "*) PAIRING= ;; esac  # every segment: no pairs to count
 for side in train heldout; do
+  wrong=all; [ "$side" = train ] && wrong=$TRAIN_WRONG_EXAMPLES
   # shellcheck disable=SC2086  # PAIRING and PREPARE_ARGS are lists of options
   step "prepare-$side" "$WORK/prepared-$side/stats.json" $TIRGRPO prepare --input "$WORK/transcripts-$side.jsonl" \
     --out "$WORK/prepared-$side" --tokenizer "$MODEL" --judge-targets --eval-fraction 0 --seed "$SEED" $PAIRING \
-    $PREPARE_ARGS
+    --wrong-examples "$wrong" $PREPARE_ARGS
 done
 TRAIN=$WORK/prepared-train/train.jsonl
 HELDOUT=$WORK/prepared-heldout/train.jsonl

@@ -170,3 +170,7 @@ def test_train_extra_gives_the_judge_other_problems_and_holds_out_all_of_this_ru
         rows = (work / f"prepared-{side}" / "train.jsonl").read_text().splitlines()
         assert len(rows) == 6, side
     assert "judge examples: 6 training, 6 held out" in run.stderr
+    # Training only on the wrong runs that boxed an answer is another WORK's variant, not a silent reuse.
+    other = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env={**env, "TRAIN_WRONG_EXAMPLES": "answered"},
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "made with wrong examples 'all', not TRAIN_WRONG_EXAMPLES=answered" in other.stderr

@@ -223,6 +223,29 @@ def test_prepare_no_pairing_keeps_every_segment(tmp_path):
     assert len(read_jsonl(out / "train.jsonl")) == 8 and read_jsonl(out / "eval.jsonl") == []
 
 
+def test_wrong_examples_answered_drops_the_runs_that_never_boxed_an_answer(tmp_path):
+    """make_inputs' 8 segments (3 wrong, each with a boxed wrong answer) plus a Q4 run that never
+    boxes one: `all` keeps 9, `answered` the 8 (every correct one and the 3 boxed wrong ones)."""
+    never = Transcript(problem_id="q4", sample=2, question="Q4", correct_answer="4", eventual_answer=None,
+                       prompt=code_prompt("Q4"), bridge=SEED_BRIDGE,
+                       turns=(Turn("```python\nprint(1)\n```", "print(1)", "1", "code", 0.1),
+                              Turn(" wrong, retry.\n```python\nprint(2)\n```", "print(2)", None, "code", 0.1)))
+    extra = tmp_path / "never.jsonl"
+    extra.write_text(json.dumps(transcript_to_dict(never)) + "\n", encoding="utf-8")
+    counts = {}
+    for kind in ("all", "answered"):
+        out = tmp_path / kind
+        assert main(["prepare", "--input", *make_inputs(tmp_path), str(extra), "--out", str(out), "--no-pairing",
+                     "--eval-fraction", "0", "--wrong-examples", kind]) == 0
+        rows = read_jsonl(out / "train.jsonl")
+        counts[kind] = (len(rows), sum(r["eventual_answer"] is None for r in rows))
+        stats = json.loads((out / "stats.json").read_text())
+        assert stats["settings"]["wrong_examples"] == kind
+    assert counts == {"all": (9, 1), "answered": (8, 0)}
+    step = next(s for s in stats["steps"] if s["step"] == "wrong: boxed answers only")
+    assert (step["rows"], step["correct"], step["wrong"]) == (8, 5, 3)
+
+
 def test_judge_targets_replace_completions_by_the_right_decision(tmp_path):
     from tirgrpo.data.prepare import judge_target
     from tirgrpo.score.rewards import decide

@@ -9,7 +9,7 @@ import torch
 from tirgrpo.config import RewardConfig
 from tirgrpo.eval.evaluate import (BASELINES, auroc, baseline_decisions, baseline_metrics, before_after_table,
                               decision_metrics, eval_rewards, evaluate_examples, log_values, markdown_table, overall_of,
-                              policy_metrics, summarize)
+                              policy_metrics, summarize, wrong_kind_split)
 from tirgrpo.rollout import Completion, SamplingParams
 
 nan = math.nan
@@ -202,6 +202,30 @@ def test_summarize_per_question_in_order():
     q1 = res["per_question"][1]
     assert q1["overall"]["correctness"] == 0.0 and math.isnan(q1["overall"]["auroc"])  # one label only
     assert res["overall"]["correctness"] == pytest.approx(1 / 3)
+
+
+def test_wrong_kind_split_by_whether_the_wrong_transcript_boxed_an_answer():
+    """P(submit): correct examples 1 and 0.5; the wrong one that boxed an answer 0.5; the two that
+    boxed none 0. Against the answered wrong one: pairs (1 > 0.5) + (0.5 = 0.5, a half) -> AUROC 0.75,
+    skill 3/4 - 1/2; against the unanswered ones every correct example scores higher -> 1.0; pooled
+    (1 beats 3, 0.5 ties 1 and beats 2) 5.5 / 6."""
+    questions = ["q1", "q1", "q2", "q2", "q3"]
+    labels = ["correct", "wrong", "correct", "wrong", "wrong"]
+    answered = [True, True, True, False, False]
+    decisions = [["submit", "submit"], ["submit", "decline"], ["submit", "decline"], ["decline"] * 2, ["decline"] * 2]
+    correctness = [[1.0, 1.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    split = wrong_kind_split(questions, labels, answered, decisions, correctness, bootstrap=200)
+    hard, easy = split["wrong_answered"], split["wrong_unanswered"]
+    assert (hard["wrong_examples"], easy["wrong_examples"]) == (1, 2)
+    assert hard["overall"]["auroc"] == 0.75 and hard["overall"]["skill"] == pytest.approx(0.25)
+    assert hard["overall"]["submit_rate_on_wrong"] == 0.5 and hard["overall"]["examples"] == 3
+    assert easy["overall"]["auroc"] == 1.0 and easy["overall"]["skill"] == pytest.approx(0.75)
+    assert set(hard["intervals"]) >= {"auroc", "skill"}
+    res = summarize(questions, labels, decisions, correctness, [[1, 1]] * 5, bootstrap=200, answered=answered)
+    assert res["overall"]["auroc"] == pytest.approx(5.5 / 6) and res["by_wrong_kind"] == split
+    md = markdown_table(res)
+    assert "| boxed a wrong answer | 1 | 0.750 [" in md and "| boxed no answer | 2 | 1.000 [" in md
+    assert "by_wrong_kind" not in summarize(questions, labels, decisions, correctness, [[1, 1]] * 5, bootstrap=0)
 
 
 def test_tables_show_every_metric_and_dashes_for_undefined():

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tirgrpo.eval.pipeline import last_runs, main, pipeline_summary, summary_markdown
 
 
@@ -28,7 +30,9 @@ def test_summary_gathers_every_step_and_leaves_out_missing_ones(tmp_path):
     _write(tmp_path / "eval-judge.json", {"overall": {"auroc": 0.9, "correctness": 0.4, "invalid": 0.0, "examples": 6},
                                           "intervals": {"policy": {"auroc": [0.8, 1.0]}}, "samples": 2})
     _write(tmp_path / "selection.json", {"overall": {"auroc": 0.7}, "samples": 2, "selection": {
-        "problems": 3, "threshold": 0.5, "methods": {"majority": {"accuracy": 1 / 3, "ci_low": 0.0, "ci_high": 1.0}}}})
+        "problems": 3, "threshold": 0.5, "methods": {"majority": {"accuracy": 1 / 3, "ci_low": 0.0, "ci_high": 1.0}},
+        "per_problem": [{"majority": 1.0, "gated": 1.0, "weighted": 0.5}, {"majority": 0.0, "gated": 1.0, "weighted": 0.0},
+                        {"majority": 0.0, "gated": 0.0, "weighted": 0.0}]}})
     (tmp_path / "timings.jsonl").write_text('{"step": "sft", "status": "ran", "seconds": 7}\n')
     s = pipeline_summary(tmp_path)
     assert s["solver"]["problems"] == 4 and s["solver"]["metrics"]["pass@K"] == m
@@ -41,6 +45,9 @@ def test_summary_gathers_every_step_and_leaves_out_missing_ones(tmp_path):
     assert "pass@K 0.500 [0.250, 0.750]; generation 12 s" in md and "GRPO" not in md
     assert "| auroc | 0.900 [0.800, 1.000] |" in md and "| correctness | 0.400 |" in md
     assert "| majority | 0.333 | [0.000, 1.000] |" in md and "| sft | ran | 7 |" in md
+    # paired differences from the rows of a selection made before they were stored: gated (0 + 1 + 0) / 3
+    assert s["selection"]["vs_majority"]["gated"]["difference"] == pytest.approx(1 / 3)
+    assert "| gated | +0.333 |" in md and "| weighted | -0.167 |" in md
     assert main([str(tmp_path)]) == 0
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
     assert (tmp_path / "summary.md").read_text() == md
@@ -67,3 +74,31 @@ def test_summary_names_a_judge_trained_by_grpo_alone_from_the_untrained_model(tm
     md = summary_markdown(pipeline_summary(tmp_path))
     assert "GRPO alone from the untrained model: 5 steps (the judge below)" in md
     assert "GRPO on top of the SFT judge: 2 steps\n" in md  # not the judge evaluated
+
+
+def _completion(question, correct, answer, decisions):
+    label = "correct" if answer == correct else "wrong"
+    return {"question": question, "label": label, "correct_answer": correct, "eventual_answer": answer,
+            "samples": [{"decision": d, "correctness": 0.0} for d in decisions]}
+
+
+def test_evaluations_made_before_the_answer_splits_get_them_from_their_completions(tmp_path):
+    """q1: right 5 (P 1), wrong 4 (P 0.5), no answer (P 0); q2: right 7 (P 0.5), wrong 3 twice (P 1):
+    majority ties 5 with 4 on q1 and picks 3 on q2: both contested. Pooled pairs (right 1, 0.5 x wrong
+    0.5, 1, 1): 1 > 0.5, 1 = 1 twice, 0.5 = 0.5, 0.5 < 1 twice -> (1 + 0.5 + 0.5 + 0.5) / 6; within q1
+    (1 vs 0.5) 1, within q2 (0.5 vs 1, 1) 0: mean 0.5."""
+    rows = [_completion("q1", "5", "5", ["submit", "submit"]), _completion("q1", "5", "4", ["submit", "decline"]),
+            _completion("q1", "5", None, ["decline", "decline"]), _completion("q2", "7", "7", ["submit", "decline"]),
+            _completion("q2", "7", "3", ["submit", "submit"]), _completion("q2", "7", "3", ["submit", "submit"])]
+    _write(tmp_path / "eval-judge.json", {"overall": {"auroc": 0.7, "examples": 6}, "samples": 2, "completions": rows})
+    _write(tmp_path / "selection.json", {"overall": {}, "samples": 2, "completions": rows, "selection": {
+        "problems": 2, "threshold": 0.5, "methods": {}, "per_problem": []}})
+    s = pipeline_summary(tmp_path)
+    hard = s["eval-judge"]["auroc_vs_wrong_answers"]  # correct (P 1, 0.5) vs the three wrong answers (0.5, 1, 1)
+    assert hard["value"] == pytest.approx(2.5 / 6) and s["eval-judge"]["wrong_answered_examples"] == 3
+    assert s["eval-judge"]["submit_rate_on_wrong_answered"]["value"] == pytest.approx(5 / 6)  # 1 + 2 + 2 of 6 samples
+    assert s["eval-judge"]["submit_rate_on_wrong_unanswered"]["value"] == 0.0  # q1's run without an answer
+    rank = s["selection"]["answer_ranking"]
+    assert rank["auroc"] == pytest.approx(2.5 / 6) and rank["contested_problems"] == 2 and rank["contested_auroc"] == 0.5
+    md = summary_markdown(s)
+    assert "| auroc_vs_wrong_answers | 0.417 [" in md and "within the 2 problems whose majority is wrong (or tied)" in md

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from tirgrpo.data.records import Transcript, Turn
-from tirgrpo.eval.selection import (Candidate, bootstrap_ci, compare_selection, expected_accuracy, group_candidates, select,
+from tirgrpo.eval.selection import (Candidate, answer_ranking, bootstrap_ci, compare_selection, differences_to_majority, expected_accuracy, group_candidates, select,
                                selection_table, transcript_decision_prompt, vote)
 from tirgrpo.data.templates import SEED_BRIDGE, bridge
 
@@ -80,6 +80,36 @@ def test_compare_selection_accuracies():
     assert (a["problem"], a["transcripts"], a["submitted"], a["majority_answers"]) == ("A", 6, 3, ["3"])
     table = selection_table(res)
     assert "| gated | 0.600 |" in table and "5 problems" in table
+
+
+def test_answer_ranking_pools_answered_transcripts_and_averages_contested_problems():
+    """Contested (majority wrong, some transcript right): A, C, D, E. Within each, right vs wrong
+    answers: A 1.0 (0.9, 0.8 over 0.1-0.3), C (0.6 ties 0.6, beats 0) 0.75, D (0 ties 0, 0) 0.5,
+    E 1.0 -> mean 0.8125. Pooled over all five, the seven right answers' P(submit) 0.9, 0.8, 0, 0.4,
+    0.6, 0, 0.95 against the ten wrong ones win 10 + 10 + 2 + 7.5 + 9.5 + 2 + 10 = 51 of 70 pairs;
+    A's unanswered transcript (P = 1.0) is left out."""
+    rank = answer_ranking(PROBLEMS)
+    assert rank["contested_problems"] == 4 and rank["contested_auroc"] == pytest.approx(0.8125)
+    assert rank["auroc"] == pytest.approx(51 / 70)
+    assert compare_selection(PROBLEMS, n_boot=50)["answer_ranking"] == rank
+    assert math.isnan(answer_ranking({"B": PROBLEMS["B"]})["contested_auroc"])  # majority right: nothing contested
+
+
+def test_differences_to_majority_are_paired_per_problem():
+    """Per problem (A..E) majority scores 0, 1, 0, 0, 0; gated 1, 1, 0.5, 0, 0.5; weighted 1, 1, 0.5, 0, 1:
+    gated - majority = (1 + 0 + 0.5 + 0 + 0.5) / 5 = 0.4 over 3 better problems and none worse."""
+    res = compare_selection(PROBLEMS, n_boot=500)
+    diff = res["vs_majority"]
+    assert diff["gated"]["difference"] == pytest.approx(0.4) and (diff["gated"]["better"], diff["gated"]["worse"]) == (3, 0)
+    assert diff["weighted"]["difference"] == pytest.approx(0.5) and diff["weighted"]["better"] == 3
+    for v in diff.values():  # resampled problems: never below 0 (no problem got worse), never above 1
+        assert 0.0 <= v["ci_low"] <= v["difference"] <= v["ci_high"] <= 1.0
+    assert differences_to_majority(res["per_problem"], n_boot=500) == diff  # the same rows, the same seed
+    # One problem a method loses and one it wins: a difference of 0 whose interval spans both signs.
+    rows = [{"majority": 1.0, "gated": 0.0, "weighted": 1.0}, {"majority": 0.0, "gated": 1.0, "weighted": 0.0}] * 20
+    gated = differences_to_majority(rows, n_boot=1000)["gated"]
+    assert gated["difference"] == 0.0 and gated["ci_low"] < 0 < gated["ci_high"] and gated["worse"] == 20
+    assert "| gated | +0.400 |" in selection_table(res)
 
 
 def test_bootstrap_ci():

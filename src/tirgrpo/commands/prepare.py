@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs-per-question", type=positive_int, metavar="K",
                         help="keep up to K correct/wrong pairs of a question (distinct segments; default 1): "
                              "more examples from questions the solver answered both ways")
+    parser.add_argument("--wrong-examples", choices=("all", "answered"), default="all",
+                        help="answered: keep only the `wrong` segments whose transcript boxed a (wrong) answer, "
+                             "the ones answer selection needs a judge to catch; all: also those of runs that "
+                             "never boxed any (default)")
     parser.add_argument("--eval-fraction", type=fraction, default=0.1, metavar="F",
                         help="share of questions (not rows) held out for eval, at least one question "
                              "when there are two or more (default 0.1)")
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     train, held, stats = prepare_folder(args.input, Path(args.out), args.tokenizer, args.max_prompt_tokens,
                                         args.max_completion_tokens, args.pairing, args.eval_fraction, args.seed,
                                         progress=sys.stderr.isatty(), keep_duplicates=args.keep_duplicates,
-                                        judge_targets=args.judge_targets, pairs_per_question=args.pairs_per_question or 1)
+                                        judge_targets=args.judge_targets, pairs_per_question=args.pairs_per_question or 1,
+                                        wrong_examples=args.wrong_examples)
     print(format_table(stats))
     print(f"\nwrote {train} train + {held} eval examples to {args.out}/")
     return 0

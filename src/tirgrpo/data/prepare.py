@@ -268,9 +268,18 @@ def prepare(
     seed: int = 0,
     progress: bool = True,
     pairs_per_question: int = 1,
+    wrong_examples: str = "all",
 ) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    """Run tokenize -> token limits -> pairing (`pairs_per_question` correct/wrong pairs a
-    question) -> split. Returns (train, eval, stats)."""
+    """Run tokenize -> token limits -> (wrong kind) -> pairing (`pairs_per_question`
+    correct/wrong pairs a question) -> split. Returns (train, eval, stats).
+
+    wrong_examples: "all", or "answered": keep only the `wrong` segments whose transcript boxed
+    an answer (a wrong one). Most `wrong` segments of real transcripts come from runs that never
+    box any; a judge trained on those learns to spot unfinished work, not wrong answers, and
+    answer selection needs the second (eval.evaluate.wrong_kind_split measures both).
+    """
+    if wrong_examples not in WRONG_EXAMPLES:
+        raise TirgrpoError(f"wrong_examples must be one of {', '.join(WRONG_EXAMPLES)}, not {wrong_examples!r}")
     examples = tokenize(segments, tokenizer, progress=progress)
     after_prompt, after_completion = within_limits(examples, max_prompt_tokens, max_completion_tokens)
     steps = [
@@ -282,6 +291,9 @@ def prepare(
         ),
     ]
     kept = after_completion
+    if wrong_examples == "answered":
+        kept = [e for e in kept if e.label == "correct" or e.eventual_answer is not None]
+        steps.append(_step("wrong: boxed answers only", kept))
     if pairing:
         kept = pair_by_question(kept, seed, pairs_per_question)
         label = "1 correct + 1 wrong" if pairs_per_question == 1 else f"<= {pairs_per_question} correct/wrong pairs"
@@ -298,6 +310,9 @@ def prepare(
     return train, held, stats
 
 
+WRONG_EXAMPLES = ("all", "answered")  # prepare's wrong_examples
+
+
 def _check_out(out: Path) -> None:
     from tirgrpo.files import check_output_dir
 
@@ -310,7 +325,8 @@ def _check_out(out: Path) -> None:
 def prepare_folder(inputs: Sequence[str], out: Path, tokenizer_name: str, max_prompt_tokens: int,
                    max_completion_tokens: int, pairing: bool, eval_fraction: float, seed: int,
                    progress: bool = False, keep_duplicates: bool = False,
-                   judge_targets: bool = False, pairs_per_question: int = 1) -> tuple[int, int, dict[str, Any]]:
+                   judge_targets: bool = False, pairs_per_question: int = 1,
+                   wrong_examples: str = "all") -> tuple[int, int, dict[str, Any]]:
     """`prepare` from input files to OUT/train.jsonl, OUT/eval.jsonl and OUT/stats.json, written
     in one atomic step after every input is read and checked. Repeated segments are dropped with a
     count unless `keep_duplicates`; with `judge_targets` every completion becomes `judge_target`'s.
@@ -334,10 +350,10 @@ def prepare_folder(inputs: Sequence[str], out: Path, tokenizer_name: str, max_pr
     train, held, stats = prepare(segments, tokenizer, max_prompt_tokens=max_prompt_tokens,
                                  max_completion_tokens=max_completion_tokens, pairing=pairing,
                                  eval_fraction=eval_fraction, seed=seed, progress=progress,
-                                 pairs_per_question=pairs_per_question)
+                                 pairs_per_question=pairs_per_question, wrong_examples=wrong_examples)
     settings = {"tokenizer": tokenizer_name, "max_prompt_tokens": max_prompt_tokens,
                 "max_completion_tokens": max_completion_tokens, "pairing": pairing,
-                "pairs_per_question": pairs_per_question,
+                "pairs_per_question": pairs_per_question, "wrong_examples": wrong_examples,
                 "eval_fraction": eval_fraction, "seed": seed, "judge_targets": judge_targets}
     stats = {"inputs": [str(p) for p in inputs], "input_counts": read_counts, "settings": settings, **stats}
     if not train and not held:

@@ -25,6 +25,12 @@ hand-made predictions); `evaluate_examples` samples the completions and applies 
   share one label);
 - completion_tokens: mean generated tokens per completion.
 
+`wrong` examples are of two kinds, told apart by `wrong_kind_split`: a transcript that boxed a
+wrong answer (`wrong_answered`: what a judge must catch to improve answer selection) and one
+that never boxed any (`wrong_unanswered`: it casts no vote anyway). On real transcripts most
+`wrong` examples are of the second kind and far easier to decline, so the pooled AUROC can
+hide a judge that barely tells a right answer from a wrong one.
+
 The protocol (the trainer's before/after eval and `tirgrpo eval`): K sampled completions
 per example at the training temperature (the headline numbers, with bootstrap 95% intervals
 that resample questions, see bootstrap.py) plus one greedy completion per example,
@@ -179,16 +185,38 @@ def baseline_metrics(labels: list[str], rewards: RewardConfig | None = None) -> 
     return out
 
 
+def wrong_kind_split(questions: list[str], labels: list[str], answered: list[bool], decisions: list[list[str]],
+                     correctness: list[list[float]], bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The policy's metrics against each kind of `wrong` example, the `correct` ones kept in both.
+
+    answered[i]: example i's transcript boxed an answer (every `correct` one did). Returns
+    {"wrong_answered" | "wrong_unanswered": {"wrong_examples": count, "overall":
+    `policy_metrics` of the correct examples + that kind's wrong ones, "intervals": their
+    bootstrap intervals over questions}}.
+    """
+    out = {}
+    for kind, want in (("wrong_answered", True), ("wrong_unanswered", False)):
+        idx = [i for i, lab in enumerate(labels) if lab == "correct" or answered[i] == want]
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        out[kind] = {"wrong_examples": sum(labels[i] == "wrong" for i in idx),
+                     "overall": policy_metrics(pick(labels), pick(decisions), pick(correctness)),
+                     "intervals": bootstrap_intervals(pick(questions), pick(labels), pick(decisions), pick(correctness),
+                                                      bootstrap, seed)}
+    return out
+
+
 def summarize(questions: list[str], labels: list[str], decisions: list[list[str]],
               correctness: list[list[float]], tokens: list[list[int]],
-              rewards: RewardConfig | None = None, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+              rewards: RewardConfig | None = None, bootstrap: int = 1000, seed: int = 0,
+              answered: list[bool] | None = None) -> dict[str, Any]:
     """Overall and per-question metrics of the policy and the baselines, with intervals.
 
     Returns {"overall": metrics, "baselines": {name: metrics}, "intervals": {"policy" or a
     baseline name: {headline metric: [low, high]}}, "per_question": [{"question", "overall",
     "baselines"}, ...]} with questions in order of first appearance. The intervals are
     bootstrap 95% intervals over `bootstrap` resamples of the questions (seeded by `seed`;
-    `bootstrap` = 0: none).
+    `bootstrap` = 0: none). With `answered` (per example: its transcript boxed an answer), also
+    "by_wrong_kind": `wrong_kind_split`.
     """
     result: dict[str, Any] = {
         "overall": policy_metrics(labels, decisions, correctness, tokens),
@@ -201,6 +229,8 @@ def summarize(questions: list[str], labels: list[str], decisions: list[list[str]
         ds = baseline_decisions(labels, name)
         cs = [[decision_reward(d, lab, rewards) for d in row] for row, lab in zip(ds, labels)]
         result["intervals"][name] = bootstrap_intervals(questions, labels, ds, cs, bootstrap, seed)
+    if answered is not None:
+        result["by_wrong_kind"] = wrong_kind_split(questions, labels, answered, decisions, correctness, bootstrap, seed)
     order: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         order.setdefault(q, []).append(i)
@@ -261,6 +291,7 @@ def markdown_table(result: dict[str, Any], max_questions: int = 50) -> str:
                  + (f" at temperature {result['temperature']}" if "temperature" in result else "")
                  + (", plus one greedy completion each" if greedy else "")
                  + ". Brackets: bootstrap 95% interval, resampling questions.")
+    lines += wrong_kind_table(result.get("by_wrong_kind"))
     per_q = result.get("per_question") or []
     if per_q:
         lines += ["", "| question | examples | correctness | oracle | decision_accuracy | submit | auroc |",
@@ -276,6 +307,22 @@ def markdown_table(result: dict[str, Any], max_questions: int = 50) -> str:
         if len(per_q) > max_questions:
             lines.append(f"\n({len(per_q) - max_questions} more questions in eval.json)")
     return "\n".join(lines) + "\n"
+
+
+def wrong_kind_table(split: dict[str, Any] | None) -> list[str]:
+    """Markdown lines of `wrong_kind_split` (none without it)."""
+    if not split:
+        return []
+    lines = ["", "Against each kind of `wrong` example (all `correct` examples in both rows):", "",
+             "| wrong examples | count | auroc | submit_rate_on_wrong | skill |", "|---|---:|---:|---:|---:|"]
+    for kind, what in (("wrong_answered", "boxed a wrong answer"), ("wrong_unanswered", "boxed no answer")):
+        part = split[kind]
+        if not part["wrong_examples"]:
+            continue
+        m, ci = part["overall"], part["intervals"]
+        lines.append(f"| {what} | {part['wrong_examples']} | " + " | ".join(
+            format_cell(m.get(k), ci.get(k)) for k in ("auroc", "submit_rate_on_wrong", "skill")) + " |")
+    return lines
 
 
 def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -335,7 +382,8 @@ def _summarize_sampled(examples, sampled: list[list[dict]], rewards: RewardConfi
                        seed: int) -> dict[str, Any]:
     return summarize([ex.question for ex in examples], [ex.label for ex in examples],
                      [[s["decision"] for s in g] for g in sampled], [[s["correctness"] for s in g] for g in sampled],
-                     [[s["tokens"] for s in g] for g in sampled], rewards, bootstrap, seed)
+                     [[s["tokens"] for s in g] for g in sampled], rewards, bootstrap, seed,
+                     answered=[ex.eventual_answer is not None for ex in examples])
 
 
 def evaluate_examples(engine, tokenizer, examples, prompt_ids, params: SamplingParams, samples: int, seed: int,

@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tirgrpo.eval.bootstrap import HEADLINE
+from tirgrpo.eval.selection import answer_ranking, differences_table, differences_to_majority, group_candidates
 
 
 # the evaluations of the held-out examples, in table order, and their column names
 GRPO_RUNS = {"grpo": "judge-grpo", "grpo_from_base": "judge-base-grpo"}  # summary key -> WORK folder
 EVALS = {"eval-judge": "judge", "eval-sft": "SFT judge", "eval-base": "untrained model"}
+# the AUROC against only the `wrong` examples whose transcript boxed an answer (evaluate.wrong_kind_split)
+AUROC_ANSWERED = "auroc_vs_wrong_answers"
 
 
 def _read_json(path: Path) -> Any:
@@ -38,7 +41,40 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
     intervals = (result.get("intervals") or {}).get("policy") or {}
     out: dict[str, Any] = {m: {"value": overall.get(m), "ci": intervals.get(m)} for m in HEADLINE if m in overall}
     out.update(examples=overall.get("examples"), samples=result.get("samples"), invalid=overall.get("invalid"))
+    split = result.get("by_wrong_kind") or _wrong_kind_from_completions(result) or {}
+    hard = split.get("wrong_answered")
+    if hard and hard["wrong_examples"]:  # the AUROC that answer selection needs: right vs wrong answers
+        out[AUROC_ANSWERED] = {"value": hard["overall"].get("auroc"), "ci": hard["intervals"].get("auroc")}
+        out["wrong_answered_examples"] = hard["wrong_examples"]
+    for kind, part in split.items():  # how often it submits on each kind of wrong example
+        if part["wrong_examples"]:
+            out[f"submit_rate_on_{kind}"] = {"value": part["overall"].get("submit_rate_on_wrong"),
+                                             "ci": part["intervals"].get("submit_rate_on_wrong")}
     return out
+
+
+def _wrong_kind_from_completions(result: dict[str, Any]) -> dict[str, Any] | None:
+    """`evaluate.wrong_kind_split` of an evaluation made before it was stored, from its completions (None without)."""
+    rows = result.get("completions")
+    if not rows:
+        return None
+    from tirgrpo.eval.evaluate import wrong_kind_split  # torch: only for such older evaluations
+
+    return wrong_kind_split([r["question"] for r in rows], [r["label"] for r in rows],
+                            [r["eventual_answer"] is not None for r in rows],
+                            [[s["decision"] for s in r["samples"]] for r in rows],
+                            [[s["correctness"] for s in r["samples"]] for r in rows])
+
+
+def _answer_ranking_from_completions(selection: dict[str, Any]) -> dict[str, Any] | None:
+    """`selection.answer_ranking` of a selection made before it was stored, from its completions
+    (one per judged transcript, grouped by question; None without them)."""
+    rows = selection.get("completions")
+    if not rows:
+        return None
+    p_submit = [sum(s["decision"] == "submit" for s in r["samples"]) / len(r["samples"]) for r in rows]
+    return answer_ranking(group_candidates([r["question"] for r in rows], [r["correct_answer"] for r in rows],
+                                           [r["eventual_answer"] for r in rows], p_submit))
 
 
 def _examples(stats: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +115,11 @@ def pipeline_summary(work: str | Path) -> dict[str, Any]:
         summary["selection"] = {"problems": selection["selection"]["problems"],
                                 "threshold": selection["selection"]["threshold"],
                                 "methods": selection["selection"]["methods"],
+                                # selections made before the paired differences existed: from their rows
+                                "vs_majority": selection["selection"].get("vs_majority") or differences_to_majority(
+                                    selection["selection"].get("per_problem", [])),
+                                "answer_ranking": selection["selection"].get("answer_ranking")
+                                or _answer_ranking_from_completions(selection),
                                 "transcript_judge": _headline(selection)}
     timings = work / "timings.jsonl"
     if timings.is_file():
@@ -128,7 +169,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines += ["Held-out examples (K sampled judgements each, 95% intervals over questions):", "",
                   "| metric | " + " | ".join(EVALS[c] for c in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
-        for m in (*HEADLINE, "invalid", "examples"):
+        for m in (*HEADLINE, AUROC_ANSWERED, "submit_rate_on_wrong_answered", "submit_rate_on_wrong_unanswered",
+                  "invalid", "examples", "wrong_answered_examples"):
             cells = [s[c].get(m) for c in cols]
             if all(x is None for x in cells):
                 continue
@@ -141,7 +183,13 @@ def summary_markdown(s: dict[str, Any]) -> str:
                   "any_correct = pass@K):", "", "| method | accuracy | 95% CI |", "|---|---:|---|"]
         lines += [f"| {m} | {v['accuracy']:.3f} | [{v['ci_low']:.3f}, {v['ci_high']:.3f}] |"
                   for m, v in sel["methods"].items()]
-        lines.append("")
+        diff = differences_table(sel.get("vs_majority"))
+        lines += ["", diff.strip("\n"), ""] if diff else [""]
+        rank = sel.get("answer_ranking")
+        if rank:
+            lines += [f"The judge's P(submit) on the transcripts with an answer: AUROC of right vs wrong answers "
+                      f"{_fmt(rank['auroc'])}; within the {rank['contested_problems']} problems whose majority is wrong "
+                      f"(or tied) while some transcript is right, {_fmt(rank['contested_auroc'])} on average (0.5: chance).", ""]
     if "timings" in s:
         lines += ["| step | status | seconds |", "|---|---|---:|"]
         lines += [f"| {t['step']} | {t['status']} | {t['seconds']} |" for t in s["timings"]]

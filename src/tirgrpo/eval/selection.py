@@ -99,13 +99,62 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.9
     return (means[lo_i], means[hi_i])
 
 
+def differences_to_majority(per_problem: Sequence[dict[str, Any]], n_boot: int = 2000, level: float = 0.95,
+                            seed: int = 0) -> dict[str, dict[str, float]]:
+    """Each judge method's accuracy minus majority's, over the same problems, with a paired interval.
+
+    per_problem: `compare_selection`'s rows (each with every method's score). The difference is
+    averaged over problems; its percentile bootstrap interval resamples problems and takes both
+    methods' scores of each drawn problem together (paired: far narrower than the two accuracies'
+    own intervals, since most problems score the same under both). method -> {difference,
+    ci_low, ci_high, better, worse} (better / worse: problems where the method scored higher / lower);
+    {} without problems.
+    """
+    out: dict[str, dict[str, float]] = {}
+    if not per_problem:
+        return out
+    for m in METHODS[1:]:
+        diffs = [row[m] - row["majority"] for row in per_problem]
+        lo, hi = bootstrap_ci(diffs, n_boot=n_boot, level=level, seed=seed)
+        out[m] = {"difference": sum(diffs) / len(diffs), "ci_low": lo, "ci_high": hi,
+                  "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
+    return out
+
+
+def answer_ranking(problems: dict[str, tuple[str, Sequence[Candidate]]]) -> dict[str, Any]:
+    """How well P(submit) ranks right answers above wrong ones, where that can change the pick.
+
+    Only transcripts with an answer count (the others cast no vote). Returns
+    {"auroc": AUROC of P(submit), right-answer vs wrong-answer transcripts pooled over problems;
+    "contested_problems": problems whose majority vote is wrong although some transcript is
+    right (or that ties a right answer with a wrong one: the only problems a judge can win);
+    "contested_auroc": the mean over those of the same
+    AUROC within the problem (0.5: the judge cannot tell their right answers from the wrong)}.
+    NaN where a set is empty.
+    """
+    from tirgrpo.eval.evaluate import auroc
+
+    scores, right, within = [], [], []
+    for correct, cands in problems.values():
+        answered = [c for c in cands if c.answer is not None]
+        ok = [answers_match(correct, c.answer) for c in answered]
+        scores += [c.p_submit for c in answered]
+        right += ok
+        if any(ok) and expected_accuracy(select(cands, "majority"), correct) < 1:
+            within.append(auroc([c.p_submit for c in answered], ok))
+    within = [x for x in within if x == x]  # NaN: every answered transcript right (a tie lost the vote)
+    return {"auroc": auroc(scores, right), "contested_problems": len(within),
+            "contested_auroc": sum(within) / len(within) if within else float("nan")}
+
+
 def compare_selection(problems: dict[str, tuple[str, Sequence[Candidate]]], threshold: float = 0.5,
                       n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Accuracy of each method over problems, with bootstrap intervals.
 
     problems: problem id -> (correct answer, its candidates). Also reports `any_correct`
     (some transcript has the right answer: the ceiling of any selection) and, per problem,
-    each method's score.
+    each method's score, and `vs_majority`: the judge methods' paired differences to majority
+    (`differences_to_majority`), and `answer_ranking`.
     """
     ids = list(problems)
     scores: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -129,7 +178,8 @@ def compare_selection(problems: dict[str, tuple[str, Sequence[Candidate]]], thre
     for m, vals in scores.items():
         lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
         methods[m] = {"accuracy": sum(vals) / len(vals) if vals else float("nan"), "ci_low": lo, "ci_high": hi}
-    return {"problems": len(ids), "threshold": threshold, "methods": methods, "per_problem": per_problem}
+    return {"problems": len(ids), "threshold": threshold, "methods": methods, "answer_ranking": answer_ranking(problems),
+            "vs_majority": differences_to_majority(per_problem, n_boot=n_boot, seed=seed), "per_problem": per_problem}
 
 
 def selection_table(result: dict[str, Any]) -> str:
@@ -138,6 +188,17 @@ def selection_table(result: dict[str, Any]) -> str:
              "| method | accuracy | 95% CI |", "|---|---:|---|"]
     for m, v in result["methods"].items():
         lines.append(f"| {m} | {v['accuracy']:.3f} | [{v['ci_low']:.3f}, {v['ci_high']:.3f}] |")
+    return "\n".join(lines) + "\n" + differences_table(result.get("vs_majority"))
+
+
+def differences_table(vs_majority: dict[str, dict[str, float]] | None) -> str:
+    """A Markdown table of `differences_to_majority` ("" when there is none)."""
+    if not vs_majority:
+        return ""
+    lines = ["", "| method − majority | difference | 95% CI (paired) | problems better / worse |", "|---|---:|---|---:|"]
+    for m, v in vs_majority.items():
+        lines.append(f"| {m} | {v['difference']:+.3f} | [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] | "
+                     f"{v['better']} / {v['worse']} |")
     return "\n".join(lines) + "\n"
 
 
