@@ -52,6 +52,8 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     if a.json and not a.by_category:
         ap.error("--json needs --by-category")
+    if any(k < 1 or k % decode_attention.ATTN_BLOCK_N for k in a.keys_per_split or []):
+        ap.error(f"--keys-per-split: each value a positive multiple of {decode_attention.ATTN_BLOCK_N}")
     return a
 
 

@@ -12,7 +12,8 @@
 #                side, and HELDOUT_FRACTION=1 then holds out all of this run's problems);
 #                prepare --judge-targets on each side (up to PAIRS_PER_QUESTION
 #                correct/wrong segment pairs per question, default 4; PREPARE_ARGS=--no-pairing
-#                keeps every segment)
+#                keeps every segment; TRAIN_WRONG_EXAMPLES=answered trains only on the wrong
+#                segments of runs that boxed a wrong answer)
 #   5. sft       the judge, from the same MODEL, on the training problems' examples
 #                (SFT_STEPS, default: 2 passes over them, 10..200 steps of SFT_BATCH)
 #   5b. grpo     GRPO on top of the SFT judge, on the same examples (GRPO_STEPS, default 30;
@@ -90,6 +91,11 @@ TRAIN_WRONG_EXAMPLES=${TRAIN_WRONG_EXAMPLES:-all}  # answered: train only on wro
 SERVE_WAIT=${SERVE_WAIT:-1200}                    # seconds to wait for the server to load
 STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft, grpo or eval
 PYTHON=${PYTHON:-python3}
+case "$TRAIN_WRONG_EXAMPLES" in all | answered) ;; *)
+  echo "real_pipeline: TRAIN_WRONG_EXAMPLES must be all or answered, not '$TRAIN_WRONG_EXAMPLES'" >&2; exit 2 ;; esac
+case " $PREPARE_ARGS " in *" --wrong-examples"*)
+  echo "real_pipeline: give TRAIN_WRONG_EXAMPLES, not --wrong-examples in PREPARE_ARGS (the held-out side keeps all)" >&2
+  exit 2 ;; esac
 TIRGRPO=${TIRGRPO:-$PYTHON -m tirgrpo}
 # The judge is evaluated with the room it was trained to write in: at 128 tokens a judge trained
 # with 384 (JUDGE_START=base) is cut off and counted invalid on half its judgements.

@@ -135,6 +135,17 @@ def test_the_judge_is_evaluated_with_the_room_it_was_trained_to_write_in(tmp_pat
     assert "EVAL_MAX_NEW_TOKENS=24 " in explicit.stdout + explicit.stderr
 
 
+@pytest.mark.parametrize("setting,message", [
+    ({"TRAIN_WRONG_EXAMPLES": "Answered"}, "TRAIN_WRONG_EXAMPLES must be all or answered, not 'Answered'"),
+    ({"PREPARE_ARGS": "--wrong-examples answered"}, "give TRAIN_WRONG_EXAMPLES, not --wrong-examples in PREPARE_ARGS"),
+])
+def test_wrong_examples_settings_are_checked_before_anything_runs(tmp_path, setting, message):
+    env = {**os.environ, "PROBLEMS": str(tmp_path / "missing.jsonl"), "WORK": str(tmp_path / "work"),
+           "PYTHON": sys.executable, **setting}
+    run = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and message in run.stderr and not (tmp_path / "work").exists()
+
+
 @pytest.mark.slow
 def test_train_extra_gives_the_judge_other_problems_and_holds_out_all_of_this_run(tmp_path):
     """TRAIN_EXTRA: the transcripts of other problems (another run's, e.g. on GSM8K's train split)

@@ -45,3 +45,18 @@ def test_labelled_examples_over_the_limit_are_dropped(monkeypatch, tmp_path):
     assert ids == ["q0", "q2"] and prompts == ["x" * 5, "x" * 6]
     with pytest.raises(TirgrpoError, match="no example left"):
         verifier.examples_to_judge(str(tmp_path / "e.jsonl"), None, _tokenizer, 1, 0)
+
+
+def test_selection_votes_with_unjudged_transcripts_but_ranks_only_the_judged():
+    """One problem: 5 (right, judged, P 0.9), 4 (judged, P 0.1), 4 (no code output: unjudged, P 1
+    in the vote). Majority picks 4; gated ties 5 with the unjudged 4 (1/2); the judge's ranking
+    sees only its own two: right above wrong, AUROC 1."""
+    examples = [SimpleNamespace(correct_answer="5", eventual_answer=a) for a in ("5", "4", "4")]
+    def judged(submits):  # 10 judgements, `submits` of them submitting
+        return {"samples": [{"decision": "submit"}] * submits + [{"decision": "decline"}] * (10 - submits)}
+
+    result = {"completions": [judged(9), judged(1)]}
+    sel = verifier.selection(result, [0, 1], examples, ["p", "p", "p"], threshold=0.5, seed=0)
+    acc = {m: v["accuracy"] for m, v in sel["methods"].items()}
+    assert acc["majority"] == 0.0 and acc["gated"] == 0.5
+    assert sel["answer_ranking"] == {"auroc": 1.0, "contested_problems": 1, "contested_auroc": 1.0}

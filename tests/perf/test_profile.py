@@ -203,3 +203,12 @@ def test_profile_entries_names_cuda_kernels_by_their_launching_range():
     assert ("decode::lm_head > aten::mm", 1.0, 1) in entries and ("decode::lm_head", 1.0, 1) in entries
     assert ("aten::addmm", 1.0, 1) in entries and len(entries) == 6
 
+
+
+@pytest.mark.parametrize("value", ["100", "0"])
+def test_profile_rollout_refuses_keys_per_split_off_the_block(value, load_benchmark, capsys):
+    module = load_benchmark("profile_rollout")
+    with pytest.raises(SystemExit):
+        module.parse_args(["--keys-per-split", "128", value])
+    assert "positive multiple of 64" in capsys.readouterr().err
+    assert module.parse_args(["--keys-per-split", "64", "256"]).keys_per_split == [64, 256]

@@ -136,7 +136,8 @@ def _run_jobs(args, client, sandbox, settings, jobs, remaining, writer, failures
                           file=sys.stderr)
                 raise
     except KeyboardInterrupt:
-        print(f"tirgrpo generate: wrote {counts['ok']} transcripts to {writer.path}; "
+        failed = f"; {counts['failed']} failed (details in {errors_path(writer.path)})" if counts["failed"] else ""
+        print(f"tirgrpo generate: wrote {counts['ok']} transcripts to {writer.path}{failed}; "
               "run the same command again to do the rest", file=sys.stderr)
         raise
     return counts["ok"], counts["failed"]

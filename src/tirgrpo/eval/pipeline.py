@@ -68,7 +68,9 @@ def _wrong_kind_from_completions(result: dict[str, Any]) -> dict[str, Any] | Non
 
 def _answer_ranking_from_completions(selection: dict[str, Any]) -> dict[str, Any] | None:
     """`selection.answer_ranking` of a selection made before it was stored, from its completions
-    (one per judged transcript, grouped by question; None without them)."""
+    (one per judged transcript, grouped by question; None without them). Unjudged transcripts
+    are not among them, so here they are also left out of the majority vote that decides which
+    problems are contested (`compare_selection` counts them there)."""
     rows = selection.get("completions")
     if not rows:
         return None

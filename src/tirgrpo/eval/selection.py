@@ -36,10 +36,13 @@ METHODS = ("majority", "gated", "weighted")
 
 @dataclass(frozen=True)
 class Candidate:
-    """One transcript of a problem: its eventual answer (None: it gave none) and the verifier's P(submit)."""
+    """One transcript of a problem: its eventual answer (None: it gave none) and the verifier's
+    P(submit); judged False: the verifier never saw it (no code output to judge), p_submit is
+    what the vote gives it."""
 
     answer: str | None
     p_submit: float
+    judged: bool = True
 
 
 def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> list[str]:
@@ -124,25 +127,26 @@ def differences_to_majority(per_problem: Sequence[dict[str, Any]], n_boot: int =
 def answer_ranking(problems: dict[str, tuple[str, Sequence[Candidate]]]) -> dict[str, Any]:
     """How well P(submit) ranks right answers above wrong ones, where that can change the pick.
 
-    Only transcripts with an answer count (the others cast no vote). Returns
+    Only judged transcripts with an answer count (the others cast no vote, or carry no
+    judgement of the verifier). Returns
     {"auroc": AUROC of P(submit), right-answer vs wrong-answer transcripts pooled over problems;
     "contested_problems": problems whose majority vote is wrong although some transcript is
-    right (or that ties a right answer with a wrong one: the only problems a judge can win);
-    "contested_auroc": the mean over those of the same
-    AUROC within the problem (0.5: the judge cannot tell their right answers from the wrong)}.
-    NaN where a set is empty.
+    right (or that ties a right answer with a wrong one: the only problems a judge can win),
+    counted where the judge saw both a right and a wrong answer; "contested_auroc": the mean over
+    those of the same AUROC within the problem (0.5: the judge cannot tell their right answers
+    from the wrong)}. NaN where a set is empty.
     """
     from tirgrpo.eval.evaluate import auroc
 
     scores, right, within = [], [], []
     for correct, cands in problems.values():
-        answered = [c for c in cands if c.answer is not None]
+        answered = [c for c in cands if c.answer is not None and c.judged]
         ok = [answers_match(correct, c.answer) for c in answered]
         scores += [c.p_submit for c in answered]
         right += ok
         if any(ok) and expected_accuracy(select(cands, "majority"), correct) < 1:
             within.append(auroc([c.p_submit for c in answered], ok))
-    within = [x for x in within if x == x]  # NaN: every answered transcript right (a tie lost the vote)
+    within = [x for x in within if x == x]  # NaN: the right answers' transcripts were all unjudged
     return {"auroc": auroc(scores, right), "contested_problems": len(within),
             "contested_auroc": sum(within) / len(within) if within else float("nan")}
 
@@ -206,7 +210,8 @@ def differences_table(vs_majority: dict[str, dict[str, float]] | None) -> str:
 
 
 def group_candidates(problem_ids: Sequence[str], correct_answers: Sequence[str], eventual_answers: Sequence[str | None],
-                     p_submit: Sequence[float]) -> dict[str, tuple[str, list[Candidate]]]:
+                     p_submit: Sequence[float], judged: Sequence[bool] | None = None
+                     ) -> dict[str, tuple[str, list[Candidate]]]:
     """Transcripts grouped by problem: problem id -> (correct answer, candidates), in order of first appearance.
 
     With `prepare`'s examples the problem id is the question and each example one
@@ -214,8 +219,9 @@ def group_candidates(problem_ids: Sequence[str], correct_answers: Sequence[str],
     more than once; gsm8k-verify has one segment per transcript).
     """
     out: dict[str, tuple[str, list[Candidate]]] = {}
-    for pid, correct, answer, p in zip(problem_ids, correct_answers, eventual_answers, p_submit):
-        out.setdefault(pid, (correct, []))[1].append(Candidate(answer, p))
+    judged = [True] * len(p_submit) if judged is None else judged
+    for pid, correct, answer, p, seen in zip(problem_ids, correct_answers, eventual_answers, p_submit, judged):
+        out.setdefault(pid, (correct, []))[1].append(Candidate(answer, p, seen))
     return out
 
 

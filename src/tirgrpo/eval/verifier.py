@@ -107,6 +107,8 @@ def selection(result: dict, judged: list[int], examples: list, problem_ids: list
     p_submit = [1.0] * len(examples)
     for i, comp in zip(judged, result.get("completions", [])):
         p_submit[i] = sum(s["decision"] == "submit" for s in comp["samples"]) / len(comp["samples"])
+    seen = set(judged)
     grouped = group_candidates(problem_ids, [ex.correct_answer for ex in examples],
-                               [ex.eventual_answer for ex in examples], p_submit)
+                               [ex.eventual_answer for ex in examples], p_submit,
+                               [i in seen for i in range(len(examples))])
     return compare_selection(grouped, threshold=threshold, seed=seed)

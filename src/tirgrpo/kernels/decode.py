@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.kernels import KERNEL_CHOICES, gemv, sampling
 # The attention lives in its own module; its names stay importable from here.
-from tirgrpo.kernels.decode_attention import (ATTN_BLOCK_N, KEYS_PER_SPLIT, _require_contiguous,  # noqa: F401
+# (KEYS_PER_SPLIT and PROMPT_BATCH_MIN_ROWS are read from decode_attention at each call: set them there.)
+from tirgrpo.kernels.decode_attention import (ATTN_BLOCK_N, _require_contiguous,  # noqa: F401
                                               decode_attention, decode_attention_torch, no_prompt_rows,
                                               prompt_rows, prompt_rows_from_min_batch, prompt_rows_torch)
 from tirgrpo.kernels.triton_compat import HAVE_TRITON, INTERPRETED, libdevice, tl, triton
