@@ -192,8 +192,9 @@ start_server() {
 generate() {
   local cap=() rc=0
   # At GEN_SECONDS, SIGINT to generate alone (not to the code it runs), SIGKILL GEN_GRACE s
-  # later. Every finished transcript is already on disk, one whole line each; the samples in
-  # flight are lost (a later run without generate.done samples them again).
+  # later. Every finished transcript is already on disk, one whole line each; on SIGINT generate
+  # starts no new sample and writes those in flight that finish within GEN_GRACE, and the rest
+  # are lost (a later run without generate.done samples them again).
   [ "$GEN_SECONDS" -gt 0 ] && cap=(timeout --foreground -s INT -k "$GEN_GRACE" "$GEN_SECONDS")
   "${cap[@]}" $TIRGRPO generate --problems "$PROBLEMS" --max-problems "$N_PROBLEMS" --base-url "http://127.0.0.1:$PORT/v1" \
     --model solver --chat-template "$MODEL" --samples-per-problem "$K" --concurrency "$CONCURRENCY" \
