@@ -36,7 +36,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:
-    """{metric: {"value", "ci"}} of an eval result's policy, plus its example and sample counts."""
+    """{metric: {"value", "ci"}} of an eval result's policy, plus its example and sample counts, and
+    from its split by kind of wrong example (stored, or derived from its completions): the AUROC
+    against wrong answers only (AUROC_ANSWERED) and the submit rate on each kind."""
     overall = result.get("overall", {})
     intervals = (result.get("intervals") or {}).get("policy") or {}
     out: dict[str, Any] = {m: {"value": overall.get(m), "ci": intervals.get(m)} for m in HEADLINE if m in overall}
