@@ -102,3 +102,12 @@ def test_evaluations_made_before_the_answer_splits_get_them_from_their_completio
     assert rank["auroc"] == pytest.approx(2.5 / 6) and rank["contested_problems"] == 2 and rank["contested_auroc"] == 0.5
     md = summary_markdown(s)
     assert "| auroc_vs_wrong_answers | 0.417 [" in md and "within the 2 problems whose majority is wrong (or tied)" in md
+
+
+def test_completions_without_answers_give_no_split_rather_than_an_error(tmp_path):
+    rows = [{"question": "q", "label": "correct", "samples": [{"decision": "submit", "correctness": 1.0}]}]
+    _write(tmp_path / "eval-judge.json", {"overall": {"auroc": 0.7, "examples": 1}, "samples": 1, "completions": rows})
+    _write(tmp_path / "selection.json", {"overall": {}, "samples": 1, "completions": rows, "selection": {
+        "problems": 1, "threshold": 0.5, "methods": {}, "per_problem": []}})
+    s = pipeline_summary(tmp_path)
+    assert "auroc_vs_wrong_answers" not in s["eval-judge"] and s["selection"]["answer_ranking"] is None

@@ -121,6 +121,12 @@ def decision_metrics(decisions: list[str], labels: list[str], correctness: list[
     }
 
 
+def p_submit(completion: dict[str, Any]) -> float:
+    """P(submit) of one entry of `evaluate_examples`' "completions": its samples' share that submit."""
+    samples = completion["samples"]
+    return sum(s["decision"] == "submit" for s in samples) / len(samples)
+
+
 def policy_metrics(labels: list[str], decisions: list[list[str]], correctness: list[list[float]],
                    tokens: list[list[int]] | None = None) -> dict[str, float]:
     """All metrics of one policy: `labels` per example, `decisions`/`correctness`/`tokens` per sample.
@@ -133,9 +139,9 @@ def policy_metrics(labels: list[str], decisions: list[list[str]], correctness: l
     out = decision_metrics([d for ds in decisions for d in ds], flat_labels, [c for cs in correctness for c in cs])
     if not out:
         return {}
-    p_submit = [sum(d == "submit" for d in ds) / len(ds) for ds in decisions if ds]
+    shares = [sum(d == "submit" for d in ds) / len(ds) for ds in decisions if ds]  # P(submit) per example
     positive = [lab == "correct" for lab, ds in zip(labels, decisions) if ds]
-    out["auroc"] = auroc(p_submit, positive)
+    out["auroc"] = auroc(shares, positive)
     if tokens is not None:
         out["completion_tokens"] = _mean([t for ts in tokens for t in ts])
     out["n"] = len(flat_labels)

@@ -56,9 +56,10 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _wrong_kind_from_completions(result: dict[str, Any]) -> dict[str, Any] | None:
-    """`evaluate.wrong_kind_split` of an evaluation made before it was stored, from its completions (None without)."""
+    """`evaluate.wrong_kind_split` of an evaluation made before it was stored, from its completions
+    (None without them, or when they do not record their eventual answers)."""
     rows = result.get("completions")
-    if not rows:
+    if not rows or any("eventual_answer" not in r for r in rows):
         return None
     from tirgrpo.eval.evaluate import wrong_kind_split  # torch: only for such older evaluations
 
@@ -70,15 +71,16 @@ def _wrong_kind_from_completions(result: dict[str, Any]) -> dict[str, Any] | Non
 
 def _answer_ranking_from_completions(selection: dict[str, Any]) -> dict[str, Any] | None:
     """`selection.answer_ranking` of a selection made before it was stored, from its completions
-    (one per judged transcript, grouped by question; None without them). Unjudged transcripts
+    (one per judged transcript, grouped by question; None without them or their answers). Unjudged transcripts
     are not among them, so here they are also left out of the majority vote that decides which
     problems are contested (`compare_selection` counts them there)."""
     rows = selection.get("completions")
-    if not rows:
+    if not rows or any("eventual_answer" not in r or "correct_answer" not in r for r in rows):
         return None
-    p_submit = [sum(s["decision"] == "submit" for s in r["samples"]) / len(r["samples"]) for r in rows]
+    from tirgrpo.eval.evaluate import p_submit  # torch: only for such older selections
+
     return answer_ranking(group_candidates([r["question"] for r in rows], [r["correct_answer"] for r in rows],
-                                           [r["eventual_answer"] for r in rows], p_submit))
+                                           [r["eventual_answer"] for r in rows], [p_submit(r) for r in rows]))
 
 
 def _examples(stats: dict[str, Any]) -> dict[str, Any]:

@@ -102,11 +102,12 @@ def selection(result: dict, judged: list[int], examples: list, problem_ids: list
     """Majority, verifier-gated and P(submit)-weighted votes per question, from `judge`'s
     result (`judged`: the examples it judged). Transcripts that never showed a code output
     have nothing to judge: they count as submitted."""
+    from tirgrpo.eval.evaluate import p_submit as submit_share
     from tirgrpo.eval.selection import compare_selection, group_candidates
 
     p_submit = [1.0] * len(examples)
     for i, comp in zip(judged, result.get("completions", [])):
-        p_submit[i] = sum(s["decision"] == "submit" for s in comp["samples"]) / len(comp["samples"])
+        p_submit[i] = submit_share(comp)
     seen = set(judged)
     grouped = group_candidates(problem_ids, [ex.correct_answer for ex in examples],
                                [ex.eventual_answer for ex in examples], p_submit,
