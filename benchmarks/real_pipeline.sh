@@ -87,7 +87,8 @@ GENERATE_ARGS=${GENERATE_ARGS:-}                  # more generate options
 PREPARE_ARGS=${PREPARE_ARGS:-}                    # more prepare options, e.g. --no-pairing
 PAIRS_PER_QUESTION=${PAIRS_PER_QUESTION:-4}       # correct/wrong pairs kept per question
 TRAIN_WRONG_EXAMPLES=${TRAIN_WRONG_EXAMPLES:-all}  # answered: train only on wrong segments of runs that boxed
-                                                  # a (wrong) answer (prepare --wrong-examples); held out: all
+                                                  # a (wrong) answer (prepare --wrong-examples); held out: all.
+                                                  # Measured: a worse judge (docs/results.md)
 SERVE_WAIT=${SERVE_WAIT:-1200}                    # seconds to wait for the server to load
 STOP_AFTER=${STOP_AFTER:-}                        # stop after this step: generate, prepare, sft, grpo or eval
 PYTHON=${PYTHON:-python3}
