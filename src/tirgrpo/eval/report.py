@@ -392,6 +392,18 @@ def read_json_object(path: Path) -> dict:
     return obj
 
 
+def read_samples(path: Path) -> list[dict]:
+    """samples.jsonl's rows (`read_jsonl`), each text field the page shows checked to be text:
+    a TirgrpoError names the file, the row (counting objects, from 1) and the field."""
+    samples = read_jsonl(path)
+    for n, row in enumerate(samples, start=1):
+        for field in ("completion", "prompt_tail", "stop"):
+            value = row.get(field)
+            if value is not None and not isinstance(value, str):
+                raise TirgrpoError(f"{path}, row {n}: {field!r} must be text, got {type(value).__name__}")
+    return samples
+
+
 def read_eval(path: Path) -> dict:
     """An eval_*.json of the run, its tables checked to be what the page reads: objects of
     objects, and each interval two numbers (or null)."""
@@ -424,7 +436,7 @@ def build_report(run_dir: Path, out: Path | None = None, prompts: int = 3, from_
         raise TirgrpoError(f"{run_dir}: no metrics.jsonl; not a training run folder")
     # Every file is read and checked before the (slow) log-prob view, so a malformed one is
     # refused at once, naming it, and no page is written.
-    rows, samples = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "samples.jsonl")
+    rows, samples = read_jsonl(run_dir / "metrics.jsonl"), read_samples(run_dir / "samples.jsonl")
     evals = {name: read_eval(run_dir / name) for name in ("eval_before.json", "eval_after.json")}
     summary = read_json_object(run_dir / "summary.json")
     config_path = run_dir / "config.toml"
