@@ -343,6 +343,11 @@ def test_eval_command_on_examples_with_selection(tmp_path, tiny_model_dir, byte_
     again = compare_selection(group_candidates([e.question for e in examples], [e.correct_answer for e in examples],
                                                [e.eventual_answer for e in examples], p))
     assert res["selection"]["methods"] == again["methods"]
+    # what the judging cost: every example's prompt once, and its 2 sampled judgements of <= 4 tokens
+    cost = res["selection"]["judge_tokens"]
+    assert cost["transcripts"] == 4 and cost["prompt"] == sum(len(byte_tokenizer(e.prompt)["input_ids"]) for e in examples)
+    assert cost["generated"] == sum(s["tokens"] for c in res["completions"] for s in c["samples"]) <= 4 * 2 * 4
+    assert "prompt_lengths" not in res and "Judging cost: 4 transcripts judged" in md
 
 
 def test_eval_command_on_transcripts(tmp_path, tiny_model_dir):

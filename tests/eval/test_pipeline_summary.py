@@ -22,7 +22,8 @@ def test_last_runs_keeps_the_last_real_run_of_each_step():
 def test_summary_gathers_every_step_and_leaves_out_missing_ones(tmp_path):
     m = {"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}
     _write(tmp_path / "solver.json", {"problems": 4, "transcripts": 8, "metrics": {"pass@1": m, "pass@K": m},
-                                      "answered": 1.0, "generation_seconds": 12.0})
+                                      "answered": 1.0, "generation_seconds": 12.0,
+                                      "tokens_per_transcript": {"mean": 400.0}})
     _write(tmp_path / "prepared-train" / "stats.json",
            {"steps": [{"step": "segments read", "rows": 9}, {"step": "train", "rows": 4, "questions": 2, "correct": 2,
                                                               "wrong": 2}, {"step": "eval", "rows": 0}]})
@@ -32,7 +33,9 @@ def test_summary_gathers_every_step_and_leaves_out_missing_ones(tmp_path):
     _write(tmp_path / "selection.json", {"overall": {"auroc": 0.7}, "samples": 2, "selection": {
         "problems": 3, "threshold": 0.5, "methods": {"majority": {"accuracy": 1 / 3, "ci_low": 0.0, "ci_high": 1.0}},
         "per_problem": [{"majority": 1.0, "gated": 1.0, "weighted": 0.5}, {"majority": 0.0, "gated": 1.0, "weighted": 0.0},
-                        {"majority": 0.0, "gated": 0.0, "weighted": 0.0}]}})
+                        {"majority": 0.0, "gated": 0.0, "weighted": 0.0}],
+        "judge_tokens": {"transcripts": 6, "prompt": 4800, "generated": 600, "prompt_per_transcript": 800.0,
+                         "generated_per_transcript": 100.0}}})
     (tmp_path / "timings.jsonl").write_text('{"step": "sft", "status": "ran", "seconds": 7}\n')
     s = pipeline_summary(tmp_path)
     assert s["solver"]["problems"] == 4 and s["solver"]["metrics"]["pass@K"] == m
@@ -48,6 +51,9 @@ def test_summary_gathers_every_step_and_leaves_out_missing_ones(tmp_path):
     # paired differences from the rows of a selection made before they were stored: gated (0 + 1 + 0) / 3
     assert s["selection"]["vs_majority"]["gated"]["difference"] == pytest.approx(1 / 3)
     assert "| gated | +0.333 |" in md and "| weighted | -0.167 |" in md
+    # judging's 100 generated tokens a transcript against the solver's 400
+    assert ("judging read 800 prompt tokens and generated 100 over its K judgements (6 judged); the solver generated "
+            "400 (mean over the run), so judging adds 25% in generated tokens") in md
     assert main([str(tmp_path)]) == 0
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
     assert (tmp_path / "summary.md").read_text() == md

@@ -5,8 +5,9 @@ import math
 import pytest
 
 from tirgrpo.data.records import Transcript, Turn
-from tirgrpo.eval.selection import (Candidate, answer_ranking, bootstrap_ci, compare_selection, differences_to_majority, expected_accuracy, group_candidates, select,
-                               selection_table, transcript_decision_prompt, vote)
+from tirgrpo.eval.selection import (Candidate, answer_ranking, bootstrap_ci, compare_selection, differences_to_majority,
+                                    expected_accuracy, group_candidates, judge_tokens, judge_tokens_line, select,
+                                    selection_table, transcript_decision_prompt, vote)
 from tirgrpo.data.templates import SEED_BRIDGE, bridge
 
 
@@ -110,6 +111,17 @@ def test_differences_to_majority_are_paired_per_problem():
     gated = differences_to_majority(rows, n_boot=1000)["gated"]
     assert gated["difference"] == 0.0 and gated["ci_low"] < 0 < gated["ci_high"] and gated["worse"] == 20
     assert "| gated | +0.400 |" in selection_table(res)
+
+
+def test_judge_tokens_by_hand():
+    """Two judged transcripts: prompts of 100 and 300 tokens, judgements of (20, 22) and (21, 25)
+    tokens: 400 prompt tokens (200 each), 88 generated (44 each)."""
+    cost = judge_tokens([100, 300], [[20, 22], [21, 25]])
+    assert cost == {"transcripts": 2, "prompt": 400, "generated": 88, "prompt_per_transcript": 200.0,
+                    "generated_per_transcript": 44.0}
+    assert "2 transcripts judged, 400 prompt tokens read (200 a transcript) and 88 tokens generated (44" \
+        in selection_table({**compare_selection(PROBLEMS, n_boot=50), "judge_tokens": cost})
+    assert math.isnan(judge_tokens([], [])["prompt_per_transcript"]) and judge_tokens_line(None) == ""
 
 
 def test_bootstrap_ci():

@@ -53,10 +53,13 @@ def test_selection_votes_with_unjudged_transcripts_but_ranks_only_the_judged():
     sees only its own two: right above wrong, AUROC 1."""
     examples = [SimpleNamespace(correct_answer="5", eventual_answer=a) for a in ("5", "4", "4")]
     def judged(submits):  # 10 judgements, `submits` of them submitting
-        return {"samples": [{"decision": "submit"}] * submits + [{"decision": "decline"}] * (10 - submits)}
+        return {"samples": [{"decision": "submit", "tokens": 3}] * submits
+                + [{"decision": "decline", "tokens": 5}] * (10 - submits)}
 
     result = {"completions": [judged(9), judged(1)]}
-    sel = verifier.selection(result, [0, 1], examples, ["p", "p", "p"], threshold=0.5, seed=0)
+    sel = verifier.selection(result, [0, 1], [40, 60], examples, ["p", "p", "p"], threshold=0.5, seed=0)
     acc = {m: v["accuracy"] for m, v in sel["methods"].items()}
     assert acc["majority"] == 0.0 and acc["gated"] == 0.5
     assert sel["answer_ranking"] == {"auroc": 1.0, "contested_problems": 1, "contested_auroc": 1.0}
+    # judging cost: the two judged prompts (40 + 60 tokens); 9 x 3 + 1 x 5 and 1 x 3 + 9 x 5 generated
+    assert (sel["judge_tokens"]["prompt"], sel["judge_tokens"]["generated"]) == (100, 80)

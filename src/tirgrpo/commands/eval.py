@@ -104,12 +104,13 @@ def run(args) -> int:
     result = judge(model, tokenizer, examples, prompts, params, args.samples, args.seed,
                    eval_rewards(run_cfg.rewards if run_cfg else None), args.batch_size, greedy=args.greedy,
                    bootstrap=args.bootstrap, kernels=args.kernels)
-    judged = result.pop("judged")
+    judged, prompt_lengths = result.pop("judged"), result.pop("prompt_lengths")
     result.update({"model": args.model, "data": args.data or args.transcripts, "temperature": args.temperature,
                    "max_new_tokens": max_new, "seconds": time.perf_counter() - start, "device": str(device)})
     md = markdown_table(result)
     if args.selection:
-        result["selection"] = selection(result, judged, examples, problem_ids, args.threshold, args.seed)
+        result["selection"] = selection(result, judged, prompt_lengths, examples, problem_ids, args.threshold,
+                                        args.seed)
         md += "\n" + selection_table(result["selection"])
     atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False))
     atomic_write_text(md_path, md)

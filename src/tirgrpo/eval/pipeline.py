@@ -126,6 +126,7 @@ def pipeline_summary(work: str | Path) -> dict[str, Any]:
                                     selection["selection"].get("per_problem", [])),
                                 "answer_ranking": selection["selection"].get("answer_ranking")
                                 or _answer_ranking_from_completions(selection),
+                                "judge_tokens": selection["selection"].get("judge_tokens"),  # newer ones
                                 "transcript_judge": _headline(selection)}
     timings = work / "timings.jsonl"
     if timings.is_file():
@@ -150,6 +151,18 @@ def _fmt(v: Any) -> str:
 
 def _ci(ci: Sequence[float] | None) -> str:
     return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _tokens_lines(cost: dict[str, Any] | None, solver_tokens: dict[str, Any] | None) -> list[str]:
+    """The selection's judging cost beside the solver's generated tokens, per transcript ([] without it)."""
+    if not cost:
+        return []
+    line = (f"Tokens a transcript: judging read {cost['prompt_per_transcript']:.0f} prompt tokens and generated "
+            f"{cost['generated_per_transcript']:.0f} over its K judgements ({cost['transcripts']} judged)")
+    if solver_tokens and solver_tokens.get("mean"):
+        line += (f"; the solver generated {solver_tokens['mean']:.0f} (mean over the run), so judging adds "
+                 f"{cost['generated_per_transcript'] / solver_tokens['mean']:.0%} in generated tokens")
+    return [line + ".", ""]
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
@@ -196,6 +209,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
             lines += [f"The judge's P(submit) on the transcripts with an answer: AUROC of right vs wrong answers "
                       f"{_fmt(rank['auroc'])}; within the {rank['contested_problems']} problems whose majority is wrong "
                       f"(or tied) while some transcript is right, {_fmt(rank['contested_auroc'])} on average (0.5: chance).", ""]
+        lines += _tokens_lines(sel.get("judge_tokens"), (s.get("solver") or {}).get("tokens_per_transcript"))
     if "timings" in s:
         lines += ["| step | status | seconds |", "|---|---|---:|"]
         lines += [f"| {t['step']} | {t['status']} | {t['seconds']} |" for t in s["timings"]]

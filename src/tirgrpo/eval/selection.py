@@ -186,13 +186,34 @@ def compare_selection(problems: dict[str, tuple[str, Sequence[Candidate]]], thre
             "vs_majority": differences_to_majority(per_problem, n_boot=n_boot, seed=seed), "per_problem": per_problem}
 
 
+def judge_tokens(prompt_tokens: Sequence[int], generated_tokens: Sequence[Sequence[int]]) -> dict[str, float]:
+    """What judging the transcripts cost, in tokens: `prompt_tokens` [n] the decision prompt of each
+    judged transcript (counted once: its K judgements share it), `generated_tokens` [n][K] each
+    judgement's length. Totals and means per judged transcript (nan without any)."""
+    n = len(prompt_tokens)
+    prompt, generated = sum(prompt_tokens), sum(sum(g) for g in generated_tokens)
+    return {"transcripts": n, "prompt": prompt, "generated": generated,
+            "prompt_per_transcript": prompt / n if n else float("nan"),
+            "generated_per_transcript": generated / n if n else float("nan")}
+
+
+def judge_tokens_line(cost: dict[str, float] | None) -> str:
+    """One sentence of `judge_tokens`' numbers ("" without them)."""
+    if not cost:
+        return ""
+    return (f"Judging cost: {cost['transcripts']} transcripts judged, {cost['prompt']:,} prompt tokens read "
+            f"({cost['prompt_per_transcript']:.0f} a transcript) and {cost['generated']:,} tokens generated "
+            f"({cost['generated_per_transcript']:.0f} a transcript, over its K judgements).\n")
+
+
 def selection_table(result: dict[str, Any]) -> str:
     """A Markdown table of `compare_selection`'s accuracies."""
     lines = [f"Answer selection over {result['problems']} problems (P(submit) threshold {result['threshold']}):", "",
              "| method | accuracy | 95% CI |", "|---|---:|---|"]
     for m, v in result["methods"].items():
         lines.append(f"| {m} | {v['accuracy']:.3f} | [{v['ci_low']:.3f}, {v['ci_high']:.3f}] |")
-    return "\n".join(lines) + "\n" + differences_table(result.get("vs_majority"))
+    return ("\n".join(lines) + "\n" + differences_table(result.get("vs_majority"))
+            + judge_tokens_line(result.get("judge_tokens")))
 
 
 def differences_table(vs_majority: dict[str, dict[str, float]] | None) -> str:

@@ -79,31 +79,34 @@ def judge(model, tokenizer, examples: list, prompts: list, params, samples: int,
           batch_size: int, greedy: bool = True, bootstrap: int = 1000, kernels: str = "auto") -> dict:
     """Sample `samples` decisions of `model` (and one greedy decision) for every example that
     has a prompt, through the fast engine, with the metrics, baselines and bootstrap intervals
-    of `evaluate.evaluate_examples` ("unjudged": examples without a prompt)."""
+    of `evaluate.evaluate_examples` ("unjudged": examples without a prompt; "judged": the
+    indices of those with one, and "prompt_lengths": their prompts' tokens, for `selection`)."""
     import torch
 
     from tirgrpo.eval.evaluate import evaluate_examples, summarize
     from tirgrpo.rollout.engine import FastEngine
 
     judged = [i for i, p in enumerate(prompts) if p is not None]
+    prompt_ids = [tokenizer(prompts[i])["input_ids"] for i in judged]
     engine = FastEngine(model, tokenizer, max_batch=batch_size, kernels=kernels)
     with torch.no_grad():
-        result = evaluate_examples(engine, tokenizer, [examples[i] for i in judged],
-                                   [tokenizer(prompts[i])["input_ids"] for i in judged],
+        result = evaluate_examples(engine, tokenizer, [examples[i] for i in judged], prompt_ids,
                                    params, samples, seed, rewards, greedy=greedy,
                                    bootstrap=bootstrap) if judged else summarize([], [], [], [], [])
     result["unjudged"] = len(prompts) - len(judged)
     result["judged"] = judged
+    result["prompt_lengths"] = [len(ids) for ids in prompt_ids]
     return result
 
 
-def selection(result: dict, judged: list[int], examples: list, problem_ids: list, threshold: float,
-              seed: int) -> dict:
+def selection(result: dict, judged: list[int], prompt_lengths: list[int], examples: list, problem_ids: list,
+              threshold: float, seed: int) -> dict:
     """Majority, verifier-gated and P(submit)-weighted votes per question, from `judge`'s
-    result (`judged`: the examples it judged). Transcripts that never showed a code output
+    result (`judged`: the examples it judged, `prompt_lengths`: their prompts' tokens), with
+    what judging cost in tokens (`judge_tokens`). Transcripts that never showed a code output
     have nothing to judge: they count as submitted."""
     from tirgrpo.eval.evaluate import p_submit as submit_share
-    from tirgrpo.eval.selection import compare_selection, group_candidates
+    from tirgrpo.eval.selection import compare_selection, group_candidates, judge_tokens
 
     p_submit = [1.0] * len(examples)
     for i, comp in zip(judged, result.get("completions", [])):
@@ -112,4 +115,6 @@ def selection(result: dict, judged: list[int], examples: list, problem_ids: list
     grouped = group_candidates(problem_ids, [ex.correct_answer for ex in examples],
                                [ex.eventual_answer for ex in examples], p_submit,
                                [i in seen for i in range(len(examples))])
-    return compare_selection(grouped, threshold=threshold, seed=seed)
+    generated = [[sample["tokens"] for sample in comp["samples"]] for comp in result.get("completions", [])]
+    return {**compare_selection(grouped, threshold=threshold, seed=seed),
+            "judge_tokens": judge_tokens(prompt_lengths, generated)}
