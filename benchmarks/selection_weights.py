@@ -22,7 +22,7 @@ import random
 import sys
 from typing import Callable
 
-from tirgrpo.eval.selection import expected_accuracy, vote
+from tirgrpo.eval.selection import Candidate, bootstrap_ci, expected_accuracy, select
 
 POWERS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 THRESHOLDS = (0.25, 0.375, 0.5, 0.625, 0.75)
@@ -50,13 +50,15 @@ def rules() -> dict[str, Callable[[float], float]]:
 
 
 def score(correct: str, cands: list[tuple[str | None, float]], weight: Callable[[float], float]) -> float:
-    """Expected accuracy of the weighted vote (majority when every weight is 0)."""
-    answers = [a for a, _ in cands]
-    return expected_accuracy(vote(answers, [weight(p) for _, p in cands]) or vote(answers), correct)
+    """Expected accuracy of the vote weighted by weight(P(submit)): `selection.select`'s weighted
+    method on those weights (majority when every weight is 0)."""
+    return expected_accuracy(select([Candidate(a, weight(p)) for a, p in cands], "weighted"), correct)
 
 
-def cross_fitted(table: dict[str, list[float]], base: list[float], folds: int, seed: int) -> tuple[float, list[str]]:
-    """Mean (chosen rule - majority) over problems, each rule chosen on the other folds."""
+def cross_fitted(table: dict[str, list[float]], base: list[float], folds: int,
+                 seed: int) -> tuple[list[float], list[str]]:
+    """(chosen rule - majority) per problem, each problem's rule chosen on the other folds
+    (in shuffled order), and the rule chosen for each fold."""
     idx = list(range(len(base)))
     random.Random(seed).shuffle(idx)
     fold = {i: k % folds for k, i in enumerate(idx)}
@@ -65,7 +67,7 @@ def cross_fitted(table: dict[str, list[float]], base: list[float], folds: int, s
         best = max(table, key=lambda name: sum(v for i, v in enumerate(table[name]) if fold[i] != f))
         chosen.append(best)
         diffs += [table[best][i] - base[i] for i in idx if fold[i] == f]
-    return sum(diffs) / len(diffs), chosen
+    return diffs, chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.folds < 2:
+        ap.error(f"--folds must be at least 2 (a rule is chosen on the other folds), not {args.folds}")
     problems = read_problems(args.transcripts)
     keys = list(problems)
     table = {name: [score(*problems[q], w) for q in keys] for name, w in rules().items()}
@@ -84,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         d = [a - b for a, b in zip(v, base)]
         print(f"| {name} | {sum(v) / len(v):.3f} | {sum(d) / len(d):+.3f} | "
               f"{sum(x > 0 for x in d)} / {sum(x < 0 for x in d)} |")
-    diff, chosen = cross_fitted(table, base, args.folds, args.seed)
-    print(f"\ncross-fitted over {args.folds} folds: {diff:+.3f} against majority (chosen: {', '.join(chosen)})")
+    diffs, chosen = cross_fitted(table, base, args.folds, args.seed)
+    lo, hi = bootstrap_ci(diffs, seed=args.seed)
+    print(f"\ncross-fitted over {args.folds} folds: {sum(diffs) / len(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}] against "
+          f"majority (problems resampled; chosen: {', '.join(chosen)})")
     return 0
 
 

@@ -38,9 +38,19 @@ def test_cross_fitted_choice_is_scored_on_the_other_fold(load_benchmark):
     table = {"P^0": [0.0, 0.5], "P^0.5": [1.0, 0.0], "P>=0.5": [1.0, 0.5]}
     # Fold of A: chosen on B, where P^0 and P>=0.5 tie at 0.5 (the first wins): P^0 scores 0 - 0 on A.
     # Fold of B: chosen on A: P^0.5 (first of the 1.0s) scores 0 - 0.5 on B.  Mean -0.25.
-    diff, chosen = bench.cross_fitted(table, table["P^0"], folds=2, seed=0)
-    assert diff == pytest.approx(-0.25)
-    assert sorted(chosen) == ["P^0", "P^0.5"]
+    diffs, chosen = bench.cross_fitted(table, table["P^0"], folds=2, seed=0)
+    assert sorted(diffs) == [-0.5, 0.0] and sorted(chosen) == ["P^0", "P^0.5"]
+
+
+def test_the_command_prints_each_rule_and_refuses_one_fold(transcripts, load_benchmark, capsys):
+    bench = load_benchmark("selection_weights")
+    assert bench.main([transcripts, "--folds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 problems, 5 judged transcripts" in out and "| P^1 | 0.500 | +0.250 | 1 / 1 |" in out
+    assert "cross-fitted over 2 folds: -0.250 [" in out
+    with pytest.raises(SystemExit):
+        bench.main([transcripts, "--folds", "1"])
+    assert "--folds must be at least 2" in capsys.readouterr().err
 
 
 def test_a_bad_row_names_the_file_and_line(tmp_path, load_benchmark):

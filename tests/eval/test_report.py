@@ -193,6 +193,7 @@ GOOD_ROW = json.dumps({"step": 1, "reward/total": 0.1}) + "\n"
     ("samples.jsonl", GOOD_ROW + '{"step": 1, "completion": 7}\n', "row 2: 'completion' must be text, got int"),
     ("samples.jsonl", '{"step": 1, "completion": "x", "prompt_tail": ["a"]}\n', "row 1: 'prompt_tail' must be text"),
     ("samples.jsonl", '{"step": 1, "finish_reason": "stop", "stop": {"s": 1}}\n', "row 1: 'stop' must be text"),
+    ("samples.jsonl", '{"step": 1, "completion": null}\n', "row 1: 'completion' must be text, got NoneType"),
     ("eval_before.json", '{"overall": ', "not valid JSON"),
     ("eval_before.json", "[1]", "expected a JSON object"),
     ("eval_after.json", '{"overall": {}, "baselines": 3}', "'baselines' must be an object"),

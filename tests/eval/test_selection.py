@@ -119,9 +119,14 @@ def test_judge_tokens_by_hand():
     cost = judge_tokens([100, 300], [[20, 22], [21, 25]])
     assert cost == {"transcripts": 2, "prompt": 400, "generated": 88, "prompt_per_transcript": 200.0,
                     "generated_per_transcript": 44.0}
-    assert "2 transcripts judged, 400 prompt tokens read (200 a transcript) and 88 tokens generated (44" \
-        in selection_table({**compare_selection(PROBLEMS, n_boot=50), "judge_tokens": cost})
-    assert math.isnan(judge_tokens([], [])["prompt_per_transcript"]) and judge_tokens_line(None) == ""
+    table = selection_table({**compare_selection(PROBLEMS, n_boot=50), "judge_tokens": cost})
+    # after the tables, as a paragraph of its own (not read as one more table row)
+    assert "|\n\nJudging cost: 2 transcripts judged, 400 prompt tokens read (200 a transcript) and 88 tokens " \
+        "generated (44" in table
+    empty = judge_tokens([], [])
+    assert math.isnan(empty["prompt_per_transcript"]) and judge_tokens_line(empty) == judge_tokens_line(None) == ""
+    with pytest.raises(ValueError, match="2 prompts but 1 judged"):
+        judge_tokens([100, 300], [[20, 22]])
 
 
 def test_bootstrap_ci():

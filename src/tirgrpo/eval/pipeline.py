@@ -155,7 +155,7 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 def _tokens_lines(cost: dict[str, Any] | None, solver_tokens: dict[str, Any] | None) -> list[str]:
     """The selection's judging cost beside the solver's generated tokens, per transcript ([] without it)."""
-    if not cost:
+    if not cost or not cost.get("transcripts"):
         return []
     line = (f"Tokens a transcript: judging read {cost['prompt_per_transcript']:.0f} prompt tokens and generated "
             f"{cost['generated_per_transcript']:.0f} over its K judgements ({cost['transcripts']} judged)")

@@ -393,14 +393,16 @@ def read_json_object(path: Path) -> dict:
 
 
 def read_samples(path: Path) -> list[dict]:
-    """samples.jsonl's rows (`read_jsonl`), each text field the page shows checked to be text:
-    a TirgrpoError names the file, the row (counting objects, from 1) and the field."""
+    """samples.jsonl's rows (`read_jsonl`), each text field the page shows checked to be text
+    (`stop` may be null: the run did not end on a stop string): a TirgrpoError names the file,
+    the row (counting objects, from 1) and the field."""
     samples = read_jsonl(path)
     for n, row in enumerate(samples, start=1):
         for field in ("completion", "prompt_tail", "stop"):
-            value = row.get(field)
-            if value is not None and not isinstance(value, str):
-                raise TirgrpoError(f"{path}, row {n}: {field!r} must be text, got {type(value).__name__}")
+            if field not in row or (field == "stop" and row[field] is None):
+                continue
+            if not isinstance(row[field], str):
+                raise TirgrpoError(f"{path}, row {n}: {field!r} must be text, got {type(row[field]).__name__}")
     return samples
 
 

@@ -187,10 +187,14 @@ def compare_selection(problems: dict[str, tuple[str, Sequence[Candidate]]], thre
 
 
 def judge_tokens(prompt_tokens: Sequence[int], generated_tokens: Sequence[Sequence[int]]) -> dict[str, float]:
-    """What judging the transcripts cost, in tokens: `prompt_tokens` [n] the decision prompt of each
-    judged transcript (counted once: its K judgements share it), `generated_tokens` [n][K] each
-    judgement's length. Totals and means per judged transcript (nan without any)."""
+    """What the K sampled judgements that give P(submit) cost, in tokens: `prompt_tokens` [n] the
+    decision prompt of each judged transcript (counted once: its K judgements share it),
+    `generated_tokens` [n][K] each judgement's length. Totals and means per judged transcript
+    (nan without any). A greedy judgement beside them (`tirgrpo eval` without --no-greedy) is
+    an extra view of the evaluation, not part of selecting, and is not counted."""
     n = len(prompt_tokens)
+    if len(generated_tokens) != n:
+        raise ValueError(f"judge_tokens: {n} prompts but {len(generated_tokens)} judged completions")
     prompt, generated = sum(prompt_tokens), sum(sum(g) for g in generated_tokens)
     return {"transcripts": n, "prompt": prompt, "generated": generated,
             "prompt_per_transcript": prompt / n if n else float("nan"),
@@ -199,11 +203,12 @@ def judge_tokens(prompt_tokens: Sequence[int], generated_tokens: Sequence[Sequen
 
 def judge_tokens_line(cost: dict[str, float] | None) -> str:
     """One sentence of `judge_tokens`' numbers ("" without them)."""
-    if not cost:
+    if not cost or not cost["transcripts"]:
         return ""
-    return (f"Judging cost: {cost['transcripts']} transcripts judged, {cost['prompt']:,} prompt tokens read "
+    # a blank line first: a line right after a Markdown table would be read as one more row
+    return (f"\nJudging cost: {cost['transcripts']} transcripts judged, {cost['prompt']:,} prompt tokens read "
             f"({cost['prompt_per_transcript']:.0f} a transcript) and {cost['generated']:,} tokens generated "
-            f"({cost['generated_per_transcript']:.0f} a transcript, over its K judgements).\n")
+            f"({cost['generated_per_transcript']:.0f} a transcript, over its K sampled judgements).\n")
 
 
 def selection_table(result: dict[str, Any]) -> str:
