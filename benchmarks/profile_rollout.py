@@ -3,6 +3,11 @@
 Default: torch.profiler's op tables (CPU and CUDA time per op) of one generate call, run as
 the engine runs it (in CUDA graphs on CUDA).
 
+--timeline: the decode loop as the engine runs it (CUDA graphs, the queued step), with CUDA
+events around its parts: the step's graph (and its input copies), the sampler, the host copy
+of the tokens, and the time between them, when the GPU waits for the host
+(`tirgrpo.perf.step_timeline`). One block per --batch; --json writes them all.
+
 --by-category: the decode steps run eagerly (no CUDA graph), and the time of one decode step
 is grouped into matmul, attention, rotary + cache write, add + RMSNorm, silu * mul, LM head,
 sampling and copies / other (`tirgrpo.perf.profile`): CUDA kernel times on a GPU, each op's
@@ -10,6 +15,7 @@ own CPU time on a CPU. One table per --batch; --json writes them all.
 
     PYTHONPATH=$PWD/src python3 benchmarks/profile_rollout.py --batch 8 --new-tokens 64 --kernels triton
     PYTHONPATH=$PWD/src python3 benchmarks/profile_rollout.py --by-category --batch 8 64 --json profile.json
+    PYTHONPATH=$PWD/src python3 benchmarks/profile_rollout.py --timeline --batch 8 64 --new-tokens 256
 """
 
 from __future__ import annotations
@@ -48,17 +54,22 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
     ap.add_argument("--by-category", action="store_true",
                     help="eager decode steps, time per step grouped by kernel category")
-    ap.add_argument("--json", help="with --by-category: write the tables here (a list, one per --batch)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="the decode loop with CUDA graphs, time per step in each part and between parts")
+    ap.add_argument("--json", help="with --by-category or --timeline: write the results here (a list, one per --batch)")
     a = ap.parse_args(argv)
-    if a.json and not a.by_category:
-        ap.error("--json needs --by-category")
+    if a.by_category and a.timeline:
+        ap.error("--by-category and --timeline are two different runs: give one")
+    if a.json and not (a.by_category or a.timeline):
+        ap.error("--json needs --by-category or --timeline")
     if any(k < 1 or k % decode_attention.ATTN_BLOCK_N for k in a.keys_per_split or []):
         ap.error(f"--keys-per-split: each value a positive multiple of {decode_attention.ATTN_BLOCK_N}")
     return a
 
 
 def main(argv=None) -> list[dict]:
-    """Print the profile of each --batch; return the --by-category tables (empty otherwise)."""
+    """Print the profile of each --batch; return the --by-category tables or --timeline results
+    (empty otherwise)."""
     a = parse_args(argv)
     if a.prompt_batch_min_rows is not None:
         decode_attention.PROMPT_BATCH_MIN_ROWS = a.prompt_batch_min_rows
@@ -87,17 +98,27 @@ def main(argv=None) -> list[dict]:
 
 
 def profile_batch(a, model, tok, vocab, params, gpu, device, batch) -> dict | None:
-    """Profile one --batch: the --by-category table (printed and returned), else the op tables (None)."""
+    """Profile one --batch: the --timeline result or the --by-category table (printed and
+    returned), else the op tables (None)."""
     g = torch.Generator().manual_seed(0)
     ids = [torch.randint(0, vocab, (a.prompt_tokens,), generator=g).tolist() for _ in range(max(1, batch // a.group))]
     gen = torch.Generator(device=device).manual_seed(0)
+    head = {"shape": a.shape, "batch": len(ids) * a.group, "group": a.group, "prompt_tokens": a.prompt_tokens,
+            "new_tokens": a.new_tokens, "device": str(device), "gpu": gpu}
+    if a.timeline:
+        from tirgrpo.perf.step_timeline import format_timeline, time_loop
+
+        eng = FastEngine(model, tok, max_batch=batch, kernels=a.kernels)
+        result = {**head, "kernels": eng.kernels.name, **time_loop(eng, ids, a.group, params, gen)}
+        print(f"\n{a.shape}, batch {result['batch']} (G = {a.group}), {a.prompt_tokens} + {a.new_tokens} tokens, "
+              f"{result['kernels']} kernels, CUDA graphs {'on' if eng.graphs_enabled else 'off'}, on {gpu}:")
+        print(format_timeline(result), flush=True)
+        return result
     if not a.by_category:
         profile_ops(FastEngine(model, tok, max_batch=batch, kernels=a.kernels), ids, a.group, params, gen)
         return None
     eng = FastEngine(model, tok, max_batch=batch, kernels=a.kernels, use_cuda_graphs=False)
-    table = {"shape": a.shape, "batch": len(ids) * a.group, "group": a.group, "prompt_tokens": a.prompt_tokens,
-             "new_tokens": a.new_tokens, "kernels": eng.kernels.name, "device": str(device), "gpu": gpu,
-             **profile_decode(eng, ids, a.group, params, gen)}
+    table = {**head, "kernels": eng.kernels.name, **profile_decode(eng, ids, a.group, params, gen)}
     print(f"\n{a.shape}, batch {table['batch']} (G = {a.group}), {a.prompt_tokens} + {a.new_tokens} tokens, "
           f"{table['kernels']} kernels, {decode_attention.KEYS_PER_SPLIT} keys per attention split, eager, "
           f"{table['time']} time per decode step on {gpu}:")
