@@ -86,6 +86,18 @@ def test_eval_refuses_bad_numbers_at_parse_time(option, capsys):
     assert option[0] in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("option", [["--temperature", "nan"], ["--temperature", "-1"], ["--top-p", "5"],
+                                    ["--top-p", "0"], ["--request-timeout", "nan"], ["--retries", "-1"]])
+def test_generate_refuses_bad_numbers_at_parse_time(option, capsys):
+    # Before: taken as they came, sent to the server (nan, top-p 5) or handed to the HTTP client.
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--problems", "p.csv", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+              "--out", "o.jsonl", *option])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option[0]}" in err and "Traceback" not in err
+
+
 def test_cpu_ram_check_refuses_unless_overridden():
     check_fits_ram(10 * 2**30, 20 * 2**30, "parts", override=False)  # fits
     with pytest.raises(TirgrpoError, match=r"697\.0 GiB exceeds .* 23\.5 GiB"):

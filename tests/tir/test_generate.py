@@ -340,3 +340,19 @@ def test_ctrl_c_writes_the_samples_that_finish_and_resume_runs_only_the_rest(fak
     assert main(gen_args(problems, url, out)) == 0
     assert sorted(ran) == sorted({"p1", "p2", "p3"} - written)  # the resumed run redoes none of them
     assert sorted(t.problem_id for t in read_transcripts(out)) == ["p1", "p2", "p3"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"code_prompt = 5\n", "code_prompt must be a string, got int"),
+    (b"bridge = ['{output}']\n", "bridge must be a string, got list"),
+    (b"bridge = '\xff{output}'\n", "not UTF-8"),
+])
+def test_a_templates_file_with_a_bad_value_is_named(tmp_path, capsys, content, message):
+    # Before: a number in the file ended in an internal TypeError (the field check's regex), a
+    # non-UTF-8 byte in an internal UnicodeDecodeError.
+    from tirgrpo.tir.generate import load_templates
+
+    path = tmp_path / "templates.toml"
+    path.write_bytes(content)
+    with pytest.raises(TirgrpoError, match=f"templates file {path}: .*{message}"):
+        load_templates(str(path))

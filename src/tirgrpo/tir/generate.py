@@ -214,11 +214,16 @@ def load_templates(path: str | None) -> tuple[str, str]:
     if path:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise TirgrpoError(f"templates file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise TirgrpoError(f"templates file {path}: {e}") from None
         unknown = set(data) - {"code_prompt", "bridge"}
         if unknown:
             raise TirgrpoError(f"templates file {path}: unknown keys {sorted(unknown)}; expected code_prompt, bridge")
+        for key, value in data.items():  # TOML also has numbers, lists, tables: a template is text
+            if not isinstance(value, str):
+                raise TirgrpoError(f"templates file {path}: {key} must be a string, got {type(value).__name__}")
         prompt, bridge = data.get("code_prompt", prompt), data.get("bridge", bridge)
     if fields(prompt) != {"question"}:
         raise TirgrpoError(f"code_prompt template must have exactly the field {{question}}, has {sorted(fields(prompt))}")
