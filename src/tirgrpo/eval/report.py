@@ -72,9 +72,9 @@ def png_data_uri(fig) -> str:
 
 
 def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
+    from tirgrpo.eval.plot import number
+
+    return number(v)  # one rule for tables and plots: also None for what cannot be drawn
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
