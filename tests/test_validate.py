@@ -98,6 +98,28 @@ def test_generate_refuses_bad_numbers_at_parse_time(option, capsys):
     assert f"argument {option[0]}" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv", [
+    ["eval", "--model", "nowhere", "--data", "x.jsonl", "--device", "gpu"],
+    ["memory", "--device", "bogus", "--measure"],
+    ["serve", "--model", "nowhere", "--device", "cuda:x"],
+])
+def test_a_device_option_is_checked_at_parse_time(argv, capsys):
+    # Before: eval and memory --measure passed it to torch.device, whose RuntimeError was an
+    # internal error (after the tokenizer and data had loaded).
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --device" in err and "cuda:N" in err and "Traceback" not in err
+
+
+def test_resolve_device_names_a_bad_device_string():
+    from tirgrpo.train.model import resolve_device
+
+    with pytest.raises(TirgrpoError, match="device must be one of auto, cpu, cuda"):
+        resolve_device("bogus")
+
+
 def test_cpu_ram_check_refuses_unless_overridden():
     check_fits_ram(10 * 2**30, 20 * 2**30, "parts", override=False)  # fits
     with pytest.raises(TirgrpoError, match=r"697\.0 GiB exceeds .* 23\.5 GiB"):

@@ -185,3 +185,13 @@ temperature = _typed(float, TEMPERATURE, "a temperature in [0, 2]")
 top_p = _typed(float, Range(0, 1, lo_open=True), "a top-p in (0, 1]")
 fraction = _typed(float, UNIT_OPEN_HI, "a fraction in [0, 1)")
 unit_interval = _typed(float, UNIT, "a number in [0, 1]")
+
+
+def device(text: str) -> str:
+    """argparse type of a --device option: config.DEVICE's strings (auto, cpu, cuda, cuda:N);
+    torch.device's own error for another would surface only after loading, as an internal one."""
+    from tirgrpo.config import DEVICE, DEVICES
+
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be one of {DEVICES}, got {text!r}")
+    return text

@@ -26,7 +26,7 @@ from tirgrpo.errors import TirgrpoError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from tirgrpo.validate import non_negative_int, positive_int, temperature, unit_interval
+    from tirgrpo.validate import device, non_negative_int, positive_int, temperature, unit_interval
 
     p.add_argument("--model", required=True, metavar="PATH|RUN_DIR",
                    help="a model (HF folder, .gguf, smollm2-135m-instruct) or a run folder (its final/ model)")
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop longer prompts (0 = no limit); with --transcripts, leave them unjudged (they "
                         "still vote in --selection)")
     p.add_argument("--tokenizer", default="", help="tokenizer name or path (default: the model's own)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=64, help="most sequences decoded at once")
     p.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"),

@@ -81,10 +81,11 @@ def format_table(est: dict, measured: dict | None = None, gpu_bytes: int | None 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from tirgrpo.config import add_config_arguments
+    from tirgrpo.validate import device
 
     add_config_arguments(p, example="rollout.group_size=16")
     p.add_argument("--gpu-memory", default="80GB", help="GPU memory to fit (e.g. 80GB, 79.6GiB); default 80GB")
-    p.add_argument("--device", default="cuda",
+    p.add_argument("--device", type=device, default="cuda",
                    help="device the estimate is for (cuda: bf16 under dtype=auto; cpu: fp32)")
     p.add_argument("--world-size", "--gpus", type=int, default=1, metavar="N",
                    help="ranks (GPUs) the run is sharded over with torchrun; the estimate is per GPU (default 1)")

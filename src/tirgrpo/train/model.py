@@ -58,7 +58,11 @@ RANDOM_SHAPES["tiny-qwen2"] = {
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    """`auto` -> CUDA when available, else CPU; cpu, cuda and cuda:N are passed to torch.device."""
+    from tirgrpo.config import DEVICE, DEVICES
+
+    if not DEVICE.fullmatch(spec):  # torch.device's RuntimeError would read as an internal error
+        raise TirgrpoError(f"device must be one of {DEVICES}, got {spec!r}")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
