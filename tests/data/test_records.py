@@ -223,6 +223,17 @@ def test_bad_transcript_field_is_named(tmp_path, change, field, problem):
     assert str(e.value).startswith(f"{path}, line 1, field '{field}': {problem}")
 
 
+@pytest.mark.parametrize("wall", [float("nan"), float("inf"), -1.0])
+def test_a_turn_time_that_is_no_duration_is_named(tmp_path, wall):
+    # Before: NaN and Infinity (which json.loads reads) passed the `>= 0` check, and
+    # `data split-transcripts` wrote them back out as NaN/Infinity, which is not JSON.
+    t = transcript()
+    t["turns"][0]["wall_s"] = wall
+    path = write_jsonl(tmp_path / "t.jsonl", [t])
+    with pytest.raises(TirgrpoError, match=r"line 1, field 'turns\[0\]\.wall_s': must be a finite number >= 0"):
+        read_transcripts(path)
+
+
 def test_bad_turns_are_named(tmp_path):
     t = transcript()
     t["turns"][0]["output"] = None  # a turn without output that is not the last

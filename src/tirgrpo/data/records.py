@@ -409,8 +409,10 @@ def _turn_from_dict(row: _Row, i: int, obj: Any, last: bool) -> Turn:
     if finish is not None and not isinstance(finish, str):
         raise row.fail(f"{name}.finish_reason", f"must be a string or null, got {finish!r:.80}")
     wall = obj.get("wall_s")
-    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float)) or wall < 0):
-        raise row.fail(f"{name}.wall_s", f"must be a number >= 0 or null, got {wall!r:.80}")
+    # json.loads reads NaN and Infinity, which `not wall >= 0` also refuses (no JSON writer takes them back).
+    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float))
+                             or not 0 <= wall < math.inf):
+        raise row.fail(f"{name}.wall_s", f"must be a finite number >= 0 or null, got {wall!r:.80}")
     return Turn(text=text, code=code, output=output, finish_reason=finish, wall_s=wall)
 
 
