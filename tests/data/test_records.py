@@ -245,3 +245,20 @@ def test_bad_turns_are_named(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [t])
     with pytest.raises(TirgrpoError, match=r"line 1, field 'turns\[1\]\.text': missing"):
         read_transcripts(path)
+
+
+def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
+    # Excel's "CSV UTF-8" and some Windows editors start a file with U+FEFF. Before: the seed
+    # CSV's first column was '\ufeffprompt' ("missing column(s) ['prompt']") and a JSONL's first
+    # line "not valid JSON (Unexpected UTF-8 BOM)".
+    bom = "\ufeff"
+    csv_path = tmp_path / "seed.csv"
+    csv_path.write_text(bom + "prompt,completion,question,correct_answer,eventual_answer\nP,C,Q,5,5\n",
+                        encoding="utf-8")
+    assert [s.prompt for s in read_seed_csv(csv_path)] == ["P"]
+    jsonl_path = tmp_path / "t.jsonl"
+    jsonl_path.write_text(bom + json.dumps(transcript()) + "\n", encoding="utf-8")
+    assert transcript_to_dict(read_transcripts(jsonl_path)[0]) == transcript()
+    jsonl_path.write_bytes(b"\xef\xbb\xbf" + b'{"a": "\xff"}\n')  # offsets still count from the file's start
+    with pytest.raises(TirgrpoError, match=r"line 1: not valid UTF-8 \(byte 0xff at offset 10\)"):
+        read_transcripts(jsonl_path)

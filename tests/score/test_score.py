@@ -170,3 +170,13 @@ def test_sample_token_counts_match_the_recorded_completion_length():
     with SAMPLE_CSV.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [token_counts(r["completion"], tok)[1] for r in rows] == [int(r["completion_length"]) for r in rows]
+
+
+def test_a_byte_order_mark_before_the_header_is_skipped(tmp_path):
+    # Before: the first column read as '\ufeffcompletion', and the error said the row's
+    # 'completion' "must be a string, got None".
+    from tirgrpo.score.records import read_records
+
+    path = tmp_path / "c.csv"
+    path.write_text("\ufeffcompletion,correct_answer\nx,5\n", encoding="utf-8")
+    assert read_records(path)[0] == [{"completion": "x", "correct_answer": "5"}]

@@ -356,3 +356,11 @@ def test_a_templates_file_with_a_bad_value_is_named(tmp_path, capsys, content, m
     path.write_bytes(content)
     with pytest.raises(TirgrpoError, match=f"templates file {path}: .*{message}"):
         load_templates(str(path))
+
+
+def test_read_problems_skips_a_byte_order_mark(tmp_path):
+    # Before: "no id or problem_id column; found ['\ufeffid', ...]" for an Excel "CSV UTF-8" file.
+    path = tmp_path / "p.csv"
+    path.write_text("\ufeffid,problem,answer\n1,What is 2+2?,4\n", encoding="utf-8")
+    problems, has_answers = read_problems(path)
+    assert [p.id for p in problems] == ["1"] and has_answers

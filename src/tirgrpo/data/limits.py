@@ -60,6 +60,12 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+def strip_bom(text: str) -> str:
+    """`text` without a leading byte order mark (U+FEFF), which Excel's "CSV UTF-8" and some Windows
+    editors write: left in, it glues itself to the first CSV column's name or the first JSON line."""
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def check_row_count(n: int, path: str | os.PathLike) -> None:
     """Raise once a file's row number `n` goes past MAX_ROWS."""
     if n > MAX_ROWS:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
+from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_path
 from tirgrpo.data.templates import fields as template_fields
@@ -247,14 +247,14 @@ def _example_from_dict(row: _Row) -> Example:
 
 
 def _read_text(path: Path) -> str:
-    """The whole file as UTF-8; a bad byte is reported with its line number."""
+    """The whole file as UTF-8 (a leading byte order mark dropped); a bad byte is reported with its line number."""
     check_file_size(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise TirgrpoError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return data.decode("utf-8")
+        return strip_bom(data.decode("utf-8"))  # decoded whole first: byte offsets count from the file's start
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise TirgrpoError(

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
+from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
 from tirgrpo.errors import TirgrpoError
 
 OPTIONAL_FIELDS = ("finish_reason", "stop", "eventual_answer", "label")
@@ -29,7 +29,7 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
         raise TirgrpoError(f"input file not found: {path}")
     check_file_size(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = strip_bom(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise TirgrpoError(f"{path}: not UTF-8 text ({e})") from None
     except OSError as e:

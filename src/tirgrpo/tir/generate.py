@@ -84,12 +84,12 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     object per line with the same keys; without an id the problem is named FILESTEM-LINE;
     an answer in GSM8K's form (the working, then "#### 72") counts by its last "####" part.
     """
-    from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
+    from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
 
     path = Path(path)
     check_file_size(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = strip_bom(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise TirgrpoError(f"cannot read problems file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
