@@ -120,6 +120,20 @@ def test_resolve_device_names_a_bad_device_string():
         resolve_device("bogus")
 
 
+@pytest.mark.parametrize("data_name, out_name, message", [
+    ("x.jsonl", "x.jsonl", "--data and --out are the same file"),
+    ("x.md", "x.json", "--data and the Markdown report beside --out are the same file"),
+])
+def test_eval_refuses_to_write_its_report_over_its_data(tmp_path, capsys, data_name, out_name, message):
+    # Before: checked only after the whole evaluation, and not at all: the data file was replaced by eval.json.
+    data = tmp_path / data_name
+    data.write_text("examples")
+    assert main(["eval", "--model", "random:tiny-qwen2", "--data", str(data), "--out", str(tmp_path / out_name)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err, err
+    assert data.read_text() == "examples"
+
+
 def test_cpu_ram_check_refuses_unless_overridden():
     check_fits_ram(10 * 2**30, 20 * 2**30, "parts", override=False)  # fits
     with pytest.raises(TirgrpoError, match=r"697\.0 GiB exceeds .* 23\.5 GiB"):
