@@ -180,3 +180,11 @@ def test_a_byte_order_mark_before_the_header_is_skipped(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("\ufeffcompletion,correct_answer\nx,5\n", encoding="utf-8")
     assert read_records(path)[0] == [{"completion": "x", "correct_answer": "5"}]
+
+
+def test_an_input_that_is_a_folder_is_named_as_one(tmp_path, capsys):
+    # Before: "input file not found: DIR", though it is there (a folder given for a file).
+    folder = tmp_path / "completions.jsonl"
+    folder.mkdir()
+    assert main(["score", "--input", str(folder), "--out", str(tmp_path / "s.jsonl")]) == 2
+    assert f"input {folder}: is a folder, not a file" in capsys.readouterr().err

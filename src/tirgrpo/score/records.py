@@ -25,6 +25,8 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
     A malformed line raises, naming the file and line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TirgrpoError(f"input {path}: is a folder, not a file")
     if not path.is_file():
         raise TirgrpoError(f"input file not found: {path}")
     check_file_size(path)
