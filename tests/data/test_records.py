@@ -262,3 +262,12 @@ def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
     jsonl_path.write_bytes(b"\xef\xbb\xbf" + b'{"a": "\xff"}\n')  # offsets still count from the file's start
     with pytest.raises(TirgrpoError, match=r"line 1: not valid UTF-8 \(byte 0xff at offset 10\)"):
         read_transcripts(jsonl_path)
+
+
+def test_a_seed_csv_column_named_twice_is_refused(tmp_path):
+    # Before: the last 'prompt' column silently won, whichever the user meant.
+    path = tmp_path / "seed.csv"
+    path.write_text("prompt,completion,question,correct_answer,eventual_answer,prompt\nP,C,Q,5,5,X\n",
+                    encoding="utf-8")
+    with pytest.raises(TirgrpoError, match=r"header \(line 1\): column\(s\) \['prompt'\] appear more than once"):
+        read_seed_csv(path)

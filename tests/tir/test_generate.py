@@ -364,3 +364,11 @@ def test_read_problems_skips_a_byte_order_mark(tmp_path):
     path.write_text("\ufeffid,problem,answer\n1,What is 2+2?,4\n", encoding="utf-8")
     problems, has_answers = read_problems(path)
     assert [p.id for p in problems] == ["1"] and has_answers
+
+
+def test_read_problems_refuses_a_column_named_twice(tmp_path):
+    # Before: the last 'problem' column silently won.
+    path = tmp_path / "p.csv"
+    path.write_text("id,problem,answer,problem\n1,What is 2+2?,4,Other\n", encoding="utf-8")
+    with pytest.raises(TirgrpoError, match=r"column\(s\) \['problem'\] appear more than once"):
+        read_problems(path)

@@ -357,6 +357,9 @@ def read_seed_csv(path: str | os.PathLike) -> list[Segment]:
     missing = [c for c in SEED_CSV_COLUMNS if c not in header]
     if missing:
         raise TirgrpoError(f"{path}, header (line 1): missing column(s) {missing}; found {header}")
+    twice = [c for c in SEED_CSV_COLUMNS if header.count(c) > 1]
+    if twice:  # which one the user meant is unknowable; a row would silently take the last
+        raise TirgrpoError(f"{path}, header (line 1): column(s) {twice} appear more than once; found {header}")
     segments = []
     row_no, start_line = 0, reader.line_num + 1
     while True:

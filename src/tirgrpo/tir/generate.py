@@ -108,6 +108,9 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
         return found
 
     id_col, q_col, a_col = column(_ID_COLUMNS, True), column(_QUESTION_COLUMNS, True), column(_ANSWER_COLUMNS, False)
+    twice = [c for c in (id_col, q_col, a_col) if c is not None and header.count(c) > 1]
+    if twice:  # csv.DictReader would silently take the last of them
+        raise TirgrpoError(f"problems file {path}: column(s) {twice} appear more than once; found {header}")
     problems, seen = [], set()
     try:
         for row_no, row in enumerate(reader, start=1):
