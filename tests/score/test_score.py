@@ -188,3 +188,20 @@ def test_an_input_that_is_a_folder_is_named_as_one(tmp_path, capsys):
     folder.mkdir()
     assert main(["score", "--input", str(folder), "--out", str(tmp_path / "s.jsonl")]) == 2
     assert f"input {folder}: is a folder, not a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("completion,correct_answer,completion\nx,5,y\n", "column(s) ['completion'] appear more than once"),
+    ("completion,correct_answer\nx\n", "row 1 (line 2): fewer fields than the header has columns (2)"),
+])
+def test_a_csv_whose_header_and_rows_disagree_is_named(tmp_path, text, message):
+    # Before: a column named twice silently took the last one; a short row read as
+    # "field 'correct_answer' must be ..., got None".
+    from tirgrpo.score.records import read_records
+    from tirgrpo.errors import TirgrpoError
+
+    path = tmp_path / "c.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(TirgrpoError) as e:
+        read_records(path)
+    assert message in str(e.value)

@@ -17,6 +17,7 @@ from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, tex
 from tirgrpo.errors import TirgrpoError
 
 OPTIONAL_FIELDS = ("finish_reason", "stop", "eventual_answer", "label")
+_MISSING = object()  # csv.DictReader's value for the cells a short row lacks
 
 
 def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
@@ -86,13 +87,19 @@ def _read_csv(path: Path, text: str) -> list[tuple[str, dict]]:
     # (checked per field afterwards, naming it) applies instead.
     csv.field_size_limit(2**31 - 1)
     records = []
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), restval=_MISSING)
     try:
+        header = reader.fieldnames or []
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:  # a row would silently take the last of them
+            raise TirgrpoError(f"{path}, header (line 1): column(s) {twice} appear more than once; found {header}")
         for n, row in enumerate(reader, start=1):
             check_row_count(n, path)
             where = f"{path}, row {n} (line {reader.line_num})"
             if None in row:  # more cells than the header has columns
                 raise TirgrpoError(f"{where}: more fields than the header has columns")
+            if _MISSING in row.values():  # not "field 'completion' must be a string, got None"
+                raise TirgrpoError(f"{where}: fewer fields than the header has columns ({len(header)})")
             record = {k: v for k, v in row.items()}
             for key in OPTIONAL_FIELDS:
                 if record.get(key) == "":
