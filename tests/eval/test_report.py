@@ -232,6 +232,15 @@ def test_report_refuses_an_out_that_is_a_folder_or_one_of_the_runs_files(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "metrics.jsonl"]
 
 
+def test_report_refuses_a_negative_prompt_count_at_parse_time(tmp_path, capsys):
+    # Before: --prompts -1 was taken (and meant 0) without a word.
+    (tmp_path / "metrics.jsonl").write_text(GOOD_ROW)
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path), "--prompts", "-1"])
+    assert e.value.code == 2 and "argument --prompts" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_report_refuses_an_unknown_device_naming_the_option(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text(GOOD_ROW)
     assert main(["report", str(tmp_path), "--device", "gpu"]) == 2
