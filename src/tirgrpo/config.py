@@ -496,11 +496,15 @@ def read_config_dict(path: str | Path | None = None, overrides: list[str] | None
     keys moved to `[system]`, as a plain dict (no defaults filled in)."""
     data: dict = {}
     if path:
+        from tirgrpo.data.limits import strip_bom
+
         p = Path(path)
+        if p.is_dir():
+            raise TirgrpoError(f"config file {p}: is a folder, not a file")
         if not p.is_file():
             raise TirgrpoError(f"config file not found: {p}")
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            data = tomllib.loads(strip_bom(p.read_text(encoding="utf-8")))  # tomllib refuses a BOM
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise TirgrpoError(f"config file {p}: {e}") from e
     apply_overrides(data, overrides or [])

@@ -372,3 +372,11 @@ def test_read_problems_refuses_a_column_named_twice(tmp_path):
     path.write_text("id,problem,answer,problem\n1,What is 2+2?,4,Other\n", encoding="utf-8")
     with pytest.raises(TirgrpoError, match=r"column\(s\) \['problem'\] appear more than once"):
         read_problems(path)
+
+
+def test_a_templates_file_with_a_byte_order_mark_loads(tmp_path):
+    from tirgrpo.tir.generate import load_templates
+
+    path = tmp_path / "templates.toml"
+    path.write_bytes(b"\xef\xbb\xbfbridge = 'out: {output}'\n")
+    assert load_templates(str(path))[1] == "out: {output}"

@@ -216,7 +216,9 @@ def load_templates(path: str | None) -> tuple[str, str]:
     prompt, bridge = CODE_PROMPT, SEED_BRIDGE
     if path:
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            from tirgrpo.data.limits import strip_bom
+
+            data = tomllib.loads(strip_bom(Path(path).read_text(encoding="utf-8")))  # tomllib refuses a BOM
         except UnicodeDecodeError as e:
             raise TirgrpoError(f"templates file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except (OSError, tomllib.TOMLDecodeError) as e:
