@@ -134,6 +134,18 @@ def test_eval_refuses_to_write_its_report_over_its_data(tmp_path, capsys, data_n
     assert data.read_text() == "examples"
 
 
+@pytest.mark.parametrize("option", [["--timeout", "1e300"], ["--memory-mb", "99999999999999999999"],
+                                    ["--max-processes", "99999999999999999999"], ["--disk-mb", "0"]])
+def test_sandbox_limits_are_checked_at_parse_time(option, capsys):
+    # Before: a huge value reached setrlimit: "sandbox mode bwrap: setup failed: Python int too
+    # large to convert to C long", naming no option.
+    with pytest.raises(SystemExit) as e:
+        main(["sandbox", "run", "x.py", *option])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option[0]}" in err and "Traceback" not in err
+
+
 def test_cpu_ram_check_refuses_unless_overridden():
     check_fits_ram(10 * 2**30, 20 * 2**30, "parts", override=False)  # fits
     with pytest.raises(TirgrpoError, match=r"697\.0 GiB exceeds .* 23\.5 GiB"):

@@ -187,6 +187,17 @@ fraction = _typed(float, UNIT_OPEN_HI, "a fraction in [0, 1)")
 unit_interval = _typed(float, UNIT, "a number in [0, 1]")
 
 
+def int_in(lo: int, hi: int) -> Callable[[str], Any]:
+    """argparse type of an integer in [lo, hi]: an upper bound where the OS takes the value (a
+    resource limit) and a larger one would fail there as "int too large to convert to C long"."""
+    return _typed(int, Range(lo, hi), f"an integer in [{lo}, {hi}]")
+
+
+def seconds_up_to(hi: float) -> Callable[[str], Any]:
+    """argparse type of a duration in (0, hi] seconds."""
+    return _typed(float, Range(0, hi, lo_open=True), f"a number of seconds in (0, {hi:g}]")
+
+
 def device(text: str) -> str:
     """argparse type of a --device option: config.DEVICE's strings (auto, cpu, cuda, cuda:N);
     torch.device's own error for another would surface only after loading, as an internal one."""
