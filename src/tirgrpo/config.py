@@ -17,7 +17,6 @@ one release through `OLD_KEYS` (with a note naming the new key).
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 import tomllib
 import types
@@ -27,10 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tirgrpo.errors import TirgrpoError
-
-DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
-"""The device strings the trainer can use (torch's own error for another is an internal one)."""
-DEVICES = "auto, cpu, cuda, cuda:N (N a GPU index, e.g. cuda:1)"
+from tirgrpo.validate import DEVICE, DEVICES  # defined there: validate.device checks --device options too
 
 
 @dataclass

@@ -14,12 +14,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from tirgrpo.errors import TirgrpoError
 
 GiB = 2**30
+
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+"""The device strings the trainer can use (torch's own error for another is an internal one)."""
+DEVICES = "auto, cpu, cuda, cuda:N (N a GPU index, e.g. cuda:1)"
 
 
 @dataclass(frozen=True)
@@ -201,8 +206,6 @@ def seconds_up_to(hi: float) -> Callable[[str], Any]:
 def device(text: str) -> str:
     """argparse type of a --device option: config.DEVICE's strings (auto, cpu, cuda, cuda:N);
     torch.device's own error for another would surface only after loading, as an internal one."""
-    from tirgrpo.config import DEVICE, DEVICES
-
     if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"must be one of {DEVICES}, got {text!r}")
     return text
