@@ -40,3 +40,11 @@ def test_values_too_large_to_draw_are_left_out_not_a_crash(tmp_path, capsys):
     assert (tmp_path / "rewards.png").is_file() and (tmp_path / "training.png").is_file()
     assert main(["report", str(tmp_path), "--prompts", "0"]) == 0
     assert "internal error" not in capsys.readouterr().err
+
+
+def test_plot_of_a_folder_that_is_no_run_says_so(tmp_path, capsys):
+    # Before: "RUN/metrics.jsonl: no training rows to plot" for a mistyped or empty folder.
+    from tirgrpo.cli import main
+
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: no metrics.jsonl; not a training run folder" in capsys.readouterr().err
