@@ -260,3 +260,17 @@ def test_sft_config_rejects_keys_sft_does_not_use():
         section, name = key.split("=")[0].split(".")
         assert repr(name if section in ("data", "run", "system") else section) in str(e.value), key
     assert load_config(SFTConfig, None, ["system.device=cpu"]).system.device == "cpu"
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    # Notepad's "UTF-8 with BOM": before, "config file ...: Invalid statement (at line 1, column 1)",
+    # the culprit an invisible character.
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[optim]\nlr = 2e-5\n")
+    assert load_config(TrainConfig, path).optim.lr == 2e-5
+
+
+def test_a_config_folder_is_named_as_one(tmp_path):
+    # Before: "config file not found: DIR", though it is there.
+    with pytest.raises(TirgrpoError, match=f"config file {tmp_path}: is a folder, not a file"):
+        load_config(TrainConfig, tmp_path)

@@ -43,6 +43,18 @@ def test_check_functions(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]  # no probe left behind
 
 
+def test_check_messages_name_the_path_as_given(tmp_path):
+    # Before: "--out /proc: cannot write in /proc" for --out /proc/x (the parent named as the
+    # option's value), and "--out FILE: FILE is a file" for --out FILE/out.jsonl.
+    (tmp_path / "file").write_text("x")
+    for check, path in [(check_output_file, "/proc/tirgrpo-x/out.jsonl"), (check_output_dir, "/proc/tirgrpo-x"),
+                        (check_output_file, str(tmp_path / "file" / "out.jsonl")),
+                        (check_output_dir, str(tmp_path / "file" / "sub"))]:
+        with pytest.raises(TirgrpoError) as e:
+            check(path)
+        assert str(e.value).startswith(f"--out {path}: "), str(e.value)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a mode-555 folder")
 def test_read_only_folder(tmp_path):
     ro = tmp_path / "ro"

@@ -86,6 +86,66 @@ def test_eval_refuses_bad_numbers_at_parse_time(option, capsys):
     assert option[0] in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("option", [["--temperature", "nan"], ["--temperature", "-1"], ["--top-p", "5"],
+                                    ["--top-p", "0"], ["--request-timeout", "nan"], ["--retries", "-1"]])
+def test_generate_refuses_bad_numbers_at_parse_time(option, capsys):
+    # Before: taken as they came, sent to the server (nan, top-p 5) or handed to the HTTP client.
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--problems", "p.csv", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+              "--out", "o.jsonl", *option])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option[0]}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--model", "nowhere", "--data", "x.jsonl", "--device", "gpu"],
+    ["memory", "--device", "bogus", "--measure"],
+    ["serve", "--model", "nowhere", "--device", "cuda:x"],
+])
+def test_a_device_option_is_checked_at_parse_time(argv, capsys):
+    # Before: eval and memory --measure passed it to torch.device, whose RuntimeError was an
+    # internal error (after the tokenizer and data had loaded).
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --device" in err and "cuda:N" in err and "Traceback" not in err
+
+
+def test_resolve_device_names_a_bad_device_string():
+    from tirgrpo.train.model import resolve_device
+
+    with pytest.raises(TirgrpoError, match="device must be one of auto, cpu, cuda"):
+        resolve_device("bogus")
+
+
+@pytest.mark.parametrize("data_name, out_name, message", [
+    ("x.jsonl", "x.jsonl", "--data and --out are the same file"),
+    ("x.md", "x.json", "--data and the Markdown report beside --out are the same file"),
+])
+def test_eval_refuses_to_write_its_report_over_its_data(tmp_path, capsys, data_name, out_name, message):
+    # Before: checked only after the whole evaluation, and not at all: the data file was replaced by eval.json.
+    data = tmp_path / data_name
+    data.write_text("examples")
+    assert main(["eval", "--model", "random:tiny-qwen2", "--data", str(data), "--out", str(tmp_path / out_name)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err, err
+    assert data.read_text() == "examples"
+
+
+@pytest.mark.parametrize("option", [["--timeout", "1e300"], ["--memory-mb", "99999999999999999999"],
+                                    ["--max-processes", "99999999999999999999"], ["--disk-mb", "0"]])
+def test_sandbox_limits_are_checked_at_parse_time(option, capsys):
+    # Before: a huge value reached setrlimit: "sandbox mode bwrap: setup failed: Python int too
+    # large to convert to C long", naming no option.
+    with pytest.raises(SystemExit) as e:
+        main(["sandbox", "run", "x.py", *option])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option[0]}" in err and "Traceback" not in err
+
+
 def test_cpu_ram_check_refuses_unless_overridden():
     check_fits_ram(10 * 2**30, 20 * 2**30, "parts", override=False)  # fits
     with pytest.raises(TirgrpoError, match=r"697\.0 GiB exceeds .* 23\.5 GiB"):

@@ -17,7 +17,6 @@ one release through `OLD_KEYS` (with a note naming the new key).
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 import tomllib
 import types
@@ -27,10 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tirgrpo.errors import TirgrpoError
-
-DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
-"""The device strings the trainer can use (torch's own error for another is an internal one)."""
-DEVICES = "auto, cpu, cuda, cuda:N (N a GPU index, e.g. cuda:1)"
+from tirgrpo.validate import DEVICE, DEVICES  # defined there: validate.device checks --device options too
 
 
 @dataclass
@@ -496,11 +492,15 @@ def read_config_dict(path: str | Path | None = None, overrides: list[str] | None
     keys moved to `[system]`, as a plain dict (no defaults filled in)."""
     data: dict = {}
     if path:
+        from tirgrpo.data.limits import strip_bom
+
         p = Path(path)
+        if p.is_dir():
+            raise TirgrpoError(f"config file {p}: is a folder, not a file")
         if not p.is_file():
             raise TirgrpoError(f"config file not found: {p}")
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            data = tomllib.loads(strip_bom(p.read_text(encoding="utf-8")))  # tomllib refuses a BOM
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise TirgrpoError(f"config file {p}: {e}") from e
     apply_overrides(data, overrides or [])

@@ -73,20 +73,21 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
 # --------------------------------------------------------------------------- checks before work
 
 
-def _probe_folder(folder: Path, option: str) -> None:
+def _probe_folder(folder: Path, option: str, given: Path) -> None:
     """Raise TirgrpoError unless a file can be created in `folder` or, if missing, its nearest
-    existing ancestor (where the missing folders would be made). Creates and removes one file."""
+    existing ancestor (where the missing folders would be made). Creates and removes one file.
+    Messages name `given`, the option's value as the user wrote it (not `folder`, its parent)."""
     here = folder
     while not here.exists():
         if here.parent == here:
             break
         here = here.parent
     if not here.is_dir():
-        raise TirgrpoError(f"{option} {folder}: {here} is a file, not a folder")
+        raise TirgrpoError(f"{option} {given}: {here} is a file, not a folder")
     try:
         fd, probe = tempfile.mkstemp(prefix=".tirgrpo-write-check.", dir=here)
     except OSError as e:
-        raise TirgrpoError(f"{option} {folder}: cannot write in {here} ({e.strerror or e})") from None
+        raise TirgrpoError(f"{option} {given}: cannot write in {here} ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -97,7 +98,7 @@ def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise TirgrpoError(f"{option} {path}: is a folder; name the output file instead")
-    _probe_folder(path.parent, option)
+    _probe_folder(path.parent, option, path)
     return path
 
 
@@ -129,5 +130,5 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise TirgrpoError(f"{option} {path}: is a file, not a folder")
-    _probe_folder(path.parent, option)
+    _probe_folder(path.parent, option, path)
     return path

@@ -14,12 +14,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from tirgrpo.errors import TirgrpoError
 
 GiB = 2**30
+
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+"""The device strings the trainer can use (torch's own error for another is an internal one)."""
+DEVICES = "auto, cpu, cuda, cuda:N (N a GPU index, e.g. cuda:1)"
 
 
 @dataclass(frozen=True)
@@ -185,3 +190,22 @@ temperature = _typed(float, TEMPERATURE, "a temperature in [0, 2]")
 top_p = _typed(float, Range(0, 1, lo_open=True), "a top-p in (0, 1]")
 fraction = _typed(float, UNIT_OPEN_HI, "a fraction in [0, 1)")
 unit_interval = _typed(float, UNIT, "a number in [0, 1]")
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], Any]:
+    """argparse type of an integer in [lo, hi]: an upper bound where the OS takes the value (a
+    resource limit) and a larger one would fail there as "int too large to convert to C long"."""
+    return _typed(int, Range(lo, hi), f"an integer in [{lo}, {hi}]")
+
+
+def seconds_up_to(hi: float) -> Callable[[str], Any]:
+    """argparse type of a duration in (0, hi] seconds."""
+    return _typed(float, Range(0, hi, lo_open=True), f"a number of seconds in (0, {hi:g}]")
+
+
+def device(text: str) -> str:
+    """argparse type of a --device option: config.DEVICE's strings (auto, cpu, cuda, cuda:N);
+    torch.device's own error for another would surface only after loading, as an internal one."""
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be one of {DEVICES}, got {text!r}")
+    return text

@@ -74,3 +74,15 @@ def test_cli_writes_the_warmup_file(tmp_path, capsys):
     assert "correct -> decline 2, correct -> submit 2, wrong -> decline 2, wrong -> submit 2" in capsys.readouterr().out
     assert main(["data", "format-warmup", "--input", str(src), "--out", str(tmp_path / "warm.txt")]) == 2
     assert "use a .jsonl or .parquet" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_write_over_its_input(tmp_path, capsys):
+    # Before: --out naming --input replaced the examples with their format-only versions, exit 0.
+    from tirgrpo.cli import main
+
+    src = tmp_path / "train.jsonl"
+    write_examples(src, [example(i, "correct" if i % 2 else "wrong") for i in range(4)])
+    before = src.read_bytes()
+    assert main(["data", "format-warmup", "--input", str(src), "--out", str(src)]) == 2
+    assert "--input and --out are the same file" in capsys.readouterr().err
+    assert src.read_bytes() == before

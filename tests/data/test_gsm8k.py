@@ -234,3 +234,17 @@ def test_bundled_files_rebuild_exactly(tmp_path, split, name, limit):
     args = ["data", "gsm8k-verify", "--input", str(GSM8K / f"{split}.jsonl"), "--out", str(out), "--limit", str(limit)]
     assert main(args + ["--seed", "0"]) == 0
     assert out.read_bytes() == (BUNDLED / f"{name}.jsonl").read_bytes()
+
+
+def test_command_refuses_to_write_over_its_input(tmp_path, capsys):
+    # Before: --out naming the GSM8K input (or an --exclude file) replaced it with the examples, exit 0.
+    src = write_gsm8k(tmp_path / "g.jsonl", [{"question": NATALIA_Q, "answer": NATALIA_A}])
+    before = src.read_bytes()
+    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(tmp_path / "." / "g.jsonl")]) == 2
+    assert "--input and --out are the same file" in capsys.readouterr().err
+    made = tmp_path / "v.jsonl"
+    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(made)]) == 0
+    made_before = made.read_bytes()
+    assert main(["data", "gsm8k-verify", "--input", str(src), "--out", str(made), "--exclude", str(made)]) == 2
+    assert f"--exclude {made} and --out are the same file" in capsys.readouterr().err
+    assert src.read_bytes() == before and made.read_bytes() == made_before

@@ -67,6 +67,46 @@ def test_nul_refused_in_every_jsonl_reader(tmp_path, reader, row, field):
         reader(jsonl(tmp_path / "f.jsonl", [row]))
 
 
+def _with_lone_surrogate(row: dict, field: str) -> str:
+    """The JSON line of `row` with `field`'s text holding the escape \\ud800: valid JSON, but a
+    lone surrogate is no character, and no UTF-8 file (or tokenizer) can take it."""
+    return json.dumps({**row, field: "aSURROGATEb"}).replace("SURROGATE", "\\ud800") + "\n"
+
+
+@pytest.mark.parametrize("reader, row, field", [
+    (read_examples, _example(), "prompt"),
+    (read_transcripts, _transcript(), "question"),
+    (read_gsm8k, {"question": "q", "answer": "a"}, "question"),
+    (read_records, {"completion": "x", "correct_answer": "1"}, "completion"),
+])
+def test_a_lone_surrogate_is_refused_in_every_jsonl_reader(tmp_path, reader, row, field):
+    path = tmp_path / "f.jsonl"
+    path.write_text(_with_lone_surrogate(row, field), encoding="utf-8")
+    with pytest.raises(TirgrpoError, match=rf"line 1, field '{field}'.*U\+D800"):
+        reader(path)
+
+
+@pytest.mark.parametrize("argv, row, field", [
+    (["prepare", "--input", "{src}", "--out", "{out}", "--no-pairing"], _transcript(), "question"),
+    (["data", "format-warmup", "--input", "{src}", "--out", "{out}.jsonl"], _example(), "prompt"),
+    (["data", "split-transcripts", "--input", "{src}", "--train", "{out}.a", "--heldout", "{out}.b"],
+     _transcript(), "prompt"),
+    (["score", "--input", "{src}", "--out", "{out}.jsonl"], {"completion": "x", "correct_answer": "1"},
+     "completion"),
+])
+def test_a_lone_surrogate_is_an_error_naming_the_field_not_a_crash(tmp_path, capsys, argv, row, field):
+    # Before: json.loads took the escape, and the command died writing its output
+    # (UnicodeEncodeError) or tokenizing (TypeError), as an "internal error".
+    src = tmp_path / "in.jsonl"
+    src.write_text(_with_lone_surrogate(row, field), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main([a.format(src=src, out=out) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}, line 1, field '{field}'" in err and "U+D800" in err, err
+    assert "internal error" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]  # nothing written
+
+
 def test_nul_refused_in_csv_readers(tmp_path):
     p = tmp_path / "f.csv"
     p.write_text("prompt,completion,question,correct_answer,eventual_answer\np\x00,c,q,1,1\n", encoding="utf-8")

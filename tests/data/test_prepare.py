@@ -344,3 +344,11 @@ def test_pairs_per_question_with_no_pairing_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse: usage and the message, exit 2
         main(args[:-1] + ["--pairs-per-question", "0"])
     assert exit_info.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_an_input_that_is_a_folder_is_named_as_one(tmp_path, capsys):
+    # Before: "input DIR: no such file", though it is there (a folder given for a file).
+    folder = tmp_path / "transcripts.jsonl"
+    folder.mkdir()
+    assert main(["prepare", "--input", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert f"input {folder}: is a folder, not a file" in capsys.readouterr().err

@@ -223,6 +223,17 @@ def test_bad_transcript_field_is_named(tmp_path, change, field, problem):
     assert str(e.value).startswith(f"{path}, line 1, field '{field}': {problem}")
 
 
+@pytest.mark.parametrize("wall", [float("nan"), float("inf"), -1.0])
+def test_a_turn_time_that_is_no_duration_is_named(tmp_path, wall):
+    # Before: NaN and Infinity (which json.loads reads) passed the `>= 0` check, and
+    # `data split-transcripts` wrote them back out as NaN/Infinity, which is not JSON.
+    t = transcript()
+    t["turns"][0]["wall_s"] = wall
+    path = write_jsonl(tmp_path / "t.jsonl", [t])
+    with pytest.raises(TirgrpoError, match=r"line 1, field 'turns\[0\]\.wall_s': must be a finite number >= 0"):
+        read_transcripts(path)
+
+
 def test_bad_turns_are_named(tmp_path):
     t = transcript()
     t["turns"][0]["output"] = None  # a turn without output that is not the last
@@ -234,3 +245,29 @@ def test_bad_turns_are_named(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [t])
     with pytest.raises(TirgrpoError, match=r"line 1, field 'turns\[1\]\.text': missing"):
         read_transcripts(path)
+
+
+def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
+    # Excel's "CSV UTF-8" and some Windows editors start a file with U+FEFF. Before: the seed
+    # CSV's first column was '\ufeffprompt' ("missing column(s) ['prompt']") and a JSONL's first
+    # line "not valid JSON (Unexpected UTF-8 BOM)".
+    bom = "\ufeff"
+    csv_path = tmp_path / "seed.csv"
+    csv_path.write_text(bom + "prompt,completion,question,correct_answer,eventual_answer\nP,C,Q,5,5\n",
+                        encoding="utf-8")
+    assert [s.prompt for s in read_seed_csv(csv_path)] == ["P"]
+    jsonl_path = tmp_path / "t.jsonl"
+    jsonl_path.write_text(bom + json.dumps(transcript()) + "\n", encoding="utf-8")
+    assert transcript_to_dict(read_transcripts(jsonl_path)[0]) == transcript()
+    jsonl_path.write_bytes(b"\xef\xbb\xbf" + b'{"a": "\xff"}\n')  # offsets still count from the file's start
+    with pytest.raises(TirgrpoError, match=r"line 1: not valid UTF-8 \(byte 0xff at offset 10\)"):
+        read_transcripts(jsonl_path)
+
+
+def test_a_seed_csv_column_named_twice_is_refused(tmp_path):
+    # Before: the last 'prompt' column silently won, whichever the user meant.
+    path = tmp_path / "seed.csv"
+    path.write_text("prompt,completion,question,correct_answer,eventual_answer,prompt\nP,C,Q,5,5,X\n",
+                    encoding="utf-8")
+    with pytest.raises(TirgrpoError, match=r"header \(line 1\): column\(s\) \['prompt'\] appear more than once"):
+        read_seed_csv(path)

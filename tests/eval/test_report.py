@@ -216,6 +216,32 @@ def test_a_cut_off_last_log_line_of_a_crashed_run_is_left_out(tmp_path, capsys):
     assert (tmp_path / "report.html").is_file()
 
 
+@pytest.mark.parametrize("out, message", [
+    ("metrics.jsonl", "the run's metrics.jsonl and --out are the same file"),
+    ("config.toml", "the run's config.toml and --out are the same file"),
+    (".", "is a folder; name the output file instead"),
+])
+def test_report_refuses_an_out_that_is_a_folder_or_one_of_the_runs_files(tmp_path, capsys, out, message):
+    # Before: --out RUN/metrics.jsonl replaced the run's log with the page (exit 0), and a folder
+    # failed after all the work with "Is a directory: RUN/..r5.xxxx.tmp", a name the user never gave.
+    (tmp_path / "metrics.jsonl").write_text(GOOD_ROW)
+    (tmp_path / "config.toml").write_text("")
+    assert main(["report", str(tmp_path), "--prompts", "0", "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--out" in err and "internal error" not in err, err
+    assert (tmp_path / "metrics.jsonl").read_text() == GOOD_ROW
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "metrics.jsonl"]
+
+
+def test_report_refuses_a_negative_prompt_count_at_parse_time(tmp_path, capsys):
+    # Before: --prompts -1 was taken (and meant 0) without a word.
+    (tmp_path / "metrics.jsonl").write_text(GOOD_ROW)
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path), "--prompts", "-1"])
+    assert e.value.code == 2 and "argument --prompts" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_report_refuses_an_unknown_device_naming_the_option(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text(GOOD_ROW)
     assert main(["report", str(tmp_path), "--device", "gpu"]) == 2

@@ -5,6 +5,7 @@ the `tirgrpo memory` command, the trainer's check, and the device script's dry r
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -366,6 +367,32 @@ def test_parse_bytes():
         parse_bytes("lots")
 
 
+@pytest.mark.parametrize("text", ["nanGB", "infGiB", "inf", "0GB", "1e400"])
+def test_parse_bytes_refuses_what_is_no_amount_of_memory(text):
+    # Before: nan and inf ended in int(float(...)) as an internal ValueError / OverflowError.
+    with pytest.raises(TirgrpoError, match=rf"--gpu-memory '{text}'"):
+        parse_bytes(text)
+
+
+def _bad_model_sources(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    (tmp_path / "notes.gguf").write_bytes(b"this is no GGUF file")
+    (tmp_path / "empty").mkdir()
+    return {"empty": (str(tmp_path / "empty"), "a folder with config.json"),
+            "broken": (str(tmp_path / "broken"), "config.json"),
+            "gguf": (str(tmp_path / "notes.gguf"), "notes.gguf"),
+            "missing": ("/no/such/model-tirgrpo", "/no/such/model-tirgrpo")}
+
+
+@pytest.mark.parametrize("case", ["broken", "gguf", "missing", "empty"])
+def test_shape_from_spec_names_a_model_it_cannot_read(tmp_path, case):
+    # Before: JSONDecodeError, gguf's ValueError and HFValidationError, each an internal error of `memory`.
+    spec, named = _bad_model_sources(tmp_path)[case]
+    with pytest.raises(TirgrpoError, match=re.escape(named)):
+        shape_from_spec(spec)
+
+
 # --------------------------------------------------------------------------- command, trainer, device script
 
 
@@ -392,6 +419,21 @@ def test_memory_command_suggests_changes(capsys):
                  "--set", "system.gradient_checkpointing=false"]) == 0
     out = capsys.readouterr().out
     assert "(40.0 GiB): NO" in out and "would fit: --set system.gradient_checkpointing=true" in out
+
+
+def test_memory_json_is_checked_before_the_estimate_and_written_whole(capsys, tmp_path):
+    from tirgrpo.cli import main
+
+    config = str(ROOT / "configs/seed-r1-distill-1.5b.toml")
+    # A folder in the file's place: refused before anything runs, naming the option (before: the
+    # table printed, then "Is a directory").
+    assert main(["memory", "--config", config, "--json", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"--json {tmp_path}: is a folder" in captured.err and "train phase" not in captured.out
+    out_json = tmp_path / "sub" / "m.json"  # written atomically, its folder made
+    assert main(["memory", "--config", config, "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["estimate"]["params"] > 0
+    assert [p.name for p in out_json.parent.iterdir()] == ["m.json"]
 
 
 def _seed_config(*overrides):

@@ -67,3 +67,22 @@ def test_schedule_command_default_every_and_plot(tmp_path, capsys):
 def test_schedule_command_rejects_bad_total(capsys):
     assert main(["schedule", "--total-steps", "0"]) == 2
     assert "--total-steps must be positive" in capsys.readouterr().err
+
+
+def test_schedule_plot_to_a_folder_is_refused_before_the_table(tmp_path, capsys):
+    # Before: the table printed, then "Is a directory: ...tmp", a temporary name the user never gave.
+    assert main(["schedule", "--total-steps", "40", "--plot", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"--plot {tmp_path}: is a folder" in captured.err and captured.out == ""
+    assert not list(tmp_path.iterdir())
+
+
+def test_schedule_of_a_huge_run_plots_and_refuses_a_table_too_long_to_print(tmp_path, capsys):
+    # Before: both ended in an internal MemoryError (a list of every step, 10^14 of them).
+    png = tmp_path / "schedule.png"
+    assert main(["schedule", "--total-steps", str(10**14), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main(["schedule", "--total-steps", str(10**14), "--every", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--every 1" in err and "rows" in err and "internal error" not in err

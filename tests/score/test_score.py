@@ -170,3 +170,38 @@ def test_sample_token_counts_match_the_recorded_completion_length():
     with SAMPLE_CSV.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [token_counts(r["completion"], tok)[1] for r in rows] == [int(r["completion_length"]) for r in rows]
+
+
+def test_a_byte_order_mark_before_the_header_is_skipped(tmp_path):
+    # Before: the first column read as '\ufeffcompletion', and the error said the row's
+    # 'completion' "must be a string, got None".
+    from tirgrpo.score.records import read_records
+
+    path = tmp_path / "c.csv"
+    path.write_text("\ufeffcompletion,correct_answer\nx,5\n", encoding="utf-8")
+    assert read_records(path)[0] == [{"completion": "x", "correct_answer": "5"}]
+
+
+def test_an_input_that_is_a_folder_is_named_as_one(tmp_path, capsys):
+    # Before: "input file not found: DIR", though it is there (a folder given for a file).
+    folder = tmp_path / "completions.jsonl"
+    folder.mkdir()
+    assert main(["score", "--input", str(folder), "--out", str(tmp_path / "s.jsonl")]) == 2
+    assert f"input {folder}: is a folder, not a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("completion,correct_answer,completion\nx,5,y\n", "column(s) ['completion'] appear more than once"),
+    ("completion,correct_answer\nx\n", "row 1 (line 2): fewer fields than the header has columns (2)"),
+])
+def test_a_csv_whose_header_and_rows_disagree_is_named(tmp_path, text, message):
+    # Before: a column named twice silently took the last one; a short row read as
+    # "field 'correct_answer' must be ..., got None".
+    from tirgrpo.score.records import read_records
+    from tirgrpo.errors import TirgrpoError
+
+    path = tmp_path / "c.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(TirgrpoError) as e:
+        read_records(path)
+    assert message in str(e.value)

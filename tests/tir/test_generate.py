@@ -340,3 +340,43 @@ def test_ctrl_c_writes_the_samples_that_finish_and_resume_runs_only_the_rest(fak
     assert main(gen_args(problems, url, out)) == 0
     assert sorted(ran) == sorted({"p1", "p2", "p3"} - written)  # the resumed run redoes none of them
     assert sorted(t.problem_id for t in read_transcripts(out)) == ["p1", "p2", "p3"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"code_prompt = 5\n", "code_prompt must be a string, got int"),
+    (b"bridge = ['{output}']\n", "bridge must be a string, got list"),
+    (b"bridge = '\xff{output}'\n", "not UTF-8"),
+])
+def test_a_templates_file_with_a_bad_value_is_named(tmp_path, capsys, content, message):
+    # Before: a number in the file ended in an internal TypeError (the field check's regex), a
+    # non-UTF-8 byte in an internal UnicodeDecodeError.
+    from tirgrpo.tir.generate import load_templates
+
+    path = tmp_path / "templates.toml"
+    path.write_bytes(content)
+    with pytest.raises(TirgrpoError, match=f"templates file {path}: .*{message}"):
+        load_templates(str(path))
+
+
+def test_read_problems_skips_a_byte_order_mark(tmp_path):
+    # Before: "no id or problem_id column; found ['\ufeffid', ...]" for an Excel "CSV UTF-8" file.
+    path = tmp_path / "p.csv"
+    path.write_text("\ufeffid,problem,answer\n1,What is 2+2?,4\n", encoding="utf-8")
+    problems, has_answers = read_problems(path)
+    assert [p.id for p in problems] == ["1"] and has_answers
+
+
+def test_read_problems_refuses_a_column_named_twice(tmp_path):
+    # Before: the last 'problem' column silently won.
+    path = tmp_path / "p.csv"
+    path.write_text("id,problem,answer,problem\n1,What is 2+2?,4,Other\n", encoding="utf-8")
+    with pytest.raises(TirgrpoError, match=r"column\(s\) \['problem'\] appear more than once"):
+        read_problems(path)
+
+
+def test_a_templates_file_with_a_byte_order_mark_loads(tmp_path):
+    from tirgrpo.tir.generate import load_templates
+
+    path = tmp_path / "templates.toml"
+    path.write_bytes(b"\xef\xbb\xbfbridge = 'out: {output}'\n")
+    assert load_templates(str(path))[1] == "out: {output}"

@@ -245,3 +245,24 @@ def test_latest_checkpoint_ignores_incomplete_target(tmp_path):
     (root / "latest").write_text("step_000003\n")
     assert checkpoint.latest_checkpoint(tmp_path) is None  # no state.json: not complete
     assert checkpoint.latest_checkpoint(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize("kind", ["file", "folder of other things"])
+def test_export_refuses_an_output_that_is_not_an_earlier_export(tmp_path, capsys, kind):
+    # Before: export built the model, then replaced OUT as a whole: a user's folder (say ~/models)
+    # was deleted, and a file gave way to a folder and left a .old file behind.
+    ckpt = tmp_path / "step_000001"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text('{"step": 1}')
+    (ckpt / "config.toml").write_text('[model]\nname_or_path = "random:tiny-qwen2"\n')
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("notes")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    assert main(["export", str(ckpt), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "internal error" not in err, err
+    assert (out.read_text() == "notes") if kind == "file" else [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "step_000001"]

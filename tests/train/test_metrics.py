@@ -52,3 +52,27 @@ def test_read_jsonl_names_the_file_and_line_of_a_bad_row_and_skips_a_cut_off_las
         path.write_text(text)
         with pytest.raises(TirgrpoError, match=f"metrics.jsonl, {message}"):
             read_jsonl(path)
+
+
+def test_resume_rewrites_the_log_whole_or_not_at_all(tmp_path, monkeypatch):
+    # The log is cut back to the checkpoint's step on resume. Before, it was rewritten in place:
+    # a full disk (or a kill) during the write left a truncated metrics.jsonl, the run's history lost.
+    import errno
+    import pathlib
+
+    rows = "".join(json.dumps({"step": s, "reward/total": 0.1}) + "\n" for s in (1, 2, 3))
+    (tmp_path / "metrics.jsonl").write_text(rows)
+    write_text = pathlib.Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
+    try:
+        RunLog(tmp_path, tensorboard=False, resume_step=2)
+    except OSError:
+        pass
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.jsonl").read_text() == rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

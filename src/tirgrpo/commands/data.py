@@ -128,9 +128,13 @@ def _gsm8k_verify(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         raise TirgrpoError(f"--out {out}: use a .jsonl or .parquet file name")
-    from tirgrpo.files import check_output_file
+    from tirgrpo.files import check_distinct_files, check_output_file
 
     check_output_file(out)
+    # The examples must not replace the GSM8K file they are made from, nor a file they leave out.
+    check_distinct_files({"--input": bundled_path(args.input), "--out": out})
+    for path in args.exclude:
+        check_distinct_files({f"--exclude {path}": bundled_path(path), "--out": out})
     items, duplicates = drop_duplicates(read_gsm8k(args.input), key=lambda qa: qa, keep=args.keep_duplicates)
     report_duplicates(duplicates, "questions (same question and answer)", args.keep_duplicates)
     exclude = frozenset(question_key(e.question) for path in args.exclude for e in read_examples(bundled_path(path)))
@@ -166,12 +170,13 @@ def _format_warmup(args: argparse.Namespace) -> int:
     from tirgrpo.data.format_warmup import coin_flip_examples
     from tirgrpo.data.records import read_examples, write_examples
     from tirgrpo.errors import TirgrpoError
-    from tirgrpo.files import check_output_file
+    from tirgrpo.files import check_distinct_files, check_output_file
 
     out = Path(args.out)
     if out.suffix.lower() not in (".jsonl", ".parquet"):
         raise TirgrpoError(f"--out {out}: use a .jsonl or .parquet file name")
     check_output_file(out)
+    check_distinct_files({"--input": bundled_path(args.input), "--out": out})  # the examples stay as they were
     examples = read_examples(bundled_path(args.input))
     if not examples:
         raise TirgrpoError(f"{args.input}: no examples")

@@ -26,7 +26,7 @@ from tirgrpo.errors import TirgrpoError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from tirgrpo.validate import non_negative_int, positive_int, temperature, unit_interval
+    from tirgrpo.validate import device, non_negative_int, positive_int, temperature, unit_interval
 
     p.add_argument("--model", required=True, metavar="PATH|RUN_DIR",
                    help="a model (HF folder, .gguf, smollm2-135m-instruct) or a run folder (its final/ model)")
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop longer prompts (0 = no limit); with --transcripts, leave them unjudged (they "
                         "still vote in --selection)")
     p.add_argument("--tokenizer", default="", help="tokenizer name or path (default: the model's own)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=64, help="most sequences decoded at once")
     p.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"),
@@ -78,7 +78,7 @@ def run(args) -> int:
     from tirgrpo.eval.evaluate import eval_rewards, markdown_table
     from tirgrpo.eval.selection import selection_table
     from tirgrpo.eval.verifier import examples_to_judge, judge, selection
-    from tirgrpo.files import atomic_write_text, report_paths
+    from tirgrpo.files import atomic_write_text, check_distinct_files, report_paths
     from tirgrpo.rollout import SamplingParams
     from tirgrpo.train.model import load_base_model, resolve_device, resolve_dtype, tokenizer_spec
 
@@ -88,6 +88,9 @@ def run(args) -> int:
     # checked before the model loads and the evaluation runs, not after
     out, md_path = report_paths(Path(args.out) if args.out else
                                 (Path(args.model) / "eval.json" if run_cfg else Path("eval.json")))
+    source = ("--data", args.data) if args.data else ("--transcripts", args.transcripts)
+    if not source[1].startswith("bundled:"):  # the reports must not replace the examples they judge
+        check_distinct_files({source[0]: source[1], "--out": out, "the Markdown report beside --out": md_path})
     rollout = run_cfg.rollout if run_cfg else None
     max_new = args.max_new_tokens or (rollout.max_new_tokens if rollout else 1024)
     params = SamplingParams(max_new, args.temperature, rollout.top_p if rollout else 1.0,

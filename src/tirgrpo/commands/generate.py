@@ -16,6 +16,7 @@ from tirgrpo.errors import TirgrpoError
 from tirgrpo.tir.generate import (CompletionsClient, SampleFailed, Settings, _Appender, chat_templates, errors_path,
                                   finished_pairs, load_chat_tokenizer, load_templates, read_problems, run_sample)
 from tirgrpo.commands.sandbox import add_sandbox_options, sandbox_from_args
+from tirgrpo.validate import non_negative_int, positive_float, temperature, top_p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,15 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="samples in flight at once")
     parser.add_argument("--max-turns", type=int, default=4, help="model turns per sample")
     parser.add_argument("--max-tokens", type=int, default=4096, help="generated tokens per sample, all turns together")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=temperature, default=0.7, help="sampling temperature in [0, 2]")
+    parser.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling mass in (0, 1]")
     parser.add_argument("--seed", type=int, default=None, help="per-request seeds (servers that honour them)")
     parser.add_argument("--templates", default=None, help="TOML file overriding code_prompt and/or bridge")
     parser.add_argument("--chat-template", default=None, metavar="TOKENIZER",
                         help="render the prompt and bridge in this solver's chat format (its tokenizer: a folder, "
                              ".gguf or name, with a chat template); default: the seed's DeepSeek-R1 text as is")
-    parser.add_argument("--request-timeout", type=float, default=600.0, help="longest silence from the server, s")
-    parser.add_argument("--retries", type=int, default=3, help="retries of a failed request")
+    parser.add_argument("--request-timeout", type=positive_float, default=600.0,
+                        help="longest silence from the server, s")
+    parser.add_argument("--retries", type=non_negative_int, default=3, help="retries of a failed request")
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
     parser.add_argument("--no-progress", action="store_true")
     add_sandbox_options(parser)

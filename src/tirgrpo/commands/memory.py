@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
+import math
 
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.perf.estimate import estimate, largest_fitting
@@ -20,13 +20,19 @@ def parse_bytes(text: str) -> int:
     """'80GB' -> 80e9, '80GiB' -> 80 * 2^30, '79.6' (GiB) -> bytes."""
     t = text.strip().upper().replace(" ", "")
     units = {"GIB": GiB, "GB": 10**9, "MIB": 2**20, "MB": 10**6, "TIB": 2**40, "TB": 10**12, "G": GiB}
-    for u, mult in units.items():
+    number, mult = t, GiB
+    for u, m in units.items():
         if t.endswith(u):
-            return int(float(t[: -len(u)]) * mult)
+            number, mult = t[: -len(u)], m
+            break
     try:
-        return int(float(t) * GiB)
+        amount = float(number) * mult
     except ValueError:
         raise TirgrpoError(f"--gpu-memory {text!r}: expected e.g. 80GB, 79.6GiB") from None
+    # float() also reads nan and inf (and 1e400 as inf): no GPU has that much, and int() of them raises.
+    if not math.isfinite(amount) or amount < 1:
+        raise TirgrpoError(f"--gpu-memory {text!r}: must be a finite amount above zero, e.g. 80GB, 79.6GiB")
+    return int(amount)
 
 
 def format_table(est: dict, measured: dict | None = None, gpu_bytes: int | None = None) -> str:
@@ -75,10 +81,11 @@ def format_table(est: dict, measured: dict | None = None, gpu_bytes: int | None 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from tirgrpo.config import add_config_arguments
+    from tirgrpo.validate import device
 
     add_config_arguments(p, example="rollout.group_size=16")
     p.add_argument("--gpu-memory", default="80GB", help="GPU memory to fit (e.g. 80GB, 79.6GiB); default 80GB")
-    p.add_argument("--device", default="cuda",
+    p.add_argument("--device", type=device, default="cuda",
                    help="device the estimate is for (cuda: bf16 under dtype=auto; cpu: fp32)")
     p.add_argument("--world-size", "--gpus", type=int, default=1, metavar="N",
                    help="ranks (GPUs) the run is sharded over with torchrun; the estimate is per GPU (default 1)")
@@ -89,7 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from tirgrpo.config import TrainConfig, load_config
+    from tirgrpo.files import atomic_write_text, check_output_file
 
+    if args.json:  # before the estimate (and a --measure step): a bad path fails at once
+        check_output_file(args.json, "--json")
     cfg = load_config(TrainConfig, args.config, args.set)
     shape = shape_from_spec(cfg.model.name_or_path)
     gpu = parse_bytes(args.gpu_memory)
@@ -128,5 +138,5 @@ def run(args) -> int:
         for tip in suggest_changes(shape, wl, gpu):
             print(f"  would fit: {tip}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"estimate": est, "measured": measured, "largest": big}, indent=1))
+        atomic_write_text(args.json, json.dumps({"estimate": est, "measured": measured, "largest": big}, indent=1))
     return 0

@@ -15,6 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from tirgrpo.eval.plot import plot_run
 
+    if not (Path(args.run_dir) / "metrics.jsonl").is_file():  # as `report` says it: a mistyped folder
+        raise TirgrpoError(f"{args.run_dir}: no metrics.jsonl; not a training run folder")
     paths = plot_run(Path(args.run_dir))
     if not paths:
         raise TirgrpoError(f"{Path(args.run_dir) / 'metrics.jsonl'}: no training rows to plot")

@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
+from tirgrpo.validate import non_negative_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run folder (what `tirgrpo train` wrote)")
     p.add_argument("--out", help="where to write the page (default RUN_DIR/report.html)")
-    p.add_argument("--prompts", type=int, default=3, help="eval prompts in the log-prob movement view (0 = no view)")
+    p.add_argument("--prompts", type=non_negative_int, default=3,
+                   help="eval prompts in the log-prob movement view (0 = no view)")
     p.add_argument("--from", dest="from_model", default="init", metavar="MODEL",
                    help="log-prob movement from: init (the model the run started from), final, or step_NNNNNN")
     p.add_argument("--to", dest="to_model", default="final", metavar="MODEL", help="... to this model (default final)")

@@ -16,15 +16,17 @@ from tirgrpo.tir.sandbox.seccomp import unavailable_reason as seccomp_unavailabl
 
 def add_sandbox_options(p: argparse.ArgumentParser) -> None:
     """The sandbox options shared by `sandbox run` and `generate`."""
-    from tirgrpo.validate import positive_float, positive_int
+    from tirgrpo.validate import int_in, seconds_up_to
 
-    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
+    # Upper bounds far past any use: the values become resource limits, where a huge one failed
+    # as "setup failed: Python int too large to convert to C long", naming no option.
+    p.add_argument("--timeout", type=seconds_up_to(86400), default=DEFAULT_TIMEOUT_S,
                    help="wall-clock limit per execution, seconds (default 5)")
-    p.add_argument("--memory-mb", type=positive_int, default=DEFAULT_MEMORY_MB,
+    p.add_argument("--memory-mb", type=int_in(1, 2**30), default=DEFAULT_MEMORY_MB,
                    help="address-space limit, MB (default 2048)")
-    p.add_argument("--max-processes", type=positive_int, default=DEFAULT_MAX_PROCESSES,
+    p.add_argument("--max-processes", type=int_in(1, 2**20), default=DEFAULT_MAX_PROCESSES,
                    help="processes the code may start (default 32)")
-    p.add_argument("--disk-mb", type=positive_int, default=DEFAULT_DISK_MB,
+    p.add_argument("--disk-mb", type=int_in(1, 2**30), default=DEFAULT_DISK_MB,
                    help=f"size of the private /tmp and working directory, MB (default {DEFAULT_DISK_MB})")
     p.add_argument("--sandbox-mode", choices=("auto",) + MODES, default="auto", help="isolation mode (default: best available)")
     p.add_argument("--allow-unsandboxed-network", action="store_true",

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tirgrpo.score.schedule import format_table, plot_schedule
+    from tirgrpo.files import check_output_file
+    from tirgrpo.score.schedule import MAX_TABLE_ROWS, format_table, plot_schedule
 
     total = args.total_steps
     if total <= 0:
@@ -22,6 +23,11 @@ def run(args: argparse.Namespace) -> int:
     if args.every < 0:
         raise TirgrpoError(f"--every must be positive, got {args.every}")
     every = args.every or max(1, total // 20)
+    if total // every + 2 > MAX_TABLE_ROWS:
+        raise TirgrpoError(f"--every {every} over --total-steps {total} would print {total // every + 1:,} rows, "
+                           f"more than {MAX_TABLE_ROWS:,}; give a larger --every")
+    if args.plot:  # before the table: a folder or an unwritable place is refused naming the option
+        check_output_file(args.plot, "--plot")
     print(format_table(total, every))
     if args.plot:
         plot_schedule(total, args.plot)

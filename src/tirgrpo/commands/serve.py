@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.kernels import KERNEL_CHOICES
+from tirgrpo.validate import device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's own)")
     parser.add_argument("--chat-template", default=None,
                         help="Jinja chat template file for /v1/chat/completions (default: the tokenizer's)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-batch", type=int, default=64, help="rows decoded at once (at most 256)")
     parser.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest prompt (sizes the prompt cache)")

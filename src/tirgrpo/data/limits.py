@@ -9,7 +9,8 @@ message naming the file, row and field instead of running for minutes:
   big is far more likely a broken CSV quote swallowing the rest of the file);
 - a file with more than MAX_ROWS rows is refused;
 - U+0000 (NUL) in any text is refused like other malformed text (tokenizers and C-string
-  consumers treat it as an end of text);
+  consumers treat it as an end of text), and so is a lone surrogate (a JSON escape such as
+  \\ud800 without its pair: no character, so no tokenizer or UTF-8 output file takes it);
 - duplicate rows are counted, reported and dropped (`drop_duplicates`), unless the command
   is given `--keep-duplicates`.
 """
@@ -17,6 +18,7 @@ message naming the file, row and field instead of running for minutes:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, TypeVar
@@ -28,6 +30,10 @@ MAX_FIELD_CHARS = 1_000_000
 MAX_ROWS = 2_000_000
 
 T = TypeVar("T")
+
+# U+D800..U+DFFF: halves of a UTF-16 pair. json.loads makes one of a "\ud800" escape without its
+# pair (a UTF-8 file's own bytes cannot hold one), and it breaks every writer and tokenizer later.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_file_size(path: str | os.PathLike) -> None:
@@ -42,12 +48,22 @@ def check_file_size(path: str | os.PathLike) -> None:
 
 
 def text_problem(value: str) -> str | None:
-    """Why a text field is refused (too long, contains NUL), or None when it is fine."""
+    """Why a text field is refused (too long, contains NUL or a lone surrogate), or None when it is fine."""
     if len(value) > MAX_FIELD_CHARS:
         return f"is {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,}"
     if "\x00" in value:
         return f"contains a NUL character (U+0000) at position {value.index(chr(0))}"
+    lone = _SURROGATE.search(value)
+    if lone:
+        return (f"contains a lone surrogate (U+{ord(lone.group()):04X}, a \\u escape without its pair) "
+                f"at position {lone.start()}; it is no character")
     return None
+
+
+def strip_bom(text: str) -> str:
+    """`text` without a leading byte order mark (U+FEFF), which Excel's "CSV UTF-8" and some Windows
+    editors write: left in, it glues itself to the first CSV column's name or the first JSON line."""
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def check_row_count(n: int, path: str | os.PathLike) -> None:

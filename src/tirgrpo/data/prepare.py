@@ -80,7 +80,7 @@ def read_inputs(paths: Sequence[str | Path]) -> tuple[list[Segment], dict[str, i
     for spec in paths:
         path = bundled_path(str(spec))
         if not path.is_file():
-            raise TirgrpoError(f"input {path}: no such file")
+            raise TirgrpoError(f"input {path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
         check_file_size(path)
         suffix = path.suffix.lower()
         if suffix == ".csv":

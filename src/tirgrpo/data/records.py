@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
+from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_path
 from tirgrpo.data.templates import fields as template_fields
@@ -247,14 +247,14 @@ def _example_from_dict(row: _Row) -> Example:
 
 
 def _read_text(path: Path) -> str:
-    """The whole file as UTF-8; a bad byte is reported with its line number."""
+    """The whole file as UTF-8 (a leading byte order mark dropped); a bad byte is reported with its line number."""
     check_file_size(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise TirgrpoError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return data.decode("utf-8")
+        return strip_bom(data.decode("utf-8"))  # decoded whole first: byte offsets count from the file's start
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise TirgrpoError(
@@ -357,6 +357,9 @@ def read_seed_csv(path: str | os.PathLike) -> list[Segment]:
     missing = [c for c in SEED_CSV_COLUMNS if c not in header]
     if missing:
         raise TirgrpoError(f"{path}, header (line 1): missing column(s) {missing}; found {header}")
+    twice = [c for c in SEED_CSV_COLUMNS if header.count(c) > 1]
+    if twice:  # which one the user meant is unknowable; a row would silently take the last
+        raise TirgrpoError(f"{path}, header (line 1): column(s) {twice} appear more than once; found {header}")
     segments = []
     row_no, start_line = 0, reader.line_num + 1
     while True:
@@ -409,8 +412,10 @@ def _turn_from_dict(row: _Row, i: int, obj: Any, last: bool) -> Turn:
     if finish is not None and not isinstance(finish, str):
         raise row.fail(f"{name}.finish_reason", f"must be a string or null, got {finish!r:.80}")
     wall = obj.get("wall_s")
-    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float)) or wall < 0):
-        raise row.fail(f"{name}.wall_s", f"must be a number >= 0 or null, got {wall!r:.80}")
+    # json.loads reads NaN and Infinity, which `not wall >= 0` also refuses (no JSON writer takes them back).
+    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float))
+                             or not 0 <= wall < math.inf):
+        raise row.fail(f"{name}.wall_s", f"must be a finite number >= 0 or null, got {wall!r:.80}")
     return Turn(text=text, code=code, output=output, finish_reason=finish, wall_s=wall)
 
 

@@ -9,6 +9,7 @@ completion length by decision.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from tirgrpo.train.metrics import read_jsonl
@@ -43,11 +44,21 @@ def _panels(spec: list) -> list[tuple[str, list[str]]]:
     return [(item, [item]) if isinstance(item, str) else item for item in spec]
 
 
+# Larger magnitudes are left out of plots: matplotlib cannot scale an axis whose range
+# overflows a float (1e308 and -1e308 in one panel ended in an internal ValueError).
+MAX_DRAWN = 1e300
+
+
 def number(v) -> float | None:
-    """A metrics value as a float, or None when it is not a number (a missing key, "nan" text)."""
+    """A metrics value as a float, or None when it is not a number (a missing key, "nan" text)
+    or too large to draw (an integer float() cannot hold, a finite value beyond MAX_DRAWN)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    return float(v)
+    try:
+        x = float(v)
+    except OverflowError:  # an integer of over 308 digits in a hand-edited log
+        return None
+    return None if math.isfinite(x) and abs(x) > MAX_DRAWN else x
 
 
 def panel_figure(rows: list[dict], groups: list[tuple[str, list[str]]], label=lambda key: key):

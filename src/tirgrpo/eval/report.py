@@ -72,9 +72,9 @@ def png_data_uri(fig) -> str:
 
 
 def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
+    from tirgrpo.eval.plot import number
+
+    return number(v)  # one rule for tables and plots: also None for what cannot be drawn
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -427,15 +427,26 @@ def read_eval(path: Path) -> dict:
     return result
 
 
+# The files of a run folder that the report reads (the page must not replace one of them).
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "eval_after.json", "summary.json",
+             "config.toml", "plan.toml")
+
+
 def build_report(run_dir: Path, out: Path | None = None, prompts: int = 3, from_model: str = "init",
                  to_model: str = "final", device: str = "cpu") -> Path:
     """Read a run folder, compute the log-prob movement view, write the page; returns its path."""
     from tirgrpo.config import TrainConfig, load_config
     from tirgrpo.files import atomic_write_text
 
+    from tirgrpo.files import check_distinct_files, check_output_file
+
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise TirgrpoError(f"{run_dir}: no metrics.jsonl; not a training run folder")
+    # Before any work: a folder or an unwritable place for the page, or a page that would
+    # replace one of the run's own files (its log, its config), is refused naming --out.
+    out = check_output_file(out or run_dir / "report.html", "--out")
+    check_distinct_files({f"the run's {name}": run_dir / name for name in RUN_FILES} | {"--out": out})
     # Every file is read and checked before the (slow) log-prob view, so a malformed one is
     # refused at once, naming it, and no page is written.
     rows, samples = read_jsonl(run_dir / "metrics.jsonl"), read_samples(run_dir / "samples.jsonl")
@@ -457,6 +468,5 @@ def build_report(run_dir: Path, out: Path | None = None, prompts: int = 3, from_
             movement = f"<p class=note>Not available: {esc(str(e))}{esc(where)}</p>"
     page = render_report(run_dir, config_text, rows, samples, evals["eval_before.json"], evals["eval_after.json"],
                          summary, movement)
-    out = out or run_dir / "report.html"
     atomic_write_text(out, page)
     return out

@@ -72,13 +72,28 @@ def shape_from_hf_config(cfg: dict, name: str = "") -> ModelShape:
             qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")), name=name)
     except KeyError as e:
         raise TirgrpoError(f"{name or 'config'}: config.json lacks {e}; cannot read the model's shape") from e
+    except (TypeError, ValueError, AttributeError) as e:  # not an object, or a size that is not a number
+        raise TirgrpoError(f"{name or 'config'}: config.json has no usable sizes ({type(e).__name__}: {e}); "
+                           f"cannot read the model's shape") from None
+
+
+def _read_hf_config(path: Path, name: str) -> ModelShape:
+    """The shape of the `config.json` at `path`; a file that is not JSON is named, not a traceback."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise TirgrpoError(f"{path}: cannot read the model's config ({type(e).__name__}: {e})") from None
+    return shape_from_hf_config(cfg, name=name)
 
 
 def shape_from_gguf(path: str | Path) -> ModelShape:
     """A shape from a GGUF file's metadata (the tensors' data are not read)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # gguf raises ValueError, struct.error, IndexError... on a file that is no GGUF
+        raise TirgrpoError(f"{path}: cannot read the GGUF metadata ({type(e).__name__}: {e})") from None
 
     def value(key, default=None):
         f = reader.fields.get(key)
@@ -106,13 +121,10 @@ def shape_from_spec(name_or_path: str) -> ModelShape:
     """The shape of the model `model.name_or_path` names: `random:SHAPE`, a Hugging Face
     folder (or a run folder's `final/`), a `.gguf` file, a named model (`data.bundled.NAMED_MODELS`), or a hub id
     in the local cache. Reads configs and metadata only."""
-    from tirgrpo.train.model import RANDOM_SHAPES
+    from tirgrpo.train.model import random_shape
 
     if name_or_path.startswith("random:"):
-        key = name_or_path.split(":", 1)[1]
-        if key not in RANDOM_SHAPES:
-            raise TirgrpoError(f"unknown random shape {key!r}; known: {sorted(RANDOM_SHAPES)}")
-        return shape_from_hf_config(RANDOM_SHAPES[key], name=name_or_path)
+        return shape_from_hf_config(random_shape(name_or_path.split(":", 1)[1]), name=name_or_path)
     from tirgrpo.data.bundled import named_model_file
 
     named = named_model_file(name_or_path)
@@ -125,14 +137,17 @@ def shape_from_spec(name_or_path: str) -> ModelShape:
         return shape_from_gguf(p)
     for folder in (p / "final", p):
         if (folder / "config.json").is_file():
-            return shape_from_hf_config(json.loads((folder / "config.json").read_text()), name=name_or_path)
+            return _read_hf_config(folder / "config.json", name_or_path)
+    from tirgrpo.train.model import check_model_source
+
+    check_model_source(name_or_path)  # a missing path, or no valid hub id: named, not an HFValidationError
     try:  # a hub id in the local cache
         from huggingface_hub import try_to_load_from_cache
 
         hit = try_to_load_from_cache(name_or_path, "config.json")
         if isinstance(hit, str):
-            return shape_from_hf_config(json.loads(Path(hit).read_text()), name=name_or_path)
-    except ImportError:
+            return _read_hf_config(Path(hit), name_or_path)
+    except (ImportError, ValueError):  # ValueError: HFValidationError, e.g. for a folder without config.json
         pass
     raise TirgrpoError(f"cannot read the shape of {name_or_path!r}: not random:SHAPE, a folder with "
                        f"config.json, a .gguf file, or a hub id in the local cache")

@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
+from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
 from tirgrpo.errors import TirgrpoError
 
 OPTIONAL_FIELDS = ("finish_reason", "stop", "eventual_answer", "label")
+_MISSING = object()  # csv.DictReader's value for the cells a short row lacks
 
 
 def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
@@ -25,11 +26,13 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
     A malformed line raises, naming the file and line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TirgrpoError(f"input {path}: is a folder, not a file")
     if not path.is_file():
         raise TirgrpoError(f"input file not found: {path}")
     check_file_size(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = strip_bom(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise TirgrpoError(f"{path}: not UTF-8 text ({e})") from None
     except OSError as e:
@@ -84,13 +87,19 @@ def _read_csv(path: Path, text: str) -> list[tuple[str, dict]]:
     # (checked per field afterwards, naming it) applies instead.
     csv.field_size_limit(2**31 - 1)
     records = []
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), restval=_MISSING)
     try:
+        header = reader.fieldnames or []
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:  # a row would silently take the last of them
+            raise TirgrpoError(f"{path}, header (line 1): column(s) {twice} appear more than once; found {header}")
         for n, row in enumerate(reader, start=1):
             check_row_count(n, path)
             where = f"{path}, row {n} (line {reader.line_num})"
             if None in row:  # more cells than the header has columns
                 raise TirgrpoError(f"{where}: more fields than the header has columns")
+            if _MISSING in row.values():  # not "field 'completion' must be a string, got None"
+                raise TirgrpoError(f"{where}: fewer fields than the header has columns ({len(header)})")
             record = {k: v for k, v in row.items()}
             for key in OPTIONAL_FIELDS:
                 if record.get(key) == "":

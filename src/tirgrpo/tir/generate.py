@@ -84,12 +84,12 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     object per line with the same keys; without an id the problem is named FILESTEM-LINE;
     an answer in GSM8K's form (the working, then "#### 72") counts by its last "####" part.
     """
-    from tirgrpo.data.limits import check_file_size, check_row_count, text_problem
+    from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
 
     path = Path(path)
     check_file_size(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = strip_bom(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise TirgrpoError(f"cannot read problems file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
@@ -108,6 +108,9 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
         return found
 
     id_col, q_col, a_col = column(_ID_COLUMNS, True), column(_QUESTION_COLUMNS, True), column(_ANSWER_COLUMNS, False)
+    twice = [c for c in (id_col, q_col, a_col) if c is not None and header.count(c) > 1]
+    if twice:  # csv.DictReader would silently take the last of them
+        raise TirgrpoError(f"problems file {path}: column(s) {twice} appear more than once; found {header}")
     problems, seen = [], set()
     try:
         for row_no, row in enumerate(reader, start=1):
@@ -213,12 +216,19 @@ def load_templates(path: str | None) -> tuple[str, str]:
     prompt, bridge = CODE_PROMPT, SEED_BRIDGE
     if path:
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            from tirgrpo.data.limits import strip_bom
+
+            data = tomllib.loads(strip_bom(Path(path).read_text(encoding="utf-8")))  # tomllib refuses a BOM
+        except UnicodeDecodeError as e:
+            raise TirgrpoError(f"templates file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise TirgrpoError(f"templates file {path}: {e}") from None
         unknown = set(data) - {"code_prompt", "bridge"}
         if unknown:
             raise TirgrpoError(f"templates file {path}: unknown keys {sorted(unknown)}; expected code_prompt, bridge")
+        for key, value in data.items():  # TOML also has numbers, lists, tables: a template is text
+            if not isinstance(value, str):
+                raise TirgrpoError(f"templates file {path}: {key} must be a string, got {type(value).__name__}")
         prompt, bridge = data.get("code_prompt", prompt), data.get("bridge", bridge)
     if fields(prompt) != {"question"}:
         raise TirgrpoError(f"code_prompt template must have exactly the field {{question}}, has {sorted(fields(prompt))}")

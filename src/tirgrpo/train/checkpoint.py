@@ -149,6 +149,19 @@ def load_sharded(path: Path, model, optimizer=None, collective: bool = True) -> 
                 p.data.copy_(st["master"])
 
 
+def _check_export_folder(out: Path) -> None:
+    """Refuse, before the model is built, an output that `save_hf_folder` (which replaces the folder
+    as a whole) must not take: a file, an unwritable place, or a folder with files but no
+    config.json, i.e. not an earlier export (a user's own folder would be deleted)."""
+    from tirgrpo.errors import TirgrpoError
+    from tirgrpo.files import check_output_dir
+
+    check_output_dir(out, "output folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise TirgrpoError(f"output folder {out} exists and is not an earlier export (it has no config.json); "
+                           f"choose a new folder")
+
+
 def export_hf_folder(checkpoint: Path, out: Path) -> Path:
     """A plain transformers folder (`model.save_hf_folder`: LoRA merged) of a checkpoint of
     either kind, built in this process on the CPU in the run's dtype from the checkpoint's
@@ -162,6 +175,7 @@ def export_hf_folder(checkpoint: Path, out: Path) -> Path:
     checkpoint = Path(checkpoint)
     if not (checkpoint / "state.json").is_file() or not (checkpoint / "config.toml").is_file():
         raise TirgrpoError(f"{checkpoint}: not a tirgrpo checkpoint folder (state.json, config.toml)")
+    _check_export_folder(Path(out))
     cfg = from_dict(TrainConfig, read_config_dict(str(checkpoint / "config.toml")))
     plan = read_plan(checkpoint / "plan.toml")
     model = load_policy(cfg.model, torch.device("cpu"), plan.torch_dtype, cfg.run.seed, checkpointing=False)

@@ -67,9 +67,12 @@ class RunLog:
                 redone = redo_evals and step == resume_step and "reward/total" not in row and "completion" not in row
                 return step <= resume_step and not redone
 
+            from tirgrpo.files import atomic_write_text
+
             for path in (self.metrics_path, self.samples_path):
                 rows = [r for r in read_jsonl(path) if kept(r)]
-                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+                # Whole or not at all: a full disk or a kill mid-write must not cut the run's history.
+                atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         self.tb = None
         if tensorboard:
             try:

@@ -58,7 +58,11 @@ RANDOM_SHAPES["tiny-qwen2"] = {
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    """`auto` -> CUDA when available, else CPU; cpu, cuda and cuda:N are passed to torch.device."""
+    from tirgrpo.config import DEVICE, DEVICES
+
+    if not DEVICE.fullmatch(spec):  # torch.device's RuntimeError would read as an internal error
+        raise TirgrpoError(f"device must be one of {DEVICES}, got {spec!r}")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
@@ -74,13 +78,21 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return table[spec]
 
 
+def random_shape(shape: str) -> dict:
+    """The RANDOM_SHAPES entry named `shape` (model.name_or_path `random:SHAPE`); an unknown name
+    is a TirgrpoError listing the known ones (a typo, not a bug)."""
+    if shape not in RANDOM_SHAPES:
+        raise TirgrpoError(f"unknown random shape {shape!r}; known: {sorted(RANDOM_SHAPES)}")
+    return RANDOM_SHAPES[shape]
+
+
 def tokenizer_spec(cfg: ModelConfig) -> str:
     """The tokenizer to load for `cfg`: explicit, else the model's own."""
     if cfg.tokenizer:
         return cfg.tokenizer
     name = cfg.name_or_path
     if name.startswith("random:"):
-        return RANDOM_SHAPES[name.split(":", 1)[1]]["tokenizer"]
+        return random_shape(name.split(":", 1)[1])["tokenizer"]
     final = Path(name) / "final"
     if (final / "config.json").is_file():  # a run folder
         return str(final)
@@ -113,12 +125,15 @@ def check_model_source(name: str) -> None:
     """Raise TirgrpoError when `name` (model.name_or_path) names nothing that can be loaded.
 
     Named models (`data.bundled.NAMED_MODELS`, whose missing file is named with the command
-    that fetches it), `random:SHAPE`, existing files and folders pass. Anything that reads as a
+    that fetches it), `random:SHAPE` of a known shape, existing files and folders pass. Anything that reads as a
     path (absolute, relative with ./ or ~, more than one "/", a .gguf) and does not exist is
     named as a missing path; a plain `owner/name` must be in the local Hugging Face cache,
     since this project never downloads. Reads nothing but the file system.
     """
-    if name.startswith("random:") or Path(name).expanduser().exists():
+    if name.startswith("random:"):
+        random_shape(name.split(":", 1)[1])
+        return
+    if Path(name).expanduser().exists():
         return
     if named_model_file(name) is not None:  # a named model (raises naming get.sh when its file is missing)
         return
@@ -145,9 +160,7 @@ def build_random_model(shape: str, dtype: torch.dtype, attn_implementation: str 
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if shape not in RANDOM_SHAPES:
-        raise TirgrpoError(f"unknown random shape {shape!r}; known: {sorted(RANDOM_SHAPES)}")
-    spec = dict(RANDOM_SHAPES[shape])
+    spec = dict(random_shape(shape))
     spec.pop("tokenizer")
     model_type = spec.pop("model_type")
     config = AutoConfig.for_model(model_type, **spec)
