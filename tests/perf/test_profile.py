@@ -141,23 +141,10 @@ def test_profile_rollout_by_category_on_cpu(tmp_path, capsys, load_benchmark):
     assert "over 3 decode steps" in capsys.readouterr().out
 
 
-def test_labelled_engine_samples_the_same_tokens_and_is_put_back(tiny_model_dir, byte_tokenizer):
-    import torch
-    from transformers import AutoModelForCausalLM
-
+def test_labelled_engine_samples_the_same_tokens_and_is_put_back(tiny_engine):
     from tirgrpo.perf.profile import label_decode_ops
-    from tirgrpo.rollout import SamplingParams
-    from tirgrpo.rollout.engine import FastEngine
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    engine = FastEngine(model, byte_tokenizer, max_batch=4, length_buckets=(64,))
-    ids = [byte_tokenizer("12+3=")["input_ids"], byte_tokenizer("x")["input_ids"]]
-    params = SamplingParams(6, 1.0, min_new_tokens=6)
-
-    def tokens():
-        out = engine.generate(ids, 2, params, torch.Generator().manual_seed(0))
-        return [c.token_ids for group in out for c in group]
-
+    engine, tokens = tiny_engine.engine, tiny_engine.tokens
     before, kernels, lm_head = tokens(), engine.kernels, engine.lm_head
     with label_decode_ops(engine):
         assert engine.kernels is not kernels

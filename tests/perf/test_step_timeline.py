@@ -36,22 +36,12 @@ def test_step_timeline_refuses_stamps_out_of_order():
         step_timeline(TIMES[:5] + TIMES[6:])
 
 
-def test_the_stamped_loop_samples_the_same_tokens_and_is_put_back(tiny_model_dir, byte_tokenizer):
+def test_the_stamped_loop_samples_the_same_tokens_and_is_put_back(tiny_engine):
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from tirgrpo.rollout import SamplingParams, sampling
-    from tirgrpo.rollout.engine import FastEngine
+    from tirgrpo.rollout import sampling
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    engine = FastEngine(model, byte_tokenizer, max_batch=4, length_buckets=(64,))
-    ids = [byte_tokenizer("12+3=")["input_ids"], byte_tokenizer("x")["input_ids"]]
-    params = SamplingParams(6, 1.0, min_new_tokens=6)
-
-    def tokens():
-        out = engine.generate(ids, 2, params, torch.Generator().manual_seed(0))
-        return [c.token_ids for group in out for c in group]
-
+    engine, ids, params, tokens = tiny_engine.engine, tiny_engine.ids, tiny_engine.params, tiny_engine.tokens
     before, start = tokens(), sampling.HostCopy.start
     stamps = Stamps(cuda=False)
     with stamped_loop(engine, stamps):
