@@ -66,6 +66,14 @@ def strip_bom(text: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
+def check_columns_once(where: str, header: list[str], columns: Iterable[str | None]) -> None:
+    """Refuse a CSV header that names one of `columns` (the ones the reader uses; None: unused)
+    more than once: which the user meant is unknowable, and a row would silently take the last."""
+    twice = sorted({c for c in columns if c is not None and header.count(c) > 1})
+    if twice:
+        raise TirgrpoError(f"{where}: column(s) {twice} appear more than once; found {header}")
+
+
 def check_row_count(n: int, path: str | os.PathLike) -> None:
     """Raise once a file's row number `n` goes past MAX_ROWS."""
     if n > MAX_ROWS:

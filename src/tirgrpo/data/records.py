@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
+from tirgrpo.data.limits import check_columns_once, check_file_size, check_row_count, strip_bom, text_problem
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.files import atomic_path
 from tirgrpo.data.templates import fields as template_fields
@@ -357,9 +357,7 @@ def read_seed_csv(path: str | os.PathLike) -> list[Segment]:
     missing = [c for c in SEED_CSV_COLUMNS if c not in header]
     if missing:
         raise TirgrpoError(f"{path}, header (line 1): missing column(s) {missing}; found {header}")
-    twice = [c for c in SEED_CSV_COLUMNS if header.count(c) > 1]
-    if twice:  # which one the user meant is unknowable; a row would silently take the last
-        raise TirgrpoError(f"{path}, header (line 1): column(s) {twice} appear more than once; found {header}")
+    check_columns_once(f"{path}, header (line 1)", header, SEED_CSV_COLUMNS)
     segments = []
     row_no, start_line = 0, reader.line_num + 1
     while True:

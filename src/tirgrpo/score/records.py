@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
+from tirgrpo.data.limits import check_columns_once, check_file_size, check_row_count, strip_bom, text_problem
 from tirgrpo.errors import TirgrpoError
 
 OPTIONAL_FIELDS = ("finish_reason", "stop", "eventual_answer", "label")
@@ -90,9 +90,7 @@ def _read_csv(path: Path, text: str) -> list[tuple[str, dict]]:
     reader = csv.DictReader(io.StringIO(text, newline=""), restval=_MISSING)
     try:
         header = reader.fieldnames or []
-        twice = sorted({c for c in header if header.count(c) > 1})
-        if twice:  # a row would silently take the last of them
-            raise TirgrpoError(f"{path}, header (line 1): column(s) {twice} appear more than once; found {header}")
+        check_columns_once(f"{path}, header (line 1)", header, header)
         for n, row in enumerate(reader, start=1):
             check_row_count(n, path)
             where = f"{path}, row {n} (line {reader.line_num})"

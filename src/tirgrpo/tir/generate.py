@@ -84,7 +84,7 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
     object per line with the same keys; without an id the problem is named FILESTEM-LINE;
     an answer in GSM8K's form (the working, then "#### 72") counts by its last "####" part.
     """
-    from tirgrpo.data.limits import check_file_size, check_row_count, strip_bom, text_problem
+    from tirgrpo.data.limits import check_columns_once, check_file_size, check_row_count, strip_bom, text_problem
 
     path = Path(path)
     check_file_size(path)
@@ -108,9 +108,7 @@ def read_problems(path: str | os.PathLike) -> tuple[list[Problem], bool]:
         return found
 
     id_col, q_col, a_col = column(_ID_COLUMNS, True), column(_QUESTION_COLUMNS, True), column(_ANSWER_COLUMNS, False)
-    twice = [c for c in (id_col, q_col, a_col) if c is not None and header.count(c) > 1]
-    if twice:  # csv.DictReader would silently take the last of them
-        raise TirgrpoError(f"problems file {path}: column(s) {twice} appear more than once; found {header}")
+    check_columns_once(f"problems file {path}", header, (id_col, q_col, a_col))
     problems, seen = [], set()
     try:
         for row_no, row in enumerate(reader, start=1):
