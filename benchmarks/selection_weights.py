@@ -12,6 +12,10 @@ prints is not chosen on the problems it is measured on.
 
 Only judged transcripts are in such a file (those that never showed a code output are not),
 so majority here can differ slightly from the selection's own.
+
+It ends with what the judge knows beyond the vote: the AUROC of P(submit) for right against
+wrong answers beside that of the answer's vote share (the share of the problem's transcripts
+that give it: what majority vote uses), and P(submit)'s AUROC within bands of vote share.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import random
 import sys
 from typing import Callable
 
-from tirgrpo.eval.selection import Candidate, bootstrap_ci, expected_accuracy, select
+from tirgrpo.data.records import answers_match
+from tirgrpo.eval.evaluate import auroc
+from tirgrpo.eval.selection import Candidate, answer_ranking, bootstrap_ci, expected_accuracy, select
 
+SHARE_BANDS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 POWERS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 THRESHOLDS = (0.25, 0.375, 0.5, 0.625, 0.75)
 
@@ -70,6 +77,23 @@ def cross_fitted(table: dict[str, list[float]], base: list[float], folds: int,
     return diffs, chosen
 
 
+def by_vote_share(problems: dict[str, tuple[str, list[tuple[str | None, float]]]]) -> list[tuple[str, int, int, float]]:
+    """P(submit)'s AUROC (right vs wrong answers) within each band of SHARE_BANDS of vote share
+    (the last band includes 1): [(band, transcripts with an answer, right ones, AUROC)]."""
+    rows = []  # (vote share, P(submit), right) of every transcript with an answer
+    for correct, cands in problems.values():
+        for a, p in cands:
+            if a is not None:
+                share = sum(b is not None and answers_match(a, b) for b, _ in cands) / len(cands)
+                rows.append((share, p, answers_match(correct, a)))
+    out = []
+    for lo, hi in SHARE_BANDS:
+        band = [r for r in rows if lo <= r[0] < hi or (hi == 1.0 and r[0] == 1.0)]
+        out.append((f"[{lo:g}, {hi:g}{']' if hi == 1.0 else ')'}", len(band), sum(r[2] for r in band),
+                    auroc([r[1] for r in band], [r[2] for r in band])))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("transcripts", help="selection-transcripts.jsonl")
@@ -92,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = bootstrap_ci(diffs, seed=args.seed)
     print(f"\ncross-fitted over {args.folds} folds: {sum(diffs) / len(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}] against "
           f"majority (problems resampled; chosen: {', '.join(chosen)})")
+    rank = answer_ranking({q: (c, [Candidate(a, p) for a, p in cands]) for q, (c, cands) in problems.items()})
+    print(f"\nright vs wrong answers: AUROC of P(submit) {rank['auroc']:.3f}, of the answer's vote share "
+          f"{rank['vote_share_auroc']:.3f}\n\n| vote share | answers | right | AUROC of P(submit) |\n|---|---:|---:|---:|")
+    for band, n, right, a in by_vote_share(problems):
+        print(f"| {band} | {n} | {right} | {a:.3f} |")
     return 0
 
 

@@ -60,3 +60,18 @@ def test_a_bad_row_names_the_file_and_line(tmp_path, load_benchmark):
                     + "\n" + json.dumps({"question": "A"}) + "\n")
     with pytest.raises(SystemExit, match=r"t\.jsonl:2: not a selection transcript row"):
         bench.read_problems(str(path))
+
+
+def test_vote_share_bands_by_hand(transcripts, load_benchmark, capsys):
+    """A: "1" (right, 1 of 3 transcripts, P 1) and "2" twice (2/3, P 0); B: "3" (right, 1/2, P 0.5)
+    and "4" (1/2, P 1). Vote share ranks: right 1/3 and 1/2 against wrong 2/3, 2/3 and 1/2: the
+    1/2 ties one, so 0.5 of 6 pairs. Bands: [0.25, 0.5) holds A's "1" alone (AUROC nan: one class);
+    [0.5, 0.75) holds the other four: right "3" (P 0.5) against 0, 0 and 1: 2 of 3."""
+    bench = load_benchmark("selection_weights")
+    bands = {b: (n, r, a) for b, n, r, a in bench.by_vote_share(bench.read_problems(transcripts))}
+    assert bands["[0.5, 0.75)"] == (4, 1, pytest.approx(2 / 3)) and bands["[0, 0.25)"][:2] == (0, 0)
+    assert bands["[0.25, 0.5)"][:2] == (1, 1) and bands["[0.75, 1]"][:2] == (0, 0)
+    bench.main([transcripts, "--folds", "2"])
+    out = capsys.readouterr().out
+    # pooled P(submit): right 1 and 0.5 against wrong 0, 0, 1: (2.5 + 2) / 6
+    assert "AUROC of P(submit) 0.750, of the answer's vote share 0.083" in out

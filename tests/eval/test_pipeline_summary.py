@@ -106,7 +106,11 @@ def test_evaluations_made_before_the_answer_splits_get_them_from_their_completio
     assert s["eval-judge"]["submit_rate_on_wrong_unanswered"]["value"] == 0.0  # q1's run without an answer
     rank = s["selection"]["answer_ranking"]
     assert rank["auroc"] == pytest.approx(2.5 / 6) and rank["contested_problems"] == 2 and rank["contested_auroc"] == 0.5
+    # vote shares: right 5 (1 of q1's 3) and 7 (1 of 3) against wrong 4 (1/3), 3 and 3 (2/3 each):
+    # each right answer ties one wrong and loses to two: 2 x 0.5 / 6
+    assert rank["vote_share_auroc"] == pytest.approx(1 / 6)
     md = summary_markdown(s)
+    assert "(what majority vote uses) ranks them with AUROC 0.167" in md
     assert "| auroc_vs_wrong_answers | 0.417 [" in md and "within the 2 problems whose majority is wrong (or tied)" in md
 
 

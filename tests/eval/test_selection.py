@@ -6,7 +6,8 @@ import pytest
 
 from tirgrpo.data.records import Transcript, Turn
 from tirgrpo.eval.selection import (Candidate, answer_ranking, bootstrap_ci, compare_selection, differences_to_majority,
-                                    expected_accuracy, group_candidates, judge_tokens, judge_tokens_line, select,
+                                    expected_accuracy, group_candidates, judge_answer, judge_tokens, judge_tokens_line,
+                                    select,
                                     selection_table, transcript_decision_prompt, vote)
 from tirgrpo.data.templates import SEED_BRIDGE, bridge
 
@@ -60,6 +61,32 @@ def test_gated_threshold():
     assert select(cands, "gated", threshold=0.9) == ["1"]  # none: the plain vote
 
 
+def test_completed_lets_submitted_judge_answers_vote_for_runs_without_one():
+    """Answers 3, 3, 7 and three runs without one, whose judge answers are 7 (P 0.9), 7 (P 0.5:
+    at the threshold, it votes) and 3 (P 0.4: below, it does not). completed: 7 three votes
+    to 3's two. A run with its own answer keeps it whatever the judge boxes."""
+    J = lambda answer, p, theirs: Candidate(answer, p, True, theirs)  # noqa: E731
+    cands = [J("3", 0.2, "7"), J("3", 0.2, None), J("7", 0.9, "7"), J(None, 0.9, "7"), J(None, 0.5, "7.0"),
+             J(None, 0.4, "3")]
+    assert select(cands, "majority") == ["3"]
+    assert select(cands, "completed") == ["7"]
+    assert select(cands, "completed", threshold=0.95) == ["3"]  # none of the judge's answers votes
+    assert select([J(None, 0.1, "7")], "completed") == []  # nothing votes at all
+    res = compare_selection({"P": ("7", cands)}, n_boot=50)
+    assert res["methods"]["completed"]["accuracy"] == 1.0 and res["completed_votes"] == {"transcripts": 2, "right": 2}
+
+
+def test_judge_answer_is_the_most_frequent_submitted_box():
+    texts = ["\\boxed{12}", "so \\boxed{12.0}", "\\boxed{9}", "\\boxed{9}\n```python\nprint(1)", "\\boxed{5}"]
+    # the fourth declines (its box is followed by code: decide reads it as a decline); the fifth's
+    # decision is invalid: neither counts. 12 and 12.0 are one integer: two votes to 9's one.
+    decisions = ["submit", "submit", "submit", "decline", "invalid"]
+    assert judge_answer(texts, decisions) == "12"
+    assert judge_answer(["\\boxed{4}", "\\boxed{6}"], ["submit", "submit"]) == "4"  # a tie: the first seen
+    assert judge_answer(["x \\boxed{8} ```python\nprint(2)\n``` \\boxed{3}"], ["submit"]) == "8"  # before the code
+    assert judge_answer(["check"], ["decline"]) is None and judge_answer([], []) is None
+
+
 def test_expected_accuracy_shares_ties():
     assert expected_accuracy(["4", "9"], "4") == 0.5
     assert expected_accuracy(["4.0"], "4") == 1.0
@@ -73,6 +100,7 @@ def test_compare_selection_accuracies():
         "majority": 0.2,      # only B
         "gated": 0.6,         # (1 + 1 + 0.5 + 0 + 0.5) / 5
         "weighted": 0.7,      # (1 + 1 + 0.5 + 0 + 1) / 5
+        "completed": 0.2,     # no judge answers recorded: majority's
         "any_correct": 1.0,   # every problem has a right transcript
     })
     for v in res["methods"].values():
@@ -91,6 +119,10 @@ def test_answer_ranking_pools_answered_transcripts_and_averages_contested_proble
     A's unanswered transcript (P = 1.0) is left out."""
     rank = answer_ranking(PROBLEMS)
     assert rank["contested_problems"] == 4 and rank["contested_auroc"] == pytest.approx(0.8125)
+    # Vote shares (of each problem's transcripts): the right answers 1/3 (A's 7s of 6, C, D, E) five
+    # times and 2/3 (B's 5s) twice; the wrong 1/2 (A's 3s) three times, 1/3 (B's 2) once, 2/3 six
+    # times. A right 1/3 ties one wrong (0.5); a right 2/3 beats four and ties six (7): (2.5 + 14) / 70.
+    assert rank["vote_share_auroc"] == pytest.approx(16.5 / 70)
     assert rank["auroc"] == pytest.approx(51 / 70)
     assert compare_selection(PROBLEMS, n_boot=50)["answer_ranking"] == rank
     assert math.isnan(answer_ranking({"B": PROBLEMS["B"]})["contested_auroc"])  # majority right: nothing contested
@@ -109,6 +141,7 @@ def test_differences_to_majority_are_paired_per_problem():
     # One problem a method loses and one it wins: a difference of 0 whose interval spans both signs.
     rows = [{"majority": 1.0, "gated": 0.0, "weighted": 1.0}, {"majority": 0.0, "gated": 1.0, "weighted": 0.0}] * 20
     gated = differences_to_majority(rows, n_boot=1000)["gated"]
+    assert "completed" not in differences_to_majority(rows)  # rows stored before that method existed
     assert gated["difference"] == 0.0 and gated["ci_low"] < 0 < gated["ci_high"] and gated["worse"] == 20
     assert "| gated | +0.400 |" in selection_table(res)
 

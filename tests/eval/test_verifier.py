@@ -53,13 +53,32 @@ def test_selection_votes_with_unjudged_transcripts_but_ranks_only_the_judged():
     sees only its own two: right above wrong, AUROC 1."""
     examples = [SimpleNamespace(correct_answer="5", eventual_answer=a) for a in ("5", "4", "4")]
     def judged(submits):  # 10 judgements, `submits` of them submitting
-        return {"samples": [{"decision": "submit", "tokens": 3}] * submits
-                + [{"decision": "decline", "tokens": 5}] * (10 - submits)}
+        return {"samples": [{"decision": "submit", "tokens": 3, "text": "\\boxed{5}"}] * submits
+                + [{"decision": "decline", "tokens": 5, "text": "no"}] * (10 - submits)}
 
     result = {"completions": [judged(9), judged(1)]}
     sel = verifier.selection(result, [0, 1], [40, 60], examples, ["p", "p", "p"], threshold=0.5, seed=0)
     acc = {m: v["accuracy"] for m, v in sel["methods"].items()}
     assert acc["majority"] == 0.0 and acc["gated"] == 0.5
-    assert sel["answer_ranking"] == {"auroc": 1.0, "contested_problems": 1, "contested_auroc": 1.0}
+    # the vote shares: the right 5 one of three transcripts, the wrong 4 two: AUROC 0
+    assert sel["answer_ranking"] == {"auroc": 1.0, "vote_share_auroc": 0.0, "contested_problems": 1,
+                                     "contested_auroc": 1.0}
     # judging cost: the two judged prompts (40 + 60 tokens); 9 x 3 + 1 x 5 and 1 x 3 + 9 x 5 generated
     assert (sel["judge_tokens"]["prompt"], sel["judge_tokens"]["generated"]) == (100, 80)
+
+
+def test_selection_lets_the_judge_answer_for_a_run_without_an_answer():
+    """Two runs answered 4 (wrong; the judge submits 1 in 10); four never answered, and at their
+    last code output the judge boxes 5 with P 0.8, 0.6, 0.2 and 0.9 (the last as "5.0").
+    Majority: 4. completed: the three at P >= 0.5 vote 5, three votes to two."""
+    examples = [SimpleNamespace(correct_answer="5", eventual_answer=a) for a in ("4", "4", None, None, None, None)]
+    def judged(submits, box="5"):  # 10 judgements, `submits` of them box `box` before any code
+        return {"samples": [{"decision": "submit", "tokens": 3, "text": f"so \\boxed{{{box}}}."}] * submits
+                + [{"decision": "decline", "tokens": 5, "text": "check"}] * (10 - submits)}
+
+    result = {"completions": [judged(1), judged(1), judged(8), judged(6), judged(2), judged(9, "5.0")]}
+    sel = verifier.selection(result, list(range(6)), [10] * 6, examples, ["p"] * 6, threshold=0.5, seed=0)
+    acc = {m: v["accuracy"] for m, v in sel["methods"].items()}
+    assert acc["majority"] == 0.0 and acc["completed"] == 1.0
+    assert sel["completed_votes"] == {"transcripts": 3, "right": 3}  # the P 0.2 run does not vote
+    assert sel["per_problem"][0]["completed_answers"] == ["5"]

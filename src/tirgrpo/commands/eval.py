@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="B",
                    help="bootstrap resamples of the questions for the 95%% intervals (default 1000; 0 = none)")
     p.add_argument("--selection", action="store_true",
-                   help="also compare majority vote, verifier-gated vote and P(submit)-weighted vote per question")
+                   help="also compare majority vote, verifier-gated vote, P(submit)-weighted vote and the vote "
+                        "with the verifier's own answer for runs that gave none (completed) per question")
     p.add_argument("--threshold", type=unit_interval, default=0.5, help="P(submit) at which a transcript counts as submitted")
     p.add_argument("--temperature", type=temperature, default=1.0,
                    help="sampling temperature of the K samples (default 1.0; 0 = greedy)")

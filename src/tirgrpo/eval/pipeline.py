@@ -208,7 +208,10 @@ def summary_markdown(s: dict[str, Any]) -> str:
         if rank:
             lines += [f"The judge's P(submit) on the transcripts with an answer: AUROC of right vs wrong answers "
                       f"{_fmt(rank['auroc'])}; within the {rank['contested_problems']} problems whose majority is wrong "
-                      f"(or tied) while some transcript is right, {_fmt(rank['contested_auroc'])} on average (0.5: chance).", ""]
+                      f"(or tied) while some transcript is right, {_fmt(rank['contested_auroc'])} on average (0.5: chance)."
+                      + (f" The share of a problem's transcripts that give the answer (what majority vote uses) "
+                         f"ranks them with AUROC {_fmt(rank['vote_share_auroc'])}." if "vote_share_auroc" in rank else ""),
+                      ""]
         lines += _tokens_lines(sel.get("judge_tokens"), (s.get("solver") or {}).get("tokens_per_transcript"))
     if "timings" in s:
         lines += ["| step | status | seconds |", "|---|---|---:|"]

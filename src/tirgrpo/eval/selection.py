@@ -9,7 +9,12 @@ judgements that submit). Three ways to pick, compared here:
 - `gated`: the most frequent answer among transcripts the verifier submits
   (P(submit) >= threshold, 0.5 by default), falling back to `majority` when it submits none;
 - `weighted`: each transcript votes with weight P(submit) (falling back to `majority`
-  when every weight is 0).
+  when every weight is 0);
+- `completed`: as `majority`, but a transcript that never gave an answer (it ran out of turns
+  or tokens still writing code) votes with the answer the verifier boxes at its last code
+  output, when the verifier submits there (P(submit) >= threshold). This is the verifier's use
+  in a contest: at a code output it either ends the run with an answer or lets it go on, so
+  a run the solver did not finish can still vote.
 
 Transcripts without an eventual answer cast no vote. Ties between answers are not broken
 by list order (which would favour whatever came first in the data): a problem with a
@@ -31,18 +36,20 @@ from typing import Any, Sequence
 
 from tirgrpo.data.records import answers_match
 
-METHODS = ("majority", "gated", "weighted")
+METHODS = ("majority", "gated", "weighted", "completed")
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One transcript of a problem: its eventual answer (None: it gave none) and the verifier's
     P(submit); judged False: the verifier never saw it (no code output to judge), p_submit is
-    what the vote gives it."""
+    what the vote gives it. judge_answer: the answer the verifier's submitting judgements box
+    (`judge_answer`; None when none submits or none was recorded)."""
 
     answer: str | None
     p_submit: float
     judged: bool = True
+    judge_answer: str | None = None
 
 
 def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> list[str]:
@@ -80,7 +87,26 @@ def select(candidates: Sequence[Candidate], method: str, threshold: float = 0.5)
         return vote(submitted) or plain
     if method == "weighted":
         return vote(answers, [c.p_submit for c in candidates]) or plain
+    if method == "completed":
+        filled = [c.answer if c.answer is not None else c.judge_answer if c.p_submit >= threshold else None
+                  for c in candidates]
+        return vote(filled) or plain
     raise ValueError(f"unknown selection method {method!r}; known: {METHODS}")
+
+
+def judge_answer(texts: Sequence[str], decisions: Sequence[str]) -> str | None:
+    """The answer a verifier's K judgements of one transcript box when they submit: the most
+    frequent (as `vote` counts; the first seen of tied ones) of the last boxed answer before any
+    python block of each `submit` text; None when no judgement submits."""
+    from tirgrpo.score.rewards import CODE_FENCE, last_boxed
+
+    answers = []
+    for text, decision in zip(texts, decisions):
+        if decision == "submit":
+            fence = text.find(CODE_FENCE)
+            answers.append(last_boxed(text if fence < 0 else text[:fence]))
+    winners = vote(answers)
+    return winners[0] if winners else None
 
 
 def expected_accuracy(winners: Sequence[str], correct_answer: str) -> float:
@@ -117,6 +143,8 @@ def differences_to_majority(per_problem: Sequence[dict[str, Any]], n_boot: int =
     if not per_problem:
         return out
     for m in METHODS[1:]:
+        if any(m not in row for row in per_problem):  # rows stored before method m existed
+            continue
         diffs = [row[m] - row["majority"] for row in per_problem]
         lo, hi = bootstrap_ci(diffs, n_boot=n_boot, level=level, seed=seed)
         out[m] = {"difference": sum(diffs) / len(diffs), "ci_low": lo, "ci_high": hi,
@@ -130,6 +158,8 @@ def answer_ranking(problems: dict[str, tuple[str, Sequence[Candidate]]]) -> dict
     Only judged transcripts with an answer count (the others cast no vote, or carry no
     judgement of the verifier). Returns
     {"auroc": AUROC of P(submit), right-answer vs wrong-answer transcripts pooled over problems;
+    "vote_share_auroc": the same AUROC of the share of the problem's transcripts that give the
+    transcript's answer: what majority vote already knows, the number a judge must add to;
     "contested_problems": problems whose majority vote is wrong although some transcript is
     right (or that ties a right answer with a wrong one: the only problems a judge can win),
     counted where the judge saw both a right and a wrong answer; "contested_auroc": the mean over
@@ -138,16 +168,18 @@ def answer_ranking(problems: dict[str, tuple[str, Sequence[Candidate]]]) -> dict
     """
     from tirgrpo.eval.evaluate import auroc
 
-    scores, right, within = [], [], []
+    scores, shares, right, within = [], [], [], []
     for correct, cands in problems.values():
         answered = [c for c in cands if c.answer is not None and c.judged]
         ok = [answers_match(correct, c.answer) for c in answered]
         scores += [c.p_submit for c in answered]
+        shares += [sum(o.answer is not None and answers_match(c.answer, o.answer) for o in cands) / len(cands)
+                   for c in answered]
         right += ok
         if any(ok) and expected_accuracy(select(cands, "majority"), correct) < 1:
             within.append(auroc([c.p_submit for c in answered], ok))
     within = [x for x in within if x == x]  # NaN: the right answers' transcripts were all unjudged
-    return {"auroc": auroc(scores, right), "contested_problems": len(within),
+    return {"auroc": auroc(scores, right), "vote_share_auroc": auroc(shares, right), "contested_problems": len(within),
             "contested_auroc": sum(within) / len(within) if within else float("nan")}
 
 
@@ -158,7 +190,8 @@ def compare_selection(problems: dict[str, tuple[str, Sequence[Candidate]]], thre
     problems: problem id -> (correct answer, its candidates). Also reports `any_correct`
     (some transcript has the right answer: the ceiling of any selection) and, per problem,
     each method's score, and `vs_majority`: the judge methods' paired differences to majority
-    (`differences_to_majority`), and `answer_ranking`.
+    (`differences_to_majority`), `answer_ranking`, and `completed_votes`: the transcripts without
+    an answer that vote in `completed` through the verifier's answer, and how many of those are right.
     """
     ids = list(problems)
     scores: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -182,7 +215,11 @@ def compare_selection(problems: dict[str, tuple[str, Sequence[Candidate]]], thre
     for m, vals in scores.items():
         lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
         methods[m] = {"accuracy": sum(vals) / len(vals) if vals else float("nan"), "ci_low": lo, "ci_high": hi}
+    # the votes `completed` adds: runs without an answer that the verifier ended with its own
+    filled = [answers_match(correct, c.judge_answer) for correct, cands in problems.values() for c in cands
+              if c.answer is None and c.judge_answer is not None and c.p_submit >= threshold]
     return {"problems": len(ids), "threshold": threshold, "methods": methods, "answer_ranking": answer_ranking(problems),
+            "completed_votes": {"transcripts": len(filled), "right": sum(filled)},
             "vs_majority": differences_to_majority(per_problem, n_boot=n_boot, seed=seed), "per_problem": per_problem}
 
 
@@ -236,8 +273,8 @@ def differences_table(vs_majority: dict[str, dict[str, float]] | None) -> str:
 
 
 def group_candidates(problem_ids: Sequence[str], correct_answers: Sequence[str], eventual_answers: Sequence[str | None],
-                     p_submit: Sequence[float], judged: Sequence[bool] | None = None
-                     ) -> dict[str, tuple[str, list[Candidate]]]:
+                     p_submit: Sequence[float], judged: Sequence[bool] | None = None,
+                     judge_answers: Sequence[str | None] | None = None) -> dict[str, tuple[str, list[Candidate]]]:
     """Transcripts grouped by problem: problem id -> (correct answer, candidates), in order of first appearance.
 
     With `prepare`'s examples the problem id is the question and each example one
@@ -246,8 +283,10 @@ def group_candidates(problem_ids: Sequence[str], correct_answers: Sequence[str],
     """
     out: dict[str, tuple[str, list[Candidate]]] = {}
     judged = [True] * len(p_submit) if judged is None else judged
-    for pid, correct, answer, p, seen in zip(problem_ids, correct_answers, eventual_answers, p_submit, judged):
-        out.setdefault(pid, (correct, []))[1].append(Candidate(answer, p, seen))
+    judge_answers = [None] * len(p_submit) if judge_answers is None else judge_answers
+    for pid, correct, answer, p, seen, theirs in zip(problem_ids, correct_answers, eventual_answers, p_submit, judged,
+                                                     judge_answers):
+        out.setdefault(pid, (correct, []))[1].append(Candidate(answer, p, seen, theirs))
     return out
 
 

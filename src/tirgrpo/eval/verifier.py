@@ -101,20 +101,22 @@ def judge(model, tokenizer, examples: list, prompts: list, params, samples: int,
 
 def selection(result: dict, judged: list[int], prompt_lengths: list[int], examples: list, problem_ids: list,
               threshold: float, seed: int) -> dict:
-    """Majority, verifier-gated and P(submit)-weighted votes per question, from `judge`'s
+    """Majority, verifier-gated, P(submit)-weighted and verifier-completed votes per question, from `judge`'s
     result (`judged`: the examples it judged, `prompt_lengths`: their prompts' tokens), with
     what judging cost in tokens (`judge_tokens`). Transcripts that never showed a code output
     have nothing to judge: they count as submitted."""
     from tirgrpo.eval.evaluate import p_submit as submit_share
-    from tirgrpo.eval.selection import compare_selection, group_candidates, judge_tokens
+    from tirgrpo.eval.selection import compare_selection, group_candidates, judge_answer, judge_tokens
 
     p_submit = [1.0] * len(examples)
+    theirs: list[str | None] = [None] * len(examples)  # the verifier's own boxed answer, where it submits
     for i, comp in zip(judged, result.get("completions", [])):
         p_submit[i] = submit_share(comp)
+        theirs[i] = judge_answer([s["text"] for s in comp["samples"]], [s["decision"] for s in comp["samples"]])
     seen = set(judged)
     grouped = group_candidates(problem_ids, [ex.correct_answer for ex in examples],
                                [ex.eventual_answer for ex in examples], p_submit,
-                               [i in seen for i in range(len(examples))])
+                               [i in seen for i in range(len(examples))], theirs)
     generated = [[sample["tokens"] for sample in comp["samples"]] for comp in result.get("completions", [])]
     return {**compare_selection(grouped, threshold=threshold, seed=seed),
             "judge_tokens": judge_tokens(prompt_lengths, generated)}
