@@ -3,7 +3,7 @@
 In the competition a problem is sampled many times (TIR transcripts) and one answer is
 picked, usually by majority vote over the transcripts' eventual answers. A verifier
 gives each transcript P(submit) at its last code output (the share of K sampled
-judgements that submit). Three ways to pick, compared here:
+judgements that submit). Four ways to pick, compared here:
 
 - `majority`: the most frequent eventual answer;
 - `gated`: the most frequent answer among transcripts the verifier submits
