@@ -332,7 +332,8 @@ judge_eval() {  # judge_eval NAME MODEL ARGS...: tirgrpo eval with the protocol'
 judge_eval eval-judge "$JUDGE" --data "$HELDOUT"
 [ "$JUDGE_START" = sft ] && [ "$JUDGE" != "$WORK/judge" ] && judge_eval eval-sft "$WORK/judge" --data "$HELDOUT"
 [ "$EVAL_BASE" = 1 ] && judge_eval eval-base "$MODEL" --data "$HELDOUT"
-judge_eval selection "$JUDGE" --transcripts "$WORK/transcripts-heldout.jsonl" --selection
+# --no-greedy: selection reads the K sampled judgements only; the greedy one would cost a pass
+judge_eval selection "$JUDGE" --transcripts "$WORK/transcripts-heldout.jsonl" --selection --no-greedy
 stop_after eval
 
 # ---------------------------------------------------------------- 7. summary

@@ -94,7 +94,7 @@ def test_real_pipeline_on_cpu(tmp_path):
     assert summary["sft"]["steps"] == 1 and summary["grpo"]["steps"] == 1
     for name in ("eval-judge", "eval-sft", "eval-base"):
         assert summary[name]["samples"] == 2 and summary[name]["examples"] == summary["judge_examples"]["heldout"]["rows"]
-    assert set(summary["selection"]["methods"]) == {"majority", "gated", "weighted", "any_correct"}
+    assert set(summary["selection"]["methods"]) == {"majority", "gated", "weighted", "completed", "any_correct"}
     assert summary["selection"]["problems"] == 1
     steps = [t["step"] for t in summary["timings"]]
     assert steps[:2] == ["serve", "generate"] and "selection" in steps
