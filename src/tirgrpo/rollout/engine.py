@@ -285,9 +285,11 @@ class FastEngine:
         was_training = self.model.training
         self.model.eval()
         if self.graphs_enabled:
-            # graphs read weights at the addresses of their capture; weights gathered anew for each
-            # rollout (FSDP, train/dist.py) may live elsewhere, so the graphs are captured again
-            weights = tuple(p.data_ptr() for p in self.model.parameters())
+            # graphs read weights (and buffers: the rotary inv_freq) at the addresses of their
+            # capture; weights gathered anew for each rollout (FSDP, train/dist.py) may live
+            # elsewhere, and a dynamic rotary scaling re-registers its buffer, so the graphs are
+            # captured again
+            weights = tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
             if weights != self._graph_weights:
                 self._graphs.clear()
                 self._graph_weights = weights
