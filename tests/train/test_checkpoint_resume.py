@@ -344,6 +344,27 @@ def test_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path, pointer):
     assert checkpoint.latest_checkpoint(tmp_path) == root / "step_000004"
 
 
+def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
+    # Before: --overwrite was silently ignored and the run resumed.
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--resume", str(tmp_path), "--overwrite"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_resume_with_total_steps_below_the_checkpoint_is_refused(tmp_path, tiny_model_dir, capsys):
+    # Before: the run "finished" at step 6 with optim.total_steps = 2 recorded in its config.toml.
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_000006").mkdir(parents=True)
+    (run / "checkpoints" / "step_000006" / "state.json").write_text('{"step": 6}')
+    (run / "checkpoints" / "latest").write_text("step_000006\n")
+    (run / "config.toml").write_text(f'[model]\nname_or_path = "{tiny_model_dir}"\n[run]\nout_dir = "{run}"\n')
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["train", "--resume", str(run), "--set", "optim.total_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert "step 6" in err and "optim.total_steps = 2" in err and "internal error" not in err, err
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == before  # refused before any write
+
+
 @pytest.mark.slow
 def test_ctrl_c_between_the_checkpoint_and_latest_resumes_from_it(tmp_path, tiny_model_dir, byte_tokenizer,
                                                                   monkeypatch):

@@ -13,9 +13,10 @@ from tirgrpo.errors import TirgrpoError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, "
-                   "with its recorded config.toml and plan.toml")
-    p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    how = p.add_mutually_exclusive_group()  # resuming a run and replacing it exclude each other
+    how.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, "
+                     "with its recorded config.toml and plan.toml")
+    how.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
 
 
 def requested_config(args) -> dict:
