@@ -101,6 +101,9 @@ def run(args) -> int:
     tokenizer = load_tokenizer(tokenizer_spec(model_cfg))
     examples, problem_ids, prompts = examples_to_judge(args.data, args.transcripts, tokenizer, args.max_prompt_tokens,
                                                        args.max_examples)
+    if not args.selection and all(p is None for p in prompts):
+        raise TirgrpoError(f"{args.transcripts}: no transcript shows a code output (or each such prompt is over "
+                           "--max-prompt-tokens): nothing to judge (with --selection the runs still vote)")
     device = resolve_device(args.device)
     model = load_base_model(model_cfg, device, resolve_dtype(args.dtype, device), args.seed)
     model.requires_grad_(False).eval()
