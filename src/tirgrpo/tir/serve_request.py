@@ -20,10 +20,10 @@ class RequestError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """OpenAI's error object for an answer with HTTP `status` ({"error": {message, type, param, code}})."""
     kind = {404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}.get(
         status, "invalid_request_error" if status < 500 else "server_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
-
 
 
 def number(body: dict, name: str, default, integer: bool, low=None, high=None, low_open: bool = False):
@@ -42,6 +42,7 @@ def number(body: dict, name: str, default, integer: bool, low=None, high=None, l
 
 
 def flag(body: dict, name: str, default: bool = False) -> bool:
+    """body[name] (or default) checked to be true or false."""
     value = body.get(name, default)
     if value is None:
         return default
