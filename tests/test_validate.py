@@ -244,3 +244,34 @@ def test_a_seed_option_is_checked_at_parse_time(argv, seed, capsys):
 def test_integer_ranges_are_described_exactly():
     assert Range(0, 2**32 - 1).describe() == "in [0, 4294967295]"
     assert Range(0, 1.5).describe() == "in [0, 1.5]"
+
+
+@pytest.mark.parametrize("gpus, spec, message", [
+    (0, "cuda", "no CUDA device here"), (0, "cuda:1", "no CUDA device here"),
+    (2, "cuda:2", r"this machine has 2 CUDA devices \(cuda:0\.\.cuda:1\)"),
+])
+def test_resolve_device_names_a_cuda_device_that_is_not_there(monkeypatch, gpus, spec, message):
+    # Before: torch's "AssertionError: Torch not compiled with CUDA enabled" (or an invalid device
+    # ordinal) as an internal error, after the plan (sft) or in the memory estimate (train).
+    import torch
+
+    from tirgrpo.train.model import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(TirgrpoError, match=f"device {spec!r}: {message}; use auto or cpu"):
+        resolve_device(spec)
+    if gpus:
+        assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("cuda") == torch.device("cuda")
+
+
+def test_train_on_a_cuda_device_that_is_not_there_is_a_message(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(["train", "--set", f"model.name_or_path={tiny_model_dir}", "--set", f"run.out_dir={out}",
+                 "--set", "system.device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'cuda': no CUDA device here" in err and "internal error" not in err, err
+    assert not out.exists()

@@ -215,7 +215,7 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     from tirgrpo.data.tokenizer import load_tokenizer
     from tirgrpo.train.checkpoint import load_checkpoint, read_state
     from tirgrpo.train.metrics import RunLog
-    from tirgrpo.train.model import count_parameters, resolve_init, tokenizer_spec
+    from tirgrpo.train.model import count_parameters, resolve_device, resolve_init, tokenizer_spec
     from tirgrpo.train.optim import AdamW
     from tirgrpo.train.plan import describe_plan, plan_to_toml, read_plan, resolve_plan
 
@@ -242,7 +242,7 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
 
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
-    device = torch.device(plan.device)
+    device = resolve_device(plan.device)  # a resumed plan's GPU may not be on this machine
     tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
     train_prompts = load_prompts(cfg.data.train, tokenizer, cfg.data.max_prompt_tokens)
     train_pairs = training_pairs(cfg, train_prompts)

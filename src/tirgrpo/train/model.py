@@ -58,14 +58,20 @@ RANDOM_SHAPES["tiny-qwen2"] = {
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` -> CUDA when available, else CPU; cpu, cuda and cuda:N are passed to torch.device."""
+    """`auto` -> CUDA when available, else CPU; cpu, cuda and cuda:N are passed to torch.device,
+    a CUDA device this machine does not have refused naming the ones it has."""
     from tirgrpo.config import DEVICE, DEVICES
 
     if not DEVICE.fullmatch(spec):  # torch.device's RuntimeError would read as an internal error
         raise TirgrpoError(f"device must be one of {DEVICES}, got {spec!r}")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    device = torch.device(spec)
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= count:  # torch's would be an internal error, later
+        there = f"this machine has {count} CUDA devices (cuda:0..cuda:{count - 1})" if count else "no CUDA device here"
+        raise TirgrpoError(f"device {spec!r}: {there}; use auto or cpu")
+    return device
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
