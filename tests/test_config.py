@@ -274,3 +274,10 @@ def test_a_config_folder_is_named_as_one(tmp_path):
     # Before: "config file not found: DIR", though it is there.
     with pytest.raises(TirgrpoError, match=f"config file {tmp_path}: is a folder, not a file"):
         load_config(TrainConfig, tmp_path)
+
+
+@pytest.mark.parametrize("item", ["=1", ".lr=1", "optim.=1", "optim..lr=1", " =1"])
+def test_an_override_with_an_empty_key_part_is_named(item):
+    # was: "config: unknown key(s) [''] in [TrainConfig]", which does not say which --set
+    with pytest.raises(TirgrpoError, match=r"--set '" + item.replace(".", r"\.") + "': .*empty"):
+        load_config(TrainConfig, None, [item])

@@ -201,3 +201,77 @@ def test_a_bad_device_through_the_cli_is_a_message_not_a_traceback(tmp_path, cap
     err = capsys.readouterr().err
     assert "system.device" in err and "Traceback" not in err and "internal error" not in err
     assert not run.exists()  # refused before the run folder is made
+
+
+@pytest.mark.parametrize("cls, override, key", [
+    (TrainConfig, "run.out_dir=", "run.out_dir"),  # was: the run wrote into the current folder
+    (TrainConfig, 'run.out_dir="  "', "run.out_dir"),
+    (TrainConfig, "data.train=", "data.train"),  # was: ".: unknown example file type ''" after the plan
+    (TrainConfig, "model.name_or_path=", "model.name_or_path"),  # was: a tokenizer error about ''
+    (SFTConfig, "run.out_dir=", "run.out_dir"),
+    (SFTConfig, "code_stop=", "code_stop"),  # was: "" is in every completion, so no target got its eos
+])
+def test_a_required_string_left_empty_is_refused_naming_the_key(cls, override, key):
+    with pytest.raises(TirgrpoError, match=key.replace(".", r"\.") + " must not be empty"):
+        load_config(cls, None, [override])
+
+
+def test_empty_strings_that_mean_none_still_load():
+    cfg = load_config(TrainConfig, None, ["data.eval=", "model.tokenizer=", "model.init_from="])
+    assert (cfg.data.eval, cfg.model.tokenizer, cfg.model.init_from) == ("", "", "")
+    assert load_config(SFTConfig, None, ["targets="]).targets == ""
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, SFTConfig])
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999", str(2**32)])
+def test_a_seed_torch_cannot_take_is_refused_at_load(cls, seed):
+    # was: "internal error: ValueError: Overflow when unpacking long long" from torch.manual_seed,
+    # after the plan was printed
+    with pytest.raises(TirgrpoError, match=r"run\.seed must be in \[0, 4294967295\]"):
+        load_config(cls, None, [f"run.seed={seed}"])
+    assert load_config(cls, None, [f"run.seed={2**32 - 1}"]).run.seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("argv", [["eval", "--model", "m", "--data", "d.jsonl"], ["serve", "--model", "m"]])
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_a_seed_option_is_checked_at_parse_time(argv, seed, capsys):
+    # was (eval): "internal error: ValueError: Overflow when unpacking long long" after the model loaded
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--seed", seed])
+    assert e.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_integer_ranges_are_described_exactly():
+    assert Range(0, 2**32 - 1).describe() == "in [0, 4294967295]"
+    assert Range(0, 1.5).describe() == "in [0, 1.5]"
+
+
+@pytest.mark.parametrize("gpus, spec, message", [
+    (0, "cuda", "no CUDA device here"), (0, "cuda:1", "no CUDA device here"),
+    (2, "cuda:2", r"this machine has 2 CUDA devices \(cuda:0\.\.cuda:1\)"),
+])
+def test_resolve_device_names_a_cuda_device_that_is_not_there(monkeypatch, gpus, spec, message):
+    # Before: torch's "AssertionError: Torch not compiled with CUDA enabled" (or an invalid device
+    # ordinal) as an internal error, after the plan (sft) or in the memory estimate (train).
+    import torch
+
+    from tirgrpo.train.model import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(TirgrpoError, match=f"device {spec!r}: {message}; use auto or cpu"):
+        resolve_device(spec)
+    if gpus:
+        assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("cuda") == torch.device("cuda")
+
+
+def test_train_on_a_cuda_device_that_is_not_there_is_a_message(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(["train", "--set", f"model.name_or_path={tiny_model_dir}", "--set", f"run.out_dir={out}",
+                 "--set", "system.device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'cuda': no CUDA device here" in err and "internal error" not in err, err
+    assert not out.exists()

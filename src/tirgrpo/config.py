@@ -217,6 +217,7 @@ class RunConfig:
 
     out_dir: str = "runs/demo"
     seed: int = 0
+    """Seeds the data order, the sampling and any random initialisation; in [0, 2**32 - 1]."""
     eval_every: int = 0
     """Evaluate every N optimizer steps (0 = only before and after training)."""
     eval_samples: int = 8
@@ -392,6 +393,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise TirgrpoError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-5")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise TirgrpoError(f"--set {item!r}: the key has an empty part; expected SECTION.KEY=VALUE, "
+                               f"e.g. optim.lr=1e-5")
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})

@@ -45,11 +45,16 @@ class Range:
 
     def describe(self) -> str:
         if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            return f"{'>' if self.lo_open else '>='} {_shown(self.lo)}"
         if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+            return f"{'<' if self.hi_open else '<='} {_shown(self.hi)}"
         left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
-        return f"in {left}{self.lo:g}, {self.hi:g}{right}"
+        return f"in {left}{_shown(self.lo)}, {_shown(self.hi)}{right}"
+
+
+def _shown(x: float) -> str:
+    """A bound as a message shows it: integers in full (a seed's 4294967295, not 4.29497e+09)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 AT_LEAST_0 = Range(0)
@@ -58,6 +63,7 @@ POSITIVE = Range(0, lo_open=True)
 UNIT = Range(0, 1)                       # [0, 1]
 UNIT_OPEN_HI = Range(0, 1, hi_open=True)  # [0, 1)
 TEMPERATURE = Range(0, 2)
+SEED = Range(0, 2**32 - 1)  # what torch.manual_seed takes, with room for the loop's per-rollout offsets
 
 # "section.key" -> the range every value of that key must lie in (each element, for lists).
 RULES: dict[str, Range] = {
@@ -92,11 +98,17 @@ RULES: dict[str, Range] = {
     "run.save_every": AT_LEAST_0,
     "run.keep_samples": AT_LEAST_0,
     "run.max_nonfinite": AT_LEAST_1,
+    "run.seed": SEED,
     "batch_size": AT_LEAST_1,
 }
 
 # Keys whose list value has a fixed length.
 LENGTHS: dict[str, int] = {"optim.betas": 2}
+
+# String keys that must not be empty (or blank): an empty out_dir is the current folder, an empty
+# code_stop is "in" every completion. Keys where "" means "none" (data.eval, model.tokenizer,
+# model.init_from, targets) are not here.
+NON_EMPTY = frozenset({"model.name_or_path", "data.train", "run.out_dir", "code_stop"})
 
 
 def _numbers(value: Any) -> list[float]:
@@ -113,10 +125,12 @@ def _numbers(value: Any) -> list[float]:
 
 
 def check_value(key: str, value: Any, choices: tuple[str, ...] | None = None) -> None:
-    """Raise TirgrpoError naming `key` when `value` is non-finite, outside RULES[key] or not one
-    of `choices` (a config field's `metadata["choices"]`)."""
+    """Raise TirgrpoError naming `key` when `value` is non-finite, outside RULES[key], not one
+    of `choices` (a config field's `metadata["choices"]`) or an empty string of a NON_EMPTY key."""
     if choices is not None and value not in choices:
         raise TirgrpoError(f"config: {key} must be one of {', '.join(choices)}, got {value!r}")
+    if key in NON_EMPTY and isinstance(value, str) and not value.strip():
+        raise TirgrpoError(f"config: {key} must not be empty")
     if key in LENGTHS and isinstance(value, list) and len(value) != LENGTHS[key]:
         raise TirgrpoError(f"config: {key} must have {LENGTHS[key]} values, got {value!r}")
     rule = RULES.get(key)
@@ -190,6 +204,7 @@ temperature = _typed(float, TEMPERATURE, "a temperature in [0, 2]")
 top_p = _typed(float, Range(0, 1, lo_open=True), "a top-p in (0, 1]")
 fraction = _typed(float, UNIT_OPEN_HI, "a fraction in [0, 1)")
 unit_interval = _typed(float, UNIT, "a number in [0, 1]")
+seed = _typed(int, SEED, f"a seed in [0, {SEED.hi}]")
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], Any]:

@@ -45,3 +45,13 @@ def test_paired_prompts_refuse_odd_counts_and_no_pairs():
         paired_prompts([(0, 1)], 0, 3, seed=0, shuffle=True)
     with pytest.raises(TirgrpoError, match="both a correct and a wrong"):
         paired_prompts([], 0, 2, seed=0, shuffle=True)
+
+
+def test_an_empty_example_file_is_named_as_empty_not_as_too_long(tmp_path, byte_tokenizer):
+    # Before: "no example has a prompt within 3072 tokens", which sends the user to max_prompt_tokens.
+    from tirgrpo.data.prompts import load_prompts
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(TirgrpoError, match=f"{path}: no examples"):
+        load_prompts(str(path), byte_tokenizer, 3072)

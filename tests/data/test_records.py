@@ -271,3 +271,27 @@ def test_a_seed_csv_column_named_twice_is_refused(tmp_path):
                     encoding="utf-8")
     with pytest.raises(TirgrpoError, match=r"header \(line 1\): column\(s\) \['prompt'\] appear more than once"):
         read_seed_csv(path)
+
+
+def test_transcripts_for_a_vote_refuse_a_run_given_twice(tmp_path):
+    # Before: `eval --transcripts --selection` judged both copies and counted both votes.
+    from tirgrpo.data.records import read_transcripts_for_votes
+
+    path = write_jsonl(tmp_path / "t.jsonl", [transcript(), transcript(sample=1), transcript(sample=1, turns=[
+        {"text": "x", "code": None, "output": None, "finish_reason": "eos", "wall_s": None}])])
+    assert len(read_transcripts(path)) == 3  # the plain reader keeps them (prepare, split)
+    with pytest.raises(TirgrpoError, match=f"{path}, line 3: problem_id 'p1' sample 1 again \\(first on line 2\\)"):
+        read_transcripts_for_votes(path)
+
+
+def test_transcripts_for_a_vote_refuse_two_correct_answers_of_one_problem(tmp_path):
+    # Before: the problem was scored against whichever correct_answer came first.
+    from tirgrpo.data.records import read_transcripts_for_votes
+
+    path = write_jsonl(tmp_path / "t.jsonl", [transcript(), transcript(sample=1, correct_answer=None),
+                                              transcript(sample=2, correct_answer="42.0"),
+                                              transcript(sample=3, correct_answer="5")])
+    with pytest.raises(TirgrpoError, match=f"{path}, line 4, field 'correct_answer': '5' for problem_id 'p1', "
+                                           f"which line 1 gives as '42'"):
+        read_transcripts_for_votes(path)
+    assert len(read_transcripts_for_votes(write_jsonl(tmp_path / "ok.jsonl", [transcript(), transcript(sample=1)]))) == 2

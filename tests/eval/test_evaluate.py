@@ -382,3 +382,25 @@ def test_eval_refuses_a_markdown_out_before_loading_anything(tmp_path, capsys):
     # the model does not exist: the --out check comes first, before any loading or judging
     assert main(["eval", "--model", str(tmp_path / "nowhere"), "--data", "x.jsonl", "--out", str(tmp_path / "e.md")]) == 2
     assert "name a .json file" in capsys.readouterr().err
+
+
+def test_eval_of_transcripts_without_a_code_output_to_judge(tmp_path, tiny_model_dir, capsys):
+    """Before: an empty metrics table ("0 examples") and exit 0. Now refused without --selection
+    (nothing to judge, before the model loads); with it the runs still vote."""
+    import json
+
+    from tirgrpo.cli import main
+    from tirgrpo.data.records import Transcript, Turn, transcript_to_dict
+    from tirgrpo.data.templates import SEED_BRIDGE
+
+    runs = [Transcript("a", i, "qa", "4", answer, "<｜User｜>q<｜Assistant｜><think>\n", SEED_BRIDGE,
+                       (Turn(f"\\boxed{{{answer}}}", None, None, "eos", None),)) for i, answer in enumerate("445")]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(transcript_to_dict(r)) + "\n" for r in runs), encoding="utf-8")
+    out = tmp_path / "eval.json"
+    args = ["eval", "--model", str(tiny_model_dir), "--transcripts", str(path), "--device", "cpu", "--samples", "1",
+            "--max-new-tokens", "2", "--out", str(out)]
+    assert main(args) == 2
+    assert "nothing to judge" in capsys.readouterr().err and not out.exists()
+    assert main(args + ["--selection"]) == 0
+    assert json.loads(out.read_text())["selection"]["methods"]["majority"]["accuracy"] == 1.0

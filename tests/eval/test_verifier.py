@@ -82,3 +82,23 @@ def test_selection_lets_the_judge_answer_for_a_run_without_an_answer():
     assert acc["majority"] == 0.0 and acc["completed"] == 1.0
     assert sel["completed_votes"] == {"transcripts": 3, "right": 3}  # the P 0.2 run does not vote
     assert sel["per_problem"][0]["completed_answers"] == ["5"]
+
+
+def test_eval_refuses_a_run_given_twice_before_loading_the_model(tmp_path, tiny_model_dir, capsys):
+    import json
+
+    from tirgrpo.cli import main
+    from tirgrpo.data.records import Transcript, Turn, transcript_to_dict
+    from tirgrpo.data.templates import SEED_BRIDGE
+
+    run = Transcript("a", 0, "qa", "4", "4", "<｜User｜>q<｜Assistant｜><think>\n", SEED_BRIDGE,
+                     (Turn("x```python\nprint(4)\n```", "print(4)", "4", None, None), Turn("\\boxed{4}", None, None,
+                                                                                        "eos", None)))
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(transcript_to_dict(run)) + "\n" + json.dumps(transcript_to_dict(run)) + "\n")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tiny_model_dir), "--transcripts", str(path), "--selection", "--device", "cpu",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 2: problem_id 'a' sample 0 again (first on line 1)" in err and "internal" not in err
+    assert not out.exists()

@@ -379,7 +379,8 @@ def _bad_model_sources(tmp_path):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     (tmp_path / "notes.gguf").write_bytes(b"this is no GGUF file")
     (tmp_path / "empty").mkdir()
-    return {"empty": (str(tmp_path / "empty"), "a folder with config.json"),
+    # an empty folder is named by train.model.check_model_source, which shape_from_spec calls
+    return {"empty": (str(tmp_path / "empty"), f"{tmp_path / 'empty'}: a folder without config.json"),
             "broken": (str(tmp_path / "broken"), "config.json"),
             "gguf": (str(tmp_path / "notes.gguf"), "notes.gguf"),
             "missing": ("/no/such/model-tirgrpo", "/no/such/model-tirgrpo")}

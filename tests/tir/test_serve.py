@@ -254,12 +254,16 @@ def test_bad_requests_get_4xx_with_an_error_body(server):
         if param is not None:
             assert error["param"] == param, (body, error)
     for raw in (b"{not json", b'{"prompt": "x", "temperature": NaN}', b'{"prompt": "x", "top_p": Infinity}',
-                b'{"prompt": "x", "temperature": 1e999}', b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b""):
+                b'{"prompt": "x", "temperature": 1e999}', b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b"",
+                b'{"prompt": "a\\ud800"}', b'{"prompt": "x", "logit_bias": {"5": 100}}'):
         r = httpx.post(server + "/completions", content=raw, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["message"], raw[:40]
     chat = [{"messages": []}, {"messages": [{"role": "wizard", "content": "x"}]},
             {"messages": [{"role": "user", "content": 3}]},
             {"messages": [{"role": "user", "content": "x"}], "continue_final_message": True}]
+    for raw in (b'{"messages": [{"role": "user", "content": "\\udfff"}]}',):  # was a plain-text 500
+        r = httpx.post(server + "/chat/completions", content=raw, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages", raw
     for body in chat:
         r = httpx.post(server + "/chat/completions", json=body, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["param"] in ("messages", "continue_final_message"), body
@@ -577,3 +581,70 @@ def test_context_errors_end_a_transcript_in_generate(server):
         assert r.status_code == 400 and context_full(r.status_code, r.text), r.text
     r = httpx.post(server + "/completions", json={"prompt": "x", "temperature": -1}, timeout=30)
     assert r.status_code == 400 and not context_full(r.status_code, r.text)
+
+
+# --------------------------------------------------------------------------- requests checked without a server
+
+
+@pytest.fixture(scope="module")
+def service():
+    """A Service over the byte-level tokenizer with a chat template; parse() only (no batcher)."""
+    from tirgrpo.tir.serve import Limits, Service
+
+    tok = byte_level_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    return Service(None, tok, "tiny", Limits(512, 256, 256, 8, max_request_tokens=10_000))
+
+
+@pytest.mark.parametrize("raw, param", [
+    (b'{"prompt": "a\\ud800b"}', "prompt"),
+    (b'{"prompt": ["ok", "\\udfff"]}', "prompt"),
+    (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages"),
+    (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}]}', "messages"),
+    (b'{"prompt": "x", "stop": ["\\ud800"]}', "stop"),
+])
+def test_a_lone_surrogate_is_a_400_naming_the_field(raw, param):
+    # Before: the tokenizer raised TypeError on it: "500 Internal Server Error" as plain text
+    # (a stop string's surrogate was taken, and no UTF-8 could ever match it).
+    from tirgrpo.tir.serve import RequestError, parse_json
+
+    with pytest.raises(RequestError) as e:
+        parse_json(raw)
+    assert e.value.status == 400 and e.value.param == param and "lone surrogate" in str(e.value)
+    assert parse_json(b'{"prompt": "\\ud83d\\ude00"}') == {"prompt": "\U0001F600"}  # a pair is a character
+
+
+@pytest.mark.parametrize("model", [5, ["tiny"], {"id": "tiny"}, True])
+def test_a_model_of_the_wrong_type_is_a_400_not_a_404(service, model):
+    from tirgrpo.tir.serve import RequestError
+
+    with pytest.raises(RequestError) as e:
+        service.parse({"prompt": "x", "model": model}, chat=False)
+    assert (e.value.status, e.value.param) == (400, "model") and "string" in str(e.value)
+
+
+UNSUPPORTED = [  # (field, a value asking for what this server does not do, chat?)
+    ("top_logprobs", 5, True), ("top_logprobs", "x", True), ("logit_bias", {"5": 100}, False),
+    ("logit_bias", [1], True), ("suffix", "y", False), ("tools", [{"type": "function"}], True),
+    ("tool_choice", "required", True), ("functions", [{"name": "f"}], True),
+    ("response_format", {"type": "json_object"}, True), ("response_format", "json", True),
+]
+
+
+@pytest.mark.parametrize("name, value, chat", UNSUPPORTED)
+def test_an_option_this_server_does_not_honour_is_refused_not_ignored(service, name, value, chat):
+    # Before: 200, the option silently ignored (no alternatives, no bias, no tool calls, no JSON mode).
+    from tirgrpo.tir.serve import RequestError
+
+    body = {"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "x"}
+    with pytest.raises(RequestError) as e:
+        service.parse({**body, name: value}, chat=chat)
+    assert (e.value.status, e.value.param) == (400, name) and name in str(e.value)
+
+
+@pytest.mark.parametrize("name, value", [("top_logprobs", 0), ("top_logprobs", None), ("logit_bias", {}),
+                                         ("suffix", ""), ("tools", []), ("tool_choice", "none"),
+                                         ("response_format", {"type": "text"}), ("functions", None)])
+def test_the_same_options_at_their_defaults_pass(service, name, value):
+    service.parse({"messages": [{"role": "user", "content": "hi"}], name: value}, chat=True)
+    service.parse({"prompt": "x", name: value}, chat=False)

@@ -266,3 +266,119 @@ def test_export_refuses_an_output_that_is_not_an_earlier_export(tmp_path, capsys
     assert str(out) in err and "internal error" not in err, err
     assert (out.read_text() == "notes") if kind == "file" else [p.name for p in out.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "step_000001"]
+
+
+# --------------------------------------------------------------------------- damaged or foreign checkpoints
+
+
+def _saved(tmp_path):
+    """A checkpoint of a Linear(3, 2) trained one AdamW step, at step 4; returns its folder."""
+    from tirgrpo.train.optim import AdamW
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = AdamW(model.parameters(), lr=1e-2)
+    return checkpoint.save_checkpoint(tmp_path, 4, model, opt, {"rollout": 4, "data_pos": 8, "nonfinite": 0}, "")
+
+
+def _fresh(shape=(3, 2)):
+    from tirgrpo.train.optim import AdamW
+
+    model = torch.nn.Linear(*shape)
+    return model, AdamW(model.parameters(), lr=1.0)
+
+
+DAMAGE = {
+    "state.json not JSON": ("state.json", lambda p: p.write_text("{bad")),
+    "state.json a list": ("state.json", lambda p: p.write_text("[1]")),
+    "state.json step a string": ("state.json", lambda p: p.write_text('{"step": "x"}')),
+    "state.json negative position": ("state.json", lambda p: p.write_text('{"step": 4, "data_pos": -1}')),
+    "weights cut short": ("trainable.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100])),
+    "weights missing": ("trainable.safetensors", lambda p: p.unlink()),
+    "optimizer garbage": ("optimizer.pt", lambda p: p.write_bytes(b"garbage\n")),
+    "optimizer of other tensors": ("optimizer.pt", lambda p: torch.save({"steps": 1}, p)),
+    "rng missing": ("rng.pt", lambda p: p.unlink()),
+    "rng of something else": ("rng.pt", lambda p: torch.save([1, 2], p)),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_checkpoint_file_is_named_not_an_internal_error(tmp_path, damage):
+    # Before: JSONDecodeError, SafetensorError, "invalid literal for int()", TypeError or KeyError:
+    # each an internal error of `tirgrpo train --resume`.
+    from tirgrpo.errors import TirgrpoError
+
+    path = _saved(tmp_path)
+    name, damage_it = DAMAGE[damage]
+    damage_it(path / name)
+    with pytest.raises(TirgrpoError, match=f"{path / name}: "):
+        checkpoint.load_checkpoint(path, *_fresh())
+
+
+@pytest.mark.parametrize("shape", [(4, 2), (3, 3)])
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, shape):
+    # Before: torch's size-mismatch RuntimeError (or a ValueError for other names), an internal
+    # error, e.g. after [model] was edited in RUN_DIR/config.toml between the runs.
+    from tirgrpo.errors import TirgrpoError
+
+    path = _saved(tmp_path)
+    with pytest.raises(TirgrpoError, match=f"checkpoint {path} does not fit the model: .*weight"):
+        checkpoint.load_checkpoint(path, *_fresh(shape))
+    lora_like = torch.nn.Sequential(torch.nn.Linear(3, 2))  # its names are 0.weight, 0.bias
+    from tirgrpo.train.optim import AdamW
+
+    with pytest.raises(TirgrpoError, match="does not fit the model: .*lacks.*weight"):
+        checkpoint.load_checkpoint(path, lora_like, AdamW(lora_like.parameters(), lr=1.0))
+
+
+@pytest.mark.parametrize("pointer", ["missing", "not UTF-8", "names a folder that is gone"])
+def test_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path, pointer):
+    # A run stopped (Ctrl-C) after its checkpoint folder was renamed into place but before
+    # `latest` was written. Before: "--resume: no checkpoint there", the run's progress lost.
+    _saved(tmp_path)
+    root = tmp_path / "checkpoints"
+    (root / "step_000002").mkdir()  # an older folder, not complete (no state.json): never chosen
+    latest = root / "latest"
+    {"missing": latest.unlink, "not UTF-8": lambda: latest.write_bytes(b"\xff\xfe"),
+     "names a folder that is gone": lambda: latest.write_text("step_000009\n")}[pointer]()
+    assert checkpoint.latest_checkpoint(tmp_path) == root / "step_000004"
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
+    # Before: --overwrite was silently ignored and the run resumed.
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--resume", str(tmp_path), "--overwrite"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_resume_with_total_steps_below_the_checkpoint_is_refused(tmp_path, tiny_model_dir, capsys):
+    # Before: the run "finished" at step 6 with optim.total_steps = 2 recorded in its config.toml.
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_000006").mkdir(parents=True)
+    (run / "checkpoints" / "step_000006" / "state.json").write_text('{"step": 6}')
+    (run / "checkpoints" / "latest").write_text("step_000006\n")
+    (run / "config.toml").write_text(f'[model]\nname_or_path = "{tiny_model_dir}"\n[run]\nout_dir = "{run}"\n')
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["train", "--resume", str(run), "--set", "optim.total_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert "step 6" in err and "optim.total_steps = 2" in err and "internal error" not in err, err
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == before  # refused before any write
+
+
+@pytest.mark.slow
+def test_ctrl_c_between_the_checkpoint_and_latest_resumes_from_it(tmp_path, tiny_model_dir, byte_tokenizer,
+                                                                  monkeypatch):
+    cfg, run = write_config(tmp_path, tiny_model_dir, byte_tokenizer, "c", False, 0.0, 1, False)
+    real_write = checkpoint.atomic_write_text
+
+    def interrupted(path, text):
+        if path.name == "latest" and text.strip() == "step_000002":
+            raise KeyboardInterrupt  # as SIGINT would, right after the folder was renamed into place
+        real_write(path, text)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_text", interrupted)
+    assert main(["train", "--config", str(cfg)]) == 130
+    monkeypatch.setattr(checkpoint, "atomic_write_text", real_write)
+    assert not (run / "checkpoints" / "latest").exists() and (run / "checkpoints" / "step_000002").is_dir()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r] == [1, 2, 3, 4]

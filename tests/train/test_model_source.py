@@ -18,8 +18,27 @@ def test_unknown_hub_id_named():
 
 
 def test_known_specs_pass(tmp_path, tiny_model_dir):
-    for name in ("smollm2-135m-instruct", "random:tiny-qwen2", str(tiny_model_dir), str(tmp_path)):
+    run = tmp_path / "run"  # a run folder: its final model
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    for name in ("smollm2-135m-instruct", "random:tiny-qwen2", str(tiny_model_dir), str(run), str(tmp_path / "m.gguf")):
         check_model_source(name)
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "folder of other files", "plain file"])
+def test_an_existing_path_that_holds_no_model_is_named(tmp_path, kind):
+    # Before: any existing path passed, and the tokenizer, loaded first, failed on it with a
+    # message about sentencepiece or an invalid JSON config file.
+    path = tmp_path / "thing"
+    if kind == "plain file":
+        path.write_text("notes")
+    else:
+        path.mkdir()
+        if kind == "folder of other files":
+            (path / "notes.txt").write_text("mine")
+    with pytest.raises(TirgrpoError, match=f"{path}: .*(without config.json|not a .gguf)"):
+        check_model_source(str(path))
 
 
 def test_named_models_pass_when_their_file_is_there(tmp_path, monkeypatch):
@@ -50,3 +69,16 @@ def test_eval_of_an_unknown_random_shape_is_an_error_not_a_traceback(tmp_path, c
     err = capsys.readouterr().err
     assert "unknown random shape 'tiny'" in err and "internal error" not in err, err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("targets", [[], ["nope"]])
+def test_lora_target_modules_that_match_nothing_are_named(tiny_model_dir, targets):
+    # Before: peft's NoMatchingPeftModuleError, an internal error after the plan and the data.
+    import torch
+
+    from tirgrpo.config import ModelConfig
+    from tirgrpo.train.model import load_policy
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), lora=True, lora_r=4, lora_alpha=8, lora_target_modules=targets)
+    with pytest.raises(TirgrpoError, match=r"model\.lora_target_modules .*q_proj"):
+        load_policy(cfg, torch.device("cpu"), torch.float32, checkpointing=False)

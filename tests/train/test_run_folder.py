@@ -155,3 +155,22 @@ def test_a_users_reward_that_does_not_import_is_refused_before_the_run_folder(tm
     assert main(["train"] + [a for s in sets for a in ("--set", s)]) == 2
     assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
     assert not run.exists()  # not after the before-training evaluation
+
+
+@pytest.mark.parametrize("edit, name", [
+    ('[model]\nname_or_path = "random:tiny-qwen2"\nlora = true\n[system]\ndevice = "cpu"\n', "[model]"),
+    ('[model]\nname_or_path = "random:tiny-qwen2"\n[system]\ndevice = "cpu"\nmicro_batch_tokens = 64\n', "[system]"),
+])
+def test_resume_refuses_a_config_toml_edited_since_the_checkpoint(tmp_path, capsys, edit, name):
+    """Before: an edited [model] (another base of the same shape under LoRA adapters) trained on
+    silently, and an edited [system] was ignored for the recorded plan while config.toml said otherwise."""
+    original = '[model]\nname_or_path = "random:tiny-qwen2"\n[system]\ndevice = "cpu"\n'
+    ckpt = tmp_path / "checkpoints" / "step_000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text('{"step": 2}')
+    (ckpt / "config.toml").write_text(original)
+    (tmp_path / "checkpoints" / "latest").write_text("step_000002\n")
+    (tmp_path / "config.toml").write_text(edit)
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} of {tmp_path / 'config.toml'} differs from the checkpoint's" in err and "step_000002" in err, err

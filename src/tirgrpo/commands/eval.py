@@ -26,7 +26,7 @@ from tirgrpo.errors import TirgrpoError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from tirgrpo.validate import device, non_negative_int, positive_int, temperature, unit_interval
+    from tirgrpo.validate import device, non_negative_int, positive_int, seed, temperature, unit_interval
 
     p.add_argument("--model", required=True, metavar="PATH|RUN_DIR",
                    help="a model (HF folder, .gguf, smollm2-135m-instruct) or a run folder (its final/ model)")
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="most sequences decoded at once")
     p.add_argument("--kernels", default="auto", choices=("auto", "torch", "triton"),
                    help="decode kernels of the fast engine (auto: Triton on CUDA, else torch)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sampled judgements (default 0)")
     p.add_argument("--out", help="where to write eval.json (the Markdown goes next to it)")
 
 
@@ -101,6 +101,9 @@ def run(args) -> int:
     tokenizer = load_tokenizer(tokenizer_spec(model_cfg))
     examples, problem_ids, prompts = examples_to_judge(args.data, args.transcripts, tokenizer, args.max_prompt_tokens,
                                                        args.max_examples)
+    if not args.selection and all(p is None for p in prompts):
+        raise TirgrpoError(f"{args.transcripts}: no transcript shows a code output (or each such prompt is over "
+                           "--max-prompt-tokens): nothing to judge (with --selection the runs still vote)")
     device = resolve_device(args.device)
     model = load_base_model(model_cfg, device, resolve_dtype(args.dtype, device), args.seed)
     model.requires_grad_(False).eval()

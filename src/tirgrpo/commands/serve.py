@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tirgrpo.errors import TirgrpoError
 from tirgrpo.kernels import KERNEL_CHOICES
-from tirgrpo.validate import device
+from tirgrpo.validate import device, seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernels", default="auto", choices=KERNEL_CHOICES,
                         help="FastEngine's decode-step kernels (triton-nogemv: Triton without the GEMV kernels "
                              "and the Triton sampler)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="seed of random:SHAPE weights and of the sampling of requests without a seed (default 0)")
 
 
 def _is_loopback(host: str) -> bool:

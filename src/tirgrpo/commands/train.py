@@ -13,14 +13,18 @@ from tirgrpo.errors import TirgrpoError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, "
-                   "with its recorded config.toml and plan.toml")
-    p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    how = p.add_mutually_exclusive_group()  # resuming a run and replacing it exclude each other
+    how.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, "
+                     "with its recorded config.toml and plan.toml")
+    how.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
 
 
 def requested_config(args) -> dict:
     """What the user asks: --config plus --set, or, resuming, RUN_DIR/config.toml plus --set
-    (the [system] settings are then fixed by the recorded plan.toml)."""
+    (the [system] settings are then fixed by the recorded plan.toml), whose fixed settings must
+    also be the latest checkpoint's (`fixed_on_resume`)."""
+    from tirgrpo.train.checkpoint import latest_checkpoint
+
     if not args.resume:
         return read_config_dict(args.config, args.set)
     if args.config:
@@ -30,18 +34,36 @@ def requested_config(args) -> dict:
         raise TirgrpoError(f"--resume {args.resume}: no config.toml there")
     recorded = read_config_dict(path)
     asked = read_config_dict(path, args.set)
-    if asked.get("system") != recorded.get("system"):
+    changed = fixed_on_resume(asked, recorded)
+    if changed == "[system]":
         raise TirgrpoError(f"--resume runs the recorded plan ({args.resume}/plan.toml): [system] settings cannot "
                            f"change; start a new run to change them")
-    # The checkpoint's weights belong to the recorded model (its base, LoRA layout, tokenizer, the
-    # reference it started from), and the run's folder is where it is.
-    for section, key in (("model", None), ("run", "out_dir")):
-        mine, theirs = asked.get(section, {}), recorded.get(section, {})
-        if (mine if key is None else mine.get(key)) != (theirs if key is None else theirs.get(key)):
-            name = f"[{section}]" if key is None else f"{section}.{key}"
-            raise TirgrpoError(f"--resume {args.resume}: {name} cannot change on resume (the checkpoint belongs "
-                               f"to the recorded one); start a new run to change it")
+    if changed:
+        raise TirgrpoError(f"--resume {args.resume}: {changed} cannot change on resume (the checkpoint belongs "
+                           f"to the recorded one); start a new run to change it")
+    ckpt = latest_checkpoint(Path(args.resume))
+    saved = ckpt / "config.toml" if ckpt else None
+    # (the run's folder may have moved since, so its out_dir is not compared)
+    edited = fixed_on_resume(recorded, read_config_dict(saved), FIXED[:2]) if saved and saved.is_file() else None
+    if edited:
+        raise TirgrpoError(f"--resume {args.resume}: {edited} of {path} differs from the checkpoint's "
+                           f"({saved}): the file was edited since; restore it, or start a new run")
     return asked
+
+
+# What a resumed run keeps: [system] (the recorded plan runs), [model] (the checkpoint's weights
+# belong to its base, LoRA layout, tokenizer and reference) and run.out_dir (the run's folder).
+FIXED = (("system", None), ("model", None), ("run", "out_dir"))
+
+
+def fixed_on_resume(mine: dict, theirs: dict, fixed=FIXED) -> str | None:
+    """The first of the `fixed` settings (section, key or None for the whole section) that differs
+    between two config dicts, named as "[section]" or "section.key"; None when none does."""
+    for section, key in fixed:
+        a, b = mine.get(section, {}), theirs.get(section, {})
+        if (a if key is None else a.get(key)) != (b if key is None else b.get(key)):
+            return f"[{section}]" if key is None else f"{section}.{key}"
+    return None
 
 
 def run(args) -> int:

@@ -53,6 +53,11 @@ def text_problem(value: str) -> str | None:
         return f"is {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,}"
     if "\x00" in value:
         return f"contains a NUL character (U+0000) at position {value.index(chr(0))}"
+    return surrogate_problem(value)
+
+
+def surrogate_problem(value: str) -> str | None:
+    """Why a text with a lone surrogate is refused (naming it and where it is), or None without one."""
     lone = _SURROGATE.search(value)
     if lone:
         return (f"contains a lone surrogate (U+{ord(lone.group()):04X}, a \\u escape without its pair) "

@@ -20,11 +20,13 @@ class Prompt:
 
 def load_prompts(spec: str, tokenizer, max_prompt_tokens: int) -> list[Prompt]:
     """Read examples (JSONL/Parquet or `bundled:NAME`), tokenize prompts, drop over-long ones
-    (max_prompt_tokens <= 0: keep all)."""
+    (max_prompt_tokens <= 0: keep all). A file without examples, or without one that fits, is refused."""
     from tirgrpo.data.bundled import bundled_path
     from tirgrpo.data.records import read_examples
 
     examples = read_examples(bundled_path(spec))
+    if not examples:
+        raise TirgrpoError(f"{spec}: no examples (the file has no rows)")
     out = []
     for ex in examples:
         ids = tokenizer(ex.prompt)["input_ids"]

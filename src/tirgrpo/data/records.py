@@ -445,8 +445,32 @@ def _transcript_from_dict(row: _Row) -> Transcript:
 
 def read_transcripts(path: str | os.PathLike) -> list[Transcript]:
     """Read a transcript JSONL file (one TIR run a line), checking every field."""
+    return [t for _, t in _numbered_transcripts(Path(path))]
+
+
+def _numbered_transcripts(path: Path) -> list[tuple[int, Transcript]]:
+    return [(n, _transcript_from_dict(_Row(path, f"line {n}", obj))) for n, obj in iter_jsonl(path)]
+
+
+def read_transcripts_for_votes(path: str | os.PathLike) -> list[Transcript]:
+    """`read_transcripts` for a vote over each problem's runs (`tirgrpo eval --transcripts`): a run
+    given twice (the same problem_id and sample) would vote twice, and a problem whose lines
+    disagree on its correct_answer has no one right answer; both are refused, naming the lines."""
     path = Path(path)
-    return [_transcript_from_dict(_Row(path, f"line {n}", obj)) for n, obj in iter_jsonl(path)]
+    numbered = _numbered_transcripts(path)
+    runs: dict[tuple[str, int], int] = {}
+    answers: dict[str, tuple[int, str]] = {}
+    for n, t in numbered:
+        first = runs.setdefault((t.problem_id, t.sample), n)
+        if first != n:
+            raise TirgrpoError(f"{path}, line {n}: problem_id {t.problem_id!r} sample {t.sample} again (first on "
+                               f"line {first}); each run votes once: remove the repeat or give it its own sample")
+        if t.correct_answer is not None:
+            line, answer = answers.setdefault(t.problem_id, (n, t.correct_answer))
+            if answer != t.correct_answer:
+                raise TirgrpoError(f"{path}, line {n}, field 'correct_answer': {t.correct_answer!r} for problem_id "
+                                   f"{t.problem_id!r}, which line {line} gives as {answer!r}")
+    return [t for _, t in numbered]
 
 
 def transcript_to_dict(t: Transcript) -> dict[str, Any]:

@@ -13,15 +13,15 @@ from tirgrpo.errors import TirgrpoError
 
 
 def transcript_examples(path: str):
-    """Pseudo-examples (one per transcript that has a correct answer) and their decision prompts.
-
-    Returns (examples, problem ids, prompts or None where no code output was shown).
+    """Pseudo-examples (one per transcript that has a correct answer) and their decision prompts,
+    from a file of runs that vote (`read_transcripts_for_votes`: no run twice, one correct answer
+    a problem). Returns (examples, problem ids, prompts or None where no code output was shown).
     """
-    from tirgrpo.data.records import Example, label_for, read_transcripts
+    from tirgrpo.data.records import Example, label_for, read_transcripts_for_votes
     from tirgrpo.eval.selection import transcript_decision_prompt
 
     examples, problem_ids, prompts = [], [], []
-    for t in read_transcripts(path):
+    for t in read_transcripts_for_votes(path):
         if t.correct_answer is None:
             continue
         prompt = transcript_decision_prompt(t)

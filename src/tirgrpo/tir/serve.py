@@ -5,7 +5,8 @@ to first token went: tir/serve_timing.py), `POST /v1/completions` (prompt: a str
 strings, or token ids) and `POST /v1/chat/completions` (messages rendered with the model's chat
 template, or `--chat-template`; `continue_final_message` continues a pre-filled assistant
 turn). Options: `max_tokens`, `temperature`, `top_p`, `top_k`, `n`, `stop`, `seed`, `logprobs`,
-`min_tokens`, `ignore_eos`, `stream` with `stream_options.include_usage`.
+`min_tokens`, `ignore_eos`, `stream` with `stream_options.include_usage`. Options it does not honour
+are refused unless at their do-nothing values (tir/serve_request.py `NOT_HONOURED`).
 
 Every request becomes one `Group` per prompt (n rows sharing the prompt's keys) in a
 `ContinuousBatcher` running in its own thread: groups join the running batch at the next step
@@ -24,29 +25,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from tirgrpo.tir.serve_request import (MAX_BODY_BYTES, RequestError, check_unsupported, error_body, flag, number,
+                                       parse_json)
 from tirgrpo.tir.serve_timing import record_timing, timings_report
-
-MAX_BODY_BYTES = 16 * 1024 * 1024
-
-
-class RequestError(Exception):
-    """A bad request: answered with HTTP `status` and an OpenAI-style error body."""
-
-    def __init__(self, message: str, status: int = 400, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
-
-
-def error_body(status: int, message: str, param: str | None = None) -> dict:
-    kind = {404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}.get(
-        status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
 @dataclass
@@ -63,42 +49,6 @@ class Limits:
 
 
 # ----------------------------------------------------------------------------- parsing
-
-
-def _number(body: dict, name: str, default, integer: bool, low=None, high=None, low_open: bool = False):
-    """body[name] (or default) checked: the right type, finite, within [low, high] (or (low, high])."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", param=name)
-    if isinstance(value, float) and not math.isfinite(value):  # ints are finite, however long
-        raise RequestError(f"'{name}' must be a finite number, got {value!r}", param=name)
-    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
-        lo = f"({low}" if low_open else f"[{low}"
-        raise RequestError(f"'{name}' must be in {lo}, {high if high is not None else 'inf'}], got {value}", param=name)
-    return value if integer else float(value)
-
-
-def _flag(body: dict, name: str, default: bool = False) -> bool:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise RequestError(f"'{name}' must be true or false, got {value!r}", param=name)
-    return value
-
-
-def parse_json(raw: bytes) -> Any:
-    """The request body as JSON; NaN and Infinity (which Python's json accepts) are refused."""
-
-    def refuse(name):
-        raise ValueError(f"{name} is not a JSON number")
-
-    try:
-        return json.loads(raw, parse_constant=refuse)
-    except (ValueError, RecursionError) as e:
-        raise RequestError(f"the body is not valid JSON: {e}") from None
 
 
 @dataclass
@@ -139,16 +89,18 @@ class Service:
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
         model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise RequestError(f"'model' must be a string, got {json.dumps(model)[:80]}", param="model")
         if model is not None and model != self.model_name:
             raise RequestError(f"the model {model!r} does not exist; this server serves {self.model_name!r}", 404, "model")
         prompts = self._chat_prompt(body) if chat else self._prompts(body.get("prompt"))
         lim = self.limits
         longest = max(len(p) for p in prompts)
         default_max = min(lim.max_tokens, lim.max_model_len - longest) if chat else min(16, lim.max_tokens)
-        n = _number(body, "n", 1, True, 1, lim.max_n)
-        max_tokens = _number(body, "max_tokens", None, True, 1, lim.max_tokens)
+        n = number(body, "n", 1, True, 1, lim.max_n)
+        max_tokens = number(body, "max_tokens", None, True, 1, lim.max_tokens)
         if chat and body.get("max_completion_tokens") is not None:
-            max_tokens = _number(body, "max_completion_tokens", None, True, 1, lim.max_tokens)
+            max_tokens = number(body, "max_completion_tokens", None, True, 1, lim.max_tokens)
         max_tokens = default_max if max_tokens is None else max_tokens
         if longest > lim.max_prompt_tokens:
             # "maximum context length", as OpenAI and vLLM say it: clients (tirgrpo generate) end a
@@ -167,31 +119,32 @@ class Service:
         stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or len(stop) > 8 or not all(isinstance(s, str) and len(s) <= 256 for s in stop):
             raise RequestError("'stop' must be a string or a list of up to 8 strings of up to 256 characters", param="stop")
+        check_unsupported(body)
         for name in ("echo",):
-            if _flag(body, name):
+            if flag(body, name):
                 raise RequestError(f"'{name}' is not supported", param=name)
         if body.get("best_of") not in (None, 1, n):
             raise RequestError("'best_of' is not supported", param="best_of")
         for name in ("presence_penalty", "frequency_penalty"):
-            if _number(body, name, 0.0, False, -2.0, 2.0) != 0.0:
+            if number(body, name, 0.0, False, -2.0, 2.0) != 0.0:
                 raise RequestError(f"'{name}' is not supported (only 0)", param=name)
         if chat:
-            logprobs = 0 if _flag(body, "logprobs") else None
+            logprobs = 0 if flag(body, "logprobs") else None
         else:
-            logprobs = _number(body, "logprobs", None, True, 0, 5)
+            logprobs = number(body, "logprobs", None, True, 0, 5)
         stream_options = body.get("stream_options")
         if stream_options is not None and not isinstance(stream_options, dict):
             raise RequestError("'stream_options' must be an object", param="stream_options")
-        top_k = _number(body, "top_k", 0, True, -1, self.vocab)
-        ignore_eos = _flag(body, "ignore_eos")
-        min_tokens = max_tokens if ignore_eos else _number(body, "min_tokens", 0, True, 0, max_tokens)
+        top_k = number(body, "top_k", 0, True, -1, self.vocab)
+        ignore_eos = flag(body, "ignore_eos")
+        min_tokens = max_tokens if ignore_eos else number(body, "min_tokens", 0, True, 0, max_tokens)
         return ParsedRequest(
             prompts=prompts, n=n, max_tokens=max_tokens,
-            temperature=_number(body, "temperature", 1.0, False, 0.0, 2.0),
-            top_p=_number(body, "top_p", 1.0, False, 0.0, 1.0, low_open=True), top_k=max(top_k, 0),
-            min_tokens=min_tokens, stop=[s for s in stop if s], logprobs=logprobs, stream=_flag(body, "stream"),
-            include_usage=_flag(stream_options or {}, "include_usage"),
-            seed=_number(body, "seed", None, True, 0, 2**63 - 1), chat=chat,
+            temperature=number(body, "temperature", 1.0, False, 0.0, 2.0),
+            top_p=number(body, "top_p", 1.0, False, 0.0, 1.0, low_open=True), top_k=max(top_k, 0),
+            min_tokens=min_tokens, stop=[s for s in stop if s], logprobs=logprobs, stream=flag(body, "stream"),
+            include_usage=flag(stream_options or {}, "include_usage"),
+            seed=number(body, "seed", None, True, 0, 2**63 - 1), chat=chat,
             prompt_tokens=sum(len(p) for p in prompts))
 
     def _prompts(self, prompt: Any) -> list[list[int]]:
@@ -239,8 +192,8 @@ class Service:
             if not isinstance(content, str):
                 raise RequestError(f"messages[{i}].content must be a string", param="messages")
             clean.append({"role": m["role"], "content": content})
-        continue_final = _flag(body, "continue_final_message")
-        add_generation = _flag(body, "add_generation_prompt", not continue_final)
+        continue_final = flag(body, "continue_final_message")
+        add_generation = flag(body, "add_generation_prompt", not continue_final)
         if continue_final and (add_generation or clean[-1]["role"] != "assistant"):
             raise RequestError("continue_final_message needs a last assistant message and no add_generation_prompt",
                                param="continue_final_message")

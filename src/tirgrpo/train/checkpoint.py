@@ -100,36 +100,102 @@ def save_sharded(root: Path, path: Path, model, optimizer, state: dict, config_t
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
+    """The newest complete checkpoint folder of a run, or None: the one `checkpoints/latest`
+    names; when that file is missing, unreadable or names no complete folder (a run stopped
+    after its checkpoint folder was renamed into place, before `latest` was written), the
+    complete `step_*` folder of the highest step. Folders appear whole (`atomic_dir`), so a
+    `step_*` folder with state.json is complete."""
+    root = run_dir / "checkpoints"
+    try:
+        named = root / (root / "latest").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        named = root / "latest"  # no state.json in there: falls through to the search
+    if (named / "state.json").is_file():
+        return named
+    complete = sorted(p for p in root.glob("step_*") if (p / "state.json").is_file())
+    return complete[-1] if complete else None
+
+
+RESUME_HINT = "point checkpoints/latest at an earlier step_* folder, or start over with --overwrite"
+
+
+def _restore(file: Path, apply) -> None:
+    """`apply(file)`, a checkpoint file loaded into the run, with a missing or damaged file named
+    as such (TirgrpoError); TirgrpoErrors of `apply` pass as they are."""
+    from tirgrpo.errors import TirgrpoError
+
+    if not file.is_file():
+        raise TirgrpoError(f"{file}: missing from the checkpoint; {RESUME_HINT}")
+    try:
+        apply(file)
+    except TirgrpoError:
+        raise
+    except Exception as e:  # noqa: BLE001  safetensors', pickle's, torch's errors, KeyError of a foreign dict
+        raise TirgrpoError(f"{file}: unreadable or not this checkpoint's ({type(e).__name__}: "
+                           f"{str(e)[:200]}); {RESUME_HINT}") from None
+
+
+def read_state(path: Path) -> dict:
+    """The loop state of checkpoint `path` (its state.json): a JSON object of non-negative integers
+    with `step`; anything else is a TirgrpoError naming the file."""
+    from tirgrpo.errors import TirgrpoError
+
+    box: list = []
+    _restore(path / "state.json", lambda f: box.append(json.loads(f.read_text(encoding="utf-8"))))
+    state = box[0]
+    if (not isinstance(state, dict) or type(state.get("step")) is not int
+            or any(type(v) is not int or v < 0 for v in state.values())):
+        raise TirgrpoError(f"{path / 'state.json'}: not a loop state (an object of integers >= 0 with 'step'): "
+                           f"{json.dumps(state)[:120]}; {RESUME_HINT}")
+    return state
+
+
+def _load_weights(path: Path, model) -> None:
+    """Copy the checkpoint's trainable weights into `model`, refusing weights of another model."""
+    from tirgrpo.errors import TirgrpoError
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    lacks = [n for n in weights if n not in params]
+    absent = [n for n in params if n not in weights]
+    shapes = [f"{n} {tuple(t.shape)} vs {tuple(params[n].shape)}" for n, t in weights.items()
+              if n in params and t.shape != params[n].shape]
+    if lacks or absent or shapes:
+        raise TirgrpoError(f"checkpoint {path} does not fit the model: " + "; ".join(
+            f"{what} {names[:3]}" for what, names in (("weights the model lacks", lacks),
+                                                      ("trainable weights of the model it lacks", absent),
+                                                      ("other shapes", shapes)) if names)
+            + " (was [model] changed in the run's config.toml?)")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(dist.shard_like(t, params[n]))
+
+
+def _load_optimizer(file: Path, optimizer) -> None:
+    sd = torch.load(file, weights_only=False)
+    sd["state"] = [{k: dist.shard_like(t, mine[k]) for k, t in theirs.items()}
+                   for theirs, mine in zip(sd["state"], optimizer.state)]
+    optimizer.load_state_dict(sd)
+
+
+def _load_rng(file: Path) -> None:
+    rng = torch.load(file, weights_only=False)
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
     """Load weights, optimizer and RNG states from `path` in place; return the loop state.
-    Either kind of checkpoint, at any number of ranks (the model and optimizer may be sharded)."""
+    Either kind of checkpoint, at any number of ranks (the model and optimizer may be sharded).
+    A missing, damaged or foreign file is a TirgrpoError naming it."""
+    state = read_state(path)
     if (path / "dcp").is_dir():
         load_sharded(path, model, optimizer)
     else:
-        weights = load_file(str(path / "trainable.safetensors"))
-        params = dict(model.named_parameters())
-        missing = [n for n in weights if n not in params]
-        if missing:
-            raise ValueError(f"checkpoint {path} has weights the model lacks: {missing[:3]}")
-        with torch.no_grad():
-            for n, t in weights.items():
-                params[n].copy_(dist.shard_like(t, params[n]))
-        sd = torch.load(path / "optimizer.pt", weights_only=False)
-        sd["state"] = [{k: dist.shard_like(t, mine[k]) for k, t in theirs.items()}
-                       for theirs, mine in zip(sd["state"], optimizer.state)]
-        optimizer.load_state_dict(sd)
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))
+        _restore(path / "trainable.safetensors", lambda f: _load_weights(path, model))
+        _restore(path / "optimizer.pt", lambda f: _load_optimizer(f, optimizer))
+    _restore(path / "rng.pt", _load_rng)
+    return state
 
 
 def load_sharded(path: Path, model, optimizer=None, collective: bool = True) -> None:

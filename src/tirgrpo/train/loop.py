@@ -213,9 +213,9 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     written before every refusal (config, memory, data, model) is behind us."""
     from tirgrpo.data.prompts import load_prompts
     from tirgrpo.data.tokenizer import load_tokenizer
-    from tirgrpo.train.checkpoint import load_checkpoint
+    from tirgrpo.train.checkpoint import load_checkpoint, read_state
     from tirgrpo.train.metrics import RunLog
-    from tirgrpo.train.model import count_parameters, resolve_init, tokenizer_spec
+    from tirgrpo.train.model import count_parameters, resolve_device, resolve_init, tokenizer_spec
     from tirgrpo.train.optim import AdamW
     from tirgrpo.train.plan import describe_plan, plan_to_toml, read_plan, resolve_plan
 
@@ -224,6 +224,10 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
     check_world_size(cfg)
     run_dir = Path(cfg.run.out_dir)
     ckpt = find_checkpoint(run_dir, resume, overwrite)
+    reached = read_state(ckpt)["step"] if ckpt is not None else 0
+    if reached > cfg.optim.total_steps:
+        raise TirgrpoError(f"--resume {run_dir}: its checkpoint is at step {reached}, past optim.total_steps = "
+                           f"{cfg.optim.total_steps}; set optim.total_steps >= {reached}, or start a new run")
     dist.barrier()  # every rank has read the folder before rank 0 writes to it
     recorded = run_dir / "plan.toml"
     if resume and not recorded.is_file():  # a run folder of an older tirgrpo, before plans were recorded
@@ -238,7 +242,7 @@ def setup(cfg: TrainConfig, requested: dict | None, resume: bool, overwrite: boo
 
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
-    device = torch.device(plan.device)
+    device = resolve_device(plan.device)  # a resumed plan's GPU may not be on this machine
     tokenizer = load_tokenizer(tokenizer_spec(resolve_init(cfg.model)))
     train_prompts = load_prompts(cfg.data.train, tokenizer, cfg.data.max_prompt_tokens)
     train_pairs = training_pairs(cfg, train_prompts)

@@ -58,14 +58,20 @@ RANDOM_SHAPES["tiny-qwen2"] = {
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` -> CUDA when available, else CPU; cpu, cuda and cuda:N are passed to torch.device."""
+    """`auto` -> CUDA when available, else CPU; cpu, cuda and cuda:N are passed to torch.device,
+    a CUDA device this machine does not have refused naming the ones it has."""
     from tirgrpo.config import DEVICE, DEVICES
 
     if not DEVICE.fullmatch(spec):  # torch.device's RuntimeError would read as an internal error
         raise TirgrpoError(f"device must be one of {DEVICES}, got {spec!r}")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    device = torch.device(spec)
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= count:  # torch's would be an internal error, later
+        there = f"this machine has {count} CUDA devices (cuda:0..cuda:{count - 1})" if count else "no CUDA device here"
+        raise TirgrpoError(f"device {spec!r}: {there}; use auto or cpu")
+    return device
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
@@ -112,11 +118,9 @@ def _from_pretrained_kwargs(name: str) -> tuple[str, dict]:
     p = Path(name)
     if (p / "final" / "config.json").is_file():  # a run folder: its final model
         return str(p / "final"), {}
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise TirgrpoError(f"{p} is a folder without config.json: not a Hugging Face model folder")
-        return str(p), {}
     check_model_source(name)
+    if p.is_dir():
+        return str(p), {}
     # A hub id: only from the local cache; this project never needs the network.
     return name, {"local_files_only": True}
 
@@ -125,7 +129,9 @@ def check_model_source(name: str) -> None:
     """Raise TirgrpoError when `name` (model.name_or_path) names nothing that can be loaded.
 
     Named models (`data.bundled.NAMED_MODELS`, whose missing file is named with the command
-    that fetches it), `random:SHAPE` of a known shape, existing files and folders pass. Anything that reads as a
+    that fetches it), `random:SHAPE` of a known shape, `.gguf` files, model folders (with
+    config.json) and run folders (with final/config.json) pass; another existing file or folder
+    is named as holding no model. Anything that reads as a
     path (absolute, relative with ./ or ~, more than one "/", a .gguf) and does not exist is
     named as a missing path; a plain `owner/name` must be in the local Hugging Face cache,
     since this project never downloads. Reads nothing but the file system.
@@ -133,7 +139,13 @@ def check_model_source(name: str) -> None:
     if name.startswith("random:"):
         random_shape(name.split(":", 1)[1])
         return
-    if Path(name).expanduser().exists():
+    path = Path(name).expanduser()
+    if path.is_dir() and not any((path / sub / "config.json").is_file() for sub in (".", "final")):
+        raise TirgrpoError(f"{path}: a folder without config.json (nor final/config.json, as a run folder has): "
+                           f"not a Hugging Face model folder")
+    if path.exists() and not path.is_dir() and path.suffix.lower() != ".gguf":
+        raise TirgrpoError(f"{path}: a file, but not a .gguf model file; name a model folder, a run folder or a .gguf")
+    if path.exists():
         return
     if named_model_file(name) is not None:  # a named model (raises naming get.sh when its file is missing)
         return
@@ -199,9 +211,17 @@ def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, 
 
 
 def add_lora(model, cfg: ModelConfig):
-    """Wrap `model` with peft LoRA adapters on `cfg.lora_target_modules`; only adapters train."""
+    """Wrap `model` with peft LoRA adapters on `cfg.lora_target_modules`; only adapters train.
+    Targets that name none of the model's linear layers (as peft matches them: the module's name
+    or its last dotted parts) are refused, naming the layers there are."""
     from peft import LoraConfig, get_peft_model
 
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    unmatched = [t for t in cfg.lora_target_modules if not any(n == t or n.endswith("." + t) for n in linear)]
+    if unmatched or not cfg.lora_target_modules:
+        what = f"{unmatched} match no layer" if unmatched else "is empty"
+        raise TirgrpoError(f"config: model.lora_target_modules {what}; the model's linear layers are "
+                           f"{sorted({n.rsplit('.', 1)[-1] for n in linear})}")
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

@@ -25,7 +25,8 @@ def find_checkpoint(run_dir: Path, resume: bool, overwrite: bool):
     if resume:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
-            raise TirgrpoError(f"--resume {run_dir}: no checkpoint there (checkpoints/latest)")
+            raise TirgrpoError(f"--resume {run_dir}: no checkpoint there (checkpoints/step_*): the run stopped "
+                               f"before its first one (run.save_every); start it again with --overwrite")
         return ckpt
     if holds_a_run(run_dir) and not overwrite:
         raise TirgrpoError(f"{run_dir} already holds a run; use --resume {run_dir}, --overwrite, "
